@@ -1,0 +1,43 @@
+"""edgeopt: analyze, optimize and measure neural networks for edge devices (public API only; imports stay lazy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "Artifact": "edgeopt.artifact",
+    "InputSpec": "edgeopt.artifact",
+    "TensorSpec": "edgeopt.artifact",
+    "load_model": "edgeopt.load",
+    "Recipe": "edgeopt.recipe",
+    "load_recipe": "edgeopt.recipe",
+    "parse_recipe": "edgeopt.recipe",
+    "Ledger": "edgeopt.ledger",
+    "Stage": "edgeopt.ledger",
+    "Target": "edgeopt.target",
+    "detect_target": "edgeopt.target",
+    "get_target": "edgeopt.target",
+    "Pass": "edgeopt.passes.base",
+    "PassConfig": "edgeopt.passes.base",
+    "PassContext": "edgeopt.passes.base",
+    "register": "edgeopt.passes.base",
+    "registry": "edgeopt.passes.base",
+    "optimize": "edgeopt.pipeline",
+    "run_pipeline": "edgeopt.pipeline",
+    "analyze": "edgeopt.analyze",
+    "profile": "edgeopt.analyze.profile",
+    "bench": "edgeopt.measure.bench",
+    "EdgeoptError": "edgeopt.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'edgeopt' has no attribute {name!r}")

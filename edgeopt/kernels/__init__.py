@@ -1,0 +1,1 @@
+"""The kernels themselves: Winograd transforms, attention variants, fused norm + activation."""

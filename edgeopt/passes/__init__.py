@@ -1,0 +1,1 @@
+"""Optimization passes: each takes an Artifact and returns a new one (see passes/base.py)."""

@@ -1,0 +1,162 @@
+"""The Pass contract, its typed frozen configs, the run context and the one registry of passes."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import PassError, RecipeError
+
+# Modules that register passes when imported. The registry imports them lazily on first use so that
+# `import edgeopt` stays fast.
+PASS_MODULES: tuple[str, ...] = (
+    "edgeopt.passes.convert.onnx",
+    "edgeopt.passes.graph.simplify",
+    "edgeopt.passes.graph.fuse",
+    "edgeopt.passes.graph.quantize",
+    "edgeopt.passes.graph.mixed",
+    "edgeopt.passes.graph.fp16",
+    "edgeopt.passes.graph.session",
+)
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: frozen, validated at construction, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its input: target, data, its own stage folder, progress, notes.
+
+    `calibration` and `evaluation` are lists of feed dicts (input name -> numpy array).
+    A pass writes anything it produces under `stage_dir`, and records facts worth keeping (which
+    fusions fired, sensitivity rankings, ...) in `notes`; warnings go to `warnings`.
+    """
+
+    stage_dir: Path
+    target: Any = None
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: list[dict[str, Any]] = field(default_factory=list)
+    progress: Any = None
+    baseline: Artifact | None = None
+    measure: Any = None
+    gates: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def task(self, description: str, total: int | None):
+        """A progress task: returns a callable `advance(n=1)`; silent when no progress display is set."""
+        if self.progress is None:
+            return lambda n=1: None
+        task_id = self.progress.add_task(description, total=total)
+        return lambda n=1: self.progress.advance(task_id, n)
+
+
+class Pass:
+    """A pass: a typed config plus `run(artifact, ctx) -> artifact`.
+
+    Subclasses declare `name` (set by @register), `accepts` (input kinds), `produces` (output kind,
+    None = same as input) and `tolerance` (the minimum cosine to the input's outputs the contract test
+    expects; None where the pass changes the task itself, e.g. pruning). `__call__` enforces the
+    declaration around `run`.
+    """
+
+    name: ClassVar[str] = ""
+    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[str | None] = None
+    tolerance: ClassVar[float | None] = 0.999
+    Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init__(self, config: PassConfig | dict[str, Any] | None = None, **kwargs: Any):
+        if isinstance(config, PassConfig):
+            if kwargs:
+                config = config.model_copy(update=kwargs)
+        else:
+            config = make_config(self.name, self.Config, {**(config or {}), **kwargs})
+        self.config = config
+
+    def run(self, art: Artifact, ctx: PassContext) -> Artifact:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, art: Artifact, ctx: PassContext) -> Artifact:
+        if art.kind not in self.accepts:
+            raise PassError(f"pass {self.name} accepts {'/'.join(self.accepts)} models, got {art.kind}")
+        ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        before = art.sha256
+        out = self.run(art, ctx)
+        expected = self.produces or art.kind
+        if out.kind != expected:
+            raise PassError(f"pass {self.name} declared it produces {expected} but returned {out.kind}")
+        if art.path is not None and art.path.exists() and art.kind != "torch":
+            from edgeopt.artifact import sha256_file
+
+            if sha256_file(art.path) != before:
+                raise PassError(f"pass {self.name} modified its input file {art.path}")
+        return out
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.config.model_dump()})"
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+_LOADED = False
+
+
+def register(name: str) -> Callable[[type[Pass]], type[Pass]]:
+    """Class decorator: register a Pass subclass under `name` (one registry for CLI, recipes, tests)."""
+
+    def deco(cls: type[Pass]) -> type[Pass]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise RuntimeError(f"pass name {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    global _LOADED
+    if not _LOADED:
+        for mod in PASS_MODULES:
+            importlib.import_module(mod)
+        _LOADED = True
+
+
+def registry() -> dict[str, type[Pass]]:
+    """Every registered pass by name."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_pass(name: str) -> type[Pass]:
+    """The pass class registered under `name`; an unknown name lists the known ones."""
+    passes = registry()
+    if name not in passes:
+        raise RecipeError(f"unknown pass {name!r}; known passes: {', '.join(passes)}")
+    return passes[name]
+
+
+def make_config(pass_name: str, config_cls: type[PassConfig], values: dict[str, Any]) -> PassConfig:
+    """Validate `values` into `config_cls`, turning pydantic's report into one line naming the field."""
+    try:
+        return config_cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+        raise RecipeError(f"pass {pass_name}: field {loc!r}: {err.get('msg')} (got {err.get('input')!r})") from None
+    except ValueError as e:
+        raise RecipeError(f"pass {pass_name}: {e}") from None
+
+
+def build_pass(name: str, values: dict[str, Any] | None = None) -> Pass:
+    """Instantiate the registered pass `name` with validated config `values`."""
+    cls = get_pass(name)
+    return cls(make_config(name, cls.Config, dict(values or {})))

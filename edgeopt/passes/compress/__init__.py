@@ -1,0 +1,1 @@
+"""PyTorch-level compression passes: pruning, distillation, depthwise rewrites, QAT."""

@@ -1,0 +1,1 @@
+"""Converters between model forms: torch -> ONNX, ..."""

@@ -1,0 +1,1 @@
+"""ONNX-level passes: simplify, fuse, quantize, fp16, session tuning."""

@@ -1,0 +1,1 @@
+"""Fusion rules written with onnxscript's rewriter; each module exports `rules`."""

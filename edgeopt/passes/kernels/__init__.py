@@ -1,0 +1,1 @@
+"""PyTorch-level kernel swaps: Winograd, attention variants, fused normalization."""

@@ -1,0 +1,160 @@
+"""Recipe: the pydantic schema of a YAML recipe (model, target, data, passes, measure, gates)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeopt.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    source: str = Field(description="zoo:NAME, a .onnx file, or a local Hugging Face folder")
+
+
+class DataSpec(_Strict):
+    calibration: str | None = Field(default=None, description="zoo:sentences[:64], a .txt (one sentence a line) or .npz")
+    eval: str | None = None
+
+
+class MeasureSpec(_Strict):
+    threads: int = Field(default=2, ge=1, le=1024)
+    batch: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=128, ge=1)
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    warmup: int = Field(default=10, ge=0)
+    runs: int = Field(default=50, ge=3)
+    memory: bool = True
+    energy: bool = True
+    fidelity_samples: int = Field(default=256, ge=1)
+    torch_latency: bool = True
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known_runtimes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = {"onnxruntime", "torch"}
+        bad = [r for r in v if r not in known]
+        if bad:
+            raise ValueError(f"unknown runtime {bad[0]!r}; known: {', '.join(sorted(known))}")
+        return v
+
+
+class GateSpec(_Strict):
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    mean_cosine: float | None = Field(default=None, ge=-1, le=1)
+    max_abs: float | None = Field(default=None, ge=0)
+
+
+class PassStep(_Strict):
+    """One step: a registered pass name, its config, and the stage name it records under."""
+
+    name: str
+    pass_name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recipe(_Strict):
+    model: ModelSpec | None = None
+    target: str = "auto"
+    data: DataSpec = DataSpec()
+    passes: tuple[PassStep, ...] = ()
+    measure: MeasureSpec = MeasureSpec()
+    gates: GateSpec = GateSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalize_passes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a recipe is a mapping with keys model, target, data, passes, measure, gates")
+        raw = data.get("passes") or []
+        if not isinstance(raw, (list, tuple)):
+            raise ValueError("passes: expected a list of {pass.name: {config}} entries")
+        steps, seen = [], {}
+        for i, entry in enumerate(raw):
+            if isinstance(entry, PassStep):
+                steps.append(entry)
+                continue
+            if isinstance(entry, str):
+                entry = {entry: {}}
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ValueError(f"passes[{i}]: expected one {{pass.name: {{config}}}} mapping, got {entry!r}")
+            (pname, cfg), = entry.items()
+            cfg = dict(cfg or {})
+            if not isinstance(cfg, dict):
+                raise ValueError(f"passes[{i}] {pname}: config must be a mapping")
+            stage = str(cfg.pop("stage", pname))
+            seen[stage] = seen.get(stage, 0) + 1
+            if seen[stage] > 1:
+                stage = f"{stage}#{seen[stage]}"
+            steps.append({"name": stage, "pass_name": str(pname), "config": cfg})
+        return {**data, "passes": steps}
+
+    def validate_passes(self) -> None:
+        """Check every pass name and config against the registry (one-line error naming the field)."""
+        from edgeopt.passes.base import build_pass
+
+        for step in self.passes:
+            build_pass(step.pass_name, step.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d["passes"] = [{s["pass_name"]: {**s["config"], "stage": s["name"]}} for s in d["passes"]]
+        return d
+
+
+def _one_line(e: ValidationError, where: str) -> RecipeError:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ())) or "recipe"
+    msg = err.get("msg", "").removeprefix("Value error, ")
+    return RecipeError(f"{where}: field {loc!r}: {msg}")
+
+
+def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Validate a recipe mapping, including every pass config, into a Recipe."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise _one_line(e, where) from None
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    try:
+        recipe.validate_passes()
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    return recipe
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Load a recipe from a YAML file or by the name of a bundled one (`cpu-int8` -> recipes/cpu-int8.yaml)."""
+    p = Path(path_or_name)
+    if not p.exists():
+        bundled = RECIPES_DIR / f"{path_or_name}.yaml"
+        if bundled.exists():
+            p = bundled
+        else:
+            names = ", ".join(sorted(x.stem for x in RECIPES_DIR.glob("*.yaml")))
+            raise RecipeError(f"{path_or_name}: no such recipe file (bundled recipes: {names})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{p}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not a text file") from None
+    if data is None:
+        data = {}
+    return parse_recipe(data, where=str(p))
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))

@@ -1,0 +1,1 @@
+"""Ledger -> terminal table, markdown, HTML."""
