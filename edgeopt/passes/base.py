@@ -12,19 +12,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError, RecipeError
 
-# Modules that register passes when imported. The registry imports them lazily on first use so that
-# `import edgeopt` stays fast.
-PASS_MODULES: tuple[str, ...] = (
-    "edgeopt.passes.convert.onnx",
-    "edgeopt.passes.graph.simplify",
-    "edgeopt.passes.graph.fuse",
-    "edgeopt.passes.graph.quantize",
-    "edgeopt.passes.graph.mixed",
-    "edgeopt.passes.graph.fp16",
-    "edgeopt.passes.graph.session",
-)
-
-
 class PassConfig(BaseModel):
     """Base of every pass config: frozen, validated at construction, unknown fields refused."""
 
@@ -123,10 +110,16 @@ def register(name: str) -> Callable[[type[Pass]], type[Pass]]:
 
 
 def _load_all() -> None:
+    """Import every module under edgeopt.passes once, so each registers its passes (lazy: keeps import fast)."""
     global _LOADED
     if not _LOADED:
-        for mod in PASS_MODULES:
-            importlib.import_module(mod)
+        import pkgutil
+
+        import edgeopt.passes as pkg
+
+        for info in pkgutil.walk_packages(pkg.__path__, prefix="edgeopt.passes."):
+            if info.name != __name__ and ".rules" not in info.name:
+                importlib.import_module(info.name)
         _LOADED = True
 
 
