@@ -103,20 +103,3 @@ def tiny_cnn_onnx(tmp_path_factory):
                 mod.running_var.uniform_(0.5, 1.5)
     art = load_model(m, {"x": torch.randn(1, 3, 16, 16)})
     return build_pass("convert.onnx", {"opset": 13})(art, PassContext(stage_dir=tmp_path_factory.mktemp("tiny_cnn")))
-
-
-def run_onnx(path: Path | str, feeds: list[dict]) -> list[np.ndarray]:
-    """First output of an ONNX model for each feed (one-thread ONNX Runtime session)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [sess.run(None, f)[0] for f in feeds]
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(a.shape[0], -1).astype(np.float64)
-    b = b.reshape(b.shape[0], -1).astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
