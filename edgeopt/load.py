@@ -39,7 +39,7 @@ def load_onnx_checked(path: str | Path, load_external_data: bool = False):
         raise InputError(f"{path}: not a valid ONNX file (empty graph)")
     if load_external_data is False:
         try:
-            onnx.checker.check_model(model, full_check=False)
+            onnx.checker.check_model(str(path), full_check=False)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise InputError(f"{path}: invalid ONNX model: {first[:200]}") from None

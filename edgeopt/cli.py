@@ -1,0 +1,173 @@
+"""The `edgeopt` command line: a thin typer layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make neural networks fit edge devices, and prove it with measurements.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run an API call; user-facing errors become one line on stderr and a non-zero exit, never a traceback."""
+    from edgeopt.errors import EdgeoptError
+
+    try:
+        return fn(*args, **kwargs)
+    except EdgeoptError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished stages are kept; rerun with --resume to continue", highlight=False)
+        raise typer.Exit(130) from None
+    except Exception as e:  # an unexpected failure still gets one line (set EDGEOPT_DEBUG=1 for the traceback)
+        if os.environ.get("EDGEOPT_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        err.print(f"[red]error:[/red] {e.__class__.__name__}: {first}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _dump(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+def target(name: str = typer.Argument("auto", help="auto, or a declared target such as cpu-avx2, arm64, npu-qdq"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Show the detected (or declared) target and the defaults it implies."""
+    from edgeopt.target import get_target
+
+    t = _guard(get_target, name)
+    if as_json:
+        return _dump(t.to_dict())
+    from rich.table import Table
+
+    info = Table(title=f"target {t.name}", title_justify="left", show_header=False)
+    for k in ("arch", "cpu_model", "cores", "memory_gb", "isa", "runtimes"):
+        v = getattr(t, k, None)
+        info.add_row(k, ", ".join(v) if isinstance(v, tuple) else (", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else str(v)))
+    console.print(info)
+    imp = Table(title="what it implies", title_justify="left")
+    imp.add_column("setting")
+    imp.add_column("why")
+    for s, why in t.implications():
+        imp.add_row(s, why)
+    console.print(imp)
+
+
+@app.command()
+def analyze(model: str = typer.Argument(..., help="an .onnx file, a Hugging Face folder or zoo:NAME"),
+            target_name: str = typer.Option("auto", "--target", "-t"),
+            seq_len: int = typer.Option(128, help="length bound to dynamic sequence dims"),
+            batch: int = typer.Option(1),
+            as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Op census, parameters, FLOPs, memory estimates and optimization opportunities."""
+    from edgeopt.analyze import analyze as run
+
+    report = _guard(run, model, target=target_name, seq_len=seq_len, batch=batch)
+    if as_json:
+        return _dump(report)
+    from edgeopt.analyze.render import render_analysis
+
+    console.print(render_analysis(report))
+
+
+@app.command()
+def profile(model: str = typer.Argument(...), threads: int = typer.Option(2), runs: int = typer.Option(20),
+            seq_len: int = typer.Option(128), batch: int = typer.Option(1), top: int = typer.Option(15),
+            as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Per-node and per-op-type latency from ONNX Runtime's profiler."""
+    from edgeopt.analyze.profile import profile as run
+
+    report = _guard(run, model, threads=threads, runs=runs, seq_len=seq_len, batch=batch)
+    if as_json:
+        return _dump(report)
+    from edgeopt.analyze.render import render_profile
+
+    console.print(render_profile(report, top=top))
+
+
+@app.command()
+def optimize(model: Optional[str] = typer.Argument(None, help="model (default: the recipe's model.source)"),
+             recipe: str = typer.Option("cpu-int8", "--recipe", "-r", help="a YAML file or a bundled recipe name"),
+             target_name: Optional[str] = typer.Option(None, "--target", "-t"),
+             out: Path = typer.Option(Path("runs/latest"), "--out", "-o"),
+             resume: bool = typer.Option(False, "--resume", help="reuse finished stages of an earlier run in OUT"),
+             as_json: bool = typer.Option(False, "--json", help="print the ledger as JSON")):
+    """Run a recipe stage by stage, measure every stage, write OUT/ledger.json, report.md and OUT/best/."""
+    from edgeopt.pipeline import optimize as run
+    from edgeopt.report.table import render_table
+
+    res = _guard(run, model, recipe=recipe, target=target_name, out=out, resume=resume,
+                 console=err if as_json else console)
+    if as_json:
+        return _dump(res.ledger.to_json())
+    console.print(render_table(res.ledger))
+    console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.md'}  best: {res.best or 'none passed its gate'}")
+
+
+@app.command()
+def bench(models: list[str] = typer.Argument(..., help="two or more models to time side by side"),
+          threads: int = typer.Option(2), runs: int = typer.Option(50), warmup: int = typer.Option(10),
+          seq_len: int = typer.Option(128), batch: int = typer.Option(1),
+          data: Optional[str] = typer.Option(None, help="data spec (.npz, .txt, zoo:sentences[a:b], random:N)"),
+          as_json: bool = typer.Option(False, "--json")):
+    """Time artifacts side by side (interleaved) and print ratios with their spread."""
+    from edgeopt.measure.bench import bench as run
+    from edgeopt.measure.bench import render
+
+    res = _guard(run, models, threads=threads, runs=runs, warmup=warmup, data=data, seq_len=seq_len, batch=batch)
+    if as_json:
+        return _dump(res.to_json())
+    console.print(render(res))
+
+
+@app.command()
+def passes(as_json: bool = typer.Option(False, "--json")):
+    """List every registered pass with its config fields."""
+    from edgeopt.passes.base import registry
+
+    reg = _guard(registry)
+    rows = {n: {"accepts": list(c.accepts), "produces": c.produces, "doc": (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "",
+                "config": {f: str(info.annotation) for f, info in c.Config.model_fields.items()}} for n, c in reg.items()}
+    if as_json:
+        return _dump(rows)
+    from rich.table import Table
+
+    t = Table(title="passes", title_justify="left")
+    for c in ("pass", "accepts", "config", "what it does"):
+        t.add_column(c)
+    for n, r in rows.items():
+        t.add_row(n, "/".join(r["accepts"]), ", ".join(r["config"]), r["doc"])
+    console.print(t)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
+         resume: bool = typer.Option(False, "--resume")):
+    """The default CPU recipe on zoo:minilm, offline: prints the stage table and writes the report."""
+    from edgeopt.pipeline import optimize as run
+    from edgeopt.report.table import render_table
+
+    console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe cpu-int8, batch 1, sequence 128, 2 threads")
+    res = _guard(run, None, recipe="cpu-int8", out=out, resume=resume, console=console)
+    console.print(render_table(res.ledger, title="all-MiniLM-L6-v2 — every stage measured"))
+    console.print(f"report: {out / 'report.md'}  ledger: {out / 'ledger.json'}  best model: {res.best}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

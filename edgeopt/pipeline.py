@@ -1,0 +1,384 @@
+"""Runs a Recipe stage by stage: content-hash cache, resume, measurement of every stage, gates, Ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import EdgeoptError, InputError, PassError
+from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
+from edgeopt.recipe import Recipe, load_recipe, parse_recipe
+
+BASELINE = "baseline"
+
+
+@dataclass
+class RunResult:
+    """What `optimize` returns: the ledger, where it was written, and the best stage's model."""
+
+    ledger: Ledger
+    out_dir: Path
+    best: Path | None
+
+
+def _dirname(stage: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stage)
+
+
+def _cache_key(parent_sha: str, pass_name: str, config: dict[str, Any], data_key: str, target: str) -> str:
+    blob = json.dumps([parent_sha, pass_name, config, data_key, target], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _feeds_key(feeds: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for f in feeds:
+        for k in sorted(f):
+            h.update(k.encode())
+            h.update(f[k].tobytes())
+    return h.hexdigest()[:16]
+
+
+def _json_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in meta.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            continue
+    return out
+
+
+def _resolve_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
+    if recipe is None:
+        return load_recipe("cpu-int8")
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe)
+    return load_recipe(recipe)
+
+
+def _load_source(source: Any, recipe: Recipe) -> Artifact:
+    from edgeopt.load import load_model
+
+    if isinstance(source, Artifact):
+        return source
+    if source is None:
+        if recipe.model is None:
+            raise InputError("no model given: pass MODEL or set model.source in the recipe")
+        source = recipe.model.source
+    s = str(source)
+    if s.startswith("zoo:"):
+        from edgeopt.zoo import load_zoo_model
+
+        return load_zoo_model(s[4:], seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
+    p = Path(s)
+    if p.is_dir() and (p / "config.json").exists():
+        from edgeopt.zoo.hf import load_hf_folder
+
+        return load_hf_folder(p, seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
+    return load_model(source)
+
+
+class Pipeline:
+    """One run of a recipe into `out_dir` (see `optimize`)."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, target: Any, console: Any = None, progress: bool = True):
+        self.recipe = recipe
+        self.out_dir = out_dir
+        self.target = target
+        self.console = console
+        self.show_progress = progress
+        self.ledger_path = out_dir / "ledger.json"
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        if not self.show_progress or self.console is None:
+            return None
+        return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=self.console, transient=True)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, source: Any = None, resume: bool = False) -> RunResult:
+        from edgeopt import data as data_mod
+        from edgeopt.versions import versions
+
+        r = self.recipe
+        old: Ledger | None = None
+        if resume and self.ledger_path.exists():
+            old = Ledger.load(self.ledger_path)
+        elif not resume and self.ledger_path.exists():
+            # a fresh run replaces the previous one's records (its stage folders are rewritten)
+            pass
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        art = _load_source(source, r)
+        m = r.measure
+        cal = data_mod.resolve(r.data.calibration, art, seq_len=m.seq_len, batch=m.batch, role="calibration",
+                               default_slice=slice(0, 64))
+        ev = data_mod.resolve(r.data.eval, art, seq_len=m.seq_len, batch=m.batch, role="eval",
+                              default_slice=slice(64, 320), count=m.fidelity_samples)
+        data_key = _feeds_key(cal[:8])
+        ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
+                        environment=environment(self.target))
+        ver = versions()
+        prog = self._progress()
+        if prog is not None:
+            prog.start()
+        try:
+            return self._run_stages(art, cal, ev, data_key, ledger, old, ver, prog)
+        finally:
+            if prog is not None:
+                prog.stop()
+
+    def _run_stages(self, art, cal, ev, data_key, ledger, old, ver, prog) -> RunResult:
+        from edgeopt.passes.base import PassContext, build_pass
+
+        r = self.recipe
+        stages: list[tuple[Stage, Artifact]] = []
+        base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=ver, notes={"meta": _json_meta(art.meta)})
+        stages.append((base_stage, art))
+        ledger.put(base_stage)
+        current = art
+        for step in r.passes:
+            stage_dir = self.out_dir / _dirname(step.name)
+            key = _cache_key(current.sha256, step.pass_name, step.config, data_key, getattr(self.target, "name", ""))
+            reused = self._reuse(old, step.name, key)
+            if reused is not None:
+                stage, current = reused
+                self._say(f"[dim]stage {step.name}: cached ({key[:12]})[/dim]")
+                stages.append((stage, current))
+                ledger.put(stage)
+                continue
+            p = build_pass(step.pass_name, step.config)
+            if stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=cal, evaluation=ev,
+                              progress=prog, baseline=art, measure=r.measure, gates=r.gates)
+            stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key, versions=ver)
+            t0 = time.perf_counter()
+            self._say(f"stage {step.name}: {step.pass_name} …")
+            try:
+                out = p(current, ctx)
+            except KeyboardInterrupt:
+                stage.status, stage.error = "interrupted", "interrupted by the user"
+                stage.duration_s = time.perf_counter() - t0
+                ledger.put(stage)
+                ledger.save(self.ledger_path)
+                raise
+            except EdgeoptError as e:
+                self._fail(ledger, stage, t0, str(e))
+                raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e}") from None
+            except Exception as e:  # a library's error inside a pass: keep the first line
+                first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+                self._fail(ledger, stage, t0, f"{e.__class__.__name__}: {first}")
+                raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e.__class__.__name__}: {first}") from None
+            stage.duration_s = time.perf_counter() - t0
+            stage.artifact = out.describe()
+            stage.notes = {**ctx.notes, "meta": _json_meta(out.meta)}
+            stage.warnings = list(ctx.warnings)
+            stages.append((stage, out))
+            ledger.put(stage)
+            ledger.save(self.ledger_path)
+            current = out
+        self._measure(stages, ev, prog)
+        best = self._choose_best(ledger, stages)
+        ledger.save(self.ledger_path)
+        self._write_outputs(ledger, stages, best)
+        return RunResult(ledger=ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None)
+
+    def _fail(self, ledger: Ledger, stage: Stage, t0: float, error: str) -> None:
+        stage.status, stage.error = "failed", error
+        stage.duration_s = time.perf_counter() - t0
+        ledger.put(stage)
+        ledger.save(self.ledger_path)
+
+    def _reuse(self, old: Ledger | None, name: str, key: str) -> tuple[Stage, Artifact] | None:
+        """A finished stage of an earlier run with the same cache key whose model file is intact."""
+        if old is None:
+            return None
+        prev = old.stage(name)
+        if prev is None or prev.status != "done" or prev.cache_key != key or not prev.artifact:
+            return None
+        path = prev.artifact.get("path")
+        if prev.artifact.get("kind") != "onnx" or not path or not Path(path).exists():
+            return None
+        from edgeopt.artifact import sha256_file
+
+        if sha256_file(path) != prev.artifact.get("sha256"):
+            return None
+        meta = dict(prev.notes.get("meta", {}))
+        art = Artifact.from_onnx(path, meta=meta)
+        stage = prev.model_copy(deep=True)
+        stage.latency_ms = stage.peak_rss_mb = stage.energy_mj = None
+        stage.notes = {**stage.notes, "cached": True}
+        return stage, art
+
+    # -- measurement -----------------------------------------------------------------------------
+    def _measure(self, stages: list[tuple[Stage, Artifact]], ev: list[dict], prog) -> None:
+        """Fidelity against the baseline, then latency of all stages interleaved in one process,
+        then peak memory per stage in a child process, size, params and an energy figure."""
+        from edgeopt.measure import fidelity, latency, runners, size
+        from edgeopt.measure.energy import energy_per_inference
+
+        m = self.recipe.measure
+        gates = self.recipe.gates
+        base_stage, base_art = stages[0]
+        base_runner = runners.make_runner(base_art, threads=m.threads)
+        task = prog.add_task("fidelity (baseline)", total=len(ev)) if prog else None
+        ref = []
+        for f in ev:
+            ref.append(base_runner.run(f)[0])
+            if prog:
+                prog.advance(task)
+        live: dict[str, Any] = {}
+        for stage, art in stages:
+            runner = base_runner if stage is base_stage else runners.make_runner(art, threads=m.threads)
+            if stage is not base_stage:
+                t = prog.add_task(f"fidelity ({stage.name})", total=len(ev)) if prog else None
+                outs = []
+                for f in ev:
+                    outs.append(runner.run(f)[0])
+                    if prog:
+                        prog.advance(t)
+                stage.fidelity = fidelity.compare(ref, outs)
+                passed, why = fidelity.gate(stage.fidelity, gates)
+                stage.gate = Gate(passed=passed, why=why)
+            else:
+                stage.fidelity = fidelity.compare(ref, ref)
+                stage.gate = Gate(passed=True, why="baseline")
+            stage.params = size.params_count(art)
+            stage.notes["size"] = size.size_report(art)
+            stage.flops = _flops(art, m)
+            if art.kind == "torch" and not m.torch_latency:
+                continue
+            live[stage.name] = runner
+        feed = ev[0]
+        stats = latency.measure_interleaved(live, feed, warmup=m.warmup, runs=m.runs, progress=prog)
+        by_name = {s.name: (s, a) for s, a in stages}
+        for name, st in stats.items():
+            stage, art = by_name[name]
+            stage.latency_ms = Latency(p50=st.p50, p90=st.p90, p99=st.p99, mean=st.mean, std=st.std, n=st.n,
+                                       runtime=live[name].name, threads=m.threads, batch=m.batch,
+                                       shapes={k: list(v.shape) for k, v in feed.items()})
+            if m.energy:
+                e = energy_per_inference(st.p50, self.target, run_fn=lambda r=live[name]: r.run(feed))
+                stage.energy_mj = Energy(value=e["value"], method=e["method"])
+        for r in live.values():
+            if hasattr(r, "close"):
+                r.close()
+        if m.memory:
+            from edgeopt.measure.memory import peak_rss_mb
+
+            t = prog.add_task("peak memory (child process per stage)", total=len(stages)) if prog else None
+            for stage, art in stages:
+                try:
+                    res = peak_rss_mb(art, feed, threads=m.threads)
+                    stage.peak_rss_mb = getattr(res, "peak_mb", res)
+                    if hasattr(res, "import_mb"):
+                        stage.notes["rss_import_mb"] = res.import_mb
+                except EdgeoptError as e:
+                    stage.warnings.append(f"peak memory not measured: {e}")
+                if prog:
+                    prog.advance(t)
+
+    def _choose_best(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]]) -> Stage | None:
+        """The fastest finished ONNX stage that passed its gate (a failed gate is never chosen)."""
+        ok = [s for s, a in stages if s.status == "done" and s.gate and s.gate.passed and a.kind == "onnx"
+              and s.latency_ms is not None]
+        if not ok:
+            ledger.best = None
+            return None
+        best = min(ok, key=lambda s: s.latency_ms.p50)
+        ledger.best = best.name
+        return best
+
+    def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
+        from edgeopt.report.table import to_markdown
+
+        if best is not None:
+            art = next(a for s, a in stages if s is best)
+            dst = self.out_dir / "best"
+            tmp = self.out_dir / ".best.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            shutil.copy2(art.path, tmp / art.path.name)
+            data = art.path.parent / (art.path.name + ".data")
+            if data.exists():
+                shutil.copy2(data, tmp / data.name)
+            (tmp / "stage.json").write_text(json.dumps(best.to_json(), indent=2, default=str))
+            if dst.exists():
+                shutil.rmtree(dst)
+            tmp.replace(dst)
+        meta = {
+            "best": ledger.best,
+            "passes": [{"stage": s.name, "pass": s.pass_, "config": s.config} for s, _ in stages[1:]],
+            "versions": stages[0][0].versions,
+            "target": ledger.target.get("name"),
+            "environment": ledger.environment,
+            "figures": {s.name: {"latency_p50_ms": s.latency_ms.p50 if s.latency_ms else None,
+                                 "size_bytes": (s.artifact or {}).get("size_bytes"),
+                                 "peak_rss_mb": s.peak_rss_mb,
+                                 "mean_cosine": (s.fidelity or {}).get("mean_cosine"),
+                                 "min_cosine": (s.fidelity or {}).get("min_cosine"),
+                                 "gate": s.gate.passed if s.gate else None} for s, _ in stages},
+        }
+        write_text_atomic(self.out_dir / "metadata.json", json.dumps(meta, indent=2, default=str))
+        write_text_atomic(self.out_dir / "report.md", to_markdown(ledger))
+
+
+def _flops(art: Artifact, m: Any) -> int | None:
+    if art.kind != "onnx":
+        return None
+    try:
+        from edgeopt.analyze.flops import total_flops
+
+        return total_flops(art.path, batch=m.batch, seq_len=m.seq_len)
+    except Exception:
+        return None
+
+
+def environment(target: Any) -> dict[str, Any]:
+    """CPU model, ISA flags, cores, memory and runtimes: printed next to every figure."""
+    import platform
+
+    env = {"platform": platform.platform(), "machine": platform.machine()}
+    if target is not None:
+        for k in ("cpu_model", "isa", "cores", "memory_gb", "runtimes"):
+            if hasattr(target, k):
+                v = getattr(target, k)
+                env[k] = list(v) if isinstance(v, tuple) else v
+    return env
+
+
+def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None, target: str | None = None,
+             out: str | Path = "runs/latest", resume: bool = False, console: Any = None,
+             progress: bool = True) -> RunResult:
+    """Run `recipe` (a Recipe, a YAML path, a bundled recipe name or a dict) on `model` into `out`.
+
+    `model` is anything edgeopt.load.load_model accepts, or None for the recipe's model.source;
+    `target` overrides the recipe's target. Returns the ledger and where the best model was copied.
+    """
+    from edgeopt.target import get_target
+
+    r = _resolve_recipe(recipe)
+    tgt = get_target(target or r.target)
+    return Pipeline(r, Path(out), tgt, console=console, progress=progress).run(model, resume=resume)
+
+
+run_pipeline = optimize

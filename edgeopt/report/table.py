@@ -1,0 +1,74 @@
+"""The stage table: rows from a Ledger, rendered for the terminal (rich) and as markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeopt.ledger import Ledger
+
+COLUMNS = ("stage", "pass", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak MB", "mean cos", "min cos", "gate")
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """One dict per stage with the figures the table shows (speedup against the baseline's p50)."""
+    base = ledger.stages[0].latency_ms.p50 if ledger.stages and ledger.stages[0].latency_ms else None
+    rows = []
+    for s in ledger.stages:
+        lat = s.latency_ms
+        fid = s.fidelity or {}
+        gate = "failed: " + (s.error or "") if s.status == "failed" else (
+            "—" if s.gate is None else ("pass" if s.gate.passed else f"FAIL ({s.gate.why})"))
+        rows.append({
+            "stage": s.name + (" ★" if ledger.best == s.name else ""),
+            "pass": s.pass_ or "—",
+            "runtime": lat.runtime if lat else "—",
+            "p50 ms": _fmt(lat.p50 if lat else None, ".2f"),
+            "p90 ms": _fmt(lat.p90 if lat else None, ".2f"),
+            "speedup": _fmt(base / lat.p50 if (lat and base) else None, ".2f") + ("×" if lat and base else ""),
+            "size MB": _fmt((s.artifact or {}).get("size_bytes", 0) / 1e6 if s.artifact else None, ".1f"),
+            "peak MB": _fmt(s.peak_rss_mb, ".0f"),
+            "mean cos": _fmt(fid.get("mean_cosine"), ".4f"),
+            "min cos": _fmt(fid.get("min_cosine"), ".4f"),
+            "gate": gate,
+        })
+    return rows
+
+
+def render_table(ledger: Ledger, title: str | None = None):
+    """A rich Table of the stages (the best gated stage is starred)."""
+    from rich.table import Table
+
+    t = Table(title=title or "edgeopt stages", title_justify="left")
+    for c in COLUMNS:
+        t.add_column(c, justify="left" if c in ("stage", "pass", "runtime", "gate") else "right")
+    for row in stage_rows(ledger):
+        style = "red" if row["gate"].startswith(("FAIL", "failed")) else ("bold green" if "★" in row["stage"] else None)
+        t.add_row(*(row[c] for c in COLUMNS), style=style)
+    return t
+
+
+def to_markdown(ledger: Ledger) -> str:
+    """The stage table and the environment as markdown (written as report.md)."""
+    rows = stage_rows(ledger)
+    lines = ["# edgeopt run", ""]
+    if ledger.best:
+        lines += [f"Best stage that passed its gate: **{ledger.best}**", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in COLUMNS) + " |")
+    m = ledger.recipe.get("measure", {})
+    env = ledger.environment
+    lines += ["", f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
+              f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
+              f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs (cosine per sample).",
+              f"Machine: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores; ISA: {', '.join(env.get('isa', []) or [])}.",
+              ""]
+    energies = [(s.name, s.energy_mj) for s in ledger.stages if s.energy_mj]
+    if energies:
+        lines += ["Energy per inference (" + energies[0][1].method + "): " +
+                  ", ".join(f"{n} {e.value:.1f} mJ" for n, e in energies), ""]
+    return "\n".join(lines)

@@ -1,0 +1,20 @@
+"""Versions of the runtimes and libraries a figure depends on (read from package metadata, no imports)."""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from importlib import metadata
+
+PACKAGES = ("edgeopt", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "transformers", "numpy")
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

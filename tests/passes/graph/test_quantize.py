@@ -1,0 +1,90 @@
+"""graph.quantize_dynamic / graph.quantize_static: INT8 nodes appear and outputs stay close to float."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+import pytest
+from helpers import cosine_rows, run_onnx
+
+from edgeopt.artifact import sha256_file
+from edgeopt.errors import PassError, RecipeError
+from edgeopt.passes.base import PassContext, build_pass
+from edgeopt.target import get_target
+
+
+def ops(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_dynamic_quantizes_matmuls_and_keeps_outputs(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    before = sha256_file(tiny_mlp_onnx.path)
+    ctx = PassContext(stage_dir=tmp_path, target=get_target("cpu-avx512-vnni"))
+    out = build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, ctx)
+    c = ops(out.path)
+    assert c["MatMul"] == 0 and c["DynamicQuantizeLinear"] + c["MatMulInteger"] + c["DynamicQuantizeMatMul"] > 0
+    assert out.size_bytes < tiny_mlp_onnx.size_bytes
+    assert sha256_file(tiny_mlp_onnx.path) == before
+    ref, got = run_onnx(tiny_mlp_onnx.path, tiny_mlp_feeds), run_onnx(out.path, tiny_mlp_feeds)
+    assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.98
+    assert ctx.notes["quantization"]["reduce_range"] is False  # VNNI target: full range
+
+
+def test_dynamic_reduce_range_follows_target(tmp_path, tiny_mlp_onnx):
+    ctx = PassContext(stage_dir=tmp_path, target=get_target("cpu-avx2"))
+    build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, ctx)
+    assert ctx.notes["quantization"]["reduce_range"] is True
+
+
+def test_dynamic_exclude_keeps_node_float(tmp_path, tiny_mlp_onnx):
+    model = onnx.load(str(tiny_mlp_onnx.path))
+    first = next(n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm"))
+    out = build_pass("graph.quantize_dynamic", {"exclude": [first]})(tiny_mlp_onnx, PassContext(stage_dir=tmp_path))
+    kept = {n.name: n.op_type for n in onnx.load(str(out.path)).graph.node}
+    assert kept.get(first) == "Gemm" or kept.get(f"{first}_MatMul") == "MatMul"
+    assert any(op.startswith("DynamicQuantize") or "Integer" in op for op in kept.values())  # the other one is int8
+
+
+def test_dynamic_quantizes_fused_bert_attention(tmp_path, tiny_bert_onnx, tiny_bert_feeds):
+    out = build_pass("graph.quantize_dynamic", {})(tiny_bert_onnx, PassContext(stage_dir=tmp_path))
+    c = ops(out.path)
+    assert sum(v for k, v in c.items() if "Integer" in k or "Quantize" in k) > 0
+    ref, got = run_onnx(tiny_bert_onnx.path, tiny_bert_feeds), run_onnx(out.path, tiny_bert_feeds)
+    assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.95
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_static_qdq_with_calibration(tmp_path, tiny_cnn_onnx, method):
+    from edgeopt.data import random_feeds
+
+    feeds = random_feeds(tiny_cnn_onnx.input_spec, 8, {"batch": 1}, seed=5)
+    ctx = PassContext(stage_dir=tmp_path, calibration=feeds, target=get_target("npu-qdq"))
+    out = build_pass("graph.quantize_static", {"method": method})(tiny_cnn_onnx, ctx)
+    c = ops(out.path)
+    assert c["QuantizeLinear"] > 0 and c["DequantizeLinear"] > 0
+    assert ctx.notes["quantization"]["format"] == "QDQ"
+    ref, got = run_onnx(tiny_cnn_onnx.path, feeds), run_onnx(out.path, feeds)
+    assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.95
+
+
+def test_static_needs_calibration(tmp_path, tiny_cnn_onnx):
+    with pytest.raises(PassError, match="calibration"):
+        build_pass("graph.quantize_static", {})(tiny_cnn_onnx, PassContext(stage_dir=tmp_path))
+
+
+def test_bad_config_names_field():
+    with pytest.raises(RecipeError, match="method"):
+        build_pass("graph.quantize_static", {"method": "kmeans"})
+    with pytest.raises(RecipeError, match="per_channel"):
+        build_pass("graph.quantize_dynamic", {"per_channel": "sometimes"})
+
+
+def test_fp16_keeps_io_float32(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    out = build_pass("graph.fp16", {})(tiny_mlp_onnx, PassContext(stage_dir=tmp_path))
+    m = onnx.load(str(out.path))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    assert out.size_bytes < 0.7 * tiny_mlp_onnx.size_bytes
+    ref, got = run_onnx(tiny_mlp_onnx.path, tiny_mlp_feeds), run_onnx(out.path, tiny_mlp_feeds)
+    assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.999

@@ -1,0 +1,59 @@
+"""Recipe: YAML validated into a typed recipe; every mistake is one line naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeopt.errors import RecipeError
+from edgeopt.recipe import bundled_recipes, load_recipe, parse_recipe
+
+
+def test_bundled_default_recipe_validates():
+    assert "cpu-int8" in bundled_recipes()
+    r = load_recipe("cpu-int8")
+    assert [s.pass_name for s in r.passes][:2] == ["convert.onnx", "graph.simplify"]
+    assert r.measure.threads == 2 and r.measure.seq_len == 128
+    assert [s.name for s in r.passes][0] == "onnx"
+
+
+def test_stage_names_deduplicated():
+    r = parse_recipe({"passes": ["graph.simplify", {"graph.simplify": {}}]})
+    assert [s.name for s in r.passes] == ["graph.simplify", "graph.simplify#2"]
+
+
+def test_unknown_pass_lists_known():
+    with pytest.raises(RecipeError, match=r"unknown pass 'graph.turbo'.*graph.quantize_dynamic"):
+        parse_recipe({"passes": [{"graph.turbo": {}}]})
+
+
+def test_wrongly_typed_parameter_names_field():
+    with pytest.raises(RecipeError, match="per_channel"):
+        parse_recipe({"passes": [{"graph.quantize_dynamic": {"per_channel": "maybe"}}]})
+    with pytest.raises(RecipeError, match="bogus"):
+        parse_recipe({"passes": [{"graph.quantize_dynamic": {"bogus": 1}}]})
+
+
+def test_bad_measure_and_gate_fields():
+    with pytest.raises(RecipeError, match="measure.threads"):
+        parse_recipe({"measure": {"threads": 0}})
+    with pytest.raises(RecipeError, match="runtimes"):
+        parse_recipe({"measure": {"runtimes": ["tensorrt"]}})
+    with pytest.raises(RecipeError, match="gates"):
+        parse_recipe({"gates": {"min_cosine": 2}})
+    with pytest.raises(RecipeError, match="surprise.*Extra inputs"):
+        parse_recipe({"surprise": 1})
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("passes: [\n  - {graph.simplify: {}\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="no such recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_round_trip_to_dict():
+    r = load_recipe("cpu-int8")
+    again = parse_recipe(r.to_dict())
+    assert again == r

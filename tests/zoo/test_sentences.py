@@ -1,0 +1,33 @@
+"""zoo:sentences: deterministic, varied, long enough, and split without overlap."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeopt.zoo.minilm import minilm_path
+from edgeopt.zoo.sentences import sentences, split
+
+
+def test_deterministic_and_distinct():
+    a, b = sentences(), sentences()
+    assert a == b and len(a) >= 512 and len(set(a)) == len(a)
+
+
+def test_token_lengths_spread():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    lengths = [len(tok(s)["input_ids"]) for s in sentences()]
+    assert min(lengths) <= 12 and max(lengths) >= 128
+    bands = [sum(lo <= n < hi for n in lengths) for lo, hi in ((0, 32), (32, 64), (64, 128), (128, 10_000))]
+    assert all(b >= 20 for b in bands), bands
+
+
+def test_calibration_and_eval_never_overlap():
+    cal, ev = split("[:64]", slice(0, 1)), split("[64:320]", slice(0, 1))
+    assert len(cal) == 64 and len(ev) == 256 and not set(cal) & set(ev)
+
+
+def test_bad_slice():
+    with pytest.raises(ValueError, match="slice"):
+        split("[1:2:3]", slice(0, 1))
