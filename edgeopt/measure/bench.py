@@ -1,0 +1,254 @@
+"""Bench: time several models side by side on one shared feed, interleaved, with speedups and their spread.
+
+This backs `edgeopt bench A B ...`. Every model gets the same feed (so their inputs must agree), the same
+thread count and the same rounds; the speedup of each row is the first model's p50 over its p50, with a
+paired bootstrap interval over the rounds (each round timed every model once, so rounds pair up).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import InputError
+from edgeopt.measure.latency import LatencyStats, measure_interleaved
+from edgeopt.measure.runners import Feed
+
+CI = 0.95
+N_BOOT = 2000
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One model's line: latency (ms), speedup over the first model with its interval, size, agreement."""
+
+    name: str
+    kind: str
+    runtime: str
+    threads: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    n: int
+    speedup: float  # p50 of the first row / p50 of this row (> 1: faster than the first)
+    speedup_lo: float
+    speedup_hi: float
+    size_bytes: int
+    cosine: float | None = None  # min cosine of this row's outputs against the first row's (None: not comparable)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """The rows plus everything needed to rerun the figures: threads, runs, shapes, data, versions."""
+
+    rows: list[BenchRow]
+    threads: int
+    runs: int
+    warmup: int
+    batch: int
+    seq_len: int
+    data: str
+    shapes: dict[str, list[int]]
+    versions: dict[str, str]
+    ci: float = CI
+    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (rows as dicts; raw per-round samples in ms included for re-analysis)."""
+        d = asdict(self)
+        d["rows"] = [asdict(r) for r in self.rows]
+        return d
+
+
+def speedup_interval(base_ms: Sequence[float], other_ms: Sequence[float], ci: float = CI, n_boot: int = N_BOOT,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(speedup, lo, hi): median(base) / median(other) and its paired bootstrap interval over rounds.
+
+    `base_ms[i]` and `other_ms[i]` must come from the same round (interleaved timing), so resampling rounds
+    keeps the noise they shared together.
+    """
+    a = np.asarray(base_ms, dtype=np.float64)
+    b = np.asarray(other_ms, dtype=np.float64)
+    if a.size == 0 or a.size != b.size:
+        raise ValueError(f"paired samples needed, got {a.size} and {b.size}")
+    point = float(np.median(a) / np.median(b))
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    tail = (1.0 - ci) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return point, float(lo), float(hi)
+
+
+def summarize(stats: dict[str, LatencyStats], ci: float = CI) -> dict[str, dict[str, float]]:
+    """Per name (first one is the base): its latency summary plus speedup, speedup_lo, speedup_hi."""
+    if not stats:
+        return {}
+    names = list(stats)
+    base = stats[names[0]].samples
+    out = {}
+    for n in names:
+        s = stats[n]
+        sp, lo, hi = speedup_interval(base, s.samples, ci=ci)
+        out[n] = {**s.to_dict(), "speedup": sp, "speedup_lo": lo, "speedup_hi": hi}
+    return out
+
+
+def _label(source: str | Path | Artifact) -> str:
+    if isinstance(source, Artifact):
+        if source.path is not None:
+            return str(source.path)
+        return str(source.meta.get("source") or source.kind)
+    return str(source)
+
+
+def _fmt_shape(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_same_inputs(named: list[tuple[str, Artifact]]) -> None:
+    """Refuse models whose inputs differ in name, dtype, rank or fixed dims (one line naming the input)."""
+    base_name, base = named[0]
+    base_specs = {t.name: t for t in base.input_spec.inputs}
+    for name, art in named[1:]:
+        specs = {t.name: t for t in art.input_spec.inputs}
+        for n in base_specs:
+            if n not in specs:
+                raise InputError(f"bench: input {n!r}: {base_name} takes it, {name} does not "
+                                 f"(it takes: {', '.join(specs) or 'none'})")
+        for n in specs:
+            if n not in base_specs:
+                raise InputError(f"bench: input {n!r}: {name} takes it, {base_name} does not "
+                                 f"(it takes: {', '.join(base_specs) or 'none'})")
+        for n, t in specs.items():
+            b = base_specs[n]
+            if t.dtype != b.dtype:
+                raise InputError(f"bench: input {n!r}: {base_name} takes {b.dtype}, {name} takes {t.dtype}")
+            fixed_differ = any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(b.shape, t.shape))
+            if len(t.shape) != len(b.shape) or fixed_differ:
+                raise InputError(f"bench: input {n!r}: {base_name} takes shape {_fmt_shape(b.shape)}, "
+                                 f"{name} takes {_fmt_shape(t.shape)}")
+
+
+def shared_feed(named: list[tuple[str, Artifact]], data: str | None, seq_len: int, batch: int) -> Feed:
+    """One feed that fits every model: from `data` (any edgeopt data spec), or random when None."""
+    from edgeopt.data import check_feeds, resolve
+
+    check_same_inputs(named)
+    spec = data or "random:1"
+    arts = [a for _, a in named]
+    if spec.startswith("random:"):  # prefer a model that knows its vocabulary size
+        base = next((a for a in arts if a.meta.get("vocab_size")), arts[0])
+    else:  # sentences need a tokenizer
+        base = next((a for a in arts if a.meta.get("tokenizer")), arts[0])
+        if spec.startswith("zoo:sentences") or spec.endswith(".txt"):
+            if not base.meta.get("tokenizer"):
+                raise InputError(f"bench: data {spec} is text, but no model given carries a tokenizer "
+                                 "(add a zoo: name or Hugging Face folder, or use an .npz or random:N)")
+    feeds = resolve(spec, base, seq_len=seq_len, batch=batch, role="eval", default_slice=slice(0, batch), count=1)
+    for name, art in named:
+        check_feeds(feeds, art.input_spec, f"bench data for {name}")
+    return feeds[0]
+
+
+def _versions(kinds: set[str]) -> dict[str, str]:
+    import numpy
+
+    v = {"python": platform.python_version(), "numpy": numpy.__version__}
+    try:
+        from edgeopt import __version__
+
+        v["edgeopt"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    if "onnx" in kinds:
+        import onnxruntime
+
+        v["onnxruntime"] = onnxruntime.__version__
+    if "torch" in kinds:
+        import torch
+
+        v["torch"] = torch.__version__
+    return v
+
+
+def bench(sources: list[str | Path | Artifact], threads: int = 2, runs: int = 50, warmup: int = 10,
+          data: str | None = None, seq_len: int = 128, batch: int = 1, progress: Any = None) -> BenchResult:
+    """Load every source, build one feed that fits all of them, time them interleaved and compare.
+
+    Sources are zoo: names, .onnx files, Hugging Face folders or Artifacts. `data` is an edgeopt data spec
+    (zoo:sentences[a:b], .txt, .npz, random:N); None means random inputs.
+    """
+    from edgeopt.load import load_model
+    from edgeopt.measure.fidelity import compare
+    from edgeopt.measure.runners import make_runner
+
+    if not sources:
+        raise InputError("bench: no models given")
+    named: list[tuple[str, Artifact]] = []
+    seen: dict[str, int] = {}
+    for src in sources:
+        art = src if isinstance(src, Artifact) else load_model(src)
+        label = _label(src)
+        seen[label] = seen.get(label, 0) + 1
+        named.append((label if seen[label] == 1 else f"{label} #{seen[label]}", art))
+    feed = shared_feed(named, data, seq_len, batch)
+
+    runners: dict[str, Any] = {}
+    try:
+        for name, art in named:
+            runners[name] = make_runner(art, threads)
+        outputs = {name: r.run(feed) for name, r in runners.items()}  # also a first warm-up call
+        stats = measure_interleaved(runners, feed, warmup=warmup, runs=runs, progress=progress)
+    finally:
+        for r in runners.values():
+            r.close()
+
+    first = named[0][0]
+    summary = summarize(stats)
+    rows = []
+    for name, art in named:
+        try:
+            cos = compare(outputs[first], outputs[name])["min_cosine"]
+        except InputError:  # different output shapes: different models, nothing to compare
+            cos = None
+        s = summary[name]
+        rows.append(BenchRow(name=name, kind=art.kind, runtime=runners[name].name, threads=runners[name].threads,
+                             p50=s["p50"], p90=s["p90"], p99=s["p99"], mean=s["mean"], std=s["std"], n=s["n"],
+                             speedup=s["speedup"], speedup_lo=s["speedup_lo"], speedup_hi=s["speedup_hi"],
+                             size_bytes=int(art.size_bytes), cosine=cos))
+    return BenchResult(rows=rows, threads=threads, runs=runs, warmup=warmup, batch=batch, seq_len=seq_len,
+                       data=data or "random:1", shapes={k: list(v.shape) for k, v in feed.items()},
+                       versions=_versions({a.kind for _, a in named}),
+                       samples={n: list(stats[n].samples) for n in stats})
+
+
+def render(result: BenchResult):
+    """The result as a rich Table; its caption names threads, shapes, rounds and versions."""
+    from rich.table import Table
+
+    table = Table(title="edgeopt bench", title_justify="left")
+    table.add_column("model", overflow="fold")
+    table.add_column("runtime")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p90 ms", justify="right")
+    table.add_column("std ms", justify="right")
+    table.add_column("speedup vs first", justify="right")
+    table.add_column("size MB", justify="right")
+    table.add_column("cosine vs first", justify="right")
+    for r in result.rows:
+        table.add_row(r.name, r.runtime, f"{r.p50:.3f}", f"{r.p90:.3f}", f"{r.std:.3f}",
+                      f"{r.speedup:.2f}x [{r.speedup_lo:.2f}–{r.speedup_hi:.2f}]",
+                      f"{r.size_bytes / (1 << 20):.2f}", "—" if r.cosine is None else f"{r.cosine:.5f}")
+    shapes = ", ".join(f"{k} {tuple(v)}" for k, v in result.shapes.items())
+    versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
+    table.caption = (f"{result.runs} interleaved rounds after {result.warmup} warm-up · threads {result.threads} · "
+                     f"{shapes} · data {result.data} · speedup = first p50 / p50, "
+                     f"{result.ci:.0%} paired bootstrap interval · {versions}")
+    return table

@@ -1,0 +1,119 @@
+"""Fidelity: how far a stage's outputs are from the baseline's (max/mean abs error, per-sample cosine), and gates.
+
+`ref` and `out` are paired lists of arrays (for example the first output of each eval feed, or every
+output of one run). Each array's first axis is the batch: cosine is taken per sample row with the other
+axes flattened, in float64. A 0-d or 1-d array counts as one row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeopt.errors import InputError, RecipeError
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim <= 1:
+        return a.reshape(1, -1)
+    return a.reshape(a.shape[0], -1)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair (float64). Two zero rows count as identical (1.0); one zero row gives 0.0."""
+    a, b = _rows(a), _rows(b)
+    dot = (a * b).sum(1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    denom = na * nb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), 0.0)
+    cos = np.where((na == 0) & (nb == 0), 1.0, cos)
+    nan = np.isnan(dot) | np.isnan(denom)
+    return np.clip(np.where(nan, np.nan, cos), -1.0, 1.0)
+
+
+def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
+    """Fidelity of `out` against `ref`: max_abs, mean_abs (over all elements), mean_cosine and min_cosine
+    (over sample rows) and n (the number of rows compared).
+
+    NaN anywhere makes the numbers NaN (a gate then fails). A length or shape mismatch raises InputError.
+    """
+    if isinstance(ref, np.ndarray):
+        ref = [ref]
+    if isinstance(out, np.ndarray):
+        out = [out]
+    if len(ref) != len(out):
+        raise InputError(f"fidelity: {len(ref)} reference outputs but {len(out)} outputs to compare")
+    if not ref:
+        raise InputError("fidelity: no outputs to compare")
+    maxes, abs_sum, n_elems, cos_all = [0.0], 0.0, 0, []
+    for i, (r, o) in enumerate(zip(ref, out)):
+        r, o = np.asarray(r), np.asarray(o)
+        if r.shape != o.shape:
+            raise InputError(f"fidelity: output {i} has shape {tuple(o.shape)}, the reference has {tuple(r.shape)}")
+        diff = np.abs(r.astype(np.float64) - o.astype(np.float64))
+        if diff.size:
+            maxes.append(float(diff.max()))  # NaN propagates
+            abs_sum += float(diff.sum())
+            n_elems += diff.size
+        cos_all.append(cosine_rows(r, o))
+    cos = np.concatenate(cos_all)
+    if cos.size == 0:
+        raise InputError("fidelity: the outputs hold no samples")
+    return {
+        "max_abs": float(np.max(maxes)),
+        "mean_abs": abs_sum / n_elems if n_elems else 0.0,
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "n": int(cos.size),
+    }
+
+
+# gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
+_GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max")}
+
+
+def _gate_limits(gates: Any) -> dict[str, float]:
+    from pydantic import ValidationError
+
+    from edgeopt.recipe import GateSpec
+
+    if gates is None:
+        return {}
+    if not isinstance(gates, GateSpec):
+        try:
+            gates = GateSpec.model_validate(dict(gates))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ())) or "gates"
+            raise RecipeError(f"gates: field {loc!r}: {err.get('msg')}") from None
+    return {k: v for k, v in gates.model_dump().items() if v is not None}
+
+
+def gate(fidelity: dict[str, float] | None, gates: Any) -> tuple[bool, str]:
+    """Check `fidelity` against `gates` (GateSpec or a dict of min_cosine, mean_cosine, max_abs).
+
+    Returns (passed, why): why names every check, failed ones first, e.g.
+    "min_cosine 0.9712 < 0.99; max_abs 0.0031 <= 0.01". A gated value that was not measured, or is NaN, fails.
+    """
+    limits = _gate_limits(gates)
+    if not limits:
+        return True, "no gates"
+    failed, ok = [], []
+    fidelity = fidelity or {}
+    for name, limit in limits.items():
+        key, direction = _GATES[name]
+        value = fidelity.get(key)
+        if value is None:
+            failed.append(f"{key} not measured (gate {name} {limit:g})")
+            continue
+        value = float(value)
+        if direction == "min":
+            passed = value >= limit  # False for NaN
+            (ok if passed else failed).append(f"{key} {value:.6g} {'>=' if passed else '<'} {limit:g}")
+        else:
+            passed = value <= limit
+            (ok if passed else failed).append(f"{key} {value:.6g} {'<=' if passed else '>'} {limit:g}")
+    return not failed, "; ".join(failed + ok)

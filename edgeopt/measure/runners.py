@@ -1,0 +1,206 @@
+"""Runners: one object per model that runs a feed and returns numpy outputs (ONNX Runtime or PyTorch).
+
+Every measurement (latency, memory, fidelity, bench) goes through a runner, so all of them see the same
+session settings: pinned intra-op threads, one inter-op thread, sequential execution, and by default no
+spin-waiting threads (when sessions are timed interleaved in one process, the spinning threads of one
+session steal CPU from the next one; measured here: fp32 MiniLM looked 42 ms instead of 16 ms).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import InputError
+
+Feed = dict[str, np.ndarray]
+
+# session dict keys a tuning pass may set (meta["session"]), and graph optimization level names
+SESSION_KEYS = ("threads", "graph_optimization_level", "provider")
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
+_PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                     "openvino": "OpenVINOExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What every runner offers: its runtime name, `run(feed) -> outputs` and `close()`."""
+
+    name: str
+    threads: int
+
+    def run(self, feed: Feed) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else e.__class__.__name__)[:300]
+
+
+class OrtRunner:
+    """An ONNX Runtime session on one model file with pinned threads (see the module docstring)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int, session: dict[str, Any] | None = None,
+                 spinning: bool = False):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        session = dict(session or {})
+        unknown = sorted(set(session) - set(SESSION_KEYS))
+        if unknown:
+            raise InputError(f"{self.path}: unknown session setting {unknown[0]!r} (known: {', '.join(SESSION_KEYS)})")
+        self.threads = int(session.get("threads") or threads)
+        if self.threads < 1:
+            raise InputError(f"{self.path}: threads must be >= 1, got {self.threads}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        flag = "1" if spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        so.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        level = session.get("graph_optimization_level")
+        if level is not None:
+            member = OPT_LEVELS.get(str(level).lower())
+            if member is None or not hasattr(ort.GraphOptimizationLevel, member):
+                raise InputError(f"{self.path}: unknown graph_optimization_level {level!r} "
+                                 f"(known: {', '.join(OPT_LEVELS)})")
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, member)
+        self.graph_optimization_level = str(level).lower() if level is not None else "all"
+        provider = session.get("provider") or "CPUExecutionProvider"
+        provider = _PROVIDER_ALIASES.get(str(provider).lower(), str(provider))
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise InputError(f"{self.path}: execution provider {provider!r} is not available "
+                             f"(available: {', '.join(available)})")
+        self.provider = provider
+        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such model file")
+        try:
+            self._sess = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:  # InvalidProtobuf, Fail, NotImplemented, ... : one line naming the file
+            raise InputError(f"{self.path}: ONNX Runtime cannot load it: {_first_line(e)}") from None
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        if self._sess is None:
+            raise InputError(f"{self.path}: runner is closed")
+        try:
+            inputs = {n: feed[n] for n in self.input_names}
+        except KeyError as e:
+            raise InputError(f"{self.path}: feed has no input {e.args[0]!r} (has: {', '.join(feed) or 'none'})") from None
+        try:
+            return self._sess.run(None, inputs)
+        except Exception as e:  # wrong dtype/shape: ORT says which; keep one line
+            raise InputError(f"{self.path}: run failed: {_first_line(e)}") from None
+
+    def close(self) -> None:
+        self._sess = None
+
+    def __enter__(self) -> OrtRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _to_numpy_list(out: Any) -> list[np.ndarray]:
+    """Flatten a module's output (tensor, tuple/list, dict or ModelOutput) into a list of numpy arrays."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        t = out.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return [t.numpy()]
+    if isinstance(out, dict):  # also transformers' ModelOutput (an OrderedDict without the None fields)
+        return [a for v in out.values() if v is not None for a in _to_numpy_list(v)]
+    if isinstance(out, (tuple, list)):
+        return [a for v in out if v is not None for a in _to_numpy_list(v)]
+    return [np.asarray(out)]
+
+
+class TorchRunner:
+    """A live torch module run under inference_mode with `threads` intra-op threads."""
+
+    name = "torch"
+
+    def __init__(self, module: Any, input_names: list[str], threads: int, label: str = "torch module"):
+        import torch
+
+        if module is None:
+            raise InputError(f"{label}: torch artifact has no live module to run")
+        if int(threads) < 1:
+            raise InputError(f"{label}: threads must be >= 1, got {threads}")
+        self.module = module
+        self.input_names = list(input_names)
+        self.threads = int(threads)
+        self.label = label
+        self._threads_before = torch.get_num_threads()
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        import torch
+
+        from edgeopt.data import to_torch_args
+
+        if self.module is None:
+            raise InputError(f"{self.label}: runner is closed")
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            args = to_torch_args(feed, self.input_names)
+        except KeyError as e:
+            raise InputError(f"{self.label}: feed has no input {e.args[0]!r} (has: {', '.join(feed) or 'none'})") from None
+        with torch.inference_mode():
+            out = self.module(*args)
+        return _to_numpy_list(out)
+
+    def close(self) -> None:
+        import torch
+
+        if self.module is not None:
+            self.module = None
+            torch.set_num_threads(self._threads_before)
+
+    def __enter__(self) -> TorchRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = None,
+                spinning: bool = False) -> Runner:
+    """A runner for `art` with `threads` intra-op threads.
+
+    `session` (ONNX only) holds what a tuning pass chose: {"threads", "graph_optimization_level",
+    "provider"}; when None, the artifact's meta["session"] is used. Its "threads" wins over `threads`
+    (the runner's `.threads` says which count it runs with).
+    """
+    if art.kind == "onnx":
+        if art.path is None:
+            raise InputError("onnx artifact has no file path")
+        if session is None:
+            session = art.meta.get("session")
+        return OrtRunner(art.path, threads, session=session, spinning=spinning)
+    if art.kind == "torch":
+        names = list(art.meta.get("input_names") or art.input_spec.names)
+        label = str(art.meta.get("source") or art.path or "torch module")
+        return TorchRunner(art.module, names, threads, label=label)
+    raise InputError(f"{art.path or art.kind}: no runner for {art.kind!r} models (runners: onnx, torch)")

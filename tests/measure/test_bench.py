@@ -1,0 +1,116 @@
+"""Bench: one shared feed, interleaved timing, speedups with paired intervals, table and JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edgeopt.errors import InputError
+from edgeopt.measure import bench as bench_mod
+from edgeopt.measure.bench import BenchResult, bench, render, speedup_interval, summarize
+from edgeopt.measure.latency import LatencyStats
+
+
+def test_speedup_is_first_p50_over_p50():
+    base = LatencyStats.from_samples([10.0] * 20)
+    half = LatencyStats.from_samples([5.0] * 20)
+    s = summarize({"base": base, "fast": half})
+    assert (s["base"]["speedup"], s["base"]["speedup_lo"], s["base"]["speedup_hi"]) == (1.0, 1.0, 1.0)
+    assert (s["fast"]["speedup"], s["fast"]["speedup_lo"], s["fast"]["speedup_hi"]) == (2.0, 2.0, 2.0)
+    assert s["fast"]["p50"] == 5.0 and s["fast"]["n"] == 20
+
+
+def test_interval_is_paired_over_rounds():
+    """Noise shared by a round (every model slowed alike) cancels: the paired interval stays tight."""
+    rng = np.random.default_rng(0)
+    load = rng.choice([1.0, 3.0], size=40)  # half the rounds run three times slower, for both models
+    base, fast = 10.0 * load, 5.0 * load
+    assert speedup_interval(base, fast) == (2.0, 2.0, 2.0)
+    # unpaired (rounds shuffled against each other) the same samples give a wide interval
+    _, lo, hi = speedup_interval(base, rng.permutation(fast))
+    assert hi - lo > 0.5
+
+
+def test_interval_brackets_the_point_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    base = 10 + rng.standard_normal(50)
+    other = 4 + rng.standard_normal(50) * 0.5
+    sp, lo, hi = speedup_interval(base, other)
+    assert lo < sp < hi
+    assert sp == pytest.approx(np.median(base) / np.median(other))
+    assert speedup_interval(base, other) == (sp, lo, hi)
+    with pytest.raises(ValueError, match="paired"):
+        speedup_interval(base, other[:-1])
+
+
+def test_bench_rows_from_fake_timings(tiny_mlp_onnx, tiny_mlp_torch, monkeypatch):
+    """The measured samples reach the rows unchanged: p50, std and speedup come from them."""
+    def fake_measure(runners, feed, warmup, runs, progress=None):
+        assert list(runners) == [str(tiny_mlp_onnx.path), "module:Sequential"]
+        assert feed["x"].shape == (1, 16) and runs == 4 and warmup == 2
+        return {list(runners)[0]: LatencyStats.from_samples([8.0, 8.0, 12.0, 12.0]),
+                list(runners)[1]: LatencyStats.from_samples([2.0, 2.0, 3.0, 3.0])}
+
+    monkeypatch.setattr(bench_mod, "measure_interleaved", fake_measure)
+    res = bench([tiny_mlp_onnx, tiny_mlp_torch], threads=1, runs=4, warmup=2)
+    a, b = res.rows
+    assert (a.p50, a.speedup, a.runtime, a.kind) == (10.0, 1.0, "onnxruntime", "onnx")
+    assert (b.p50, b.speedup, b.runtime, b.kind) == (2.5, 4.0, "torch", "torch")
+    assert b.std == pytest.approx(np.std([2, 2, 3, 3], ddof=1))
+    assert b.speedup_lo == b.speedup_hi == 4.0  # every round is exactly 4x
+    assert b.cosine == pytest.approx(1.0, abs=1e-5)  # torch vs its ONNX export on the bench feed
+
+
+def test_bench_real_models_end_to_end(tiny_mlp_onnx, tiny_mlp_torch):
+    res = bench([tiny_mlp_onnx, tiny_mlp_torch, tiny_mlp_onnx], threads=1, runs=5, warmup=1)
+    assert isinstance(res, BenchResult)
+    assert [r.name for r in res.rows] == [str(tiny_mlp_onnx.path), "module:Sequential", f"{tiny_mlp_onnx.path} #2"]
+    assert res.rows[0].speedup == 1.0
+    assert all(r.n == 5 and r.p50 > 0 and r.speedup_lo <= r.speedup <= r.speedup_hi for r in res.rows)
+    assert res.rows[2].cosine == pytest.approx(1.0)
+    assert res.shapes == {"x": [1, 16]} and res.threads == 1
+    assert "onnxruntime" in res.versions and "torch" in res.versions
+    d = json.loads(json.dumps(res.to_json()))
+    assert [r["name"] for r in d["rows"]] == [r.name for r in res.rows]
+    assert len(d["samples"][res.rows[1].name]) == 5
+
+
+def test_render_table(tiny_mlp_onnx):
+    from rich.console import Console
+
+    res = bench([tiny_mlp_onnx, tiny_mlp_onnx], threads=1, runs=3, warmup=0)
+    table = render(res)
+    assert table.row_count == 2
+    out = io.StringIO()
+    Console(file=out, width=200).print(table)
+    text = out.getvalue()
+    assert "speedup vs first" in text and "1.00x" in text and "threads 1" in text and "x (1, 16)" in text
+
+
+def test_bench_uses_given_data(tiny_mlp_onnx, tmp_path):
+    x = np.arange(2 * 3 * 16, dtype=np.float32).reshape(6, 16)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = bench([tiny_mlp_onnx], threads=1, runs=3, warmup=0, data=str(tmp_path / "d.npz"), batch=2)
+    assert res.shapes == {"x": [2, 16]} and res.data.endswith("d.npz")
+
+
+def test_mismatching_inputs_name_the_input(tiny_mlp_onnx, tiny_cnn_onnx, tiny_bert_onnx):
+    with pytest.raises(InputError) as e:
+        bench([tiny_mlp_onnx, tiny_cnn_onnx], runs=3)
+    assert "input 'x'" in str(e.value) and "(batch, 16)" in str(e.value) and "(batch, 3, 16, 16)" in str(e.value)
+    with pytest.raises(InputError, match="input 'input_ids'"):
+        bench([tiny_bert_onnx, tiny_mlp_onnx], runs=3)
+    with pytest.raises(InputError, match="no models"):
+        bench([], runs=3)
+    with pytest.raises(InputError, match="is text, but no model given carries a tokenizer"):
+        bench([tiny_bert_onnx], runs=3, data="zoo:sentences[0:4]")
+
+
+def test_bench_loads_paths(tiny_mlp_onnx):
+    res = bench([str(tiny_mlp_onnx.path)], threads=1, runs=3, warmup=0)
+    assert res.rows[0].name == str(tiny_mlp_onnx.path) and res.rows[0].n == 3
+    with pytest.raises(InputError, match="no such file"):
+        bench([str(tiny_mlp_onnx.path) + ".missing"], runs=3)
