@@ -6,7 +6,8 @@ from typing import Any
 
 from edgeopt.ledger import Ledger
 
-COLUMNS = ("stage", "pass", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak MB", "mean cos", "min cos", "gate")
+COLUMNS = ("stage", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak MB", "mean cos", "min cos", "gate")
+MD_COLUMNS = ("stage", "pass", *COLUMNS[1:])
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -25,7 +26,7 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
         rows.append({
             "stage": s.name + (" ★" if ledger.best == s.name else ""),
             "pass": s.pass_ or "—",
-            "runtime": lat.runtime if lat else "—",
+            "runtime": {"onnxruntime": "ort"}.get(lat.runtime, lat.runtime) if lat else "—",
             "p50 ms": _fmt(lat.p50 if lat else None, ".2f"),
             "p90 ms": _fmt(lat.p90 if lat else None, ".2f"),
             "speedup": _fmt(base / lat.p50 if (lat and base) else None, ".2f") + ("×" if lat and base else ""),
@@ -33,7 +34,7 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
             "peak MB": _fmt(s.peak_rss_mb, ".0f"),
             "mean cos": _fmt(fid.get("mean_cosine"), ".4f"),
             "min cos": _fmt(fid.get("min_cosine"), ".4f"),
-            "gate": gate,
+            "gate": gate if len(gate) < 60 else gate[:57] + "…",
         })
     return rows
 
@@ -42,9 +43,10 @@ def render_table(ledger: Ledger, title: str | None = None):
     """A rich Table of the stages (the best gated stage is starred)."""
     from rich.table import Table
 
-    t = Table(title=title or "edgeopt stages", title_justify="left")
+    t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 1))
     for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("stage", "pass", "runtime", "gate") else "right")
+        t.add_column(c, justify="left" if c in ("stage", "runtime", "gate") else "right", no_wrap=c != "gate",
+                     overflow="fold")
     for row in stage_rows(ledger):
         style = "red" if row["gate"].startswith(("FAIL", "failed")) else ("bold green" if "★" in row["stage"] else None)
         t.add_row(*(row[c] for c in COLUMNS), style=style)
@@ -57,9 +59,9 @@ def to_markdown(ledger: Ledger) -> str:
     lines = ["# edgeopt run", ""]
     if ledger.best:
         lines += [f"Best stage that passed its gate: **{ledger.best}**", ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "|".join("---" for _ in MD_COLUMNS) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in MD_COLUMNS) + " |")
     m = ledger.recipe.get("measure", {})
     env = ledger.environment
     lines += ["", f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "

@@ -71,6 +71,7 @@ def load_hf_folder(path: Path, seq_len: int = 128, batch: int = 1) -> Artifact:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:

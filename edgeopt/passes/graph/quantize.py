@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +37,18 @@ def quantizable_nodes(model_path, op_types: tuple[str, ...] | None = None) -> li
     return out
 
 
+@contextlib.contextmanager
+def quiet_root_logger():
+    """ONNX Runtime's quantizer logs advice on the root logger; keep the user's terminal to our own output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _weight_type(name: str):
     from onnxruntime.quantization import QuantType
 
@@ -52,10 +66,11 @@ def run_quantize_dynamic(src, dst, *, per_channel: bool, reduce_range: bool, wei
     extra: dict[str, Any] = dict(FLOAT_DEFAULT)
     # MatMulConstBOnly keeps activation x activation MatMuls in float (their dynamic quantization is lossy)
     extra["MatMulConstBOnly"] = True
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types) if op_types else None,
-                     per_channel=per_channel, reduce_range=reduce_range, weight_type=_weight_type(weight_type),
-                     nodes_to_exclude=list(exclude), nodes_to_quantize=list(include) if include else None,
-                     extra_options=extra)
+    with quiet_root_logger():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types) if op_types else None,
+                         per_channel=per_channel, reduce_range=reduce_range, weight_type=_weight_type(weight_type),
+                         nodes_to_exclude=list(exclude), nodes_to_quantize=list(include) if include else None,
+                         extra_options=extra)
 
 
 class _QuantConfig(PassConfig):
@@ -154,13 +169,14 @@ class QuantizeStatic(Pass):
         out, tmp = stage_output(ctx)
         advance = ctx.task(f"calibrating ({cfg.method})", total=len(feeds))
         try:
-            quantize_static(str(art.path), str(tmp), _Reader(feeds, advance),
-                            quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
-                            op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
-                            per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
-                            activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-                            weight_type=_weight_type(settings["weight_type"]), nodes_to_exclude=list(cfg.exclude),
-                            calibrate_method=method, extra_options=extra)
+            with quiet_root_logger():
+                quantize_static(str(art.path), str(tmp), _Reader(feeds, advance),
+                                quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+                                op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
+                                per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                                activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+                                weight_type=_weight_type(settings["weight_type"]), nodes_to_exclude=list(cfg.exclude),
+                                calibrate_method=method, extra_options=extra)
         except Exception as e:
             tmp.unlink(missing_ok=True)
             raise PassError(f"graph.quantize_static failed: {str(e).splitlines()[0][:300]}") from None
