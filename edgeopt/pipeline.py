@@ -238,7 +238,7 @@ class Pipeline:
         m = self.recipe.measure
         gates = self.recipe.gates
         base_stage, base_art = stages[0]
-        base_runner = runners.make_runner(base_art, threads=m.threads)
+        base_runner = runners.make_runner(base_art, threads=m.threads, spinning=m.spinning)
         task = prog.add_task("fidelity (baseline)", total=len(ev)) if prog else None
         ref = []
         for f in ev:
@@ -247,7 +247,8 @@ class Pipeline:
                 prog.advance(task)
         live: dict[str, Any] = {}
         for stage, art in stages:
-            runner = base_runner if stage is base_stage else runners.make_runner(art, threads=m.threads)
+            runner = base_runner if stage is base_stage else runners.make_runner(art, threads=m.threads,
+                                                                                      spinning=m.spinning)
             if stage is not base_stage:
                 t = prog.add_task(f"fidelity ({stage.name})", total=len(ev)) if prog else None
                 outs = []
@@ -268,7 +269,8 @@ class Pipeline:
                 continue
             live[stage.name] = runner
         feed = ev[0]
-        stats = latency.measure_interleaved(live, feed, warmup=m.warmup, runs=m.runs, progress=prog)
+        stats = latency.measure_interleaved(live, feed, warmup=m.warmup, runs=m.runs, progress=prog,
+                                            block=m.block, settle=m.settle)
         by_name = {s.name: (s, a) for s, a in stages}
         for name, st in stats.items():
             stage, art = by_name[name]

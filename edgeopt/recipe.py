@@ -33,10 +33,19 @@ class MeasureSpec(_Strict):
     runtimes: tuple[str, ...] = ("onnxruntime",)
     warmup: int = Field(default=10, ge=0)
     runs: int = Field(default=50, ge=3)
+    block: int = Field(default=5, ge=1, description="consecutive calls per runner per round")
+    settle: int = Field(default=1, ge=0, description="untimed calls at the start of each block")
+    spinning: bool = Field(default=True, description="ONNX Runtime worker threads spin between ops, as deployed")
     memory: bool = True
     energy: bool = True
     fidelity_samples: int = Field(default=256, ge=1)
     torch_latency: bool = True
+
+    @model_validator(mode="after")
+    def _settle_below_block(self) -> "MeasureSpec":
+        if self.settle >= self.block:
+            raise ValueError(f"settle ({self.settle}) must be smaller than block ({self.block})")
+        return self
 
     @field_validator("runtimes")
     @classmethod

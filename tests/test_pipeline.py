@@ -26,7 +26,7 @@ def test_run_writes_ledger_report_and_best(tmp_path, tiny_bert_torch):
     assert led.stage("baseline").latency_ms.runtime == "torch"
     assert led.stage("int8").latency_ms.runtime == "onnxruntime"
     for s in led.stages:
-        assert s.latency_ms.n == 3 and s.fidelity["min_cosine"] > 0.9 and s.gate.passed
+        assert s.latency_ms.n >= 3 and s.fidelity["min_cosine"] > 0.9 and s.gate.passed
         assert s.energy_mj.method
     assert led.stage("onnx").fidelity["min_cosine"] > 0.9999
     assert led.stage("int8").artifact["size_bytes"] < led.stage("onnx").artifact["size_bytes"]

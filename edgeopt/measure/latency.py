@@ -56,14 +56,21 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
 
 
 def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10, runs: int = 50,
-                        progress: Any = None, min_time_s: float = 0.0) -> dict[str, LatencyStats]:
+                        progress: Any = None, min_time_s: float = 0.0, block: int = 1,
+                        settle: int = 0) -> dict[str, LatencyStats]:
     """Time every runner on `feed`: `warmup` untimed rounds, then at least `runs` timed rounds.
 
     A round calls each runner once, in an order rotated every round (A B C, B C A, C A B, ...); warm-up
     rounds are interleaved the same way so every runner starts timing equally warm. Timing continues past
     `runs` rounds until `min_time_s` seconds of timed rounds have passed. `progress` is an optional
     rich.progress.Progress. The garbage collector is paused while timing (as timeit does).
+
+    With `block` > 1 each runner's turn is `block` consecutive calls, the first `settle` of them untimed:
+    runtimes whose worker threads spin after a call (ONNX Runtime, OpenMP in torch), as they do when
+    deployed, would otherwise steal cores from the runner that follows. `runs` counts timed calls.
     """
+    if block < 1 or not 0 <= settle < block:
+        raise ValueError(f"block must be >= 1 and 0 <= settle < block, got block={block}, settle={settle}")
     if not runners:
         raise ValueError("runners: nothing to time")
     if runs < 1:
@@ -83,14 +90,18 @@ def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10
     try:
         start = _wall()
         r = 0
-        while r < runs or _wall() - start < min_time_s:
+        per_turn = block - settle
+        while r * per_turn < runs or _wall() - start < min_time_s:
             for name in round_order(names, warmup + r):  # rotation continues from warm-up
                 run = runners[name].run
-                t0 = _now()
-                run(feed)
-                t1 = _now()
-                samples[name].append(t1 - t0)
-                advance(extend=r >= runs)
+                for _ in range(settle):
+                    run(feed)
+                for _ in range(per_turn):
+                    t0 = _now()
+                    run(feed)
+                    t1 = _now()
+                    samples[name].append(t1 - t0)
+                    advance(extend=r * per_turn >= runs)
             r += 1
     finally:
         if gc_was_enabled:

@@ -141,3 +141,25 @@ def test_real_runners_interleaved(tiny_mlp_onnx, tiny_mlp_torch, tiny_mlp_feeds)
     for s in stats.values():
         assert s.n == 7 and len(s.samples) == 7 and min(s.samples) > 0
         assert min(s.samples) <= s.p50 <= s.p90 <= s.p99 <= max(s.samples)
+
+
+def test_blocks_time_consecutive_calls_after_settling():
+    from edgeopt.measure.latency import measure_interleaved
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, feed):
+            calls.append(self.name)
+            return []
+
+    stats = measure_interleaved({"a": Fake("a"), "b": Fake("b")}, {}, warmup=0, runs=4, block=3, settle=1)
+    assert stats["a"].n == 4 and stats["b"].n == 4  # 2 rounds x 2 timed calls each
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3  # rotated each round, settle call included
+    import pytest
+
+    with pytest.raises(ValueError, match="settle"):
+        measure_interleaved({"a": Fake("a")}, {}, runs=2, block=2, settle=2)
