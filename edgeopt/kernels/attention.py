@@ -1,0 +1,380 @@
+"""Attention variants selectable per layer: naive, partially fused softmax, FlashAttention-style tiling and SDPA.
+
+Written by hand: no library offers these as interchangeable PyTorch implementations of one function (PyTorch's
+`scaled_dot_product_attention` picks its own kernel internally and exposes none of its intermediates).
+
+All take q (B, nh, Tq, hs), k (B, nh, Tk, hs), v (B, nh, Tk, hv) and an optional mask broadcastable to
+(B, nh, Tq, Tk): additive (float, added to the scaled scores) or boolean (True = attend, as in SDPA).
+
+- `naive`: S = q k^T · scale (+ mask), P = softmax(S), P v. Stores both (Tq, Tk) matrices.
+- `partial_softmax` (the paper's partially fused softmax, two passes over key blocks): a reduction computes
+  each row's max and sum of exponentials; the exp is then folded into the product with V block by block and
+  the normalization applied once to the result, so the probability matrix is never stored. Unlike the
+  paper's GPU kernel, which writes S once and reads it twice, S is recomputed per key block in the second
+  pass, so no (Tq, Tk) matrix exists at all: intermediates are O(Tq · k_block).
+- `flash`: tiled over query and key blocks with an online softmax (running max and sum, the partial output
+  rescaled as the max grows); neither matrix stored: intermediates are O(q_block · (k_block + hv)).
+- `sdpa`: torch.nn.functional.scaled_dot_product_attention (PyTorch picks its CPU kernel).
+
+Fully masked rows (every key -inf) give NaN in naive, partial_softmax and flash alike, as softmax over all -inf
+does; PyTorch's SDPA returns zeros there. Masks from Hugging Face use the dtype's minimum instead of -inf.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMPLS: tuple[str, ...] = ("naive", "partial_softmax", "flash", "sdpa")
+BLOCK_FIELDS: tuple[str, ...] = ("q_block", "k_block")
+DEFAULT_BLOCKS: dict[str, int] = {"q_block": 128, "k_block": 128}
+
+
+def check_impl(impl: str, field: str = "impl") -> str:
+    """`impl` if it names an implementation, else ValueError naming `field` and listing the known ones."""
+    if impl not in IMPLS:
+        raise ValueError(f"{field}: unknown attention implementation {impl!r}; known: {', '.join(IMPLS)}")
+    return impl
+
+
+def check_blocks(blocks: dict[str, Any]) -> dict[str, int]:
+    """Block sizes merged over the defaults; unknown names or non-positive sizes raise ValueError naming the field."""
+    out = dict(DEFAULT_BLOCKS)
+    for name, value in blocks.items():
+        if name not in BLOCK_FIELDS:
+            raise ValueError(f"{name}: unknown block size; known: {', '.join(BLOCK_FIELDS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: block size must be an int >= 1, got {value!r}")
+        out[name] = value
+    return out
+
+
+def _check_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    full = (*q.shape[:-1], k.shape[-2])  # (B, nh, Tq, Tk)
+    try:
+        fits = torch.broadcast_shapes(mask.shape, full) == torch.Size(full)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} does not broadcast to (B, nh, Tq, Tk) = {full}")
+    while mask.dim() < 2:
+        mask = mask.unsqueeze(0)
+    if mask.dtype != torch.bool and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)
+    return mask
+
+
+def _apply_mask_(s: torch.Tensor, mask: torch.Tensor | None, qs: slice, ks: slice) -> torch.Tensor:
+    """Add (float) or apply (bool) the block (qs, ks) of `mask` to the score block `s`, in place."""
+    if mask is None:
+        return s
+    mb = mask
+    if mb.shape[-2] != 1:
+        mb = mb[..., qs, :]
+    if mb.shape[-1] != 1:
+        mb = mb[..., ks]  # (B|1, nh|1, q rows|1, k cols|1)
+    if mb.dtype == torch.bool:
+        return s.masked_fill_(~mb, float("-inf"))
+    return s.add_(mb)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Running statistics and the partial output stay in at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _naive(q, k, v, mask, scale, blocks):
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk) scores
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else att + mask  # (B, nh, Tq, Tk)
+    att = F.softmax(att, dim=-1)  # (B, nh, Tq, Tk) probabilities
+    return att @ v  # (B, nh, Tq, hv)
+
+
+def _partial_softmax(q, k, v, mask, scale, blocks):
+    kb = blocks["k_block"]
+    Tk = k.shape[-2]
+    acc_t = _acc_dtype(q.dtype)
+    row = (*q.shape[:-1], 1)  # (B, nh, Tq, 1)
+    m = torch.full(row, float("-inf"), dtype=acc_t, device=q.device)  # (B, nh, Tq, 1) running row max
+    l = torch.zeros(row, dtype=acc_t, device=q.device)  # (B, nh, Tq, 1) running sum of exponentials
+    rows = slice(None)
+    # pass 1, the reduction: each row's max and sum of exp, key block by key block
+    for k0 in range(0, Tk, kb):
+        ks = slice(k0, k0 + kb)
+        s = (q @ k[..., ks, :].transpose(-2, -1)).to(acc_t).mul_(scale)  # (B, nh, Tq, kb)
+        _apply_mask_(s, mask, rows, ks)
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (B, nh, Tq, 1)
+        m_safe = m_new.nan_to_num(neginf=0.0)  # (B, nh, Tq, 1) rows masked so far: exp(-inf - 0) = 0
+        l.mul_((m - m_safe).exp_()).add_(s.sub_(m_safe).exp_().sum(-1, keepdim=True))  # (B, nh, Tq, 1)
+        m = m_new
+        del s  # free the block before the next one is computed
+    m_safe = m.nan_to_num(neginf=0.0)  # (B, nh, Tq, 1)
+    # pass 2: exp folded into the product with V; the probability matrix is never formed
+    out = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=acc_t, device=q.device)  # (B, nh, Tq, hv)
+    for k0 in range(0, Tk, kb):
+        ks = slice(k0, k0 + kb)
+        s = (q @ k[..., ks, :].transpose(-2, -1)).to(acc_t).mul_(scale)  # (B, nh, Tq, kb)
+        _apply_mask_(s, mask, rows, ks)
+        p = s.sub_(m_safe).exp_()  # (B, nh, Tq, kb) unnormalized, in place of s
+        out += (p.to(v.dtype) @ v[..., ks, :]).to(acc_t)  # (B, nh, Tq, hv)
+        del s, p
+    return out.div_(l).to(q.dtype)  # (B, nh, Tq, hv) normalized once
+
+
+def _flash(q, k, v, mask, scale, blocks):
+    qb, kb = blocks["q_block"], blocks["k_block"]
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    acc_t = _acc_dtype(q.dtype)
+    out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)  # (B, nh, Tq, hv)
+    for q0 in range(0, Tq, qb):
+        qs = slice(q0, q0 + qb)
+        qi = q[..., qs, :]  # (B, nh, qb, hs)
+        row = (*qi.shape[:-1], 1)  # (B, nh, qb, 1)
+        m = torch.full(row, float("-inf"), dtype=acc_t, device=q.device)  # (B, nh, qb, 1) running max
+        l = torch.zeros(row, dtype=acc_t, device=q.device)  # (B, nh, qb, 1) running sum of exp
+        acc = torch.zeros((*qi.shape[:-1], v.shape[-1]), dtype=acc_t, device=q.device)  # (B, nh, qb, hv)
+        for k0 in range(0, Tk, kb):
+            ks = slice(k0, k0 + kb)
+            s = (qi @ k[..., ks, :].transpose(-2, -1)).to(acc_t).mul_(scale)  # (B, nh, qb, kb)
+            _apply_mask_(s, mask, qs, ks)
+            m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (B, nh, qb, 1)
+            m_safe = m_new.nan_to_num(neginf=0.0)  # (B, nh, qb, 1)
+            p = s.sub_(m_safe).exp_()  # (B, nh, qb, kb) in place of s
+            corr = (m - m_safe).exp_()  # (B, nh, qb, 1) rescales what was summed under the old max
+            l.mul_(corr).add_(p.sum(-1, keepdim=True))  # (B, nh, qb, 1)
+            acc.mul_(corr).add_((p.to(v.dtype) @ v[..., ks, :]).to(acc_t))  # (B, nh, qb, hv)
+            m = m_new
+            del s, p
+        out[..., qs, :] = acc.div_(l)  # (B, nh, qb, hv)
+    return out
+
+
+def _sdpa(q, k, v, mask, scale, blocks):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, nh, Tq, hv)
+
+
+_IMPL_FNS = {"naive": _naive, "partial_softmax": _partial_softmax, "flash": _flash, "sdpa": _sdpa}
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              impl: str = "naive", scale: float | None = None, **block_sizes: int) -> torch.Tensor:
+    """softmax(q k^T · scale + mask) v with the chosen implementation; returns (B, nh, Tq, hv).
+
+    `scale` defaults to hs^-0.5; `block_sizes` are `q_block` (flash) and `k_block` (partial_softmax, flash).
+    """
+    check_impl(impl)
+    blocks = check_blocks(block_sizes)
+    if q.dim() < 2 or k.shape[-1] != q.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q, k, v: incompatible shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    mask = _check_mask(mask, q, k)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _IMPL_FNS[impl](q, k, v, mask, scale, blocks)
+
+
+# ------------------------------------------------------------------ memory of the intermediates
+def peak_intermediate_bytes(impl: str, B: int, nh: int, Tq: int, Tk: int, hs: int,
+                            dtype: torch.dtype = torch.float32, blocks: dict[str, int] | None = None,
+                            hv: int | None = None) -> int | None:
+    """Analytic peak bytes of the intermediates (everything but inputs and output) of this module's code.
+
+    naive: scores and probabilities, 2·(Tq·Tk). partial_softmax: one score block, the p·v product and three
+    row vectors, Tq·(kb + hv + 3). flash: one score block, the block accumulator and p·v product and four
+    row vectors, qb·(kb + 2·hv + 4). All per (batch, head); statistics counted at max(itemsize, 4) bytes.
+    sdpa: None, PyTorch's kernel keeps its workspace internal (`measured_peak_intermediate_bytes` sees
+    only what it returns).
+    """
+    check_impl(impl)
+    b = check_blocks(blocks or {})
+    hv = hs if hv is None else hv
+    s = torch.empty((), dtype=dtype).element_size()
+    sa = torch.empty((), dtype=_acc_dtype(dtype)).element_size()
+    bh = B * nh
+    if impl == "naive":
+        return 2 * bh * Tq * Tk * s
+    if impl == "partial_softmax":
+        kb = min(b["k_block"], Tk)
+        return bh * Tq * (kb + hv + 3) * sa
+    if impl == "flash":
+        qb, kb = min(b["q_block"], Tq), min(b["k_block"], Tk)
+        return bh * qb * (kb + 2 * hv + 4) * sa
+    return None
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def measured_peak_intermediate_bytes(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                     mask: torch.Tensor | None = None, scale: float | None = None,
+                                     **block_sizes: int) -> int:
+    """Peak bytes of tensors allocated (and not returned) while `attention(...)` runs, measured op by op.
+
+    A TorchDispatchMode sees every tensor each ATen op creates; storages are counted from their creation to
+    the death of the last tensor viewing them, replayed afterwards without the returned output. Workspace
+    an op keeps inside itself (SDPA's kernel buffers) is invisible to it.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    events: list[tuple[int, int]] = []  # (allocation id, +bytes | -bytes) in time order
+    inputs = {_storage_key(t) for t in (q, k, v, mask) if t is not None}
+
+    class _Track(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, list[int]] = {}  # storage ptr -> [allocation id, bytes, tensors alive]
+            self.next_id = 0
+
+        def _release(self, ptr: int, alloc_id: int) -> None:
+            rec = self.live.get(ptr)
+            if rec is None or rec[0] != alloc_id:
+                return
+            rec[2] -= 1
+            if rec[2] == 0:
+                events.append((alloc_id, -rec[1]))
+                del self.live[ptr]
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                ptr = _storage_key(t)
+                if ptr == 0 or ptr in inputs:
+                    continue
+                rec = self.live.get(ptr)
+                if rec is None:
+                    rec = self.live[ptr] = [self.next_id, t.untyped_storage().nbytes(), 0]
+                    events.append((rec[0], rec[1]))
+                    self.next_id += 1
+                rec[2] += 1
+                weakref.finalize(t, self._release, ptr, rec[0])
+            return out
+
+    with torch.inference_mode(), _Track() as track:
+        out = attention(q, k, v, mask, impl=impl, scale=scale, **block_sizes)
+    rec = track.live.get(_storage_key(out))
+    skip = rec[0] if rec is not None else -1
+    cur = peak = 0
+    for alloc_id, delta in events:
+        if alloc_id != skip:
+            cur += delta
+            peak = max(peak, cur)
+    del out
+    return int(peak)
+
+
+# ------------------------------------------------------------------ a reference attention module
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v nn.Linear projections and a selectable implementation.
+
+    The generic module `kernels.attention` swaps implementations in: `impl` and `blocks` are plain attributes
+    that `set_impl` validates.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, impl: str = "naive", **block_sizes: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads: {num_heads} does not divide dim {dim}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.k = nn.Linear(dim, dim, bias=bias)
+        self.v = nn.Linear(dim, dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.impl, self.blocks = "naive", {}
+        self.set_impl(impl, **block_sizes)
+
+    def set_impl(self, impl: str, **block_sizes: int) -> None:
+        """Select the attention implementation (and block sizes) this module uses from now on."""
+        self.impl = check_impl(impl)
+        check_blocks(block_sizes)
+        self.blocks = dict(block_sizes)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, impl={self.impl!r}, blocks={self.blocks}"
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape  # (B, T, C)
+        nh, hs = self.num_heads, self.head_dim
+        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.v(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, impl=self.impl, **self.blocks)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side
+        return self.proj(y)  # (B, T, C)
+
+
+def attention_flops(B: int, nh: int, Tq: int, Tk: int, hs: int, hv: int | None = None) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the two products q k^T and P v, the same for every implementation
+    except partial_softmax, which computes q k^T twice."""
+    hv = hs if hv is None else hv
+    return 2 * B * nh * Tq * Tk * (hs + hv)
+
+
+# ------------------------------------------------------------------ Hugging Face integration
+HF_NAME = "edgeopt"  # the name registered in transformers' AttentionInterface and AttentionMaskInterface
+HF_SPEC_ATTR = "edgeopt_attention"  # per-module attribute: {"impl": ..., "blocks": {...}}
+_HF_UNSUPPORTED_KWARGS = ("sliding_window", "softcap", "s_aux")
+
+
+def _hf_eager(module: nn.Module):
+    """The eager attention function of the module's own modeling file (transformers keeps one per model)."""
+    import sys
+
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    return fn if fn is not None else _eager_with_weights
+
+
+def _eager_with_weights(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    att = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)  # (B, nh, Tq, Tk)
+    if attention_mask is not None:
+        att = att + attention_mask  # (B, nh, Tq, Tk)
+    att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=module.training)  # (B, nh, Tq, Tk)
+    return (att @ value).transpose(1, 2).contiguous(), att  # (B, Tq, nh, hv), (B, nh, Tq, Tk)
+
+
+def hf_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                         **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function: the implementation in module.edgeopt_attention, else the model's eager one.
+
+    query (B, nh, Tq, hs), key/value (B, nh, Tk, hs), attention_mask additive (B, 1, Tq, Tk) or None (the
+    "edgeopt" mask interface builds eager masks). Falls back to eager for modules without a spec, dropout in
+    training, grouped key/value heads, or features (sliding window, soft-capping, sinks) the kernels lack.
+    """
+    spec = getattr(module, HF_SPEC_ATTR, None)
+    if (spec is None or (dropout and module.training) or key.shape[1] != query.shape[1]
+            or any(kwargs.get(k) is not None for k in _HF_UNSUPPORTED_KWARGS)):
+        return _hf_eager(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    y = attention(query, key, value, attention_mask, impl=spec["impl"], scale=scaling,
+                  **spec["blocks"])  # (B, nh, Tq, hv)
+    return y.transpose(1, 2).contiguous(), None  # (B, Tq, nh, hv) as transformers expects
+
+
+def register_hf_attention() -> str:
+    """Register `hf_attention_forward` and eager-style masks under "edgeopt" in transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(HF_NAME, hf_attention_forward)
+    AttentionMaskInterface.register(HF_NAME, eager_mask)
+    return HF_NAME
+
+
+def attention_flops(B: int, nh: int, Tq: int, Tk: int, hs: int, hv: int | None = None) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the two products q k^T and P v, the same for every implementation
+    except partial_softmax, which computes q k^T twice."""
+    hv = hs if hv is None else hv
+    return 2 * B * nh * Tq * Tk * (hs + hv)
+
+
+__all__ = ["IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_blocks",
+           "peak_intermediate_bytes", "measured_peak_intermediate_bytes", "MultiHeadSelfAttention",
+           "attention_flops", "hf_attention_forward", "register_hf_attention"]

@@ -1,0 +1,197 @@
+"""kernels.fused_norm: swap GroupNorm + SiLU/GELU and LayerNorm + GELU module pairs for fused modules."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from edgeopt.artifact import Artifact
+from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.passes.kernels.winograd import torch_module_copy
+
+NORM_KINDS = ("group_norm", "layer_norm")
+
+
+@register("kernels.fused_norm")
+class FusedNormPass(Pass):
+    """Replace normalization + activation pairs with GroupNormAct / LayerNormAct (edgeopt.kernels.fused_norm).
+
+    How pairs are found, in a deep copy of the model:
+    1. nn.Sequential (at any depth): child i is nn.GroupNorm / nn.LayerNorm and child i+1 is nn.SiLU or
+       nn.GELU. Child i becomes the fused module (same name, so state-dict keys stay), child i+1 nn.Identity.
+    2. Any other module with a direct norm child and an activation (a SiLU/GELU child, or F.silu/F.gelu in
+       its forward): its own forward is traced with torch.fx, every child kept as a leaf call. A norm call
+       whose only user is an activation call on it becomes one call of the fused module, and the module is
+       replaced by the rewritten torch.fx.GraphModule. A forward that does not trace, or a normalized output
+       also used elsewhere, is left alone with the reason in ctx.notes["fused_norm"]["skipped"].
+    Norms with no activation after them are listed under "unfused"; nothing is ever fused by position alone.
+    """
+
+    class Config(PassConfig):
+        backend: Literal["eager", "compile"] = "eager"
+        norms: tuple[Literal["group_norm", "layer_norm"], ...] = NORM_KINDS
+        trace: bool = True
+
+    accepts = ("torch",)
+    produces = "torch"
+
+    def run(self, art: Artifact, ctx: PassContext) -> Artifact:
+        from torch import nn
+
+        cfg = self.config
+        module = torch_module_copy(art, self.name)
+        norm_types = tuple(t for k, t in (("group_norm", nn.GroupNorm), ("layer_norm", nn.LayerNorm)) if k in cfg.norms)
+        fused: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        for name, seq in list(module.named_modules()):
+            if isinstance(seq, nn.Sequential):
+                _fuse_sequential(seq, name, norm_types, cfg.backend, fused, skipped)
+        if cfg.trace:
+            parents = [(n, m) for n, m in module.named_modules() if _is_candidate_parent(m, norm_types)]
+            for name, parent in reversed(parents):  # deepest first
+                gm = _fuse_traced(parent, name, norm_types, cfg.backend, fused, skipped)
+                if gm is not None:
+                    module = gm if name == "" else _replace(module, name, gm)
+        unfused = {n: "not followed by an activation" for n, m in module.named_modules()
+                   if isinstance(m, norm_types) and n not in fused and n not in skipped}
+        ctx.notes["fused_norm"] = {"fused": fused, "skipped": skipped, "unfused": unfused, "backend": cfg.backend}
+        if skipped:
+            ctx.warnings.append("kernels.fused_norm: not fused: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
+        meta = {**art.meta, "fused_norm": dict(fused)}
+        return Artifact.from_module(module, art.input_spec, meta=meta)
+
+
+def _qual(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _replace(root: Any, name: str, new: Any) -> Any:
+    root.set_submodule(name, new)
+    return root
+
+
+def _pair_label(norm: Any, act: str) -> str:
+    return f"{type(norm).__name__}+{act}"
+
+
+def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backend: str, fused: dict[str, str],
+                     skipped: dict[str, str]) -> None:
+    """Pattern 1: adjacent (norm, activation) children of one nn.Sequential."""
+    from torch import nn
+
+    from edgeopt.kernels.fused_norm import act_name, fuse_pair
+
+    keys = list(seq._modules)
+    i = 0
+    while i < len(keys) - 1:
+        norm, act = seq._modules[keys[i]], seq._modules[keys[i + 1]]
+        name = act_name(act)
+        if isinstance(norm, norm_types) and name is not None:
+            new = fuse_pair(norm, act, backend)
+            if new is None:  # pragma: no cover - norm_types and act_name agree with fuse_pair
+                skipped[_qual(prefix, keys[i])] = f"no fused kernel for {_pair_label(norm, name)}"
+            else:
+                seq._modules[keys[i]] = new
+                seq._modules[keys[i + 1]] = nn.Identity()
+                fused[_qual(prefix, keys[i])] = _pair_label(norm, name)
+                i += 2
+                continue
+        i += 1
+
+
+def _is_candidate_parent(m: Any, norm_types: tuple[type, ...]) -> bool:
+    """A non-Sequential module with a direct norm child and an activation (child module or F.silu/F.gelu)."""
+    from torch import nn
+
+    from edgeopt.kernels.fused_norm import act_name
+
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or isinstance(m, norm_types):
+        return False
+    children = list(m.children())
+    if not any(isinstance(c, norm_types) for c in children):
+        return False
+    if any(act_name(c) is not None for c in children):
+        return True
+    names = getattr(getattr(type(m).forward, "__code__", None), "co_names", ())
+    return "silu" in names or "gelu" in names
+
+
+def _act_of(node: Any, mods: dict[str, Any]) -> tuple[str, Any] | None:
+    """(name, equivalent module) if `node` applies SiLU/GELU (module, F.silu, F.gelu) to its one argument, else None."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgeopt.kernels.fused_norm import act_name
+
+    if len(node.args) != 1:
+        return None
+    if node.op == "call_module":
+        name = act_name(mods.get(node.target))
+        return (name, mods[node.target]) if name is not None and not node.kwargs else None
+    if node.op != "call_function":
+        return None
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    if node.target is F.silu and not kwargs:
+        return "silu", nn.SiLU()
+    approx = kwargs.get("approximate", "none")
+    if node.target is F.gelu and set(kwargs) <= {"approximate"} and approx in ("none", "tanh"):
+        return ("gelu_tanh" if approx == "tanh" else "gelu"), nn.GELU(approximate=approx)
+    return None
+
+
+def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend: str, fused: dict[str, str],
+                 skipped: dict[str, str]) -> Any:
+    """Pattern 2: trace `parent`'s own forward (children as leaves) and fuse norm calls followed only by an activation.
+
+    Returns the rewritten GraphModule, or None when nothing was fused.
+    """
+    import torch.fx
+
+    from edgeopt.kernels.fused_norm import fuse_pair
+
+    class _ChildrenAsLeaves(torch.fx.Tracer):
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            return True
+
+    norm_names = [n for n, c in parent.named_children() if isinstance(c, norm_types)]
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception as e:  # torch.fx raises many types for untraceable Python
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
+        for n in norm_names:
+            if _qual(prefix, n) not in fused:
+                skipped[_qual(prefix, n)] = f"forward of {type(parent).__name__} not traceable by torch.fx: {first}"
+        return None
+    mods = dict(parent.named_children())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    changes = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), norm_types):
+            continue
+        qual = _qual(prefix, node.target)
+        users = list(node.users)
+        act = _act_of(users[0], mods) if len(users) == 1 else None
+        if act is None:
+            if any(_act_of(u, mods) is not None for u in users):
+                skipped[qual] = "normalized output is also used without the activation"
+            continue
+        if calls[node.target] > 1:
+            skipped[qual] = f"{node.target} is called {calls[node.target]} times in the forward"
+            continue
+        changes.append((node, users[0], act))
+    if not changes:
+        return None
+    gm = torch.fx.GraphModule(parent, graph, class_name=type(parent).__name__)
+    for node, user, (act_label, act_mod) in changes:
+        norm = mods[node.target]
+        gm.add_submodule(node.target, fuse_pair(norm, act_mod, backend))
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+        fused[_qual(prefix, node.target)] = _pair_label(norm, act_label)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.train(parent.training)
+    return gm

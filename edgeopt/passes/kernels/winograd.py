@@ -1,0 +1,106 @@
+"""kernels.winograd: replace eligible 3×3 Conv2d modules of a PyTorch model with Winograd F(m×m, 3×3) modules."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import PassError
+from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+
+
+def example_inputs(art: Artifact, ctx: PassContext, pass_name: str) -> Any:
+    """The inputs a pass runs the model on to see its layers: meta["example_inputs"], else the first calibration feed.
+
+    A dict means named inputs in order, passed positionally (as the runners and convert.onnx do).
+    """
+    ex = art.meta.get("example_inputs")
+    if ex is not None:
+        return ex
+    if ctx.calibration:
+        from edgeopt.data import to_torch_args
+
+        names = list(art.meta.get("input_names") or art.input_spec.names)
+        return to_torch_args(ctx.calibration[0], names)
+    raise PassError(f"{pass_name}: needs example inputs to measure layers (artifact meta 'example_inputs' "
+                    f"or calibration data)")
+
+
+def torch_module_copy(art: Artifact, pass_name: str) -> Any:
+    """A deep copy of the artifact's live module (passes never mutate their input)."""
+    if art.module is None:
+        raise PassError(f"{pass_name}: torch artifact has no live module")
+    return copy.deepcopy(art.module)
+
+
+@register("kernels.winograd")
+class WinogradPass(Pass):
+    """Replace each eligible Conv2d (3×3, stride 1, dilation 1, groups 1; any padding) with WinogradConv2d.
+
+    `tile` fixes m for every eligible layer (the paper's choice is 4); "auto" runs the tuner per layer on the
+    shapes the example input produces and keeps the fastest candidate within `error_budget` (norm-wise
+    relative error against float64), which may be direct convolution. Ineligible layers stay as they are,
+    with the reason in ctx.notes["winograd"]["skipped"] and one summary line in ctx.warnings; layers where
+    "auto" kept direct convolution are listed under "kept_direct", the tuner's measurements under "tuning".
+    """
+
+    class Config(PassConfig):
+        tile: Literal[2, 4, 6, 8, "auto"] = 4
+        error_budget: float = Field(default=1e-5, gt=0)
+        runs: int = Field(default=5, ge=1)
+        threads: int | None = Field(default=None, ge=1)
+        exclude: tuple[str, ...] = ()
+
+    accepts = ("torch",)
+    produces = "torch"
+
+    def run(self, art: Artifact, ctx: PassContext) -> Artifact:
+        from torch import nn
+
+        from edgeopt.kernels.winograd import WinogradConv2d, tune_model, winograd_supported
+
+        cfg = self.config
+        module = torch_module_copy(art, self.name)
+        convs = {n: m for n, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+        replaced: dict[str, int] = {}
+        skipped: dict[str, str] = {}
+        tuning: dict[str, Any] = {}
+        if cfg.tile == "auto" and convs:
+            tuning = tune_model(module, example_inputs(art, ctx, self.name), error_budget=cfg.error_budget,
+                                runs=cfg.runs, threads=cfg.threads)
+        kept_direct: dict[str, str] = {}
+        for name, conv in convs.items():
+            ok, why = winograd_supported(conv)
+            if name in cfg.exclude:
+                skipped[name] = "excluded by config"
+            elif not ok:
+                skipped[name] = why
+            elif cfg.tile != "auto":
+                module.set_submodule(name, WinogradConv2d(conv, int(cfg.tile)))
+                replaced[name] = int(cfg.tile)
+            elif not tuning[name]["supported"]:
+                skipped[name] = tuning[name]["reason"]
+            elif tuning[name]["tile"] is None:
+                kept_direct[name] = "direct convolution is fastest within the error budget"
+            else:
+                module.set_submodule(name, WinogradConv2d(conv, tuning[name]["tile"]))
+                replaced[name] = tuning[name]["tile"]
+        ctx.notes["winograd"] = {"replaced": replaced, "skipped": skipped, "kept_direct": kept_direct,
+                                 "tuning": {n: _summary(r) for n, r in tuning.items()}}
+        if skipped:
+            ctx.warnings.append("kernels.winograd: left as direct convolution: "
+                                + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
+        meta = {**art.meta, "winograd": dict(replaced)}
+        return Artifact.from_module(module, art.input_spec, meta=meta)
+
+
+def _summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The tuner's result for one layer, as the ledger keeps it (per candidate: ms, error, ratio, extra bytes)."""
+    cands = {k: {"latency_ms": c["latency_ms"], "rel_error": c["rel_error"], "flops_ratio": c["flops_ratio"],
+                 "extra_bytes": c["extra_bytes"]["total"], "accepted": c["accepted"]}
+             for k, c in res.get("candidates", {}).items()}
+    return {"choice": res["choice"], "input_shape": res.get("input_shape"), "candidates": cands,
+            "refused": res.get("refused", {}), "reason": res.get("reason", "")}
