@@ -11,6 +11,14 @@ from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.errors import InputError
 
 Feed = dict[str, np.ndarray]
+LABEL_KEY = "__label__"  # a feed may carry its labels under this key (classification data); runners never see it
+
+
+def split_labels(feeds: list[Feed]) -> tuple[list[Feed], list[np.ndarray] | None]:
+    """Feeds without their labels, and the labels (None when the data has none)."""
+    if not feeds or LABEL_KEY not in feeds[0]:
+        return feeds, None
+    return [{k: v for k, v in f.items() if k != LABEL_KEY} for f in feeds], [f[LABEL_KEY] for f in feeds]
 
 
 def tokenize(texts: list[str], tokenizer_path: str, seq_len: int, batch: int, names: list[str]) -> list[Feed]:

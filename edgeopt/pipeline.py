@@ -132,6 +132,8 @@ class Pipeline:
                                default_slice=slice(0, 64))
         ev = data_mod.resolve(r.data.eval, art, seq_len=m.seq_len, batch=m.batch, role="eval",
                               default_slice=slice(64, 320), count=m.fidelity_samples)
+        cal, _ = data_mod.split_labels(cal)
+        ev, self.labels = data_mod.split_labels(ev)
         data_key = _feeds_key(cal[:8])
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
@@ -245,6 +247,7 @@ class Pipeline:
             ref.append(base_runner.run(f)[0])
             if prog:
                 prog.advance(task)
+        base_acc = _accuracy(ref, self.labels)
         live: dict[str, Any] = {}
         for stage, art in stages:
             runner = base_runner if stage is base_stage else runners.make_runner(art, threads=m.threads,
@@ -257,10 +260,17 @@ class Pipeline:
                     if prog:
                         prog.advance(t)
                 stage.fidelity = fidelity.compare(ref, outs)
+                acc = _accuracy(outs, self.labels)
+                if acc is not None:
+                    stage.accuracy = {"top1": acc}
+                    stage.fidelity["accuracy_drop"] = 100.0 * (base_acc - acc)
                 passed, why = fidelity.gate(stage.fidelity, gates)
                 stage.gate = Gate(passed=passed, why=why)
             else:
                 stage.fidelity = fidelity.compare(ref, ref)
+                if base_acc is not None:
+                    stage.accuracy = {"top1": base_acc}
+                    stage.fidelity["accuracy_drop"] = 0.0
                 stage.gate = Gate(passed=True, why="baseline")
             stage.params = size.params_count(art)
             stage.notes["size"] = size.size_report(art)
@@ -342,6 +352,17 @@ class Pipeline:
         }
         write_text_atomic(self.out_dir / "metadata.json", json.dumps(meta, indent=2, default=str))
         write_text_atomic(self.out_dir / "report.md", to_markdown(ledger))
+
+
+def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
+    """Top-1 accuracy of classifier outputs (argmax over the last axis) against labels, or None."""
+    if not labels:
+        return None
+    import numpy as np
+
+    hits = sum(int((np.asarray(o).reshape(len(np.atleast_1d(y)), -1).argmax(-1) == np.atleast_1d(y)).sum())
+               for o, y in zip(outputs, labels))
+    return hits / sum(len(np.atleast_1d(y)) for y in labels)
 
 
 def _flops(art: Artifact, m: Any) -> int | None:

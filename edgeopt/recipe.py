@@ -61,6 +61,7 @@ class GateSpec(_Strict):
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
     mean_cosine: float | None = Field(default=None, ge=-1, le=1)
     max_abs: float | None = Field(default=None, ge=0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, description="percentage points below the baseline")
 
 
 class PassStep(_Strict):

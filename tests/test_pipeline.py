@@ -59,3 +59,24 @@ def test_failure_marks_stage_and_resume_reuses(tmp_path, tiny_bert_torch, monkey
     res = optimize(tiny_bert_torch, recipe=RECIPE, out=out, resume=True, progress=False)
     assert res.ledger.stage("onnx").notes.get("cached") is True
     assert res.ledger.stage("int8").status == "done" and not res.ledger.stage("int8").notes.get("cached")
+
+
+def test_accuracy_from_labelled_data(tmp_path, tiny_mlp_torch, monkeypatch):
+    import numpy as np
+
+    from edgeopt import data as data_mod
+
+    real = data_mod.resolve
+
+    def labelled(spec, art, **kw):
+        feeds = real(spec, art, **kw)
+        return [{**f, data_mod.LABEL_KEY: np.array([i % 8, (i + 1) % 8])} for i, f in enumerate(feeds)]
+
+    monkeypatch.setattr(data_mod, "resolve", labelled)
+    recipe = {"data": {"calibration": "random:4", "eval": "random:6"}, "passes": ["convert.onnx"],
+              "measure": {"threads": 1, "warmup": 1, "runs": 3, "memory": False}, "gates": {"max_accuracy_drop": 0.5}}
+    res = optimize(tiny_mlp_torch, recipe=recipe, out=tmp_path / "run", progress=False)
+    base, onnx_stage = res.ledger.stage("baseline"), res.ledger.stage("convert.onnx")
+    assert 0.0 <= base.accuracy["top1"] <= 1.0
+    assert onnx_stage.accuracy["top1"] == base.accuracy["top1"]  # same model, same predictions
+    assert onnx_stage.fidelity["accuracy_drop"] == 0.0 and onnx_stage.gate.passed

@@ -72,7 +72,8 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
 
 
 # gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
-_GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max")}
+_GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max"),
+          "max_accuracy_drop": ("accuracy_drop", "max")}
 
 
 def _gate_limits(gates: Any) -> dict[str, float]:
