@@ -63,6 +63,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_files(*paths: Path) -> str:
+    """One content hash over several files (those that exist), e.g. an OpenVINO .xml and its .bin."""
+    h = hashlib.sha256()
+    for f in paths:
+        if f.exists():
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def content_sha256(kind: str, path: str | Path) -> str:
+    """The content hash an artifact of `kind` stored at `path` is recorded with."""
+    path = Path(path)
+    return sha256_files(path, path.with_suffix(".bin")) if kind == "openvino" else sha256_file(path)
+
+
 def sha256_module(module: Any) -> str:
     """Content hash of a torch module: its class name plus every parameter and buffer."""
     import torch
@@ -107,6 +124,23 @@ class Artifact:
             size_bytes=onnx_size_bytes(path),
             meta=dict(meta or {}),
         )
+
+    @classmethod
+    def from_openvino(cls, path: str | Path, meta: dict[str, Any] | None = None) -> Artifact:
+        """An OpenVINO IR artifact (model.xml with its model.bin beside it)."""
+        import openvino as ov
+
+        path = Path(path)
+        model = ov.Core().read_model(str(path))
+        specs = []
+        for i, p in enumerate(model.inputs):
+            shape = tuple(int(d.get_length()) if d.is_static else ("batch" if j == 0 else "sequence")
+                          for j, d in enumerate(p.get_partial_shape()))
+            specs.append(TensorSpec(p.get_any_name(), p.get_element_type().to_dtype().name, shape))
+        weights = path.with_suffix(".bin")
+        size = path.stat().st_size + (weights.stat().st_size if weights.exists() else 0)
+        return cls(kind="openvino", path=path, input_spec=InputSpec(tuple(specs)), sha256=sha256_files(path, weights),
+                   size_bytes=size, meta=dict(meta or {}))
 
     @classmethod
     def from_module(cls, module: Any, input_spec: InputSpec, meta: dict[str, Any] | None = None) -> Artifact:

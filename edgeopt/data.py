@@ -108,9 +108,18 @@ def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: 
         for i, d in enumerate(t.shape):
             if isinstance(d, str) and d not in dims:
                 dims[d] = batch if i == 0 else seq_len
+    if spec is None and art.meta.get("dataset") == "digits":
+        spec = "zoo:digits"  # calibration: the train split, eval: the test split
     if spec is None:
         spec = f"zoo:sentences[{default_slice.start or ''}:{default_slice.stop or ''}]" if is_text else f"random:{count or 16}"
-    if spec.startswith("zoo:sentences"):
+    if spec.startswith("zoo:digits"):
+        from edgeopt.zoo.digits import feeds as digits_feeds
+
+        try:
+            feeds = digits_feeds(spec[len("zoo:digits"):], role, batch, input_name=names[0])
+        except ValueError as e:
+            raise InputError(f"{what}: {e}") from None
+    elif spec.startswith("zoo:sentences"):
         if not is_text:
             raise InputError(f"{what}: zoo:sentences is text, but the model has no tokenizer")
         from edgeopt.zoo.sentences import split

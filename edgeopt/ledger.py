@@ -49,6 +49,7 @@ class Stage(BaseModel):
 
     name: str
     pass_: str | None = Field(default=None, alias="pass")
+    parent: str | None = None  # the stage whose model this one transformed
     config: dict[str, Any] = Field(default_factory=dict)
     status: str = "done"  # done | failed | skipped
     artifact: dict[str, Any] | None = None

@@ -113,8 +113,15 @@ def load_model(source: str | Path | Any, example_inputs: Any = None) -> Artifact
 
             return load_hf_folder(p)
         raise InputError(f"{p}: a folder without config.json is not a Hugging Face model folder")
+    if p.suffix.lower() == ".xml" and p.with_suffix(".bin").exists():
+        try:
+            return Artifact.from_openvino(p, meta={"source": str(p)})
+        except ImportError:
+            raise InputError(f"{p}: OpenVINO IR needs the openvino package") from None
+        except Exception as e:
+            raise InputError(f"{p}: not a readable OpenVINO IR ({e.__class__.__name__})") from None
     if p.suffix.lower() != ".onnx":
-        raise InputError(f"{p}: unsupported model file type {p.suffix or '(none)'!r}; expected .onnx, a zoo: name or a Hugging Face folder")
+        raise InputError(f"{p}: unsupported model file type {p.suffix or '(none)'!r}; expected .onnx, OpenVINO .xml, a zoo: name or a Hugging Face folder")
     load_onnx_checked(p)
     return Artifact.from_onnx(p, meta={"source": str(p)})
 

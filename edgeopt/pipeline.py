@@ -156,7 +156,13 @@ class Pipeline:
         stages.append((base_stage, art))
         ledger.put(base_stage)
         current = art
+        by_name: dict[str, Artifact] = {BASELINE: art}
         for step in r.passes:
+            if step.source is not None:
+                if step.source not in by_name:
+                    raise PassError(f"stage {step.name}: its input stage {step.source!r} did not finish")
+                current = by_name[step.source]
+            parent = step.source or stages[-1][0].name
             stage_dir = self.out_dir / _dirname(step.name)
             key = _cache_key(current.sha256, step.pass_name, step.config, data_key, getattr(self.target, "name", ""))
             reused = self._reuse(old, step.name, key)
@@ -164,6 +170,7 @@ class Pipeline:
                 stage, current = reused
                 self._say(f"[dim]stage {step.name}: cached ({key[:12]})[/dim]")
                 stages.append((stage, current))
+                by_name[step.name] = current
                 ledger.put(stage)
                 continue
             p = build_pass(step.pass_name, step.config)
@@ -171,7 +178,8 @@ class Pipeline:
                 shutil.rmtree(stage_dir)
             ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=cal, evaluation=ev,
                               progress=prog, baseline=art, measure=r.measure, gates=r.gates)
-            stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key, versions=ver)
+            stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key, versions=ver,
+                          parent=parent)
             t0 = time.perf_counter()
             self._say(f"stage {step.name}: {step.pass_name} …")
             try:
@@ -197,6 +205,7 @@ class Pipeline:
             ledger.put(stage)
             ledger.save(self.ledger_path)
             current = out
+            by_name[step.name] = out
         self._measure(stages, ev, prog)
         best = self._choose_best(ledger, stages)
         ledger.save(self.ledger_path)
@@ -217,14 +226,12 @@ class Pipeline:
         if prev is None or prev.status != "done" or prev.cache_key != key or not prev.artifact:
             return None
         path = prev.artifact.get("path")
-        if prev.artifact.get("kind") != "onnx" or not path or not Path(path).exists():
-            return None
-        from edgeopt.artifact import sha256_file
-
-        if sha256_file(path) != prev.artifact.get("sha256"):
+        if prev.artifact.get("kind") not in ("onnx", "openvino") or not path or not Path(path).exists():
             return None
         meta = dict(prev.notes.get("meta", {}))
-        art = Artifact.from_onnx(path, meta=meta)
+        art = (Artifact.from_onnx if prev.artifact["kind"] == "onnx" else Artifact.from_openvino)(path, meta=meta)
+        if art.sha256 != prev.artifact.get("sha256"):
+            return None
         stage = prev.model_copy(deep=True)
         stage.latency_ms = stage.peak_rss_mb = stage.energy_mj = None
         stage.notes = {**stage.notes, "cached": True}
@@ -310,8 +317,8 @@ class Pipeline:
 
     def _choose_best(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]]) -> Stage | None:
         """The fastest finished ONNX stage that passed its gate (a failed gate is never chosen)."""
-        ok = [s for s, a in stages if s.status == "done" and s.gate and s.gate.passed and a.kind == "onnx"
-              and s.latency_ms is not None]
+        ok = [s for s, a in stages if s.status == "done" and s.gate and s.gate.passed
+              and a.kind in ("onnx", "openvino") and s.latency_ms is not None]
         if not ok:
             ledger.best = None
             return None
@@ -329,10 +336,10 @@ class Pipeline:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            shutil.copy2(art.path, tmp / art.path.name)
-            data = art.path.parent / (art.path.name + ".data")
-            if data.exists():
-                shutil.copy2(data, tmp / data.name)
+            from edgeopt.measure.size import model_files
+
+            for f in model_files(art):
+                shutil.copy2(f, tmp / f.name)
             (tmp / "stage.json").write_text(json.dumps(best.to_json(), indent=2, default=str))
             if dst.exists():
                 shutil.rmtree(dst)

@@ -50,7 +50,7 @@ class MeasureSpec(_Strict):
     @field_validator("runtimes")
     @classmethod
     def _known_runtimes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        known = {"onnxruntime", "torch"}
+        known = {"onnxruntime", "torch", "openvino"}
         bad = [r for r in v if r not in known]
         if bad:
             raise ValueError(f"unknown runtime {bad[0]!r}; known: {', '.join(sorted(known))}")
@@ -70,6 +70,7 @@ class PassStep(_Strict):
     name: str
     pass_name: str
     config: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(default=None, description="the earlier stage whose model this step takes (default: the previous step's)")
 
 
 class Recipe(_Strict):
@@ -102,10 +103,15 @@ class Recipe(_Strict):
             if not isinstance(cfg, dict):
                 raise ValueError(f"passes[{i}] {pname}: config must be a mapping")
             stage = str(cfg.pop("stage", pname))
+            source = cfg.pop("from", None)
             seen[stage] = seen.get(stage, 0) + 1
             if seen[stage] > 1:
                 stage = f"{stage}#{seen[stage]}"
-            steps.append({"name": stage, "pass_name": str(pname), "config": cfg})
+            if source is not None and str(source) not in seen and str(source) != "baseline":
+                raise ValueError(f"passes[{i}] {pname}: from {source!r} names no earlier stage "
+                                 f"(earlier: {', '.join(['baseline', *list(seen)[:-1]])})")
+            steps.append({"name": stage, "pass_name": str(pname), "config": cfg,
+                          "source": None if source is None else str(source)})
         return {**data, "passes": steps}
 
     def validate_passes(self) -> None:
@@ -117,7 +123,8 @@ class Recipe(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
-        d["passes"] = [{s["pass_name"]: {**s["config"], "stage": s["name"]}} for s in d["passes"]]
+        d["passes"] = [{s["pass_name"]: {**s["config"], "stage": s["name"], **({"from": s["source"]} if s["source"] else {})}}
+                       for s in d["passes"]]
         return d
 
 

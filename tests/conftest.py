@@ -103,3 +103,12 @@ def tiny_cnn_onnx(tmp_path_factory):
                 mod.running_var.uniform_(0.5, 1.5)
     art = load_model(m, {"x": torch.randn(1, 3, 16, 16)})
     return build_pass("convert.onnx", {"opset": 13})(art, PassContext(stage_dir=tmp_path_factory.mktemp("tiny_cnn")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_openvino(tmp_path_factory, tiny_bert_onnx):
+    """The tiny BERT converted to OpenVINO IR (f32)."""
+    from edgeopt.passes.base import PassContext, build_pass
+
+    d = tmp_path_factory.mktemp("tiny_bert_ov")
+    return build_pass("convert.openvino", {"precision": "f32"})(tiny_bert_onnx, PassContext(stage_dir=d))

@@ -75,6 +75,10 @@ def peak_rss_mb(art: Artifact, feed: dict[str, np.ndarray], threads: int = 1, ru
         session = art.meta.get("session")
         if session:
             args += ["--session", json.dumps(session)]
+    elif art.kind == "openvino":
+        what = str(art.path)
+        args = ["--kind", "openvino", "--model", str(art.path),
+                "--session", json.dumps(art.meta.get("openvino") or {})]
     elif art.kind == "torch":
         source = art.meta.get("source")
         what = str(source or "torch module")
@@ -84,7 +88,7 @@ def peak_rss_mb(art: Artifact, feed: dict[str, np.ndarray], threads: int = 1, ru
                 "not a zoo: name or a Hugging Face folder (export it to ONNX to measure it)")
         args = ["--kind", "torch", "--model", str(source), "--sha256", art.sha256]
     else:
-        raise InputError(f"{art.path or art.kind}: no memory measurement for {art.kind!r} models (onnx, torch)")
+        raise InputError(f"{art.path or art.kind}: no memory measurement for {art.kind!r} models (onnx, torch, openvino)")
     with tempfile.TemporaryDirectory(prefix="edgeopt-mem-") as tmp:
         npz = Path(tmp) / "feed.npz"
         np.savez(npz, **{k: np.asarray(v) for k, v in feed.items()})
@@ -139,7 +143,7 @@ def _child(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m edgeopt.measure.memory",
                                  description="Load and run one model, then print its peak RSS as JSON.")
-    ap.add_argument("--kind", choices=("onnx", "torch"), default="onnx")
+    ap.add_argument("--kind", choices=("onnx", "torch", "openvino"), default="onnx")
     ap.add_argument("--model", required=True, help="an .onnx file, or for torch a zoo: name / HF folder")
     ap.add_argument("--feed", required=True, help=".npz with one array per input")
     ap.add_argument("--threads", type=int, default=1)
@@ -152,6 +156,8 @@ def _child(argv: list[str]) -> int:
 
     if a.kind == "onnx":
         import onnxruntime  # noqa: F401  (the runtime belongs to the baseline)
+    elif a.kind == "openvino":
+        import openvino  # noqa: F401
     else:
         import torch  # noqa: F401
         import transformers.modeling_utils  # noqa: F401  (~120 MB of library code, not the model's)
@@ -162,6 +168,9 @@ def _child(argv: list[str]) -> int:
         feed = {k: z[k] for k in z.files}
     if a.kind == "onnx":
         runner = runners.OrtRunner(a.model, a.threads, session=json.loads(a.session) if a.session else None)
+        art = None
+    elif a.kind == "openvino":
+        runner = runners.OvRunner(a.model, a.threads, settings=json.loads(a.session) if a.session else None)
         art = None
     else:
         import edgeopt.artifact as artifact_mod

@@ -185,6 +185,53 @@ class TorchRunner:
         self.close()
 
 
+class OvRunner:
+    """An OpenVINO compiled model on the CPU (latency hint, one stream, `threads` inference threads).
+
+    The artifact's meta["openvino"] carries what its passes chose: the inference precision hint
+    (f32 / bf16 / f16) and whether the inputs were fixed to static shapes.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, threads: int, settings: dict[str, Any] | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise InputError(f"{path}: OpenVINO is not installed (pip install openvino)") from None
+        if int(threads) < 1:
+            raise InputError(f"{path}: threads must be >= 1, got {threads}")
+        settings = dict(settings or {})
+        self.threads = int(threads)
+        self.path = Path(path)
+        try:
+            core = ov.Core()
+            model = core.read_model(str(path))
+            static = settings.get("static_shapes")
+            if static:
+                model.reshape({k: list(v) for k, v in static.items()})
+            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                      "INFERENCE_PRECISION_HINT": settings.get("precision", "f32")}
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            raise InputError(f"{path}: OpenVINO cannot load the model: {_first_line(e)}") from None
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self._compiled.inputs]
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        if self._request is None:
+            raise InputError(f"{self.path}: runner is closed")
+        try:
+            res = self._request.infer({k: feed[k] for k in self.input_names})
+        except KeyError as e:
+            raise InputError(f"{self.path}: feed has no input {e.args[0]!r}") from None
+        return [np.array(res[o]) for o in self._compiled.outputs]
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
 def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = None,
                 spinning: bool = False) -> Runner:
     """A runner for `art` with `threads` intra-op threads.
@@ -203,4 +250,8 @@ def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = No
         names = list(art.meta.get("input_names") or art.input_spec.names)
         label = str(art.meta.get("source") or art.path or "torch module")
         return TorchRunner(art.module, names, threads, label=label)
-    raise InputError(f"{art.path or art.kind}: no runner for {art.kind!r} models (runners: onnx, torch)")
+    if art.kind == "openvino":
+        if art.path is None:
+            raise InputError("openvino artifact has no file path")
+        return OvRunner(art.path, threads, settings=art.meta.get("openvino"))
+    raise InputError(f"{art.path or art.kind}: no runner for {art.kind!r} models (runners: onnx, torch, openvino)")

@@ -82,9 +82,9 @@ class Pass:
         if out.kind != expected:
             raise PassError(f"pass {self.name} declared it produces {expected} but returned {out.kind}")
         if art.path is not None and art.path.exists() and art.kind != "torch":
-            from edgeopt.artifact import sha256_file
+            from edgeopt.artifact import content_sha256
 
-            if sha256_file(art.path) != before:
+            if content_sha256(art.kind, art.path) != before:
                 raise PassError(f"pass {self.name} modified its input file {art.path}")
         return out
 

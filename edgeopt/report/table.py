@@ -43,13 +43,18 @@ def render_table(ledger: Ledger, title: str | None = None):
     """A rich Table of the stages (the best gated stage is starred)."""
     from rich.table import Table
 
-    t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 1))
+    from rich import box
+
+    t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 1),
+              box=box.SIMPLE_HEAD)
     for c in COLUMNS:
         t.add_column(c, justify="left" if c in ("stage", "runtime", "gate") else "right", no_wrap=c != "gate",
                      overflow="fold")
     for row in stage_rows(ledger):
         style = "red" if row["gate"].startswith(("FAIL", "failed")) else ("bold green" if "★" in row["stage"] else None)
-        t.add_row(*(row[c] for c in COLUMNS), style=style)
+        cells = [row[c] for c in COLUMNS]
+        cells[-1] = cells[-1].split(" (")[0].split(":")[0]  # the terminal shows pass/FAIL; report.md says why
+        t.add_row(*cells, style=style)
     return t
 
 

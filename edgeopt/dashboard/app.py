@@ -1,0 +1,376 @@
+"""The Streamlit page of `edgeopt dashboard`: compare runs and stages, per-layer view, background runs, live toggles.
+
+Started by edgeopt.dashboard.serve as `streamlit run app.py -- --run DIR ... [--root DIR] [--workdir DIR]`.
+All logic sits in edgeopt.dashboard.state / worker / live; this file only lays out widgets. Long work runs
+in background jobs and a polling fragment shows their progress, so the page never blocks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from edgeopt.dashboard import live as L
+from edgeopt.dashboard import state as S
+from edgeopt.dashboard.worker import Job, Worker
+from edgeopt.errors import InputError
+
+POLL_S = 0.7
+
+
+# ---------------------------------------------------------------------------------------- session
+
+def session() -> S.Session:
+    ss = st.session_state
+    if "edgeopt" not in ss:
+        cfg = ss.get("edgeopt_config") or S.parse_args(sys.argv[1:])
+        ss["edgeopt"] = S.Session(cfg)
+        ss["worker"] = Worker()
+        ss["seen_done"] = set()
+        ss["profiles"] = {}
+        ss["run_jobs"] = []
+    return ss["edgeopt"]
+
+
+def worker() -> Worker:
+    return st.session_state["worker"]
+
+
+def job_panel(kind: str, key: str) -> None:
+    """Progress of this kind's jobs, refreshed every POLL_S seconds while one runs; a finished job reruns the
+    page so its result shows."""
+    active = bool(worker().active(kind))
+
+    def panel() -> None:
+        w, seen = worker(), st.session_state["seen_done"]
+        finished = [j for j in w.jobs if j.kind == kind and j.done and j.id not in seen]
+        if finished:
+            seen.update(j.id for j in finished)
+            st.rerun()
+        for j in w.active(kind):
+            st.progress(j.fraction, text=f"{j.label}: {j.message or j.status} ({j.elapsed:.0f} s)")
+            if st.button("Cancel", key=f"cancel-{key}-{j.id}"):
+                j.cancel()
+
+    st.fragment(panel, run_every=POLL_S if active else None)()
+
+
+def show_job_outcome(job: Job | None) -> None:
+    if job is None or not job.done:
+        return
+    if job.status == "failed":
+        st.error(f"{job.label}: {job.error}")
+    elif job.status == "cancelled":
+        st.warning(f"{job.label}: cancelled")
+
+
+# ---------------------------------------------------------------------------------------- sidebar
+
+def sidebar(sess: S.Session) -> list[S.RunInfo]:
+    runs = sess.runs()
+    with st.sidebar:
+        st.title("edgeopt")
+        st.caption("Every stage of every run, measured.")
+        labels = [r.label for r in runs if r.ledger]
+        wanted = [x for x in st.query_params.get_all("run") if x in labels]  # labels only, never paths
+        chosen = st.multiselect("Runs", labels, default=wanted or labels[:4], key="runs")
+        for r in runs:
+            if r.error:
+                st.warning(r.error)
+        with st.form("open-run", clear_on_submit=True):
+            path = st.text_input("Open a run directory", placeholder="path inside an open folder")
+            if st.form_submit_button("Open") and path:
+                try:
+                    p = sess.open_run(path)
+                    st.success(f"opened {p.name}")
+                    st.rerun()
+                except InputError as e:
+                    st.error(str(e))
+        st.caption("Open folders: " + ", ".join(str(a) for a in sess.config.allowed))
+    return [r for r in runs if r.ledger and r.label in chosen]
+
+
+# ---------------------------------------------------------------------------------------- compare
+
+def tab_compare(runs: list[S.RunInfo]) -> None:
+    from edgeopt.report import figures
+    from edgeopt.report.table import stage_rows
+
+    if not runs:
+        st.info("No run selected. Start the dashboard on run directories (`edgeopt dashboard runs/demo`), open "
+                "one in the sidebar, or run a recipe in “Run a model”.")
+        return
+    for r in runs:
+        st.subheader(f"Run {r.label}")
+        st.caption(f"{r.path} · best stage: {r.ledger.best or 'none passed its gate'} · {figures.caption(r.ledger)}")
+        st.dataframe(stage_rows(r.ledger), hide_index=True, width="stretch")
+    st.subheader("Side by side")
+    options = S.stage_options(runs)
+    default = []
+    for r in runs:
+        default.append(f"{r.label}: {r.ledger.stages[0].name}")
+        last = r.ledger.best or r.ledger.stages[-1].name
+        if f"{r.label}: {last}" not in default:
+            default.append(f"{r.label}: {last}")
+    keys = st.multiselect("Stages to compare", options, default=[d for d in default if d in options], key="cmp")
+    if keys:
+        import pandas as pd
+
+        table = S.compare_table(runs, keys)
+        st.dataframe(pd.DataFrame(table, index=list(S.COMPARE_METRICS)), width="stretch")
+    pairs = [(r.label, r.ledger) for r in runs]
+    for r in runs:
+        st.plotly_chart(figures.waterfall_figure(r.ledger, r.label), width="stretch", key=f"wf-{r.label}")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(figures.pareto_figure(pairs, "latency_ms"), width="stretch", key="pareto-lat")
+    c2.plotly_chart(figures.pareto_figure(pairs, "size_mb"), width="stretch", key="pareto-size")
+    with st.expander("Environment"):
+        for r in runs:
+            st.markdown(f"**{r.label}**")
+            st.table({k: v for k, v in figures.environment_rows(r.ledger)})
+    if st.button("Build the HTML report of these runs", key="build-html"):
+        from edgeopt.report.html import report_html
+
+        st.session_state["report_html"] = report_html(pairs, st.session_state["profiles"].get("_merged"))
+    if st.session_state.get("report_html"):
+        st.download_button("Download report.html", st.session_state["report_html"], file_name="report.html",
+                           mime="text/html")
+
+
+# ---------------------------------------------------------------------------------------- per-layer
+
+def tab_layers(runs: list[S.RunInfo]) -> None:
+    from edgeopt.report import figures
+
+    candidates = [r for r in runs if S.onnx_stages(r)]
+    if not candidates:
+        st.info("Per-layer profiles read ONNX stages: select a run that has one.")
+        return
+    c1, c2, c3, c4 = st.columns([2, 3, 1, 1])
+    label = c1.selectbox("Run", [r.label for r in candidates], key="prof-run")
+    info = next(r for r in candidates if r.label == label)
+    stages = S.onnx_stages(info)
+    default = [s for s in (stages[0], info.ledger.best) if s in stages]
+    chosen = c2.multiselect("ONNX stages", stages, default=list(dict.fromkeys(default)), key="prof-stages")
+    threads = c3.number_input("threads", 1, 64, 2, key="prof-threads")
+    nruns = c4.number_input("runs", 1, 1000, 10, key="prof-runs")
+    if st.button("Profile", key="prof-go", disabled=not chosen or bool(worker().active("profile"))):
+        args = ["profile", "--run", str(info.path), "--threads", str(threads), "--runs", str(nruns)]
+        for s in chosen:
+            args += ["--stage", s]
+        job = worker().submit_process(args, "profile", f"profile {label}: {', '.join(chosen)}")
+        st.session_state["prof_job"] = (job, label)
+        st.rerun()
+    job_panel("profile", "prof")
+    pending = st.session_state.get("prof_job")
+    if pending and pending[0].done:
+        job, run_label = pending
+        show_job_outcome(job)
+        if job.status == "done":
+            st.session_state["profiles"].setdefault(run_label, {}).update(job.result)
+        st.session_state["prof_job"] = None
+    profiles = st.session_state["profiles"].get(label) or {}
+    if not profiles:
+        st.caption("No profile yet for this run: choose stages and press Profile (ONNX Runtime's profiler, in a "
+                   "child process).")
+        return
+    st.plotly_chart(figures.layers_figure(profiles), width="stretch", key="layers")
+    st.plotly_chart(figures.op_types_figure(profiles), width="stretch", key="optypes")
+    for name, prof in profiles.items():
+        with st.expander(f"{name}: top layers"):
+            st.dataframe(figures.layer_rows(prof, 30), hide_index=True, width="stretch")
+    st.session_state["profiles"]["_merged"] = {f"{label}: {k}": v for k, v in profiles.items()}
+
+
+# ---------------------------------------------------------------------------------------- run a model
+
+def tab_run(sess: S.Session) -> None:
+    from edgeopt.recipe import bundled_recipes
+
+    c1, c2 = st.columns([3, 1])
+    model = c1.text_input("Model", value="demo:tiny-bert", key="run-model",
+                          help="zoo:minilm, demo:tiny-bert, demo:tiny-cnn, or a file/folder inside an open folder")
+    action = c2.radio("Action", ["analyze", "optimize"], key="run-action", horizontal=True)
+    recipe, recipe_file, target = None, False, "auto"
+    if action == "optimize":
+        c3, c4 = st.columns([3, 1])
+        names = bundled_recipes()
+        choice = c3.selectbox("Recipe", [*names, "a YAML file…"], key="run-recipe")
+        if choice == "a YAML file…":
+            recipe = c3.text_input("Recipe file", key="run-recipe-file", placeholder="path inside an open folder")
+            recipe_file = True
+        else:
+            recipe = choice
+        target = c4.text_input("Target", value="auto", key="run-target")
+    if st.button("Start", key="run-go"):
+        try:
+            src = S.safe_model_source(model, sess.config.allowed)
+            if action == "analyze":
+                job = worker().submit_process(["analyze", "--model", src, "--target", target], "run", f"analyze {model}")
+            else:
+                if recipe_file:  # bundled names come from the list; a file must lie in an open folder
+                    recipe = str(S.safe_path(recipe or "", sess.config.allowed, "recipe"))
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                slug = "".join(ch if ch.isalnum() else "-" for ch in model.split("/")[-1])[:40].strip("-") or "model"
+                out = sess.config.workdir / f"{slug}-{stamp}"
+                args = ["optimize", "--model", src, "--recipe", recipe or "cpu-int8", "--out", str(out)]
+                if target and target != "auto":
+                    args += ["--target", target]
+                job = worker().submit_process(args, "run", f"optimize {model} ({recipe})")
+            st.session_state["run_jobs"].append(job)
+            st.rerun()
+        except InputError as e:
+            st.error(str(e))
+    job_panel("run", "run")
+    for job in reversed(st.session_state["run_jobs"][-5:]):
+        if not job.done:
+            continue
+        with st.container(border=True):
+            st.markdown(f"**{job.label}** — {job.status} in {job.elapsed:.1f} s")
+            show_job_outcome(job)
+            if job.status == "done" and job.kind == "run":
+                show_result(sess, job)
+
+
+def show_result(sess: S.Session, job: Job) -> None:
+    res = job.result or {}
+    if "run_dir" in res:
+        p = Path(res["run_dir"])
+        if p not in sess.extra_runs:
+            sess.extra_runs.append(p)
+        st.success(f"run written to {p} (best: {res.get('best') or 'none passed its gate'}); it is now in the "
+                   f"Runs list")
+        return
+    if res.get("schema", "").startswith("edgeopt.analysis"):
+        c = st.columns(4)
+        c[0].metric("parameters", f"{res['params'].get('count', 0):,}")
+        c[1].metric("FLOPs", f"{res['flops'].get('total', 0):,}")
+        c[2].metric("quantizable FLOPs", f"{100 * (res.get('quantizable_flops_share') or 0):.0f}%")
+        c[3].metric("ops", f"{sum(res.get('census', {}).values()):,}")
+        st.markdown("**Opportunities**")
+        st.dataframe([{k: o.get(k) for k in ("rule", "count", "pass", "description")}
+                      for o in res.get("opportunities", [])], hide_index=True, width="stretch")
+        st.markdown("**Suggested passes**")
+        st.dataframe(res.get("suggested_passes", []), hide_index=True, width="stretch")
+        with st.expander("Op census and full report"):
+            st.json(res, expanded=False)
+
+
+# ---------------------------------------------------------------------------------------- live
+
+def live_bench(sess: S.Session, source: str, threads: int) -> L.LiveBench:
+    ss = st.session_state
+    bench: L.LiveBench | None = ss.get("live_bench")
+    if bench is None or bench.source != source or bench.threads != threads:
+        if bench is not None:
+            bench.close()
+        bench = L.LiveBench(source, threads=threads)
+        ss["live_bench"] = bench
+        ss["live_last"] = None
+    return bench
+
+
+def tab_live(sess: S.Session) -> None:
+    ss = st.session_state
+    st.markdown("Toggle optimizations on one model; each change is built (once) and timed against the plain "
+                "model in the same interleaved run.")
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+    options = [*L.DEMO_MODELS, "a model file…"]
+    choice = c1.selectbox("Model", options, index=0, key="live-model",
+                          format_func=lambda k: f"{k} — {L.DEMO_MODELS[k]}" if k in L.DEMO_MODELS else k)
+    source = choice
+    if choice == "a model file…":
+        path = c1.text_input("Model file (.onnx or Hugging Face folder)", key="live-file")
+        if not path:
+            return
+        try:
+            source = S.safe_model_source(path, sess.config.allowed)
+        except InputError as e:
+            st.error(str(e))
+            return
+    threads = int(c2.number_input("threads", 1, 64, 2, key="live-threads"))
+    runs = int(c3.number_input("runs", 3, 2000, 30, key="live-runs"))
+    memory = c4.checkbox("peak memory", value=True, key="live-memory", help="child process per measurement")
+    bench = live_bench(sess, source, threads)
+    reasons = L.availability(bench.kind)
+    settings: dict[str, Any] = {}
+    cols = [c for _ in range(0, len(L.TOGGLES), 3) for c in st.columns(3)]
+    for col, t in zip(cols, L.TOGGLES):
+        why = reasons.get(t.key)
+        if t.choices:
+            v = col.selectbox(t.label, ["off", *t.choices], key=f"tg-{t.key}", disabled=why is not None,
+                              help=why or t.help)
+            settings[t.key] = None if v == "off" else v
+        else:
+            settings[t.key] = col.toggle(t.label, key=f"tg-{t.key}", disabled=why is not None, help=why or t.help)
+    now = L.normalize(settings, bench.kind)
+    now_label = L.label(now, bench.kind)
+    measure_now = st.button(f"Measure “{now_label}”", key="live-go")
+    if ss.get("live_last") is None:
+        ss["live_last"] = now  # the page opened: nothing measured until something is chosen
+    elif now != ss["live_last"]:
+        measure_now = True
+    if measure_now:
+        ss["live_last"] = now
+
+        def job_fn(job: Job, s=dict(now), b=bench) -> L.Measurement:
+            return b.measure(s, runs=runs, memory=memory, progress=lambda f, m: job.report(f, m))
+
+        ss["live_job"] = worker().submit(job_fn, "live", f"live: {now_label}")
+    job_panel("live", "live")
+    show_job_outcome(ss.get("live_job"))
+    if not bench.history:
+        st.caption(f"Now: {now_label}. Flip a toggle (or press Measure) to time it.")
+        return
+    m = bench.history[-1]
+    st.markdown(f"**Latest measurement: {m.label}** — {m.p50:.3f} ms p50 on {m.runtime}, {m.threads} threads")
+    c = st.columns(5)
+    c[0].metric("latency p50", f"{m.p50:.3f} ms", delta=f"{m.speedup:.2f}× vs plain", delta_color="off")
+    c[1].metric("latency p90", f"{m.p90:.3f} ms")
+    c[2].metric("throughput", f"{m.throughput:,.0f} /s")
+    c[3].metric("peak memory", "—" if m.peak_mb is None else f"{m.peak_mb:.0f} MB")
+    c[4].metric("cosine vs plain", "—" if m.cosine is None else f"{m.cosine:.5f}")
+    if m.note:
+        st.caption(m.note)
+    rows = [{"configuration": h.label, "runtime": h.runtime, "p50 ms": round(h.p50, 4), "p90 ms": round(h.p90, 4),
+             "speedup vs plain": round(h.speedup, 2), "throughput /s": round(h.throughput, 1),
+             "peak MB": None if h.peak_mb is None else round(h.peak_mb, 1),
+             "size MB": None if h.size_mb is None else round(h.size_mb, 3),
+             "cosine vs plain": None if h.cosine is None else round(h.cosine, 6), "threads": h.threads,
+             "n": h.n} for h in reversed(bench.history)]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    import plotly.graph_objects as go
+
+    latest: dict[str, L.Measurement] = {}
+    for h in bench.history:
+        latest[h.label] = h
+    fig = go.Figure(go.Bar(x=list(latest), y=[h.p50 for h in latest.values()],
+                           text=[f"{h.p50:.3f} ms · {h.speedup:.2f}×" for h in latest.values()],
+                           textposition="outside", marker={"color": "#1565c0"}))
+    fig.update_layout(title="latency p50 by configuration (latest of each)", yaxis_title="ms", height=360,
+                      template="plotly_white", margin={"t": 50, "b": 40})
+    st.plotly_chart(fig, width="stretch", key="live-chart")
+
+
+# ---------------------------------------------------------------------------------------- page
+
+def main() -> None:
+    st.set_page_config(page_title="edgeopt dashboard", layout="wide")
+    sess = session()
+    runs = sidebar(sess)
+    compare, layers, run, live = st.tabs(["Compare", "Per-layer", "Run a model", "Live"])
+    with compare:
+        tab_compare(runs)
+    with layers:
+        tab_layers(runs)
+    with run:
+        tab_run(sess)
+    with live:
+        tab_live(sess)
+
+
+main()

@@ -1,0 +1,120 @@
+"""Helpers the compression passes share: copying the input module, example inputs, the training data a pass
+fine-tunes on (labelled when the data has labels, else the input model's own outputs), and new artifacts."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any
+
+from pydantic import Field
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import InputError, PassError
+from edgeopt.passes.base import PassConfig, PassContext
+from edgeopt.train import TensorData, TrainConfig
+
+
+class FineTune(PassConfig):
+    """Where a pass gets its training data and how it trains (shared by every pass that fine-tunes).
+
+    `data`: a data spec (`zoo:digits[train]`, `zoo:sentences[320:640]`, an .npz ...); None means the model's
+    own training data (`meta["train_data"]`, e.g. zoo:digits-cnn's train split), else the calibration data.
+    A `val_fraction` of it is held out to score rounds and stop early (the eval data is never trained on).
+    """
+
+    data: str | None = None
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    limit: int | None = Field(default=None, ge=2, description="use at most this many training samples")
+    train: TrainConfig = TrainConfig(epochs=3, patience=2, lr=1e-3)
+
+
+def module_copy(art: Artifact, pass_name: str) -> Any:
+    """A deep copy of the artifact's live module in eval mode (a pass never mutates its input)."""
+    if art.module is None:
+        raise PassError(f"{pass_name}: torch artifact has no live module")
+    return copy.deepcopy(art.module).eval()
+
+
+def input_names(art: Artifact) -> list[str]:
+    return list(art.meta.get("input_names") or art.input_spec.names)
+
+
+def example_args(art: Artifact, ctx: PassContext | None, pass_name: str) -> tuple[Any, ...]:
+    """The model's example inputs as a positional tuple: meta["example_inputs"], else the first calibration feed."""
+    from edgeopt.data import to_torch_args
+
+    ex = art.meta.get("example_inputs")
+    if ex is not None:
+        import torch
+
+        if isinstance(ex, torch.Tensor):
+            return (ex,)
+        return tuple(ex.values()) if isinstance(ex, dict) else tuple(ex)
+    if ctx is not None and ctx.calibration:
+        return to_torch_args(ctx.calibration[0], input_names(art))
+    raise PassError(f"{pass_name}: needs example inputs (artifact meta 'example_inputs' or calibration data)")
+
+
+def feeds_to_tensors(feeds: list[dict[str, Any]], names: list[str]) -> tuple[tuple[Any, ...], Any]:
+    """Concatenate feeds along the batch axis: (input tensors in `names` order, labels or None)."""
+    import numpy as np
+    import torch
+
+    from edgeopt.data import LABEL_KEY
+
+    xs = tuple(torch.from_numpy(np.ascontiguousarray(np.concatenate([f[n] for f in feeds]))) for n in names)
+    labels = None
+    if feeds and LABEL_KEY in feeds[0]:
+        labels = torch.from_numpy(np.concatenate([np.atleast_1d(f[LABEL_KEY]) for f in feeds]).astype(np.int64))
+    return xs, labels
+
+
+def _resolve_feeds(spec: str, art: Artifact, ctx: PassContext) -> list[dict[str, Any]]:
+    from edgeopt import data as data_mod
+
+    seq_len = int(getattr(ctx.measure, "seq_len", 0) or 0)
+    if not seq_len:
+        ex = art.meta.get("example_inputs")
+        first = next(iter(ex.values())) if isinstance(ex, dict) else (ex[0] if ex is not None else None)
+        seq_len = int(first.shape[-1]) if first is not None and first.dim() == 2 else 128
+    return data_mod.resolve(spec, art, seq_len=seq_len, batch=32, role="calibration", default_slice=slice(None))
+
+
+def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pass_name: str) -> TensorData:
+    """The samples a pass fine-tunes and scores on, as TensorData.
+
+    Targets are the labels when the data has them; otherwise `reference`'s outputs on the inputs (the
+    pass then recovers agreement with the model it started from, and scores by cosine to it).
+    """
+    from edgeopt.train import predict
+
+    spec = cfg.data or art.meta.get("train_data")
+    try:
+        feeds = _resolve_feeds(spec, art, ctx) if spec else list(ctx.calibration)
+    except InputError as e:
+        raise PassError(f"{pass_name}: field 'data': {e}") from None
+    if not feeds:
+        raise PassError(f"{pass_name}: no training data: set 'data' or give calibration data")
+    xs, labels = feeds_to_tensors(feeds, input_names(art))
+    data = TensorData(xs, labels)
+    if cfg.limit is not None and len(data) > cfg.limit:
+        data = data.subset(slice(0, cfg.limit))
+    if data.targets is None:
+        data = TensorData(data.inputs, predict(reference, data).detach())
+    return data
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """True when a module name matches one of the fnmatch patterns (or equals it / starts with it + '.')."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
+
+
+def derived(module: Any, art: Artifact, **meta: Any) -> Artifact:
+    """A new torch artifact of `module` with the input's spec and meta (updated by `meta`)."""
+    module.eval()
+    return Artifact.from_module(module, art.input_spec, meta={**art.meta, **meta})
+
+
+def param_count(module: Any) -> int:
+    return int(sum(p.numel() for p in module.parameters()))

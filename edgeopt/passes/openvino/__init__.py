@@ -1,0 +1,1 @@
+"""Passes on OpenVINO IR: post-training INT8 through NNCF."""

@@ -1,0 +1,399 @@
+"""The report's figures: waterfall steps, Pareto fronts and per-layer rows computed from ledgers, drawn with plotly.
+
+The data functions (`waterfall_steps`, `pareto_points`, `layer_rows`, `environment_rows`, `caption`) return
+plain Python values that the HTML, markdown and PNG renderers share; the `*_figure` functions turn them
+into plotly figures (plotly is imported only there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgeopt.ledger import Ledger, Stage
+
+Metric = Literal["latency", "memory"]
+METRICS: dict[str, tuple[str, str]] = {"latency": ("latency p50", "ms"), "memory": ("peak memory", "MB")}
+
+GOOD, BAD, FRONT, GREY, FAILED = "#2e7d32", "#c62828", "#1565c0", "#b0b0b0", "#e65100"
+TOP_LAYERS = 15
+
+
+# ---------------------------------------------------------------------------------------- waterfall
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the incremental table: a stage's value, its change against the previous measured stage
+    and its cumulative change against the baseline (the layout of Table 1 in "Speed Is All You Need")."""
+
+    stage: str
+    pass_: str | None
+    value: float | None
+    delta: float | None          # against the previous measured stage (None for the baseline)
+    delta_pct: float | None      # delta as a percentage of the previous stage's value
+    cumulative_pct: float | None  # (value - baseline) / baseline, in %
+    ratio: float | None          # baseline / value (a speedup for latency, a reduction factor for memory)
+
+    @property
+    def label(self) -> str:
+        return self.stage if self.pass_ is None else f"+ {self.stage}"
+
+
+def stage_value(stage: Stage, metric: Metric) -> float | None:
+    """The stage's latency p50 (ms) or peak RSS (MB); None when not measured or the stage did not finish."""
+    if stage.status != "done":
+        return None
+    if metric == "latency":
+        return stage.latency_ms.p50 if stage.latency_ms else None
+    if metric == "memory":
+        return stage.peak_rss_mb
+    raise ValueError(f"metric must be 'latency' or 'memory', got {metric!r}")
+
+
+def waterfall_steps(ledger: Ledger, metric: Metric) -> list[Step]:
+    """Baseline, then + each optimization, each step's change and the cumulative change.
+
+    Stages without a value (failed, or not measured) stay in the list with value None and are skipped
+    when the next step's change is computed.
+    """
+    steps: list[Step] = []
+    base: float | None = None
+    prev: float | None = None
+    for s in ledger.stages:
+        v = stage_value(s, metric)
+        if v is None:
+            steps.append(Step(s.name, s.pass_, None, None, None, None, None))
+            continue
+        if base is None:
+            base = v
+        delta = None if prev is None else v - prev
+        steps.append(Step(
+            stage=s.name, pass_=s.pass_, value=v, delta=delta,
+            delta_pct=None if delta is None or not prev else 100.0 * delta / prev,
+            cumulative_pct=100.0 * (v - base) / base if base else None,
+            ratio=base / v if v else None,
+        ))
+        prev = v
+    return steps
+
+
+def _signed(v: float, spec: str) -> str:
+    return ("+" if v > 0 else "−" if v < 0 else "±") + format(abs(v), spec)
+
+
+def step_text(step: Step, unit: str) -> str:
+    """The label drawn on a waterfall bar: the absolute value for the baseline, the change for a step."""
+    if step.value is None:
+        return "not measured"
+    if step.delta is None:
+        return f"{step.value:.3g} {unit}"
+    pct = f" ({_signed(step.delta_pct, '.1f')}%)" if step.delta_pct is not None else ""
+    return f"{_signed(step.delta, '.3g')} {unit}{pct}"
+
+
+# ---------------------------------------------------------------------------------------- Pareto
+
+@dataclass(frozen=True)
+class Point:
+    """One stage as a point of the Pareto plots."""
+
+    label: str
+    run: str
+    stage: str
+    latency_ms: float | None
+    size_mb: float | None
+    quality: float | None
+    gate_passed: bool | None
+
+
+def quality_metric(ledgers: list[tuple[str, Ledger]]) -> tuple[str, str]:
+    """(key, axis title): the first accuracy metric when any stage has one, else mean cosine to the baseline."""
+    for _, led in ledgers:
+        for s in led.stages:
+            if s.accuracy:
+                name = next(iter(s.accuracy))
+                return f"accuracy.{name}", f"accuracy ({name})"
+    return "fidelity.mean_cosine", "fidelity (mean cosine to baseline)"
+
+
+def _quality(stage: Stage, key: str) -> float | None:
+    group, name = key.split(".", 1)
+    d = getattr(stage, group) or {}
+    v = d.get(name)
+    return float(v) if v is not None else None
+
+
+def pareto_points(ledgers: list[tuple[str, Ledger]]) -> tuple[list[Point], str]:
+    """Every finished stage of every run as a Point (labelled "run: stage" when there are several runs)."""
+    key, title = quality_metric(ledgers)
+    many = len(ledgers) > 1
+    pts = []
+    for run, led in ledgers:
+        for s in led.stages:
+            if s.status != "done":
+                continue
+            size = (s.artifact or {}).get("size_bytes")
+            pts.append(Point(
+                label=f"{run}: {s.name}" if many else s.name, run=run, stage=s.name,
+                latency_ms=s.latency_ms.p50 if s.latency_ms else None,
+                size_mb=size / 1e6 if size else None,
+                quality=_quality(s, key),
+                gate_passed=s.gate.passed if s.gate else None,
+            ))
+    return pts, title
+
+
+def pareto_front(points: list[tuple[float, float]], tol: float = 1e-6) -> list[bool]:
+    """For each (cost, quality) pair: True when no other pair is at least as cheap and at least as good,
+    and strictly better in one of the two (lower cost is better, higher quality is better).
+
+    Qualities closer than `tol` count as equal (a baseline's cosine of exactly 1 does not make it better
+    than an export that agrees to 1e-13).
+    """
+    points = [(c, round(q / tol) * tol) for c, q in points]
+    out = []
+    for i, (c, q) in enumerate(points):
+        dominated = any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for j, (c2, q2) in enumerate(points) if j != i)
+        out.append(not dominated)
+    return out
+
+
+def front_of(points: list[Point], x: Literal["latency_ms", "size_mb"]) -> list[tuple[Point, bool]]:
+    """The points that have both coordinates, each with whether it lies on the front."""
+    usable = [p for p in points if getattr(p, x) is not None and p.quality is not None]
+    flags = pareto_front([(getattr(p, x), p.quality) for p in usable])
+    return list(zip(usable, flags))
+
+
+# ---------------------------------------------------------------------------------------- layers
+
+def layer_rows(profile: dict[str, Any], top: int = TOP_LAYERS) -> list[dict[str, Any]]:
+    """The `top` slowest nodes of a profile report (edgeopt.analyze.profile): name, op_type, ms, share."""
+    return [{"name": n.get("name", "?"), "op_type": n.get("op_type", "?"), "ms": float(n.get("ms", 0.0)),
+             "share": float(n.get("share", 0.0))} for n in (profile.get("nodes") or [])[:top]]
+
+
+def short_name(name: str, width: int = 36) -> str:
+    """A node name cut to its last `width` characters (the distinctive end of a long scoped name)."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def short_names(names: list[str], width: int = 36) -> list[str]:
+    """`short_name` of each, kept distinct (a repeated short form gets " #2", " #3", ...)."""
+    out, seen = [], {}
+    for n in names:
+        s = short_name(n, width)
+        seen[s] = seen.get(s, 0) + 1
+        out.append(s if seen[s] == 1 else f"{s} #{seen[s]}")
+    return out
+
+
+def op_type_rows(profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-op-type time of a profile report: op_type, nodes, ms, share (slowest first)."""
+    return [{"op_type": r.get("op_type", "?"), "nodes": int(r.get("nodes", 0)), "ms": float(r.get("ms", 0.0)),
+             "share": float(r.get("share", 0.0))} for r in (profile.get("op_types") or [])]
+
+
+# ---------------------------------------------------------------------------------------- environment
+
+def _measure_settings(ledger: Ledger) -> dict[str, Any]:
+    return dict(ledger.recipe.get("measure") or {})
+
+
+def runtime_versions(ledger: Ledger) -> dict[str, str]:
+    """Runtime and library versions: the environment's runtimes, then each stage's recorded versions."""
+    out: dict[str, str] = {}
+    for k, v in (ledger.environment.get("runtimes") or ledger.target.get("runtimes") or {}).items():
+        out[str(k)] = str(v)
+    for s in ledger.stages:
+        for k, v in (s.versions or {}).items():
+            out.setdefault(str(k), str(v))
+    return out
+
+
+def environment_rows(ledger: Ledger) -> list[tuple[str, str]]:
+    """(field, value) rows: CPU model, ISA flags, cores, threads, target, platform, runtimes and versions."""
+    env, tgt, m = ledger.environment, ledger.target, _measure_settings(ledger)
+    lat = next((s.latency_ms for s in ledger.stages if s.latency_ms), None)
+    threads = m.get("threads") or (lat.threads if lat else None)
+    isa = env.get("isa") or tgt.get("isa") or []
+    runtimes = sorted({s.latency_ms.runtime for s in ledger.stages if s.latency_ms})
+    vers = runtime_versions(ledger)
+    rows = [
+        ("CPU", str(env.get("cpu_model") or tgt.get("cpu_model") or "?")),
+        ("ISA flags", ", ".join(isa) or "—"),
+        ("cores", str(env.get("cores") or tgt.get("cores") or "?")),
+        ("memory", f"{env.get('memory_gb') or tgt.get('memory_gb')} GB" if (env.get("memory_gb") or tgt.get("memory_gb")) else "?"),
+        ("intra-op threads", str(threads or "?")),
+        ("target", str(tgt.get("name") or ledger.recipe.get("target") or "?")),
+        ("platform", str(env.get("platform") or "?")),
+        ("runtimes timed", ", ".join(f"{r} {vers.get(r, '?')}" for r in runtimes) or "—"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in vers.items()) or "—"),
+    ]
+    if m:
+        rows.append(("measurement", f"batch {m.get('batch', '?')}, sequence {m.get('seq_len', '?')}, "
+                                    f"{m.get('runs', '?')} timed runs after {m.get('warmup', '?')} warm-up, interleaved"))
+    return rows
+
+
+def caption(ledger: Ledger) -> str:
+    """One line naming runtime(s), threads, input shapes and versions, so anyone can rerun a figure."""
+    vers = runtime_versions(ledger)
+    lat = [s.latency_ms for s in ledger.stages if s.latency_ms]
+    runtimes = sorted({x.runtime for x in lat})
+    threads = sorted({x.threads for x in lat})
+    shapes = next((x.shapes for x in lat if x.shapes), {})
+    shape_txt = ", ".join(f"{k} {'×'.join(str(d) for d in v)}" for k, v in shapes.items()) or "shapes not recorded"
+    rt = ", ".join(f"{r} {vers.get(r, '?')}" for r in runtimes) or "no runtime timed"
+    cpu = ledger.environment.get("cpu_model") or ledger.target.get("cpu_model") or "?"
+    return (f"{rt} · {', '.join(str(t) for t in threads) or '?'} threads · {shape_txt} · {cpu} · "
+            f"edgeopt {vers.get('edgeopt', '?')}")
+
+
+# ---------------------------------------------------------------------------------------- plotly
+
+def _layout(fig: Any, title: str, subtitle: str, height: int) -> Any:
+    fig.update_layout(
+        title={"text": f"{title}<br><sup>{subtitle}</sup>", "x": 0.01, "xanchor": "left"},
+        height=height, margin={"l": 60, "r": 30, "t": 90, "b": 60}, template="plotly_white",
+        font={"size": 12}, showlegend=True,
+    )
+    return fig
+
+
+def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
+    """Latency and peak memory per stage as two incremental waterfalls (baseline, + each step, total)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    titles = [f"{METRICS[m][0]} ({METRICS[m][1]})" for m in METRICS]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.1)
+    for col, metric in enumerate(METRICS, start=1):
+        unit = METRICS[metric][1]
+        steps = [s for s in waterfall_steps(ledger, metric) if s.value is not None]
+        if not steps:
+            fig.add_annotation(text=f"no {METRICS[metric][0]} measured", showarrow=False,
+                               xref=f"x{col} domain" if col > 1 else "x domain",
+                               yref=f"y{col} domain" if col > 1 else "y domain", x=0.5, y=0.5)
+            continue
+        x = [s.label for s in steps]
+        y = [steps[0].value] + [s.delta for s in steps[1:]]
+        measure = ["absolute"] + ["relative"] * (len(steps) - 1)
+        text = [step_text(s, unit) for s in steps]
+        last = steps[-1]
+        if len(steps) > 1:
+            x.append(f"total ({last.stage})")
+            y.append(0.0)
+            measure.append("total")
+            text.append(f"{last.value:.3g} {unit} ({_signed(last.cumulative_pct, '.0f')}%)")
+        fig.add_trace(go.Waterfall(
+            name=METRICS[metric][0], x=x, y=y, measure=measure, text=text, textposition="outside",
+            decreasing={"marker": {"color": GOOD}}, increasing={"marker": {"color": BAD}},
+            totals={"marker": {"color": FRONT}}, connector={"line": {"color": "#999", "width": 1}},
+            showlegend=False, cliponaxis=False,
+            hovertemplate="%{x}<br>%{text}<extra></extra>"), row=1, col=col)
+        fig.update_yaxes(title_text=unit, rangemode="tozero", row=1, col=col)
+    title = "Incremental waterfall" + (f": {run}" if run else "")
+    fig.update_layout(uniformtext={"minsize": 10, "mode": "show"})
+    return _layout(fig, title, caption(ledger), 460)
+
+
+def pareto_figure(ledgers: list[tuple[str, Ledger]], x: Literal["latency_ms", "size_mb"]) -> Any:
+    """Quality against latency or size; the front in colour and joined, dominated points grey, gate failures marked."""
+    import plotly.graph_objects as go
+
+    points, qtitle = pareto_points(ledgers)
+    pairs = front_of(points, x)
+    xtitle = "latency p50 (ms)" if x == "latency_ms" else "model size (MB)"
+    fig = go.Figure()
+    front = sorted((p for p, on in pairs if on), key=lambda p: getattr(p, x))
+    if front:
+        fig.add_trace(go.Scatter(x=[getattr(p, x) for p in front], y=[p.quality for p in front], mode="lines",
+                                 line={"color": FRONT, "shape": "hv", "width": 1.5}, name="Pareto front",
+                                 hoverinfo="skip"))
+    for on_front, name, color in ((True, "on the front", FRONT), (False, "dominated", GREY)):
+        sel = [p for p, on in pairs if on == on_front]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[getattr(p, x) for p in sel], y=[p.quality for p in sel], mode="markers+text", name=name,
+            text=[p.label for p in sel], textposition="top center",
+            marker={"size": 11, "color": [FAILED if p.gate_passed is False else color for p in sel],
+                    "symbol": ["x" if p.gate_passed is False else "circle" for p in sel],
+                    "line": {"width": 1, "color": "#333" if on_front else GREY}},
+            textfont={"color": "#222" if on_front else "#999"},
+            hovertemplate="%{text}<br>" + xtitle + " %{x:.4g}<br>" + qtitle + " %{y:.5f}<extra></extra>"))
+    plotted = {id(p) for p, _ in pairs}
+    missing = [p.label for p in points if id(p) not in plotted]
+    sub = caption(ledgers[0][1]) if len(ledgers) == 1 else f"{len(ledgers)} runs"
+    if missing:
+        sub += " · not plotted (no value): " + ", ".join(missing)
+    xs = [getattr(p, x) for p, _ in pairs if getattr(p, x) and getattr(p, x) > 0]
+    log = bool(xs) and max(xs) / min(xs) > 20
+    fig.update_xaxes(title_text=xtitle + (" (log scale)" if log else ""), type="log" if log else "linear")
+    fig.update_yaxes(title_text=qtitle)
+    what = "latency" if x == "latency_ms" else "size"
+    return _layout(fig, f"Pareto front: {qtitle.split(' (')[0]} vs {what}", sub, 440)
+
+
+def layers_figure(profiles: dict[str, dict[str, Any]], top: int = TOP_LAYERS) -> Any:
+    """The `top` slowest layers of each profiled stage, one panel per stage (horizontal bars in ms)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(profiles)
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.25)
+    for i, name in enumerate(names, start=1):
+        rows = list(reversed(layer_rows(profiles[name], top)))
+        fig.add_trace(go.Bar(
+            x=[r["ms"] for r in rows], y=short_names([r["name"] for r in rows]), orientation="h", name=name,
+            text=[f"{r['op_type']} {100 * r['share']:.1f}%" for r in rows], textposition="auto",
+            customdata=[[r["name"], r["op_type"]] for r in rows], showlegend=False, marker={"color": FRONT},
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<br>%{x:.4f} ms<extra></extra>"), row=1, col=i)
+        fig.update_xaxes(title_text="ms per run", row=1, col=i)
+    p0 = profiles[names[0]] if names else {}
+    sub = (f"ONNX Runtime {p0.get('version', '?')} profiler · {p0.get('threads', '?')} threads · "
+           f"{p0.get('runs', '?')} runs · inputs " +
+           ", ".join(f"{k} {'×'.join(str(d) for d in v)}" for k, v in (p0.get('inputs') or {}).items()))
+    tallest = max([len(layer_rows(p, top)) for p in profiles.values()] or [1])
+    return _layout(fig, f"Per-layer latency: top {top} layers", sub, 180 + 24 * tallest)
+
+
+def op_type_order(profiles: dict[str, dict[str, Any]], top: int = 12) -> list[str]:
+    """The `top` op types by their largest time in any profile, then "other" when more exist."""
+    best: dict[str, float] = {}
+    for p in profiles.values():
+        for r in op_type_rows(p):
+            best[r["op_type"]] = max(best.get(r["op_type"], 0.0), r["ms"])
+    order = sorted(best, key=lambda k: -best[k])
+    return order[:top] + (["other"] if len(order) > top else [])
+
+
+def op_type_table(profile: dict[str, Any], order: list[str]) -> dict[str, dict[str, float]]:
+    """{op type: {"ms", "share"}} for the op types in `order`; "other" sums the rest."""
+    rows = {r["op_type"]: r for r in op_type_rows(profile)}
+    out = {o: {"ms": rows[o]["ms"], "share": rows[o]["share"]} if o in rows else {"ms": 0.0, "share": 0.0}
+           for o in order if o != "other"}
+    if "other" in order:
+        rest = [r for k, r in rows.items() if k not in out]
+        out["other"] = {"ms": sum(r["ms"] for r in rest), "share": sum(r["share"] for r in rest)}
+    return out
+
+
+def op_types_figure(profiles: dict[str, dict[str, Any]], top: int = 12) -> Any:
+    """Time per op type for each profiled stage (grouped bars, ms per run; the rest summed as "other")."""
+    import plotly.graph_objects as go
+
+    order = op_type_order(profiles, top)
+    fig = go.Figure()
+    for name, p in profiles.items():
+        by = op_type_table(p, order)
+        fig.add_trace(go.Bar(
+            x=order, y=[by[o]["ms"] for o in order], name=name,
+            text=[f"{100 * by[o]['share']:.0f}%" if by[o]["ms"] else "" for o in order], textposition="outside",
+            hovertemplate="%{x}<br>%{y:.4f} ms<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="ms per run")
+    p0 = next(iter(profiles.values()), {})
+    return _layout(fig, "Op-type breakdown", f"ONNX Runtime {p0.get('version', '?')} profiler · "
+                                             f"{p0.get('threads', '?')} threads", 420)

@@ -1,0 +1,119 @@
+"""The Streamlit page driven by Streamlit's AppTest: runs, comparison, refused paths, background jobs, live toggles."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from report.factory import write_run
+from streamlit.testing.v1 import AppTest
+
+from edgeopt.dashboard import APP
+from edgeopt.dashboard import state as S
+
+
+def _app(run_dirs, tmp_path, query=None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["edgeopt_config"] = S.as_config(run_dirs, workdir=tmp_path / "work")
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _until(at: AppTest, done, timeout=90.0) -> AppTest:
+    """Rerun the page (as the polling fragment does) until `done(at)` or the timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        at.run()
+        if done(at):
+            return at
+        time.sleep(0.3)
+    raise AssertionError("the page never showed the job's result; errors: " + str([e.value for e in at.error]))
+
+
+def _texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown] + [m.value for m in at.caption]
+
+
+@pytest.fixture()
+def runs(tmp_path, tiny_mlp_onnx):
+    root = tmp_path / "runs"
+    write_run(root / "alpha", onnx_model=tiny_mlp_onnx.path)
+    write_run(root / "beta")
+    (root / "broken").mkdir()
+    (root / "broken" / "ledger.json").write_text('{"schema_version": 0, "stages": []}')
+    return root
+
+
+def test_runs_listed_and_compared(runs, tmp_path):
+    at = _app([runs], tmp_path)
+    assert not at.exception
+    assert at.multiselect(key="runs").value == ["alpha", "beta"]
+    assert [s.value for s in at.subheader] == ["Run alpha", "Run beta", "Side by side"]
+    assert any("written by an older edgeopt" in w.value for w in at.warning)  # the broken run says why
+    assert at.multiselect(key="cmp").value == ["alpha: baseline", "alpha: int8", "beta: baseline", "beta: int8"]
+    table = at.dataframe[2].value  # two stage tables, then the side-by-side one
+    assert list(table.columns) == ["alpha: baseline", "alpha: int8", "beta: baseline", "beta: int8"]
+    assert table.loc["latency p50 (ms)", "alpha: int8"] == "8.000"
+    at.multiselect(key="runs").set_value(["beta"]).run()
+    assert [s.value for s in at.subheader] == ["Run beta", "Side by side"]
+
+
+def test_query_param_selects_runs_by_label_only(runs, tmp_path):
+    at = _app([runs], tmp_path, {"run": "beta"})
+    assert at.multiselect(key="runs").value == ["beta"]
+    at = _app([runs], tmp_path, {"run": "/etc"})  # a path is no label: ignored
+    assert at.multiselect(key="runs").value == ["alpha", "beta"]
+
+
+def test_open_run_refuses_paths_outside_the_open_folders(runs, tmp_path):
+    outside = write_run(tmp_path / "elsewhere" / "gamma")
+    at = _app([runs / "alpha"], tmp_path)
+    at.sidebar.text_input[0].input(str(runs / "alpha" / ".." / ".." / "elsewhere" / "gamma"))
+    at.sidebar.button[0].click().run()
+    assert any("outside the folders open to the dashboard" in e.value for e in at.error)
+    assert at.multiselect(key="runs").options == ["alpha"]
+    at = _app([runs / "alpha", tmp_path / "elsewhere"], tmp_path)
+    at.sidebar.text_input[0].input(str(outside))
+    at.sidebar.button[0].click().run()
+    assert "gamma" in at.multiselect(key="runs").options
+
+
+def test_run_tab_refuses_model_outside_and_analyzes_in_the_background(runs, tmp_path):
+    at = _app([runs], tmp_path)
+    at.text_input(key="run-model").input("/etc/hostname")
+    at.button(key="run-go").click().run()
+    assert any("outside the folders open to the dashboard" in e.value for e in at.error)
+    at.text_input(key="run-model").input(str(runs / "alpha" / "onnx" / "model.onnx"))
+    at.button(key="run-go").click().run()
+    at = _until(at, lambda a: any(m.label == "parameters" for m in a.metric))
+    assert not at.exception
+    assert any("analyze" in t and "done" in t for t in _texts(at))
+
+
+def test_per_layer_profile_job(runs, tmp_path):
+    at = _app([runs], tmp_path)
+    at.selectbox(key="prof-run").set_value("alpha")
+    at.multiselect(key="prof-stages").set_value(["onnx", "int8"])
+    at.number_input(key="prof-runs").set_value(2)
+    at.button(key="prof-go").click().run()
+    at = _until(at, lambda a: any(e.label.endswith("top layers") for e in a.expander))
+    assert [e.label for e in at.expander if e.label.endswith("top layers")] == ["onnx: top layers", "int8: top layers"]
+    assert not at.error
+
+
+def test_live_toggle_measures_the_new_combination(runs, tmp_path):
+    at = _app([runs], tmp_path)
+    at.selectbox(key="live-model").set_value("demo:tiny-cnn").run()
+    at.number_input(key="live-runs").set_value(5).run()
+    at.checkbox(key="live-memory").uncheck().run()
+    assert not any("Latest measurement" in t for t in _texts(at))  # nothing measured on opening
+    at.toggle(key="tg-quantize").set_value(True).run()
+    at = _until(at, lambda a: any("Latest measurement: onnx + int8" in t for t in _texts(a)))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["latency p50"].endswith(" ms") and metrics["throughput"].endswith("/s")
+    assert metrics["peak memory"] == "—"  # memory was switched off
+    at.toggle(key="tg-quantize").set_value(False)
+    at.toggle(key="tg-fuse").set_value(True).run()
+    at = _until(at, lambda a: any("Latest measurement: onnx + fuse" in t for t in _texts(a)))
+    assert len(at.dataframe[-1].value) == 2  # the history holds both measurements

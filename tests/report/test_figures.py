@@ -1,0 +1,103 @@
+"""Figure data: waterfall steps, Pareto fronts, layer rows, environment rows, and the plotly figures built on them."""
+
+from __future__ import annotations
+
+import pytest
+from report.factory import make_ledger
+
+from edgeopt.ledger import Gate
+from edgeopt.report import figures as F
+
+
+def test_waterfall_steps_latency():
+    steps = F.waterfall_steps(make_ledger(), "latency")
+    assert [s.label for s in steps] == ["baseline", "+ onnx", "+ fused", "+ int8", "+ int8-aggressive"]
+    base, onnx, fused, int8, _ = steps
+    assert base.delta is None and base.cumulative_pct == 0 and base.ratio == 1
+    assert onnx.delta == -20 and onnx.delta_pct == -50 and onnx.ratio == 2
+    assert fused.delta == pytest.approx(-4) and fused.delta_pct == pytest.approx(-20)
+    assert int8.cumulative_pct == pytest.approx(-80) and int8.ratio == pytest.approx(5)
+    assert F.step_text(onnx, "ms") == "−20 ms (−50.0%)"
+    assert F.step_text(base, "ms") == "40 ms"
+
+
+def test_waterfall_skips_unmeasured_stages_when_computing_changes():
+    led = make_ledger()
+    led.stages[2].status = "failed"  # fused: no value; int8's step is against onnx
+    steps = F.waterfall_steps(led, "memory")
+    assert steps[2].value is None and steps[2].delta is None
+    assert steps[3].delta == pytest.approx(120 - 200) and steps[3].delta_pct == pytest.approx(-40)
+
+
+def test_pareto_front_dominance():
+    # (cost, quality): lower cost, higher quality is better
+    pts = [(10, 0.9), (5, 0.8), (20, 0.95), (12, 0.85), (5, 0.8)]
+    assert F.pareto_front(pts) == [True, True, True, False, True]
+    # a quality better only by float noise does not keep a slower point on the front
+    assert F.pareto_front([(1, 0.9999999999997), (9, 1.0)]) == [True, False]
+
+
+def test_pareto_points_and_front_on_a_ledger():
+    led = make_ledger()
+    points, title = F.pareto_points([("demo", led)])
+    assert title == "fidelity (mean cosine to baseline)"
+    flags = {p.stage: on for p, on in F.front_of(points, "latency_ms")}
+    # baseline and onnx are dominated by fused (as faithful to within 1e-6, and faster); the rest trade cosine for speed
+    assert flags == {"baseline": False, "onnx": False, "fused": True, "int8": True, "int8-aggressive": True}
+    sizes = {p.stage: on for p, on in F.front_of(points, "size_mb")}
+    assert sizes["baseline"] is False and sizes["int8-aggressive"] is True
+
+
+def test_accuracy_is_preferred_over_fidelity_when_recorded():
+    led = make_ledger()
+    for i, s in enumerate(led.stages):
+        s.accuracy = {"top1": 0.9 - 0.01 * i}
+    points, title = F.pareto_points([("demo", led)])
+    assert title == "accuracy (top1)" and points[0].quality == pytest.approx(0.9)
+
+
+def test_pareto_figure_greys_dominated_and_crosses_failed_gates():
+    led = make_ledger()
+    led.stages[4].gate = Gate(passed=False, why="too far")
+    fig = F.pareto_figure([("demo", led)], "latency_ms")
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"Pareto front", "on the front", "dominated"}
+    assert list(by_name["dominated"].text) == ["baseline", "onnx"]
+    assert set(by_name["dominated"].marker.color) == {F.GREY}
+    front = by_name["on the front"]
+    assert list(front.text) == ["fused", "int8", "int8-aggressive"]
+    assert list(front.marker.symbol) == ["circle", "circle", "x"]
+    assert fig.layout.xaxis.type == "linear"  # 7..40 ms: no log axis needed
+
+
+def test_waterfall_figure_has_both_metrics_and_a_total():
+    fig = F.waterfall_figure(make_ledger(), "demo")
+    assert [t.type for t in fig.data] == ["waterfall", "waterfall"]
+    lat = fig.data[0]
+    assert list(lat.measure) == ["absolute"] + ["relative"] * 4 + ["total"]
+    assert lat.text[1] == "−20 ms (−50.0%)" and lat.x[-1] == "total (int8-aggressive)"
+    assert "Incremental waterfall: demo" in fig.layout.title.text
+    assert "onnxruntime 1.31.1" in fig.layout.title.text and "2 threads" in fig.layout.title.text
+
+
+def test_layer_rows_and_op_type_table():
+    prof = {"nodes": [{"name": f"n{i}", "op_type": "MatMul" if i % 2 else "Add", "ms": 10 - i, "share": 0.05}
+                      for i in range(10)],
+            "op_types": [{"op_type": f"Op{i}", "nodes": 1, "ms": 20 - i, "share": 0.05} for i in range(15)]}
+    assert [r["name"] for r in F.layer_rows(prof, 3)] == ["n0", "n1", "n2"]
+    order = F.op_type_order({"a": prof}, top=12)
+    assert order[:2] == ["Op0", "Op1"] and order[-1] == "other" and len(order) == 13
+    table = F.op_type_table(prof, order)
+    assert table["other"]["ms"] == pytest.approx(sum(20 - i for i in range(12, 15)))
+    assert F.short_names(["x" * 50 + "a", "y" * 50 + "a", "x" * 50 + "a"], 10) == \
+        ["…xxxxxxxxa", "…yyyyyyyya", "…xxxxxxxxa #2"]
+
+
+def test_environment_rows_and_caption():
+    rows = dict(F.environment_rows(make_ledger()))
+    assert rows["CPU"] == "Test CPU 9000" and "avx512_vnni" in rows["ISA flags"]
+    assert rows["intra-op threads"] == "2" and rows["target"] == "cpu-avx512-vnni"
+    assert "onnxruntime 1.31.1" in rows["runtimes timed"] and "torch 2.13.0+cpu" in rows["runtimes timed"]
+    assert "edgeopt 0.1.0" in rows["versions"]
+    cap = F.caption(make_ledger())
+    assert cap.startswith("onnxruntime 1.31.1, torch 2.13.0+cpu · 2 threads · x 1×16 · Test CPU 9000")

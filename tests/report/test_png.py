@@ -1,0 +1,34 @@
+"""PNG export with matplotlib: every figure written as a real PNG, no browser involved."""
+
+from __future__ import annotations
+
+import sys
+
+from report.factory import make_ledger
+
+from edgeopt.report.png import export_pngs
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROFILE = {"version": "1.31.1", "threads": 2, "runs": 5,
+           "nodes": [{"name": f"/l{i}/MatMul", "op_type": "MatMul", "ms": 1.0 / (i + 1), "share": 0.1} for i in range(5)],
+           "op_types": [{"op_type": "MatMul", "nodes": 5, "ms": 2.0, "share": 1.0}]}
+
+
+def _is_png(p) -> bool:
+    data = p.read_bytes()
+    return data[:8] == PNG and len(data) > 5000
+
+
+def test_every_figure_exported_as_png(tmp_path):
+    out = export_pngs([("demo", make_ledger())], tmp_path / "figs", profiles={"onnx": PROFILE, "int8": PROFILE})
+    assert set(out) == {"waterfall", "pareto_latency", "pareto_size", "layers", "op_types"}
+    assert all(_is_png(p) for p in out.values())
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.name for p in out.values())
+    assert not any(m.startswith(("playwright", "kaleido")) for m in sys.modules)  # no browser behind it
+
+
+def test_one_waterfall_per_run_when_several(tmp_path):
+    led = make_ledger()
+    out = export_pngs([("a", led), ("b/c", led)], tmp_path)
+    assert {"waterfall_a", "waterfall_b_c", "pareto_latency", "pareto_size"} == set(out)
+    assert all(_is_png(p) for p in out.values())
