@@ -274,6 +274,14 @@ def live_bench(sess: S.Session, source: str, threads: int) -> L.LiveBench:
     return bench
 
 
+def _live_job(bench: L.LiveBench, settings: dict[str, Any], runs: int, memory: bool):
+    """The job function measuring `settings` on `bench` (bound now, so later widget changes cannot alter it)."""
+    def fn(job: Job) -> L.Measurement:
+        return bench.measure(settings, runs=runs, memory=memory, progress=lambda f, m: job.report(f, m))
+
+    return fn
+
+
 def tab_live(sess: S.Session) -> None:
     ss = st.session_state
     st.markdown("Toggle optimizations on one model; each change is built (once) and timed against the plain "
@@ -317,10 +325,7 @@ def tab_live(sess: S.Session) -> None:
     if measure_now:
         ss["live_last"] = now
 
-        def job_fn(job: Job, s=dict(now), b=bench) -> L.Measurement:
-            return b.measure(s, runs=runs, memory=memory, progress=lambda f, m: job.report(f, m))
-
-        ss["live_job"] = worker().submit(job_fn, "live", f"live: {now_label}")
+        ss["live_job"] = worker().submit(_live_job(bench, dict(now), runs, memory), "live", f"live: {now_label}")
     job_panel("live", "live")
     show_job_outcome(ss.get("live_job"))
     if not bench.history:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -223,6 +224,8 @@ class LiveBench:
         self.seq_len = int(seq_len or (128 if source.startswith("zoo:") else 32))
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeopt-live-"))
+        if self._own_dir:  # removed with the bench even when a browser session just goes away
+            weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self.base: Any = None
         self.feed: dict[str, np.ndarray] | None = None
         self._variants: dict[tuple, Any] = {}

@@ -12,7 +12,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from edgeopt.errors import InputError
 from edgeopt.ledger import Ledger

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 from report.factory import DEFAULT_STAGES, make_ledger, write_json, write_run
