@@ -156,7 +156,12 @@ def infer_shapes(model: Any) -> tuple[Any, str, list[str]]:
 
         for name in ("onnxruntime.tools.symbolic_shape_infer", "onnxruntime"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False, verbose=0)
+        import contextlib
+        import tempfile
+
+        # on incomplete inference it saves "sym_shape_infer_temp.onnx" into the working folder: keep that out
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False, verbose=0)
         if out is not None:
             return out, "onnxruntime-symbolic", warnings
     except Exception as e:  # incomplete inference or an op it does not know
