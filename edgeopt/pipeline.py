@@ -125,7 +125,6 @@ class Pipeline:
         elif not resume and self.ledger_path.exists():
             # a fresh run replaces the previous one's records (its stage folders are rewritten)
             pass
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         art = _load_source(source, r)
         m = r.measure
         cal = data_mod.resolve(r.data.calibration, art, seq_len=m.seq_len, batch=m.batch, role="calibration",
@@ -135,6 +134,7 @@ class Pipeline:
         cal, _ = data_mod.split_labels(cal)
         ev, self.labels = data_mod.split_labels(ev)
         data_key = _feeds_key(cal[:8])
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # only once model and data are known to be good
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
         ver = versions()

@@ -1,0 +1,116 @@
+"""The CLI: thin commands over the API; bad input is one line on stderr, a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from edgeopt.artifact import sha256_file
+from edgeopt.cli import app
+
+runner = CliRunner()
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error:")
+    for n in needles:
+        assert n in text, text
+
+
+def test_passes_lists_registry():
+    res = runner.invoke(app, ["passes", "--json"])
+    assert res.exit_code == 0
+    names = json.loads(res.output)
+    assert {"convert.onnx", "graph.fuse", "graph.quantize_mixed", "session.tune"} <= set(names)
+
+
+def test_target_json():
+    res = runner.invoke(app, ["target", "cpu-avx2", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["reduce_range"] is True
+    _one_line_error(runner.invoke(app, ["target", "quantum"]), "quantum")
+
+
+def test_analyze_and_profile_json(tiny_mlp_onnx):
+    res = runner.invoke(app, ["analyze", str(tiny_mlp_onnx.path), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["flops"]["total"] > 0
+    res = runner.invoke(app, ["profile", str(tiny_mlp_onnx.path), "--json", "--runs", "3", "--threads", "1"])
+    assert res.exit_code == 0 and json.loads(res.output)["nodes"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "random", "truncated", "unknown_domain"])
+def test_bad_model_files(tmp_path, tiny_mlp_onnx, kind):
+    p = tmp_path / f"{kind}.onnx"
+    if kind == "random":
+        p.write_bytes(os.urandom(2048))
+    elif kind == "truncated":
+        p.write_bytes(tiny_mlp_onnx.path.read_bytes()[:500])
+    elif kind == "unknown_domain":
+        g = helper.make_graph([helper.make_node("Zap", ["x"], ["y"], domain="org.nowhere")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("org.nowhere", 1)]), str(p))
+    before = sha256_file(p) if p.exists() else None
+    out = tmp_path / "out"
+    for cmd in (["analyze", str(p)], ["optimize", str(p), "-o", str(out)]):
+        _one_line_error(runner.invoke(app, cmd), p.name)
+    assert not out.exists(), "no partial output"
+    if before:
+        assert sha256_file(p) == before, "input unchanged"
+
+
+def test_bad_recipes(tmp_path, tiny_mlp_onnx):
+    r = tmp_path / "r.yaml"
+    out = tmp_path / "out"
+    r.write_text("passes:\n  - graph.teleport: {}\n")
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(out)]),
+                    "graph.teleport", "known passes")
+    r.write_text("passes:\n  - graph.quantize_dynamic: {per_channel: [1, 2]}\n")
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(out)]),
+                    "per_channel")
+    assert not out.exists()
+
+
+def test_mismatched_calibration_data(tmp_path, tiny_mlp_onnx):
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.zeros((8, 3), np.float32))
+    r = tmp_path / "r.yaml"
+    r.write_text(f"data: {{calibration: {cal}}}\npasses:\n  - graph.quantize_static: {{}}\n")
+    out = tmp_path / "out"
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(out)]),
+                    "input 'x' has shape")
+    assert not out.exists()
+
+
+def test_optimize_and_bench_end_to_end(tmp_path, tiny_mlp_onnx):
+    r = tmp_path / "r.yaml"
+    r.write_text("data: {calibration: 'random:4', eval: 'random:4'}\npasses:\n  - graph.quantize_dynamic: {stage: int8}\n"
+                 "measure: {threads: 1, warmup: 1, runs: 4, memory: false}\n")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "int8" in res.output and (out / "ledger.json").exists() and (out / "report.md").exists()
+    res = runner.invoke(app, ["bench", str(tiny_mlp_onnx.path), str(out / "int8" / "model.onnx"), "--runs", "4",
+                              "--warmup", "1", "--threads", "1", "--batch", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)["rows"]) == 2
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    p = tmp_path / "junk.onnx"
+    p.write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-m", "edgeopt.cli", "analyze", str(p)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "junk.onnx" in proc.stderr
