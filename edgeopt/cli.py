@@ -113,7 +113,8 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
     if as_json:
         return _dump(res.ledger.to_json())
     console.print(render_table(res.ledger))
-    console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.md'}  best: {res.best or 'none passed its gate'}")
+    console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.html'} ({out / 'report.md'})  "
+                  f"best: {res.best or 'none passed its gate'}")
 
 
 @app.command()
@@ -162,7 +163,35 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
     console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe cpu-int8, batch 1, sequence 128, 2 threads")
     res = _guard(run, None, recipe="cpu-int8", out=out, resume=resume, console=console)
     console.print(render_table(res.ledger, title="all-MiniLM-L6-v2 — every stage measured"))
-    console.print(f"report: {out / 'report.md'}  ledger: {out / 'ledger.json'}  best model: {res.best}")
+    console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  ledger: {out / 'ledger.json'}  best model: {res.best}")
+
+
+@app.command()
+def report(runs: list[Path] = typer.Argument(..., help="run directories (or their ledger.json files)"),
+           out: Path = typer.Option(Path("report.html"), "--out", "-o"),
+           profile: list[str] = typer.Option([], "--profile", help="stage of the first run to profile per layer (repeatable)"),
+           threads: int = typer.Option(2, help="intra-op threads for --profile"),
+           markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write markdown (+PNG figures)")):
+    """One self-contained HTML report (plotly inline, opens offline) from one or more runs."""
+    from edgeopt.report.html import build_report, profile_stages
+    from edgeopt.report.markdown import build_markdown
+
+    profiles = _guard(profile_stages, runs[0], profile, threads=threads) if profile else None
+    console.print(f"report: {_guard(build_report, runs, out, profiles=profiles)}")
+    if markdown is not None:
+        console.print(f"markdown: {_guard(build_markdown, runs, markdown, profiles=profiles)}")
+
+
+@app.command()
+def dashboard(runs: Optional[list[Path]] = typer.Argument(None, help="run directories or folders of runs (default ./runs)"),
+              host: str = typer.Option("127.0.0.1", help="address to listen on (loopback unless you say otherwise)"),
+              port: int = typer.Option(8501),
+              root: list[Path] = typer.Option([], "--root", help="further folder the page may read model/recipe files from"),
+              workdir: Optional[Path] = typer.Option(None, help="where runs started from the page go (default runs/dashboard)")):
+    """The interactive dashboard (Streamlit) on HOST:PORT."""
+    from edgeopt.dashboard import serve
+
+    raise typer.Exit(_guard(serve, runs or [], host=host, port=port, roots=root, workdir=workdir))
 
 
 def main() -> None:

@@ -359,6 +359,9 @@ class Pipeline:
         }
         write_text_atomic(self.out_dir / "metadata.json", json.dumps(meta, indent=2, default=str))
         write_text_atomic(self.out_dir / "report.md", to_markdown(ledger))
+        from edgeopt.report.html import build_report
+
+        build_report([(self.out_dir.name or "run", ledger)], self.out_dir / "report.html")
 
 
 def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:

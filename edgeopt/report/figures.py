@@ -77,7 +77,7 @@ def waterfall_steps(ledger: Ledger, metric: Metric) -> list[Step]:
     return steps
 
 
-def _signed(v: float, spec: str) -> str:
+def signed(v: float, spec: str) -> str:
     return ("+" if v > 0 else "−" if v < 0 else "±") + format(abs(v), spec)
 
 
@@ -87,8 +87,8 @@ def step_text(step: Step, unit: str) -> str:
         return "not measured"
     if step.delta is None:
         return f"{step.value:.3g} {unit}"
-    pct = f" ({_signed(step.delta_pct, '.1f')}%)" if step.delta_pct is not None else ""
-    return f"{_signed(step.delta, '.3g')} {unit}{pct}"
+    pct = f" ({signed(step.delta_pct, '.1f')}%)" if step.delta_pct is not None else ""
+    return f"{signed(step.delta, '.3g')} {unit}{pct}"
 
 
 # ---------------------------------------------------------------------------------------- Pareto
@@ -285,7 +285,7 @@ def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
             x.append(f"total ({last.stage})")
             y.append(0.0)
             measure.append("total")
-            text.append(f"{last.value:.3g} {unit} ({_signed(last.cumulative_pct, '.0f')}%)")
+            text.append(f"{last.value:.3g} {unit} ({signed(last.cumulative_pct, '.0f')}%)")
         fig.add_trace(go.Waterfall(
             name=METRICS[metric][0], x=x, y=y, measure=measure, text=text, textposition="outside",
             decreasing={"marker": {"color": GOOD}}, increasing={"marker": {"color": BAD}},

@@ -219,7 +219,7 @@ def _pct(v: float | None) -> str:
     if v is None:
         return "—"
     cls = "good" if v < 0 else ("bad" if v > 0 else "")
-    return f"<span class='{cls}'>{figures._signed(v, '.1f')}%</span>"
+    return f"<span class='{cls}'>{figures.signed(v, '.1f')}%</span>"
 
 
 def incremental_table_html(ledger: Ledger) -> str:

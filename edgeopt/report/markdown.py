@@ -20,7 +20,7 @@ def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> list[str]:
 
 
 def _pct(v: float | None) -> str:
-    return "—" if v is None else F._signed(v, ".1f") + "%"
+    return "—" if v is None else F.signed(v, ".1f") + "%"
 
 
 def incremental_rows(ledger: Ledger) -> list[list[str]]:

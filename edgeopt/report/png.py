@@ -75,7 +75,7 @@ def waterfall_png(ledger: Ledger, path: str | Path, run: str = "") -> Path:
             bottoms.append(0.0)
             heights.append(last.value)
             colors.append(F.FRONT)
-            texts.append(f"{last.value:.3g} {unit} ({F._signed(last.cumulative_pct, '.0f')}%)")
+            texts.append(f"{last.value:.3g} {unit} ({F.signed(last.cumulative_pct, '.0f')}%)")
         xs = range(len(labels))
         bars = ax.bar(xs, heights, bottom=bottoms, color=colors, width=0.6)
         for b, t, bot, h in zip(bars, texts, bottoms, heights):
