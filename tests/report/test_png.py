@@ -20,11 +20,13 @@ def _is_png(p) -> bool:
 
 
 def test_every_figure_exported_as_png(tmp_path):
+    before = set(sys.modules)
     out = export_pngs([("demo", make_ledger())], tmp_path / "figs", profiles={"onnx": PROFILE, "int8": PROFILE})
     assert set(out) == {"waterfall", "pareto_latency", "pareto_size", "layers", "op_types"}
     assert all(_is_png(p) for p in out.values())
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.name for p in out.values())
-    assert not any(m.startswith(("playwright", "kaleido")) for m in sys.modules)  # no browser behind it
+    new = set(sys.modules) - before
+    assert not any(m.startswith(("playwright", "kaleido")) for m in new)  # no browser behind it
 
 
 def test_one_waterfall_per_run_when_several(tmp_path):
