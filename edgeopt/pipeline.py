@@ -228,8 +228,7 @@ class Pipeline:
         path = prev.artifact.get("path")
         if prev.artifact.get("kind") not in ("onnx", "openvino") or not path or not Path(path).exists():
             return None
-        meta = dict(prev.notes.get("meta", {}))
-        art = (Artifact.from_onnx if prev.artifact["kind"] == "onnx" else Artifact.from_openvino)(path, meta=meta)
+        art = stage_artifact(prev)
         if art.sha256 != prev.artifact.get("sha256"):
             return None
         stage = prev.model_copy(deep=True)
@@ -362,6 +361,18 @@ class Pipeline:
         from edgeopt.report.html import build_report
 
         build_report([(self.out_dir.name or "run", ledger)], self.out_dir / "report.html")
+
+
+def stage_artifact(stage: Stage) -> Artifact:
+    """The model a finished file-backed stage (onnx / openvino) wrote, with the meta it ran with."""
+    if not stage.artifact or stage.artifact.get("kind") not in ("onnx", "openvino") or not stage.artifact.get("path"):
+        raise InputError(f"stage {stage.name}: no model file recorded")
+    path = Path(stage.artifact["path"])
+    if not path.exists():
+        raise InputError(f"stage {stage.name}: {path}: no such file")
+    meta = dict(stage.notes.get("meta", {}))
+    load = Artifact.from_onnx if stage.artifact["kind"] == "onnx" else Artifact.from_openvino
+    return load(path, meta=meta)
 
 
 def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
