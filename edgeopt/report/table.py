@@ -45,11 +45,13 @@ def render_table(ledger: Ledger, title: str | None = None):
 
     from rich import box
 
-    t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 1), collapse_padding=True,
-              box=box.SIMPLE_HEAD)
-    shown = [c for c in COLUMNS if c != "p90 ms"]  # p90 is in report.md; the terminal stays within 80 columns
+    t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 0),
+              box=box.SIMPLE_HEAD, show_edge=False, caption="latency in ms, size and peak RSS in MB, cosine to the baseline",
+              caption_justify="left")
+    shown = list(COLUMNS)
     for c in shown:
-        t.add_column(c.replace(" ", "\n"), justify="left" if c in ("stage", "runtime", "gate") else "right",
+        t.add_column(c.replace(" ", "\n") if c not in ("p50 ms", "p90 ms", "size MB", "peak MB") else c.split()[0],
+                     justify="left" if c in ("stage", "runtime", "gate") else "right",
                      no_wrap=True)
     for row in stage_rows(ledger):
         style = "red" if row["gate"].startswith(("FAIL", "failed")) else ("bold green" if "★" in row["stage"] else None)
@@ -75,6 +77,21 @@ def to_markdown(ledger: Ledger) -> str:
               f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs (cosine per sample).",
               f"Machine: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores; ISA: {', '.join(env.get('isa', []) or [])}.",
               ""]
+    for s in ledger.stages:
+        ranking = s.notes.get("sensitivity")
+        if ranking:
+            q = s.notes.get("quantization", {})
+            lines += [f"## Sensitivity ranking ({s.name})", "",
+                      f"Each layer quantized alone, output drift (1 − mean cosine) on the calibration data; "
+                      f"{q.get('kept_float', 0)} most sensitive kept in float.", "",
+                      "| # | layer | op | drift | kept float |", "|---|---|---|---|---|"]
+            kept = set(q.get("excluded", []))
+            for i, r in enumerate(ranking[:15], 1):
+                lines.append(f"| {i} | {r['node']} | {r['op_type']} | {r['drift']:.2e} | {'yes' if r['node'] in kept else ''} |")
+            lines.append("")
+        fusions = s.notes.get("fusions")
+        if fusions:
+            lines += [f"Fusions in {s.name}: " + ", ".join(f"{k} ×{v}" for k, v in fusions.items()), ""]
     energies = [(s.name, s.energy_mj) for s in ledger.stages if s.energy_mj]
     if energies:
         lines += ["Energy per inference (" + energies[0][1].method + "): " +
