@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
@@ -40,12 +40,6 @@ class TrainConfig(BaseModel):
     augment_shift: float = Field(default=0.0, ge=0, lt=1, description="images: random translation, fraction of the size")
     seed: int = 0
     threads: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _patience_needs_epochs(self) -> "TrainConfig":
-        if self.patience is not None and self.epochs == 0:
-            raise ValueError("patience is set but epochs is 0")
-        return self
 
     def key(self) -> dict[str, Any]:
         """The fields that change the trained weights (for cache keys): everything but threads."""
@@ -238,8 +232,8 @@ def fit(model: Any, data: TensorData, cfg: TrainConfig | None = None, *, loss_fn
 
     `loss_fn(model, inputs, targets)` defaults to `task_loss`. After each epoch the model is scored by
     `score_fn(model)` (higher is better), or by `evaluate(model, val)` when `val` is given; the best-scoring
-    weights are restored at the end, and with `cfg.patience` training stops after that many epochs
-    without improvement. `params` are the tensors to optimize (default: the model's parameters; pass extra
+    weights are restored at the end (on a tie, the later ones), and with `cfg.patience` training stops after
+    that many epochs without improvement. `params` are the tensors to optimize (default: the model's parameters; pass extra
     ones, e.g. distillation adapters, here). The model is left in eval mode.
     """
     import torch
@@ -303,9 +297,12 @@ def fit(model: Any, data: TensorData, cfg: TrainConfig | None = None, *, loss_fn
                         best_state = copy.deepcopy(model.state_dict())
                     else:
                         since_best += 1
+                        if s >= result.best_score:  # a tie: keep the later (further annealed) weights
+                            result.best_score, result.best_epoch = s, epoch
+                            best_state = copy.deepcopy(model.state_dict())
                     update(0, info=f"loss {rec['loss']:.4f} score {s:.4f}")
                 result.history.append(rec)
-                if cfg.patience is not None and since_best >= cfg.patience:
+                if cfg.patience is not None and since_best >= cfg.patience and epoch < cfg.epochs:
                     result.stopped_early = True
                     break
         if best_state is not None:

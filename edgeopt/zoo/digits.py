@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeopt.errors import InputError
 
 DATA_VERSION = 1  # bump when the images, the split or the normalization change (invalidates cached models)
+TRAINER_VERSION = 2  # bump when edgeopt.train.fit changes what it returns for the same config
 IMAGE_SIZE = 32
 N_TEST = 360  # of 1797 samples; stratified, fixed seed
 SPLIT_SEED = 0
@@ -74,7 +75,7 @@ def feeds(rest: str, role: str, batch: int, input_name: str = INPUT_NAME) -> lis
     split, sl = parse_spec(rest, "train" if role == "calibration" else "test")
     x, y = load_split(split)
     x, y = x[sl], y[sl]
-    return [{input_name: np.ascontiguousarray(x[i:i + batch]), LABEL_KEY: y[i:i + batch].copy()}
+    return [{input_name: x[i:i + batch].copy(), LABEL_KEY: y[i:i + batch].copy()}
             for i in range(0, len(y), batch)]
 
 
@@ -103,7 +104,7 @@ class MobileNetSpec(_Spec):
     width: float = Field(default=1.0, gt=0)
     stem: int = Field(default=32, ge=1)
     stem_stride: int = Field(default=2, ge=1)
-    blocks: tuple[tuple[float, int, int, int], ...] = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 3, 2),
+    blocks: tuple[tuple[float, int, int, int], ...] = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 1), (6, 64, 3, 2),
                                                        (6, 96, 2, 1), (6, 160, 2, 2))
     head: int = Field(default=512, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
@@ -173,17 +174,25 @@ def _Classifier(*args: Any) -> Any:  # noqa: N802 - builds the one model class l
 def _train_config(**kw: Any):
     from edgeopt.train import TrainConfig
 
-    base = dict(epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="cosine", patience=8,
+    base = dict(epochs=15, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="cosine", patience=6,
                 label_smoothing=0.05, augment_shift=0.08, seed=0, warmup_steps=20)
     return TrainConfig(**{**base, **kw})
 
+
+# architectures by name (untrained builds: distill's student_arch, tests)
+ARCHS: dict[str, Any] = {
+    "digits-cnn": MobileNetSpec(),
+    "digits-cnn-small": MobileNetSpec(width=0.5, blocks=((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 2, 1), (6, 64, 2, 2),
+                                                          (6, 96, 1, 1)), head=256),
+    "digits-teacher": ResNetSpec(),
+}
 
 # name -> (description, architecture, training config factory)
 MODELS: dict[str, tuple[str, Any, Any]] = {
     "digits-cnn": ("MobileNetV2-style CNN on zoo:digits (inverted residuals, depthwise convs, BN, ReLU6)",
                    MobileNetSpec(), lambda: _train_config()),
     "digits-teacher": ("ResNet-style plain 3×3-conv teacher CNN on zoo:digits",
-                       ResNetSpec(), lambda: _train_config(epochs=20)),
+                       ResNetSpec(), lambda: _train_config(epochs=12)),
 }
 
 
@@ -196,7 +205,7 @@ def cache_dir() -> Path:
 def cache_key(spec: Any, train_cfg: Any) -> str:
     """Hash of everything that decides the trained weights: architecture, training config, data version."""
     blob = json.dumps({"spec": spec.model_dump(mode="json"), "train": train_cfg.key(), "data": DATA_VERSION,
-                       "val_fraction": VAL_FRACTION}, sort_keys=True)
+                       "trainer": TRAINER_VERSION, "val_fraction": VAL_FRACTION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,7 @@ import copy
 import fnmatch
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError, PassError
@@ -27,6 +27,14 @@ class FineTune(PassConfig):
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     limit: int | None = Field(default=None, ge=2, description="use at most this many training samples")
     train: TrainConfig = TrainConfig(epochs=3, patience=2, lr=1e-3)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _merge_train(cls, v: Any) -> Any:
+        """A partial `train` mapping overrides only the fields it names; the pass's own defaults stay."""
+        if isinstance(v, dict):
+            return {**cls.model_fields["train"].default.model_dump(), **v}
+        return v
 
 
 def module_copy(art: Artifact, pass_name: str) -> Any:
@@ -118,3 +126,37 @@ def derived(module: Any, art: Artifact, **meta: Any) -> Artifact:
 
 def param_count(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
+
+
+def layer_macs(model: Any, example: tuple[Any, ...]) -> dict[str, int]:
+    """Multiply-accumulates per sample of every Conv / Linear module (by name) on `example`, from forward hooks."""
+    import torch
+    from torch import nn
+
+    macs: dict[str, int] = {}
+    handles = []
+
+    def hook(name):
+        def fn(mod, _inp, out):
+            if not isinstance(out, torch.Tensor) or out.dim() == 0:
+                return
+            per_sample = out.numel() // max(1, out.shape[0])
+            if isinstance(mod, nn.modules.conv._ConvNd):
+                k = 1
+                for d in mod.kernel_size:
+                    k *= d
+                macs[name] = macs.get(name, 0) + per_sample * (mod.in_channels // mod.groups) * k
+            else:
+                macs[name] = macs.get(name, 0) + per_sample * mod.in_features
+        return fn
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            handles.append(m.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
