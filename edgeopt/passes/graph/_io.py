@@ -22,7 +22,9 @@ def finish(tmp: Path, out: Path, art: Artifact, **meta: Any) -> Artifact:
     if data.exists():  # external data must keep the name the model refers to
         shutil.move(str(data), str(out.parent / (tmp.name + ".data")))
     tmp.replace(out)
-    return Artifact.from_onnx(out, meta={**art.meta, **meta})
+    # session settings were tuned for the input model: a changed model needs its own tuning
+    kept = {k: v for k, v in art.meta.items() if k != "session"}
+    return Artifact.from_onnx(out, meta={**kept, **meta})
 
 
 def target_of(ctx: Any):

@@ -318,4 +318,4 @@ class Fuse(Pass):
             "ort_stats": {k: v for k, v in ort_stats.items() if v},
             "left_to_runtime": {"conv_activation": len(find_conv_activations(model))},
         }
-        return Artifact.from_onnx(out, meta=dict(art.meta))
+        return Artifact.from_onnx(out, meta={k: v for k, v in art.meta.items() if k != "session"})

@@ -166,4 +166,4 @@ class Simplify(Pass):
             "ops_after": after,
             "skipped_for_ort_fusion": kept,
         }
-        return Artifact.from_onnx(out, meta=dict(art.meta))
+        return Artifact.from_onnx(out, meta={k: v for k, v in art.meta.items() if k != "session"})

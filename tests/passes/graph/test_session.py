@@ -173,3 +173,13 @@ def test_target_from_name_or_detected(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, t
     assert ctx.notes["session_tune"]["target"] == expected.name
     assert len(ctx.notes["session_tune"]["table"]) == expected.cores
     assert out.meta["session"]["threads"] <= expected.cores
+
+
+def test_tuned_session_does_not_follow_a_changed_model(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    from edgeopt.passes.base import PassContext, build_pass
+
+    ctx = PassContext(stage_dir=tmp_path / "t", calibration=tiny_mlp_feeds)
+    tuned = build_pass("session.tune", {"threads": [1], "levels": ["basic"], "runs": 3, "warmup": 0})(tiny_mlp_onnx, ctx)
+    assert tuned.meta["session"]["threads"] == 1
+    q = build_pass("graph.quantize_dynamic", {})(tuned, PassContext(stage_dir=tmp_path / "q"))
+    assert "session" not in q.meta
