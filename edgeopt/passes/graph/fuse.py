@@ -309,6 +309,9 @@ class Fuse(Pass):
                     fusions[f"ort.{op}"] = made
         model, later, _ = apply_rule_sets(model, after_rules)
         fusions.update(later)
+        # shapes recorded before the rewrites can contradict the rewritten graph (later shape inference,
+        # e.g. the quantizer's, then fails): drop them and let consumers infer afresh
+        del model.graph.value_info[:]
 
         out = save_onnx_atomic(model, ctx.stage_dir / "model.onnx")
         ctx.notes["fusions"] = fusions
