@@ -50,8 +50,34 @@ def stage_value(stage: Stage, metric: Metric) -> float | None:
     raise ValueError(f"metric must be 'latency' or 'memory', got {metric!r}")
 
 
+def lineage(ledger: Ledger, end: str | None = None) -> list[Stage]:
+    """The stages from the baseline to `end` (default: the best stage, else the last), following each
+    stage's parent; a linear run is all of its stages. In a branched run, branches off that path are
+    left out (they stay in the stage table and the Pareto plots)."""
+    stages = list(ledger.stages)
+    if not stages:
+        return []
+    by_name = {s.name: s for s in stages}
+    branched = any(getattr(s, "parent", None) not in (None, stages[i - 1].name) for i, s in enumerate(stages) if i)
+    if not branched and end is None:
+        return stages
+    end = end or ledger.best or stages[-1].name
+    if end not in by_name:
+        return stages
+    path, seen = [], set()
+    cur: Stage | None = by_name[end]
+    while cur is not None and cur.name not in seen:
+        path.append(cur)
+        seen.add(cur.name)
+        i = stages.index(cur)
+        parent = getattr(cur, "parent", None) or (stages[i - 1].name if i > 0 else None)
+        cur = by_name.get(parent) if parent else None
+    return path[::-1]
+
+
 def waterfall_steps(ledger: Ledger, metric: Metric) -> list[Step]:
-    """Baseline, then + each optimization, each step's change and the cumulative change.
+    """Baseline, then + each optimization on the path to the best stage, each step's change and the
+    cumulative change.
 
     Stages without a value (failed, or not measured) stay in the list with value None and are skipped
     when the next step's change is computed.
@@ -59,7 +85,7 @@ def waterfall_steps(ledger: Ledger, metric: Metric) -> list[Step]:
     steps: list[Step] = []
     base: float | None = None
     prev: float | None = None
-    for s in ledger.stages:
+    for s in lineage(ledger):
         v = stage_value(s, metric)
         if v is None:
             steps.append(Step(s.name, s.pass_, None, None, None, None, None))

@@ -101,3 +101,18 @@ def test_environment_rows_and_caption():
     assert "edgeopt 0.1.0" in rows["versions"]
     cap = F.caption(make_ledger())
     assert cap.startswith("onnxruntime 1.31.1, torch 2.13.0+cpu · 2 threads · x 1×16 · Test CPU 9000")
+
+
+def test_waterfall_follows_the_branch_to_the_best_stage():
+    from edgeopt.ledger import Latency, Ledger, Stage
+    from edgeopt.report.figures import lineage, waterfall_steps
+
+    def st(name, parent, ms):
+        return Stage(name=name, parent=parent, **{"pass": None if parent is None else "p"},
+                     latency_ms=Latency(p50=ms, p90=ms, p99=ms, mean=ms, std=0, n=3, runtime="x", threads=1))
+
+    led = Ledger(stages=[st("baseline", None, 10), st("onnx", "baseline", 8), st("fused", "onnx", 7),
+                         st("ov", "onnx", 4), st("ov-int8", "ov", 2)], best="ov-int8")
+    assert [s.name for s in lineage(led)] == ["baseline", "onnx", "ov", "ov-int8"]
+    steps = waterfall_steps(led, "latency")
+    assert [s.delta for s in steps[1:]] == [-2, -4, -2]  # "ov" is measured against its parent, not "fused"
