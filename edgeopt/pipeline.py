@@ -286,7 +286,7 @@ class Pipeline:
             live[stage.name] = runner
         feed = ev[0]
         stats = latency.measure_interleaved(live, feed, warmup=m.warmup, runs=m.runs, progress=prog,
-                                            block=m.block, settle=m.settle)
+                                            block=m.block, settle=m.settle, pause_s=m.pause_ms / 1000)
         by_name = {s.name: (s, a) for s, a in stages}
         for name, st in stats.items():
             stage, art = by_name[name]

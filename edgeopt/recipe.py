@@ -35,6 +35,7 @@ class MeasureSpec(_Strict):
     runs: int = Field(default=50, ge=3)
     block: int = Field(default=5, ge=1, description="consecutive calls per runner per round")
     settle: int = Field(default=1, ge=0, description="untimed calls at the start of each block")
+    pause_ms: float = Field(default=50, ge=0, description="untimed sleep before each block: spinning threads park")
     spinning: bool = Field(default=True, description="ONNX Runtime worker threads spin between ops, as deployed")
     memory: bool = True
     energy: bool = True

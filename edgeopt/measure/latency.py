@@ -18,6 +18,7 @@ from edgeopt.measure.runners import Feed, Runner
 
 _now = time.perf_counter_ns  # the clock around each run (tests replace it with a fake one)
 _wall = time.monotonic  # the clock min_time_s is checked against
+_sleep = time.sleep
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
 
 def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10, runs: int = 50,
                         progress: Any = None, min_time_s: float = 0.0, block: int = 1,
-                        settle: int = 0) -> dict[str, LatencyStats]:
+                        settle: int = 0, pause_s: float = 0.0) -> dict[str, LatencyStats]:
     """Time every runner on `feed`: `warmup` untimed rounds, then at least `runs` timed rounds.
 
     A round calls each runner once, in an order rotated every round (A B C, B C A, C A B, ...); warm-up
@@ -68,6 +69,8 @@ def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10
     With `block` > 1 each runner's turn is `block` consecutive calls, the first `settle` of them untimed:
     runtimes whose worker threads spin after a call (ONNX Runtime, OpenMP in torch), as they do when
     deployed, would otherwise steal cores from the runner that follows. `runs` counts timed calls.
+    `pause_s` sleeps (untimed) before each turn, long enough for the previous runtime's spinning worker
+    threads to park.
     """
     if block < 1 or not 0 <= settle < block:
         raise ValueError(f"block must be >= 1 and 0 <= settle < block, got block={block}, settle={settle}")
@@ -94,6 +97,8 @@ def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10
         while r * per_turn < runs or _wall() - start < min_time_s:
             for name in round_order(names, warmup + r):  # rotation continues from warm-up
                 run = runners[name].run
+                if pause_s > 0:
+                    _sleep(pause_s)
                 for _ in range(settle):
                     run(feed)
                 for _ in range(per_turn):

@@ -163,3 +163,21 @@ def test_blocks_time_consecutive_calls_after_settling():
 
     with pytest.raises(ValueError, match="settle"):
         measure_interleaved({"a": Fake("a")}, {}, runs=2, block=2, settle=2)
+
+
+def test_pause_before_each_turn_is_untimed(monkeypatch):
+    from edgeopt.measure import latency
+
+    slept: list[float] = []
+    monkeypatch.setattr(latency, "_sleep", slept.append)
+
+    class Fake:
+        name = "f"
+
+        def run(self, feed):
+            return []
+
+    stats = latency.measure_interleaved({"a": Fake(), "b": Fake()}, {}, warmup=0, runs=2, block=2, settle=1,
+                                        pause_s=0.05)
+    assert slept == [0.05] * 4  # one pause per turn: 2 rounds x 2 runners
+    assert stats["a"].n == 2
