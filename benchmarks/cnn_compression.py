@@ -65,7 +65,7 @@ def time_models(paths: dict[str, Any], feed: dict[str, np.ndarray], threads: int
 
     live = {k: runners.make_runner(a, threads=threads, spinning=SPIN) for k, a in paths.items()}
     try:
-        return latency.measure_interleaved(live, feed, warmup=20, runs=runs, block=BLOCK, settle=SETTLE)
+        return latency.measure_interleaved(live, feed, warmup=20, runs=runs, block=BLOCK, settle=SETTLE, pause_s=0.05)
     finally:
         for r in live.values():
             r.close()
@@ -79,6 +79,48 @@ def onnx_accuracy(art: Any, x: np.ndarray, y: np.ndarray) -> float:
 
     return onnx_score(art.path, TensorData((torch.from_numpy(x.copy()),), torch.from_numpy(y.copy())),
                       [art.input_spec.names[0]])
+
+
+def magnitude(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """prune.magnitude at 50% and 90%: a dense runtime gains no speed; the compressed file shrinks."""
+    from rich.table import Table
+
+    from edgeopt.measure.size import size_report
+    from edgeopt.passes.base import PassContext, build_pass
+    from edgeopt.zoo import load_zoo_model
+    from edgeopt.zoo.digits import load_split
+
+    console.print("[bold]magnitude[/bold]: unstructured L1 pruning of zoo:digits-cnn, timed in ONNX Runtime (dense)")
+    base = load_zoo_model("digits-cnn")
+    arts = {"dense": base}
+    for sp in (0.5, 0.9):
+        ctx = PassContext(stage_dir=args.out / f"magnitude-{sp}")
+        arts[f"{int(sp * 100)}% zeros"] = build_pass("prune.magnitude", {"sparsity": sp})(base, ctx)
+    onnx = {k: to_onnx(a, args.out / f"magnitude-onnx-{i}") for i, (k, a) in enumerate(arts.items())}
+    x, y = load_split("test")
+    acc = {k: onnx_accuracy(a, x, y) for k, a in onnx.items()}
+    sizes = {k: size_report(a) for k, a in onnx.items()}
+    lat = time_models(onnx, {"image": x[:16].copy()}, args.threads, args.runs)
+    t = Table(title="prune.magnitude on zoo:digits-cnn — ONNX Runtime (dense kernels), batch 16, interleaved",
+              title_justify="left")
+    for c in ("model", "top-1 %", "b16 p50 ms", "speedup (p10–p90)", "ONNX KB", "zipped KB"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    rows = {}
+    for k in onnx:
+        r = paired_ratio(lat["dense"].samples, lat[k].samples, BLOCK - SETTLE)
+        rows[k] = {"accuracy": acc[k], "b16_p50_ms": lat[k].p50, "speedup": r[0], "bytes": sizes[k]["bytes"],
+                   "zipped_bytes": sizes[k]["zipped_bytes"]}
+        t.add_row(k, f"{100 * acc[k]:.2f}", f"{lat[k].p50:.3f}", f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})",
+                  f"{sizes[k]['bytes'] / 1024:.0f}", f"{sizes[k]['zipped_bytes'] / 1024:.0f}")
+    console.print(t)
+    report["magnitude"] = rows
+    z90 = rows["90% zeros"]
+    return [
+        ("magnitude: 90% zeros buy no dense-runtime speed (within ±15%)", 0.85 <= z90["speedup"] <= 1.15,
+         f"{z90['speedup']:.2f}×"),
+        ("magnitude: 90% zeros shrink the zipped file", z90["zipped_bytes"] < 0.5 * rows["dense"]["zipped_bytes"],
+         f"{z90['zipped_bytes'] / rows['dense']['zipped_bytes']:.0%} of dense"),
+    ]
 
 
 def course(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -267,7 +309,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-cnn"))
     ap.add_argument("--runs", type=int, default=200, help="timed calls per model and batch size")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--parts", default="course,depthwise,heads,qat")
+    ap.add_argument("--parts", default="course,magnitude,depthwise,heads,qat")
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime threads do not spin between calls")
     args = ap.parse_args()
     global SPIN
@@ -280,7 +322,7 @@ def main() -> int:
 
     console = Console(width=None if Console().is_terminal else 200)
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {"course": course, "depthwise": depthwise, "heads": heads, "qat": qat}
+    parts = {"course": course, "magnitude": magnitude, "depthwise": depthwise, "heads": heads, "qat": qat}
     report: dict[str, Any] = {"threads": args.threads, "runs": args.runs, "block": BLOCK, "settle": SETTLE,
                               "versions": versions()}
     checks: list[tuple[str, bool, str]] = []
