@@ -20,16 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.measure.latency import paired_ratio
+
 BLOCK, SETTLE = 5, 1
-
-
-def paired_ratio(base: tuple[float, ...], other: tuple[float, ...], per_turn: int) -> tuple[float, float, float]:
-    """Median and 10th-90th percentile of per-round speedups (base / other), rounds paired in time."""
-    n = min(len(base), len(other)) // per_turn
-    b = np.median(np.asarray(base[: n * per_turn]).reshape(n, per_turn), axis=1)
-    o = np.median(np.asarray(other[: n * per_turn]).reshape(n, per_turn), axis=1)
-    r = b / o
-    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
 def run_course(out: Path, console: Any) -> tuple[Any, dict[str, Any]]:

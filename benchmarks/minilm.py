@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
+from edgeopt.measure.latency import paired_ratio
 
 
 def ort_tools_recipe(fp32: Path, out_dir: Path) -> dict[str, Path]:
@@ -42,15 +42,6 @@ def ort_tools_recipe(fp32: Path, out_dir: Path) -> dict[str, Path]:
         quantize_dynamic(str(opt), str(paths["ort-tools int8"]), extra_options=extra)
         quantize_dynamic(str(opt), str(paths["ort-tools int8 per-channel"]), per_channel=True, extra_options=extra)
     return paths
-
-
-def paired_ratio(base: tuple[float, ...], other: tuple[float, ...], per_turn: int) -> tuple[float, float, float]:
-    """Median and 10th-90th percentile of per-round speedups (base / other), rounds paired in time."""
-    n = min(len(base), len(other)) // per_turn
-    b = np.median(np.asarray(base[: n * per_turn]).reshape(n, per_turn), axis=1)
-    o = np.median(np.asarray(other[: n * per_turn]).reshape(n, per_turn), axis=1)
-    r = b / o
-    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
 def main() -> int:

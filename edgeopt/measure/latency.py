@@ -114,6 +114,19 @@ def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10
     return {n: LatencyStats.from_samples(np.asarray(s, dtype=np.float64) / 1e6) for n, s in samples.items()}
 
 
+def paired_ratio(base: Sequence[float], other: Sequence[float], per_turn: int) -> tuple[float, float, float]:
+    """Median and 10th-90th percentile of per-round speedups (base / other): samples from
+    `measure_interleaved` (in round order, `per_turn` timed calls a turn), rounds paired in time so noise
+    that hits a whole round cancels out."""
+    n = min(len(base), len(other)) // per_turn
+    if n == 0:
+        raise ValueError("paired_ratio: fewer samples than one turn")
+    b = np.median(np.asarray(base[: n * per_turn]).reshape(n, per_turn), axis=1)
+    o = np.median(np.asarray(other[: n * per_turn]).reshape(n, per_turn), axis=1)
+    r = b / o
+    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
+
+
 def measure_one(runner: Runner, feed: Feed, warmup: int = 10, runs: int = 50, progress: Any = None,
                 min_time_s: float = 0.0) -> LatencyStats:
     """Latency of a single runner (warm-up, then `runs` timed calls)."""

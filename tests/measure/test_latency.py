@@ -181,3 +181,11 @@ def test_pause_before_each_turn_is_untimed(monkeypatch):
                                         pause_s=0.05)
     assert slept == [0.05] * 4  # one pause per turn: 2 rounds x 2 runners
     assert stats["a"].n == 2
+
+
+def test_paired_ratio_pairs_rounds():
+    from edgeopt.measure.latency import paired_ratio
+
+    base = (10.0, 10.0, 20.0, 20.0, 40.0, 40.0)  # a noisy machine: whole rounds get slower
+    other = (5.0, 5.0, 10.0, 10.0, 20.0, 20.0)
+    assert paired_ratio(base, other, per_turn=2) == (2.0, 2.0, 2.0)

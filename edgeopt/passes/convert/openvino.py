@@ -12,6 +12,18 @@ from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 
 
+def save_ir(model, stage_dir) -> None:
+    """Write an OpenVINO model as stage_dir/model.xml + model.bin through a temporary folder (atomic per file)."""
+    import openvino as ov
+
+    tmp = stage_dir / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+    for name in ("model.bin", "model.xml"):  # the .xml last: a reader finding it finds its weights
+        (tmp / name).replace(stage_dir / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def default_precision(target) -> str:
     """bf16 where the CPU multiplies bf16 in hardware (AMX / AVX512-BF16), else f32."""
     isa = set(getattr(target, "isa", ()) or ())
@@ -59,12 +71,7 @@ class ConvertOpenVINO(Pass):
             seq = cfg.seq_len or (m.seq_len if m else 128)
             settings["static_shapes"] = {t.name: list(t.concrete({"batch": batch, "sequence": seq}))
                                          for t in art.input_spec.inputs}
-        tmp = ctx.stage_dir / ".tmp"
-        tmp.mkdir(exist_ok=True)
-        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-        for name in ("model.xml", "model.bin"):
-            (tmp / name).replace(ctx.stage_dir / name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_ir(model, ctx.stage_dir)
         ctx.notes["openvino"] = {**settings, "version": ov.get_version()}
         meta = {k: v for k, v in art.meta.items() if k != "session"}
         meta["openvino"] = settings

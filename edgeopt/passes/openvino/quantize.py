@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Literal
 
 from pydantic import Field
@@ -10,6 +9,7 @@ from pydantic import Field
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.passes.convert.openvino import save_ir
 
 TRANSFORMER_FAMILIES = {"bert", "roberta", "distilbert", "albert", "electra", "xlm-roberta", "mpnet", "deberta"}
 
@@ -69,12 +69,7 @@ class QuantizeOpenVINO(Pass):
         finally:
             nncf_logger.setLevel(level)
         advance()
-        tmp = ctx.stage_dir / ".tmp"
-        tmp.mkdir(exist_ok=True)
-        ov.save_model(q, str(tmp / "model.xml"), compress_to_fp16=False)
-        for name in ("model.xml", "model.bin"):
-            (tmp / name).replace(ctx.stage_dir / name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_ir(q, ctx.stage_dir)
         settings = dict(art.meta.get("openvino") or {})
         if cfg.precision != "keep":
             settings["precision"] = cfg.precision
