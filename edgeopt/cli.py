@@ -169,14 +169,17 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
 @app.command()
 def report(runs: list[Path] = typer.Argument(..., help="run directories (or their ledger.json files)"),
            out: Path = typer.Option(Path("report.html"), "--out", "-o"),
-           profile: list[str] = typer.Option([], "--profile", help="stage of the first run to profile per layer (repeatable)"),
+           profile: list[str] = typer.Option([], "--profile", help="stage of the first run to profile per layer (repeatable; "
+                                             "default: its first and its fastest ONNX stage)"),
+           no_profile: bool = typer.Option(False, "--no-profile", help="no per-layer profiles"),
            threads: int = typer.Option(2, help="intra-op threads for --profile"),
            markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write markdown (+PNG figures)")):
     """One self-contained HTML report (plotly inline, opens offline) from one or more runs."""
-    from edgeopt.report.html import build_report, profile_stages
+    from edgeopt.report.html import build_report, default_profile_stages, load_run, profile_stages
     from edgeopt.report.markdown import build_markdown
 
-    profiles = _guard(profile_stages, runs[0], profile, threads=threads) if profile else None
+    stages = profile or ([] if no_profile else default_profile_stages(_guard(load_run, runs[0])))
+    profiles = _guard(profile_stages, runs[0], stages, threads=threads) if stages else None
     console.print(f"report: {_guard(build_report, runs, out, profiles=profiles)}")
     if markdown is not None:
         console.print(f"markdown: {_guard(build_markdown, runs, markdown, profiles=profiles)}")
@@ -192,6 +195,69 @@ def dashboard(runs: Optional[list[Path]] = typer.Argument(None, help="run direct
     from edgeopt.dashboard import serve
 
     raise typer.Exit(_guard(serve, runs or [], host=host, port=port, roots=root, workdir=workdir))
+
+
+@app.command()
+def winograd(model_or_layer: str = typer.Argument(..., help="conv:C_INxC_OUTxHxW, unet:tiny|small|medium, zoo:NAME, a model path or package.module:attr"),
+             tiles: str = typer.Option("2,4,6,8", help="output tiles m to try, F(m×m, 3×3)"),
+             error_budget: float = typer.Option(1e-5, "--error-budget", help="largest norm-wise relative error vs float64"),
+             runs: int = typer.Option(5, help="timed rounds per layer"), threads: int = typer.Option(2),
+             input_shape: Optional[str] = typer.Option(None, "--input-shape", help="N,C,H,W (module paths)"),
+             batch: int = typer.Option(1, help="batch of a conv: layer spec"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Winograd tuner: per eligible 3x3 conv, direct vs every tile (multiplications, latency, memory, error) and the pick."""
+    from edgeopt.analyze.kernels import render, winograd_tune
+
+    rep = _guard(winograd_tune, model_or_layer, tiles=tiles, error_budget=error_budget, runs=runs, threads=threads,
+                 input_shape=input_shape, batch=batch)
+    return _dump(rep) if as_json else console.print(render(rep))
+
+
+kernels_app = typer.Typer(no_args_is_help=True, help="Kernel micro-benchmarks (issue 4): attention, conv, unet.")
+app.add_typer(kernels_app, name="kernels")
+
+
+@kernels_app.command("attention")
+def kernels_attention(seq_lens: str = typer.Option("256,512,1024,2048,4096", "--seq-lens", help="tokens (comma-separated)"),
+                      head_dims: str = typer.Option("40,64,80", "--head-dims"),
+                      impls: str = typer.Option("naive,partial_softmax,flash,sdpa", help="implementations to compare"),
+                      heads: int = typer.Option(2), batch: int = typer.Option(1), runs: int = typer.Option(3),
+                      threads: int = typer.Option(2), q_block: int = typer.Option(128, "--q-block"),
+                      k_block: int = typer.Option(128, "--k-block"),
+                      memory: bool = typer.Option(True, "--memory/--no-memory", help="also measure ATen-visible peak bytes"),
+                      as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Attention: sequence lengths × head dims × implementations (latency, peak intermediate memory, error)."""
+    from edgeopt.analyze.kernels import attention_grid, render
+
+    rep = _guard(attention_grid, seq_lens, head_dims, impls, heads=heads, batch=batch, runs=runs, threads=threads,
+                 q_block=q_block, k_block=k_block, measure_memory=memory)
+    return _dump(rep) if as_json else console.print(render(rep))
+
+
+@kernels_app.command("conv")
+def kernels_conv(channels: str = typer.Option("32,64,128,256,512", help="C (C→C 3x3 conv), comma-separated"),
+                 sizes: str = typer.Option("16,32,64,128", help="spatial sizes H = W"),
+                 tiles: str = typer.Option("2,4,6,8"), error_budget: float = typer.Option(1e-5, "--error-budget"),
+                 runs: int = typer.Option(3), threads: int = typer.Option(2), batch: int = typer.Option(1),
+                 as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """3x3 convolution: channels × spatial sizes, direct vs each Winograd tile (latency, error, memory, choice)."""
+    from edgeopt.analyze.kernels import conv_grid, render
+
+    rep = _guard(conv_grid, channels, sizes, tiles, error_budget=error_budget, runs=runs, threads=threads, batch=batch)
+    return _dump(rep) if as_json else console.print(render(rep))
+
+
+@kernels_app.command("unet")
+def kernels_unet(size: str = typer.Option("small", help="tiny, small (32x32 latents) or medium (64x64)"),
+                 runs: int = typer.Option(10), threads: int = typer.Option(2),
+                 tune_runs: int = typer.Option(3, "--tune-runs", help="timed rounds per layer choice"),
+                 child_memory: bool = typer.Option(True, "--child-memory/--no-child-memory", help="peak RSS of a child per row"),
+                 as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """A diffusers UNet with fused norm, attention variants and Winograd switched on one by one (Table 1 style)."""
+    from edgeopt.analyze.kernels import render, unet_table
+
+    rep = _guard(unet_table, size, runs=runs, threads=threads, tune_runs=tune_runs, child_memory=child_memory)
+    return _dump(rep) if as_json else console.print(render(rep))
 
 
 def main() -> None:

@@ -358,9 +358,16 @@ class Pipeline:
         }
         write_text_atomic(self.out_dir / "metadata.json", json.dumps(meta, indent=2, default=str))
         write_text_atomic(self.out_dir / "report.md", to_markdown(ledger))
-        from edgeopt.report.html import build_report
+        from edgeopt.report.html import build_report, default_profile_stages, profile_stages
 
-        build_report([(self.out_dir.name or "run", ledger)], self.out_dir / "report.html")
+        profiles = None
+        try:  # per-layer latency for the report: the first and the fastest ONNX stage
+            names = default_profile_stages(ledger)
+            if names:
+                profiles = profile_stages(self.out_dir, names, threads=self.recipe.measure.threads)
+        except EdgeoptError as e:
+            ledger.stages[0].warnings.append(f"per-layer profile not measured: {e}")
+        build_report([(self.out_dir.name or "run", ledger)], self.out_dir / "report.html", profiles=profiles)
 
 
 def stage_artifact(stage: Stage) -> Artifact:

@@ -80,3 +80,10 @@ def test_accuracy_from_labelled_data(tmp_path, tiny_mlp_torch, monkeypatch):
     assert 0.0 <= base.accuracy["top1"] <= 1.0
     assert onnx_stage.accuracy["top1"] == base.accuracy["top1"]  # same model, same predictions
     assert onnx_stage.fidelity["accuracy_drop"] == 0.0 and onnx_stage.gate.passed
+
+
+def test_report_html_has_per_layer_profile(tmp_path, tiny_bert_torch):
+    optimize(tiny_bert_torch, recipe=RECIPE, out=tmp_path / "run", progress=False)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "onnx" in html and "int8" in html
+    assert "/encoder/" in html or "Attention" in html or "MatMul" in html  # per-layer rows from the profiler

@@ -166,6 +166,20 @@ def profile_stages(run_dir: str | Path, stages: Sequence[str] | None = None, thr
     return out
 
 
+def default_profile_stages(ledger: Ledger) -> list[str]:
+    """The stages profiled when none are named: the first ONNX stage and the fastest ONNX stage."""
+    onnx = [s for s in ledger.stages if s.status == "done" and (s.artifact or {}).get("kind") == "onnx"]
+    if not onnx:
+        return []
+    timed = [s for s in onnx if s.latency_ms is not None]
+    names = [onnx[0].name]
+    if timed:
+        fastest = min(timed, key=lambda s: s.latency_ms.p50).name
+        if fastest not in names:
+            names.append(fastest)
+    return names
+
+
 # ---------------------------------------------------------------------------------------- HTML
 
 _CSS = """
