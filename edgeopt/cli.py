@@ -222,8 +222,8 @@ def kernels_attention(seq_lens: str = typer.Option("256,512,1024,2048,4096", "--
                       head_dims: str = typer.Option("40,64,80", "--head-dims"),
                       impls: str = typer.Option("naive,partial_softmax,flash,sdpa", help="implementations to compare"),
                       heads: int = typer.Option(2), batch: int = typer.Option(1), runs: int = typer.Option(3),
-                      threads: int = typer.Option(2), q_block: int = typer.Option(128, "--q-block"),
-                      k_block: int = typer.Option(128, "--k-block"),
+                      threads: int = typer.Option(2), q_block: int = typer.Option(256, "--q-block"),
+                      k_block: int = typer.Option(512, "--k-block"),
                       memory: bool = typer.Option(True, "--memory/--no-memory", help="also measure ATen-visible peak bytes"),
                       as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Attention: sequence lengths × head dims × implementations (latency, peak intermediate memory, error)."""

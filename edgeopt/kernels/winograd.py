@@ -13,9 +13,11 @@ With finite points a_0 .. a_{α-2} and f_j = Π_{l≠j} (a_j - a_l):
     B^T[j, :] = sign(f_j) · coefficients of Π_{l≠j} (x - a_l)     B^T[∞, :] = coefficients of Π_l (x - a_l)
 (B^T is the transposed Lagrange interpolation matrix with the 1/f_j moved into G.)
 
-The module transforms its weights once (U = G g G^T, kept as (α², C_out, C_in)), cuts the padded input into
-overlapping α×α tiles (stride m), transforms all tiles with one matrix product by B^T ⊗ B^T, does the
-element-wise stage as α² batched matrix products over channels, transforms back with A^T ⊗ A^T and crops.
+The module transforms its weights once (U = G g G^T, kept as (α², C_out, C_in)); cuts the padded input into
+overlapping α×α tiles (stride m) and transforms them in one op, a stride-m convolution whose α² filters are
+the rows of B^T ⊗ B^T (no `unfold`, so a swapped model exports to ONNX as Conv/MatMul/Reshape/Transpose);
+does the element-wise stage as α² batched matrix products over channels; transforms back with one matrix
+product by A^T ⊗ A^T and crops.
 """
 
 from __future__ import annotations
@@ -153,8 +155,11 @@ class WinogradConv2d(nn.Module):
             U = U.permute(2, 3, 0, 1).reshape(a * a, self.out_channels, self.in_channels)  # (α², C_out, C_in)
         self.register_buffer("weight_transformed", U.to(dtype).contiguous())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        # the 2-D transforms as one matrix each: vec(B^T d B) = (B^T ⊗ B^T) vec(d), vec(A^T M A) = (A^T ⊗ A^T) vec(M)
-        self.register_buffer("BT2", torch.kron(BT, BT).to(dtype), persistent=False)  # (α², α²)
+        # the 2-D transforms as one matrix each: vec(B^T d B) = (B^T ⊗ B^T) vec(d), vec(A^T M A) = (A^T ⊗ A^T) vec(M).
+        # The input transform runs as a stride-m convolution whose α² filters are the rows of B^T ⊗ B^T: it cuts
+        # the overlapping α×α tiles and transforms them in one op (no unfold, so the module exports to ONNX).
+        BT2 = torch.kron(BT, BT)  # (α², α²)
+        self.register_buffer("BT_filters", BT2.view(a * a, 1, a, a).to(dtype), persistent=False)  # (α², 1, α, α)
         self.register_buffer("AT2", torch.kron(AT, AT).to(dtype), persistent=False)  # (m², α²)
 
     def extra_repr(self) -> str:
@@ -167,20 +172,24 @@ class WinogradConv2d(nn.Module):
         if self.padding_mode != "zeros" and any(self.pad):
             x = F.pad(x, self.pad, mode=self.padding_mode)  # (N, C_in, Hp, Wp)
             left = right = top = bottom = 0
-        N, C = x.shape[0], x.shape[1]
+        C = x.shape[1]
         Ho = x.shape[2] + top + bottom - self.r + 1
         Wo = x.shape[3] + left + right - self.r + 1
-        th, tw = -(-Ho // m), -(-Wo // m)  # tiles per column and per row (ceil)
+        # tiles per column and per row: ceil, written with non-negative operands (ONNX integer Div truncates)
+        th, tw = (Ho + m - 1) // m, (Wo + m - 1) // m
         # zero-pad so the tiles cover the output exactly; the extra rows/columns are cropped at the end
         x = F.pad(x, (left, right + tw * m - Wo, top, bottom + th * m - Ho))  # (N, C_in, th*m+2, tw*m+2)
-        d = x.unfold(2, a, m).unfold(3, a, m)  # (N, C_in, th, tw, α, α) overlapping tiles, a view
-        P = N * th * tw
-        d = d.permute(4, 5, 1, 0, 2, 3).reshape(a * a, C * P)  # (α², C_in*P) gathered once
-        V = (self.BT2 @ d).view(a * a, C, P)  # (α², C_in, P) input tiles in the Winograd domain
+        Hp, Wp = x.shape[2], x.shape[3]
+        # each buffer is dropped as soon as the next exists (`extra_bytes` counts exactly these)
+        V = F.conv2d(x.reshape(-1, 1, Hp, Wp), self.BT_filters, stride=m)  # (N*C_in, α², th, tw) tiles, transformed
+        del x
+        V = V.view(-1, C, a * a, th * tw).permute(2, 1, 0, 3).reshape(a * a, C, -1)  # (α², C_in, P), P = N*th*tw
         M = torch.bmm(self.weight_transformed, V)  # (α², C_out, C_in) @ (α², C_in, P) -> (α², C_out, P)
+        del V
         Y = self.AT2 @ M.view(a * a, -1)  # (m², C_out*P) output tiles
-        Y = Y.view(m, m, self.out_channels, N, th, tw).permute(3, 2, 4, 0, 5, 1)  # (N, C_out, th, m, tw, m)
-        Y = Y.reshape(N, self.out_channels, th * m, tw * m)[:, :, :Ho, :Wo]  # (N, C_out, Ho, Wo)
+        del M
+        Y = Y.view(m, m, self.out_channels, -1, th, tw).permute(3, 2, 4, 0, 5, 1)  # (N, C_out, th, m, tw, m)
+        Y = Y.reshape(-1, self.out_channels, th * m, tw * m)[:, :, :Ho, :Wo]  # (N, C_out, Ho, Wo)
         if self.bias is not None:
             Y = Y + self.bias.view(1, -1, 1, 1)  # (N, C_out, Ho, Wo)
         return Y
@@ -188,17 +197,24 @@ class WinogradConv2d(nn.Module):
     def extra_bytes(self, input_shape: Sequence[int]) -> dict[str, int]:
         """Memory beyond direct convolution for one input of `input_shape` (N, C_in, H, W), in bytes.
 
-        `weights`: transformed weights minus the original 3×3 weights; `tiles`: the gathered input tiles,
-        their transform V and the products M (the largest buffers the forward holds at once).
+        `weights`: transformed weights minus the original 3×3 weights. `tiles`: the peak of the buffers the
+        forward holds at once, in its order: padded input X and transformed tiles V; V twice (the
+        convolution's output and its (α², C_in, P) copy); V and the products M (α², C_out, P); M and the
+        output tiles Y (m², C_out, P); Y and its (N, C_out, th·m, tw·m) copy (plus the reflect/replicate/
+        circular padded input, for those modes, while it is padded again).
         """
-        N, _, H, W = input_shape
+        N, C, H, W = input_shape
         left, right, top, bottom = self.pad
         Ho, Wo = H + top + bottom - 2, W + left + right - 2
-        P = N * math.ceil(Ho / self.m) * math.ceil(Wo / self.m)
+        th, tw = math.ceil(Ho / self.m), math.ceil(Wo / self.m)
+        P = N * th * tw
         s = self.weight_transformed.element_size()
-        a2 = self.alpha**2
-        weights = (a2 - 9) * self.in_channels * self.out_channels * s
-        tiles = (2 * a2 * self.in_channels * P + a2 * self.out_channels * P) * s
+        a2, m2, Co = self.alpha**2, self.m**2, self.out_channels
+        X = N * C * (th * self.m + 2) * (tw * self.m + 2)
+        first = N * C * (H + top + bottom) * (W + left + right) if self.padding_mode != "zeros" and any(self.pad) else 0
+        V, M, Y = a2 * C * P, a2 * Co * P, m2 * Co * P
+        weights = (a2 - 9) * C * Co * s
+        tiles = max(first + X, X + V, 2 * V, V + M, M + Y, 2 * Y) * s
         return {"weights": int(weights), "tiles": int(tiles), "total": int(weights + tiles)}
 
 
@@ -245,8 +261,8 @@ def time_interleaved(fns: dict[str, Any], runs: int = 5, warmup: int = 1,
 
 
 def _check_tuner_args(tiles: Sequence[int], error_budget: float, runs: int) -> tuple[int, ...]:
-    if not (isinstance(error_budget, (int, float)) and error_budget > 0):
-        raise ValueError(f"error_budget: must be > 0, got {error_budget!r}")
+    if not (isinstance(error_budget, (int, float)) and math.isfinite(error_budget) and 0 < error_budget < 1):
+        raise ValueError(f"error_budget: a relative error budget must be in (0, 1), got {error_budget!r}")
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs: must be an int >= 1, got {runs!r}")
     tiles = tuple(tiles)
@@ -264,7 +280,7 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
 
     For each candidate ("direct", "F2", "F4", ...): exact multiplications (one input, element-wise stage),
     their ratio to direct, median latency in ms (interleaved runs with `threads` intra-op threads, or the
-    current setting), extra memory in bytes and the relative error (max |y - ref| / max |ref|) against a
+    current setting), extra memory in bytes and the norm-wise relative error (`relative_error`) against a
     float64 reference on a seeded random input. Tiles over `error_budget` are refused with the reason; the
     choice is the fastest accepted candidate ("direct" is always accepted).
     """

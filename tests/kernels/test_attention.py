@@ -153,3 +153,80 @@ def test_hf_attention_function_uses_the_module_spec_or_falls_back_to_eager():
     layer.edgeopt_attention = {"impl": "flash", "blocks": {"q_block": 2, "k_block": 3}}
     out, none = hf_attention_forward(layer, q, k, v, mask, scaling=0.25)
     assert none is None and torch.allclose(out, ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_random_shapes_blocks_and_masks(impl, dtype):
+    import random
+
+    rng = random.Random(f"{impl}{dtype}")
+    gen = torch.Generator().manual_seed(5)
+    tol = {torch.float64: 1e-12, torch.float32: 5e-6, torch.bfloat16: 5e-2}[dtype]
+    for _ in range(5):
+        B, nh, Tq, Tk = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 40), rng.randint(1, 40)
+        hs, hv = rng.randint(1, 24), rng.randint(1, 24)
+        q = torch.randn(B, nh, Tq, hs, generator=gen, dtype=torch.float64)
+        k = torch.randn(B, nh, Tk, hs, generator=gen, dtype=torch.float64)
+        v = torch.randn(B, nh, Tk, hv, generator=gen, dtype=torch.float64)
+        mask = _mask(rng.choice(["none", "additive", "padding", "bool"]), B, nh, Tq, Tk, torch.float64, gen)
+        ref = attention(q, k, v, mask)
+        blocks = {"q_block": rng.randint(1, 48), "k_block": rng.randint(1, 48)}
+        m = mask if mask is None or mask.dtype == torch.bool else mask.to(dtype).clamp_min(torch.finfo(dtype).min)
+        y = attention(q.to(dtype), k.to(dtype), v.to(dtype), m, impl=impl, **blocks)
+        assert y.shape == (B, nh, Tq, hv) and y.dtype == dtype
+        assert (y.double() - ref).abs().max() <= tol * max(1.0, ref.abs().max()), (B, nh, Tq, Tk, hs, hv, blocks)
+
+
+# ------------------------------------------------------------------ diffusers attention processor
+def _diffusers_attention(**kw):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    return Attention(**{"query_dim": 16, "heads": 2, "dim_head": 8, **kw}).eval()
+
+
+@pytest.mark.parametrize("stock", ["AttnProcessor2_0", "AttnProcessor"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_diffusers_processor_matches_the_stock_processors(stock, impl):
+    import diffusers.models.attention_processor as dap
+
+    from edgeopt.kernels.attention import EdgeoptAttnProcessor, diffusers_processor_for
+
+    cases = [  # (Attention kwargs, hidden states, encoder states, attention mask)
+        ({}, torch.randn(2, 9, 16), None, None),
+        ({"cross_attention_dim": 12}, torch.randn(2, 9, 16), torch.randn(2, 5, 12), None),
+        ({"residual_connection": True, "rescale_output_factor": 2.0, "norm_num_groups": 4},
+         torch.randn(1, 16, 3, 4), None, None),  # an image input with group norm, as in a VAE / UNet mid block
+        ({"cross_attention_dim": 12}, torch.randn(2, 6, 16), torch.randn(2, 5, 12), torch.tensor(
+            [[0.0, 0, 0, -1e4, -1e4], [0, 0, 0, 0, 0]]).view(2, 1, 5)),  # additive padding mask over text tokens
+        ({"scale_qk": False}, torch.randn(1, 7, 16), None, None),  # scale 1: AttnProcessor uses it, 2_0 does not
+    ]
+    for kw, x, enc, mask in cases:
+        attn = _diffusers_attention(**kw)
+        attn.set_processor(getattr(dap, stock)())
+        with torch.no_grad():
+            ref = attn(x, encoder_hidden_states=enc, attention_mask=mask)
+            proc = diffusers_processor_for(attn, impl, q_block=4, k_block=3)
+            assert isinstance(proc, EdgeoptAttnProcessor) and proc.impl == impl
+            attn.set_processor(proc)
+            y = attn(x, encoder_hidden_states=enc, attention_mask=mask)
+        assert y.shape == ref.shape and torch.allclose(y, ref, atol=2e-6), (kw, (y - ref).abs().max())
+
+
+def test_diffusers_processor_refuses_custom_processors_and_bad_names():
+    from edgeopt.kernels.attention import EdgeoptAttnProcessor, diffusers_processor_for
+
+    attn = _diffusers_attention()
+
+    class MyProcessor:
+        def __call__(self, attn, hidden_states, **kw):
+            return hidden_states
+
+    attn.set_processor(MyProcessor())
+    with pytest.raises(ValueError, match="processor: MyProcessor is not supported"):
+        diffusers_processor_for(attn, "flash")
+    with pytest.raises(ValueError, match="impl: unknown attention implementation"):
+        EdgeoptAttnProcessor("fastest")
+    with pytest.raises(ValueError, match="q_block"):
+        EdgeoptAttnProcessor("flash", q_block=0)

@@ -88,3 +88,28 @@ def test_compile_backend_matches_the_pair():
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         assert torch.allclose(fused(x), nn.functional.gelu(norm(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_random_shapes_against_the_module_pair(dtype):
+    import random
+
+    rng = random.Random(str(dtype))
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.0}[dtype]  # bf16: same kernels, same bits
+    for trial in range(6):
+        torch.manual_seed(trial)
+        act = rng.choice([nn.SiLU(), nn.GELU(), nn.GELU(approximate="tanh")])
+        if rng.random() < 0.5:
+            groups = rng.choice([1, 2, 3])
+            shape = (rng.randint(1, 3), groups * rng.randint(1, 4), *[rng.randint(1, 9) for _ in range(rng.randint(0, 2))])
+            norm = _randomize(nn.GroupNorm(groups, shape[1], affine=rng.random() < 0.8))
+        else:
+            shape = tuple(rng.randint(1, 7) for _ in range(rng.randint(2, 4)))
+            norm = _randomize(nn.LayerNorm(shape[-1], elementwise_affine=rng.random() < 0.8))
+        norm = norm.to(dtype)
+        fused = fuse_pair(norm, act)
+        x = torch.randn(shape).to(dtype) * 2 + 1
+        with torch.no_grad():
+            ref, y = act(norm(x)), fused(x)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert (y.double() - ref.double()).abs().max() <= tol, (trial, type(norm).__name__, shape)

@@ -1,4 +1,4 @@
-"""Winograd F(m×m, 3×3): exact transforms, counts, the module against F.conv2d, and the tile tuner."""
+"""Winograd F(m×m, 3×3): exact transforms, counts, the module against F.conv2d (and in ONNX), and the tile tuner."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.kernels.winograd import (TILES, WinogradConv2d, interpolation_points, layer_multiplications,
-                                      multiplications, flops_ratio, relative_error, tune_layer, tune_model,
-                                      winograd_matrices, winograd_supported)
+from edgeopt.kernels.layer_stats import peak_intermediate_bytes
+from edgeopt.kernels.winograd import (TILES, WinogradConv2d, flops_ratio, interpolation_points, layer_multiplications,
+                                      multiplications, relative_error, tune_layer, tune_model, winograd_matrices,
+                                      winograd_supported)
 
 
 def test_interpolation_points_follow_the_documented_order():
@@ -105,6 +106,71 @@ def test_matches_conv2d_over_shapes_paddings_and_dtypes(m, dtype):
         assert relative_error(y, ref) < budget, (i, relative_error(y, ref))
 
 
+_BUDGET = {torch.float64: {2: 1e-10, 4: 1e-10, 6: 1e-10, 8: 1e-9}, torch.float32: {2: 1e-5, 4: 1e-5, 6: 1e-5, 8: 1e-3},
+           torch.bfloat16: {2: 3e-2, 4: 1e-1, 6: 2e-1}}  # bf16 F(8x8) is useless: its error exceeds the output
+
+
+@pytest.mark.parametrize("dtype", list(_BUDGET), ids=str)
+def test_random_shapes_paddings_and_modes(dtype):
+    rng = random.Random(str(dtype))
+    for trial in range(6):
+        N, ci, co = rng.randint(1, 3), rng.randint(1, 7), rng.randint(1, 7)
+        H, W = rng.randint(3, 17), rng.randint(3, 17)
+        pad = rng.choice([0, 1, 2, (rng.randint(0, 2), rng.randint(0, 2)), "same", "valid"])
+        mode = rng.choice(["zeros", "reflect", "replicate", "circular"]) if pad not in (0, "valid") else "zeros"
+        amount = pad if isinstance(pad, tuple) else (1, 1) if pad == "same" else (pad, pad)
+        if mode == "reflect" and max(amount) >= min(H, W):  # reflection needs padding < the input size
+            mode = "zeros"
+        torch.manual_seed(trial)
+        conv = nn.Conv2d(ci, co, 3, padding=pad, padding_mode=mode, bias=rng.random() < 0.7)
+        x = torch.randn(N, ci, H, W, dtype=torch.float64)
+        with torch.no_grad():
+            ref = conv.double()(x)
+            for m, budget in _BUDGET[dtype].items():
+                y = WinogradConv2d(conv.to(dtype), m)(x.to(dtype))
+                assert y.dtype == dtype and y.shape == ref.shape
+                assert relative_error(y, ref) < budget, (trial, m, N, ci, co, H, W, pad, mode, relative_error(y, ref))
+                conv.double()
+
+
+@pytest.mark.parametrize("m", TILES)
+@pytest.mark.parametrize("pad, mode", [(1, "zeros"), ((2, 0), "zeros"), (1, "reflect"), ((2, 1), "circular")])
+def test_extra_bytes_is_the_measured_peak_of_the_forward(m, pad, mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, 3, padding=pad, padding_mode=mode)
+    wino = WinogradConv2d(conv, m)
+    x = torch.randn(2, 5, 11, 9)
+    assert wino.extra_bytes(tuple(x.shape))["tiles"] == peak_intermediate_bytes(lambda: wino(x), keep=x)
+
+
+@pytest.mark.parametrize("m", TILES)
+def test_exports_to_onnx_with_dynamic_batch_and_spatial_dims(m, tmp_path, capfd):
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=(2, 1), padding_mode="reflect" if m == 4 else "zeros").eval()
+    wino = WinogradConv2d(conv, m)
+    path = tmp_path / "wino.onnx"
+    dyn = {0: "batch", 2: "h", 3: "w"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wino, (torch.randn(1, 3, 8, 8),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": dyn, "y": dyn}, opset_version=17, dynamo=False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Conv" in ops and "MatMul" in ops and not any("Unfold" in o or "ATen" in o for o in ops)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 13, 7), (1, 3, 5, 21)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = conv(x)
+        y = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+        assert y.shape == ref.shape and relative_error(y, ref) < (1e-3 if m == 8 else 1e-5)
+    assert "Unfold" not in capfd.readouterr().err
+
+
 def test_error_against_float64_grows_with_the_tile():
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 32, 3, padding=1)
@@ -152,8 +218,9 @@ def test_tuner_measures_every_tile_and_refuses_f8_at_the_default_budget():
 
 def test_tuner_bad_input_is_a_value_error_naming_the_field():
     conv = nn.Conv2d(4, 4, 3, padding=1)
-    with pytest.raises(ValueError, match="error_budget"):
-        tune_layer(conv, (1, 4, 8, 8), error_budget=0)
+    for budget in (0, -1e-5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="error_budget"):
+            tune_layer(conv, (1, 4, 8, 8), error_budget=budget)
     with pytest.raises(ValueError, match="tiles: unknown tile 5"):
         tune_layer(conv, (1, 4, 8, 8), tiles=(4, 5))
     with pytest.raises(ValueError, match="input_shape"):

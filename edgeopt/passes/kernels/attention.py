@@ -8,7 +8,7 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
-from edgeopt.passes.kernels.winograd import example_inputs, torch_module_copy
+from edgeopt.passes.kernels.winograd import example_inputs, optional_example_inputs, torch_module_copy
 
 Impl = Literal["naive", "partial_softmax", "flash", "sdpa"]
 
@@ -24,24 +24,29 @@ class AttentionPass(Pass):
       (BertSelfAttention and the like; the model's attention implementation must be eager or sdpa): the
       kernels are registered under the name "edgeopt" (with eager-style additive masks), the model config
       switched to it, and each layer gets its own choice in the attribute `edgeopt_attention`.
-    Other attention modules (torch.nn.MultiheadAttention, grouped key/value heads, ...) are left alone with
-    the reason in ctx.notes["attention"]["skipped"].
+    - diffusers `Attention` modules with a stock processor (AttnProcessor2_0 or AttnProcessor): the
+      processor is replaced by an `EdgeoptAttnProcessor` with the chosen implementation.
+    Other attention modules (torch.nn.MultiheadAttention, grouped key/value heads, custom diffusers
+    processors, ...) are left alone with the reason in ctx.notes["attention"]["skipped"].
 
     `impl` "auto" measures, per layer, on the inputs the example run gives it: the layer's latency with each
     candidate (median of interleaved runs), its relative error against the untouched layer, and the
     analytic peak bytes of the attention intermediates; it keeps the fastest candidate within
-    `max_rel_error`. Choices and measurements go to ctx.notes["attention"]["layers"].
+    `max_rel_error`. Choices and measurements go to ctx.notes["attention"]["layers"]. With `measure` on
+    (and example inputs present) every swapped layer is also measured before vs after (latency,
+    throughput, peak intermediate bytes, error) into ctx.notes["attention"]["per_layer"].
     """
 
     class Config(PassConfig):
         impl: Literal["naive", "partial_softmax", "flash", "sdpa", "auto"] = "auto"
-        q_block: int = Field(default=128, ge=1)
-        k_block: int = Field(default=128, ge=1)
+        q_block: int = Field(default=256, ge=1)  # the kernels' DEFAULT_BLOCKS
+        k_block: int = Field(default=512, ge=1)
         candidates: tuple[Impl, ...] = Field(default=("naive", "partial_softmax", "flash", "sdpa"), min_length=1)
-        max_rel_error: float = Field(default=1e-4, gt=0)
+        max_rel_error: float = Field(default=1e-4, gt=0, lt=1)
         runs: int = Field(default=5, ge=1)
         threads: int | None = Field(default=None, ge=1)
         exclude: tuple[str, ...] = ()
+        measure: bool = True
 
     accepts = ("torch",)
     produces = "torch"
@@ -62,21 +67,35 @@ class AttentionPass(Pass):
             register_hf_attention()
             for c in hf_configs.values():
                 c._attn_implementation = HF_NAME
+        untouched = {n: _original(module.get_submodule(n), k) for n, k in layers.items()}
+        example = None
+        if layers and (cfg.impl == "auto" or cfg.measure):
+            example = example_inputs(art, ctx, self.name) if cfg.impl == "auto" else optional_example_inputs(art, ctx)
+        captured: dict[str, tuple[tuple, dict]] = {}
+        if example is not None:
+            from edgeopt.kernels.layer_stats import capture_inputs
+
+            captured = capture_inputs(module, list(layers), example)
         if cfg.impl == "auto" and layers:
-            records = _measure(module, layers, example_inputs(art, ctx, self.name), cfg, blocks)
+            records = _choose(module, layers, captured, untouched, cfg, blocks)
         else:
             records = {n: {"kind": k, "impl": cfg.impl, "reason": "fixed by config"} for n, k in layers.items()}
         for name, rec in records.items():
             if rec["impl"] is None:
                 skipped[name] = rec["reason"]
             else:
-                _set_impl(module.get_submodule(name), rec["kind"], rec["impl"], blocks)
+                _set_impl(module.get_submodule(name), rec["kind"], rec["impl"], blocks, final=True)
                 rec["blocks"] = dict(blocks)
         if not any(r["impl"] is not None and r["kind"] == "hf" for r in records.values()):
             for i, c in hf_configs.items():
                 c._attn_implementation = originals[i]
         chosen = {n: r for n, r in records.items() if r["impl"] is not None}
-        ctx.notes["attention"] = {"layers": chosen, "skipped": skipped}
+        per_layer: dict[str, Any] = {}
+        if cfg.measure:
+            per_layer = _per_layer(module, chosen, captured, untouched, cfg, blocks)
+        ctx.notes["attention"] = {"layers": chosen, "skipped": skipped, "per_layer": per_layer}
+        if cfg.measure and chosen and example is None:
+            ctx.warnings.append("kernels.attention: per-layer measurement skipped: no example inputs")
         if skipped:
             ctx.warnings.append("kernels.attention: left unchanged: "
                                 + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
@@ -90,11 +109,18 @@ def _is_hf_attention(m: Any) -> bool:
     return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names and hasattr(m, "config")
 
 
+def _is_diffusers_attention(m: Any) -> bool:
+    """diffusers' `Attention` module (the one with swappable processors), by class and module name."""
+    cls = type(m)
+    return (cls.__name__ == "Attention" and cls.__module__.startswith("diffusers.")
+            and hasattr(m, "processor") and hasattr(m, "set_processor"))
+
+
 def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """({name: "module" | "hf"} of the layers this pass can swap, {name: reason} of attention layers it cannot)."""
+    """({name: "module" | "hf" | "diffusers"} of the layers this pass can swap, {name: reason} of those it cannot)."""
     from torch import nn
 
-    from edgeopt.kernels.attention import MultiHeadSelfAttention
+    from edgeopt.kernels.attention import DIFFUSERS_PROCESSORS, EdgeoptAttnProcessor, MultiHeadSelfAttention
 
     layers: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -103,6 +129,12 @@ def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
             layers[name] = "module"
         elif isinstance(m, nn.MultiheadAttention):
             skipped[name] = "torch.nn.MultiheadAttention (packed in_proj and its own fused path) is not supported"
+        elif _is_diffusers_attention(m):
+            proc = type(m.processor).__name__
+            if proc in DIFFUSERS_PROCESSORS or isinstance(m.processor, EdgeoptAttnProcessor):
+                layers[name] = "diffusers"
+            else:
+                skipped[name] = f"diffusers processor {proc} is not supported (only {', '.join(DIFFUSERS_PROCESSORS)})"
         elif _is_hf_attention(m):
             current = getattr(m.config, "_attn_implementation", None)
             if current not in ("eager", "sdpa", None, "edgeopt"):
@@ -114,16 +146,40 @@ def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
     return layers, skipped
 
 
-def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int],
-              original: tuple[str, dict[str, int]] | None = None) -> None:
-    """Point one layer at `impl`; None: back to the untouched computation (`original` impl and blocks for modules)."""
-    from edgeopt.kernels.attention import HF_SPEC_ATTR
+def _original(layer: Any, kind: str) -> Any:
+    """What the layer computes with before the pass: (impl, blocks) of a module, its diffusers processor, or None."""
+    if kind == "module":
+        return layer.impl, dict(layer.blocks)
+    if kind == "diffusers":
+        return layer.processor
+    return None
+
+
+def _label(kind: str, original: Any) -> str:
+    """A short name for the untouched computation of a layer."""
+    if kind == "module":
+        return original[0]
+    if kind == "diffusers":
+        return type(original).__name__
+    return "eager (the model's own)"
+
+
+def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int], original: Any = None,
+              final: bool = False) -> None:
+    """Point one layer at `impl`; None: back to the untouched computation (`original`, from `_original`)."""
+    from edgeopt.kernels.attention import HF_SPEC_ATTR, diffusers_processor_for
 
     if kind == "module":
         if impl is None:
             layer.set_impl(original[0] if original else "naive", **(original[1] if original else {}))
         else:
             layer.set_impl(impl, **blocks)
+    elif kind == "diffusers":
+        proc = original if impl is None else diffusers_processor_for(layer, impl, **blocks)
+        if final:
+            layer.set_processor(proc)
+        else:  # while measuring: a plain attribute swap (set_processor logs and checks on every call)
+            layer.processor = proc
     elif impl is None:
         layer.__dict__.pop(HF_SPEC_ATTR, None)
     else:
@@ -131,84 +187,120 @@ def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int],
 
 
 def _first_tensor(out: Any) -> Any:
-    import torch
+    from edgeopt.kernels.layer_stats import first_tensor
 
-    while not isinstance(out, torch.Tensor):
-        out = out[0]
-    return out
+    return first_tensor(out)
 
 
 def _dims(layer: Any, kind: str, args: tuple, kwargs: dict) -> dict[str, int] | None:
     """(B, nh, Tq, Tk, hs) of a layer's attention from its input and attributes (None if not known)."""
     x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
-    if x is None or x.dim() != 3:
+    if x is None or x.dim() not in (3, 4):
         return None
+    if x.dim() == 4:  # diffusers on an image: (B, C, H, W) -> H*W tokens
+        B, Tq = int(x.shape[0]), int(x.shape[2] * x.shape[3])
+    else:
+        B, Tq = int(x.shape[0]), int(x.shape[1])
     if kind == "module":
         nh, hs = layer.num_heads, layer.head_dim
+    elif kind == "diffusers":
+        nh = int(layer.heads)
+        hs = int(layer.to_q.out_features) // nh
     else:
         cfg = layer.config
         nh = int(getattr(layer, "num_attention_heads", 0) or getattr(cfg, "num_attention_heads", 0))
         hs = int(getattr(layer, "attention_head_size", 0) or getattr(layer, "head_dim", 0)
                  or getattr(cfg, "hidden_size", 0) // max(nh, 1))
     enc = kwargs.get("encoder_hidden_states")
-    Tk = int(enc.shape[1]) if enc is not None else int(x.shape[1])
-    return {"B": int(x.shape[0]), "nh": nh, "Tq": int(x.shape[1]), "Tk": Tk, "hs": hs}
+    if enc is None and kind == "diffusers" and len(args) > 1:
+        enc = args[1]
+    Tk = int(enc.shape[1]) if enc is not None else Tq
+    return {"B": B, "nh": nh, "Tq": Tq, "Tk": Tk, "hs": hs}
 
 
-def _measure(module: Any, layers: dict[str, str], example: Any, cfg: Any, blocks: dict[str, int]) -> dict[str, dict]:
-    """Per layer: capture its inputs in one example run, then time and check every candidate implementation."""
+def _choose(module: Any, layers: dict[str, str], captured: dict[str, tuple[tuple, dict]], untouched: dict[str, Any],
+            cfg: Any, blocks: dict[str, int]) -> dict[str, dict]:
+    """Per layer: time and check every candidate implementation on the inputs captured in the example run."""
     import torch
 
     from edgeopt.kernels.attention import peak_intermediate_bytes
-    from edgeopt.kernels.winograd import call_with, relative_error, time_interleaved
+    from edgeopt.kernels.winograd import relative_error, time_interleaved
 
-    captured: dict[str, tuple[tuple, dict]] = {}
-    hooks = []
-    for name in layers:
-        def hook(mod, args, kwargs, name=name):
-            captured.setdefault(name, (args, dict(kwargs)))
-        hooks.append(module.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        with torch.inference_mode():
-            call_with(module, example)
-    finally:
-        for h in hooks:
-            h.remove()
     records: dict[str, dict[str, Any]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    dtypes: dict[str, Any] = {}
+    fns: dict[str, Any] = {}
     for name, kind in layers.items():
         if name not in captured:
             records[name] = {"kind": kind, "impl": None, "reason": "not reached by the example input"}
             continue
         layer = module.get_submodule(name)
         args, kwargs = captured[name]
-        original = (layer.impl, dict(layer.blocks)) if kind == "module" else None
+        original = untouched[name]
         with torch.inference_mode():
             _set_impl(layer, kind, None, blocks, original)
             ref = _first_tensor(layer(*args, **kwargs))  # the untouched computation
-            errors = {}
+            errors[name] = {}
             for impl in cfg.candidates:
                 _set_impl(layer, kind, impl, blocks)
-                errors[impl] = relative_error(_first_tensor(layer(*args, **kwargs)), ref)
+                errors[name][impl] = relative_error(_first_tensor(layer(*args, **kwargs)), ref)
+        dtypes[name] = ref.dtype
 
         def timed(impl: str, layer=layer, kind=kind, args=args, kwargs=kwargs):
             return lambda: (_set_impl(layer, kind, impl, blocks), layer(*args, **kwargs))
 
-        lat = time_interleaved({impl: timed(impl) for impl in cfg.candidates}, runs=cfg.runs, threads=cfg.threads)
-        dims = _dims(layer, kind, args, kwargs)
-        dtype = ref.dtype
-        measured = {impl: {"latency_ms": lat[impl], "rel_error": errors[impl],
+        for impl in cfg.candidates:
+            fns[f"{name}\t{impl}"] = timed(impl)
+    # every layer's candidates in one interleaved session
+    lat_all = time_interleaved(fns, runs=cfg.runs, threads=cfg.threads) if fns else {}
+    for name in errors:
+        kind, layer = layers[name], module.get_submodule(name)
+        _set_impl(layer, kind, None, blocks, untouched[name])
+        lat = {impl: lat_all[f"{name}\t{impl}"] for impl in cfg.candidates}
+        err = errors[name]
+        dims = _dims(layer, kind, *captured[name])
+        measured = {impl: {"latency_ms": lat[impl], "rel_error": err[impl],
                            "peak_intermediate_bytes": None if dims is None else
-                           peak_intermediate_bytes(impl, **dims, dtype=dtype, blocks=blocks)}
+                           peak_intermediate_bytes(impl, **dims, dtype=dtypes[name], blocks=blocks)}
                     for impl in cfg.candidates}
-        ok = [i for i in cfg.candidates if errors[i] <= cfg.max_rel_error]
-        refused = {i: f"relative error {errors[i]:.2e} > {cfg.max_rel_error:.0e}"
-                   for i in cfg.candidates if i not in ok}
+        ok = [i for i in cfg.candidates if err[i] <= cfg.max_rel_error]
+        refused = {i: f"relative error {err[i]:.2e} > {cfg.max_rel_error:.0e}" for i in cfg.candidates if i not in ok}
         if not ok:
             records[name] = {"kind": kind, "impl": None, "measured": measured, "refused": refused,
                              "reason": "no candidate within max_rel_error"}
-            _set_impl(layer, kind, None, blocks, original)
             continue
         best = min(ok, key=lambda i: lat[i])
         records[name] = {"kind": kind, "impl": best, "dims": dims, "measured": measured, "refused": refused,
                          "reason": f"fastest within max_rel_error ({lat[best]:.3f} ms)"}
-    return records
+    return {n: records[n] for n in layers}
+
+
+def _per_layer(module: Any, chosen: dict[str, dict], captured: dict[str, tuple[tuple, dict]],
+               untouched: dict[str, Any], cfg: Any, blocks: dict[str, int]) -> dict[str, Any]:
+    """Before (untouched) vs after (chosen impl) of every swapped layer reached by the example input."""
+    from edgeopt.kernels.layer_stats import compare_layers
+
+    items: dict[str, dict[str, Any]] = {}
+    for name, rec in chosen.items():
+        if name not in captured:
+            continue
+        layer, kind = module.get_submodule(name), rec["kind"]
+        args, kwargs = captured[name]
+        original = untouched[name]
+
+        def call(impl: str | None, layer=layer, kind=kind, original=original):
+            def fn(*a, **k):
+                _set_impl(layer, kind, impl, blocks, original)
+                return layer(*a, **k)
+            return fn
+
+        items[name] = {"before": call(None), "after": call(rec["impl"]), "args": args, "kwargs": kwargs,
+                       "label_before": _label(kind, original), "label_after": rec["impl"]}
+    try:
+        out = compare_layers(items, runs=cfg.runs, threads=cfg.threads)
+    finally:
+        for name, rec in chosen.items():
+            _set_impl(module.get_submodule(name), rec["kind"], rec["impl"], blocks, final=True)
+    for name, rec in out.items():
+        rec["dims"] = _dims(module.get_submodule(name), chosen[name]["kind"], *captured[name])
+    return out

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from edgeopt.artifact import Artifact
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
-from edgeopt.passes.kernels.winograd import torch_module_copy
+from edgeopt.passes.kernels.winograd import optional_example_inputs, torch_module_copy
 
 NORM_KINDS = ("group_norm", "layer_norm")
 
@@ -21,15 +23,24 @@ class FusedNormPass(Pass):
     2. Any other module with a direct norm child and an activation (a SiLU/GELU child, or F.silu/F.gelu in
        its forward): its own forward is traced with torch.fx, every child kept as a leaf call. A norm call
        whose only user is an activation call on it becomes one call of the fused module, and the module is
-       replaced by the rewritten torch.fx.GraphModule. A forward that does not trace, or a normalized output
-       also used elsewhere, is left alone with the reason in ctx.notes["fused_norm"]["skipped"].
+       replaced by the rewritten torch.fx.GraphModule. A forward with `*args`/`**kwargs` that only exist
+       for deprecated arguments (diffusers' ResnetBlock2D: norm1 -> nonlinearity, norm2 -> nonlinearity)
+       is traced with them bound empty; the rewritten module then takes only the named arguments. A forward
+       that does not trace, or a normalized output also used elsewhere, is left alone with the reason in
+       ctx.notes["fused_norm"]["skipped"].
     Norms with no activation after them are listed under "unfused"; nothing is ever fused by position alone.
+    With `measure` on (and example inputs present) every fused pair is measured before (norm, then the
+    activation) vs after (the fused module) on the input it sees in the example run (latency, throughput,
+    peak intermediate bytes, error) into ctx.notes["fused_norm"]["per_layer"].
     """
 
     class Config(PassConfig):
         backend: Literal["eager", "compile"] = "eager"
         norms: tuple[Literal["group_norm", "layer_norm"], ...] = NORM_KINDS
         trace: bool = True
+        runs: int = Field(default=5, ge=1)
+        threads: int | None = Field(default=None, ge=1)
+        measure: bool = True
 
     accepts = ("torch",)
     produces = "torch"
@@ -42,18 +53,42 @@ class FusedNormPass(Pass):
         norm_types = tuple(t for k, t in (("group_norm", nn.GroupNorm), ("layer_norm", nn.LayerNorm)) if k in cfg.norms)
         fused: dict[str, str] = {}
         skipped: dict[str, str] = {}
+        pairs: dict[str, tuple[Any, Any]] = {}  # fused name -> (the original norm, its activation)
+        example = optional_example_inputs(art, ctx) if cfg.measure else None
+        captured: dict[str, tuple[tuple, dict]] = {}
+        if example is not None:
+            from edgeopt.kernels.layer_stats import capture_inputs
+
+            captured = capture_inputs(module, [n for n, m in module.named_modules() if isinstance(m, norm_types)],
+                                      example)
         for name, seq in list(module.named_modules()):
             if isinstance(seq, nn.Sequential):
-                _fuse_sequential(seq, name, norm_types, cfg.backend, fused, skipped)
+                _fuse_sequential(seq, name, norm_types, cfg.backend, fused, skipped, pairs)
         if cfg.trace:
             parents = [(n, m) for n, m in module.named_modules() if _is_candidate_parent(m, norm_types)]
             for name, parent in reversed(parents):  # deepest first
-                gm = _fuse_traced(parent, name, norm_types, cfg.backend, fused, skipped)
+                gm = _fuse_traced(parent, name, norm_types, cfg.backend, fused, skipped, pairs)
                 if gm is not None:
                     module = gm if name == "" else _replace(module, name, gm)
         unfused = {n: "not followed by an activation" for n, m in module.named_modules()
                    if isinstance(m, norm_types) and n not in fused and n not in skipped}
-        ctx.notes["fused_norm"] = {"fused": fused, "skipped": skipped, "unfused": unfused, "backend": cfg.backend}
+        per_layer: dict[str, Any] = {}
+        if cfg.measure:
+            from edgeopt.kernels.layer_stats import compare_layers
+
+            items = {}
+            for name in (n for n in fused if n in captured):
+                norm, act = pairs[name]
+                args, kwargs = captured[name]
+                items[name] = {"before": lambda *a, norm=norm, act=act, **k: act(norm(*a, **k)),
+                               "after": module.get_submodule(name), "args": args, "kwargs": kwargs,
+                               "label_before": f"{type(norm).__name__} -> {type(act).__name__}",
+                               "label_after": fused[name]}
+            per_layer = compare_layers(items, runs=cfg.runs, threads=cfg.threads)
+        ctx.notes["fused_norm"] = {"fused": fused, "skipped": skipped, "unfused": unfused, "backend": cfg.backend,
+                                   "per_layer": per_layer}
+        if cfg.measure and fused and example is None:
+            ctx.warnings.append("kernels.fused_norm: per-layer measurement skipped: no example inputs")
         if skipped:
             ctx.warnings.append("kernels.fused_norm: not fused: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
         meta = {**art.meta, "fused_norm": dict(fused)}
@@ -74,7 +109,7 @@ def _pair_label(norm: Any, act: str) -> str:
 
 
 def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backend: str, fused: dict[str, str],
-                     skipped: dict[str, str]) -> None:
+                     skipped: dict[str, str], pairs: dict[str, tuple[Any, Any]]) -> None:
     """Pattern 1: adjacent (norm, activation) children of one nn.Sequential."""
     from torch import nn
 
@@ -93,6 +128,7 @@ def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backen
                 seq._modules[keys[i]] = new
                 seq._modules[keys[i + 1]] = nn.Identity()
                 fused[_qual(prefix, keys[i])] = _pair_label(norm, name)
+                pairs[_qual(prefix, keys[i])] = (norm, act)
                 i += 2
                 continue
         i += 1
@@ -138,8 +174,55 @@ def _act_of(node: Any, mods: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
+def _trace_children_as_leaves(parent: Any) -> Any:
+    """torch.fx graph of `parent`'s own forward, each child module kept as one call.
+
+    A forward with `*args`/`**kwargs` is first traced as is; if that fails, it is traced again through a
+    wrapper that passes only the named positional parameters (varargs bound empty, as diffusers' blocks are
+    called). Raises whatever torch.fx raised first when neither traces.
+    """
+    import inspect
+
+    import torch.fx
+    from torch import nn
+
+    class _ChildrenAsLeaves(torch.fx.Tracer):
+        def __init__(self, prefix: str = ""):
+            super().__init__()
+            self.prefix = prefix
+
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            return not self.prefix or (qualname.startswith(self.prefix) and "." not in qualname[len(self.prefix):])
+
+    try:
+        return _ChildrenAsLeaves().trace(parent)
+    except Exception as first_error:
+        params = list(inspect.signature(type(parent).forward).parameters.values())[1:]  # without self
+        varargs = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}
+        named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        if not any(p.kind in varargs for p in params) or any(not p.name.isidentifier() for p in named):
+            raise
+        # torch.fx makes one placeholder per parameter of the traced forward, so the wrapper needs a real
+        # signature with exactly the named parameters: generated from their (identifier) names
+        names = ", ".join(p.name for p in named)
+        ns: dict[str, Any] = {}
+        exec(f"def forward(self, {names}):\n    return self.inner.forward({names})\n", ns)  # noqa: S102
+        ns["forward"].__defaults__ = tuple(p.default for p in named if p.default is not inspect.Parameter.empty) or None
+        wrapper = type("_NamedArgsOnly", (nn.Module,), {"forward": ns["forward"]})()
+        wrapper.inner = parent
+        try:
+            graph = _ChildrenAsLeaves("inner.").trace(wrapper)
+        except Exception:
+            raise first_error from None
+        for node in graph.nodes:  # targets relative to `parent` again
+            if node.op in ("call_module", "get_attr") and str(node.target).startswith("inner."):
+                node.target = node.target[len("inner."):]
+        return graph
+
+
 def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend: str, fused: dict[str, str],
-                 skipped: dict[str, str]) -> Any:
+                 skipped: dict[str, str], pairs: dict[str, tuple[Any, Any]]) -> Any:
     """Pattern 2: trace `parent`'s own forward (children as leaves) and fuse norm calls followed only by an activation.
 
     Returns the rewritten GraphModule, or None when nothing was fused.
@@ -148,13 +231,9 @@ def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend
 
     from edgeopt.kernels.fused_norm import fuse_pair
 
-    class _ChildrenAsLeaves(torch.fx.Tracer):
-        def is_leaf_module(self, m: Any, qualname: str) -> bool:
-            return True
-
     norm_names = [n for n, c in parent.named_children() if isinstance(c, norm_types)]
     try:
-        graph = _ChildrenAsLeaves().trace(parent)
+        graph = _trace_children_as_leaves(parent)
     except Exception as e:  # torch.fx raises many types for untraceable Python
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
         for n in norm_names:
@@ -190,6 +269,7 @@ def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
         fused[_qual(prefix, node.target)] = _pair_label(norm, act_label)
+        pairs[_qual(prefix, node.target)] = (norm, act_mod)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -29,6 +29,13 @@ def example_inputs(art: Artifact, ctx: PassContext, pass_name: str) -> Any:
                     f"or calibration data)")
 
 
+def optional_example_inputs(art: Artifact, ctx: PassContext) -> Any:
+    """`example_inputs` when the artifact or the calibration data has some, else None (for optional measurement)."""
+    if art.meta.get("example_inputs") is None and not ctx.calibration:
+        return None
+    return example_inputs(art, ctx, "")
+
+
 def torch_module_copy(art: Artifact, pass_name: str) -> Any:
     """A deep copy of the artifact's live module (passes never mutate their input)."""
     if art.module is None:
@@ -40,19 +47,24 @@ def torch_module_copy(art: Artifact, pass_name: str) -> Any:
 class WinogradPass(Pass):
     """Replace each eligible Conv2d (3×3, stride 1, dilation 1, groups 1; any padding) with WinogradConv2d.
 
-    `tile` fixes m for every eligible layer (the paper's choice is 4); "auto" runs the tuner per layer on the
-    shapes the example input produces and keeps the fastest candidate within `error_budget` (norm-wise
-    relative error against float64), which may be direct convolution. Ineligible layers stay as they are,
+    `tile` fixes m for every eligible layer (the paper's choice is 4); "auto" runs the tuner per layer (over
+    `tiles`) on the shapes the example input produces and keeps the fastest candidate within `error_budget`
+    (norm-wise relative error against float64), which may be direct convolution. Ineligible layers stay as they are,
     with the reason in ctx.notes["winograd"]["skipped"] and one summary line in ctx.warnings; layers where
     "auto" kept direct convolution are listed under "kept_direct", the tuner's measurements under "tuning".
+    With `measure` on (and example inputs present) every replaced layer is measured before vs after on the
+    input it sees in the example run (latency, throughput, peak intermediate bytes, error against the
+    untouched conv) into ctx.notes["winograd"]["per_layer"].
     """
 
     class Config(PassConfig):
         tile: Literal[2, 4, 6, 8, "auto"] = 4
-        error_budget: float = Field(default=1e-5, gt=0)
+        tiles: tuple[Literal[2, 4, 6, 8], ...] = Field(default=(2, 4, 6, 8), min_length=1)  # what "auto" tries
+        error_budget: float = Field(default=1e-5, gt=0, lt=1)
         runs: int = Field(default=5, ge=1)
         threads: int | None = Field(default=None, ge=1)
         exclude: tuple[str, ...] = ()
+        measure: bool = True
 
     accepts = ("torch",)
     produces = "torch"
@@ -68,10 +80,14 @@ class WinogradPass(Pass):
         replaced: dict[str, int] = {}
         skipped: dict[str, str] = {}
         tuning: dict[str, Any] = {}
+        example = None
+        if convs and (cfg.tile == "auto" or cfg.measure):
+            example = example_inputs(art, ctx, self.name) if cfg.tile == "auto" else optional_example_inputs(art, ctx)
         if cfg.tile == "auto" and convs:
-            tuning = tune_model(module, example_inputs(art, ctx, self.name), error_budget=cfg.error_budget,
-                                runs=cfg.runs, threads=cfg.threads)
+            tuning = tune_model(module, example, tiles=cfg.tiles, error_budget=cfg.error_budget, runs=cfg.runs,
+                                threads=cfg.threads)
         kept_direct: dict[str, str] = {}
+        originals: dict[str, Any] = {}
         for name, conv in convs.items():
             ok, why = winograd_supported(conv)
             if name in cfg.exclude:
@@ -79,17 +95,35 @@ class WinogradPass(Pass):
             elif not ok:
                 skipped[name] = why
             elif cfg.tile != "auto":
-                module.set_submodule(name, WinogradConv2d(conv, int(cfg.tile)))
                 replaced[name] = int(cfg.tile)
             elif not tuning[name]["supported"]:
                 skipped[name] = tuning[name]["reason"]
             elif tuning[name]["tile"] is None:
                 kept_direct[name] = "direct convolution is fastest within the error budget"
             else:
-                module.set_submodule(name, WinogradConv2d(conv, tuning[name]["tile"]))
                 replaced[name] = tuning[name]["tile"]
+        captured: dict[str, tuple[tuple, dict]] = {}
+        if cfg.measure and replaced and example is not None:
+            from edgeopt.kernels.layer_stats import capture_inputs
+
+            captured = capture_inputs(module, list(replaced), example)
+        for name, tile in replaced.items():
+            originals[name] = convs[name]
+            module.set_submodule(name, WinogradConv2d(convs[name], tile))
+        per_layer: dict[str, Any] = {}
+        if cfg.measure:
+            from edgeopt.kernels.layer_stats import compare_layers
+
+            items = {name: {"before": originals[name], "after": module.get_submodule(name), "args": args,
+                            "kwargs": kwargs, "label_before": "Conv2d (direct)", "label_after": f"F{replaced[name]}"}
+                     for name, (args, kwargs) in captured.items()}
+            per_layer = compare_layers(items, runs=cfg.runs, threads=cfg.threads)
+            for name, rec in per_layer.items():
+                rec["extra_bytes"] = module.get_submodule(name).extra_bytes(tuple(captured[name][0][0].shape))
         ctx.notes["winograd"] = {"replaced": replaced, "skipped": skipped, "kept_direct": kept_direct,
-                                 "tuning": {n: _summary(r) for n, r in tuning.items()}}
+                                 "tuning": {n: _summary(r) for n, r in tuning.items()}, "per_layer": per_layer}
+        if cfg.measure and replaced and example is None:
+            ctx.warnings.append("kernels.winograd: per-layer measurement skipped: no example inputs")
         if skipped:
             ctx.warnings.append("kernels.winograd: left as direct convolution: "
                                 + "; ".join(f"{n} ({r})" for n, r in skipped.items()))

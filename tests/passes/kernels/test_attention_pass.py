@@ -48,6 +48,15 @@ def test_generic_layers_swapped_and_unsupported_skipped(enc_art, impl, tmp_path)
     notes = ctx.notes["attention"]
     assert {n: r["impl"] for n, r in notes["layers"].items()} == {"a1": impl, "a2": impl}
     assert "MultiheadAttention" in notes["skipped"]["mha"] and any("mha" in w for w in ctx.warnings)
+    per = notes["per_layer"]  # the untouched layer (naive) against the chosen implementation
+    assert set(per) == {"a1", "a2"}
+    for name, rec in per.items():
+        assert rec["before"] == "naive" and rec["after"] == impl and rec["input_shapes"] == [[2, 19, 32]]
+        assert rec["rel_error"] < 1e-5 and rec["latency_ms"]["after"] > 0 and rec["throughput_per_s"]["before"] > 0
+        assert rec["dims"]["Tq"] == 19 and rec["peak_intermediate_bytes"]["before"] > 0
+    if impl in ("partial_softmax", "flash"):  # the (T, T) matrices are gone
+        assert per["a1"]["peak_intermediate_bytes"]["after"] < per["a1"]["peak_intermediate_bytes"]["before"]
+    assert getattr(out.module, "a1").impl == impl  # measuring left the choice in place
     x = torch.randn(3, 13, 32)
     with torch.no_grad():
         assert torch.allclose(out.module(x), enc_art.module(x), atol=1e-5)
@@ -132,3 +141,8 @@ def test_config_errors_name_the_field():
         build_pass("kernels.attention", {"q_block": 0})
     with pytest.raises(RecipeError, match="'candidates'"):
         build_pass("kernels.attention", {"candidates": []})
+    with pytest.raises(RecipeError, match="'candidates.0'"):
+        build_pass("kernels.attention", {"candidates": ["flash2"]})
+    for bad in (0, 1.0):
+        with pytest.raises(RecipeError, match="'max_rel_error'"):
+            build_pass("kernels.attention", {"max_rel_error": bad})

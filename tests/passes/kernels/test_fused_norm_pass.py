@@ -84,6 +84,12 @@ def test_sequential_and_traced_pairs_are_fused(tmp_path):
     assert "6.norm" in notes["skipped"] and "torch.fx" in notes["skipped"]["6.norm"]
     assert notes["unfused"] == {"7": "not followed by an activation"}
     assert any("6.norm" in w for w in ctx.warnings)
+    per = notes["per_layer"]  # each fused pair before (norm, then activation) and after (one module)
+    assert set(per) == set(notes["fused"])
+    assert per["3.norm1"]["before"] == "GroupNorm -> SiLU" and per["3.norm1"]["after"] == "GroupNorm+silu"
+    for rec in per.values():
+        assert rec["input_shapes"] == [[2, 8, 8, 8]] and rec["rel_error"] < 1e-6 and rec["latency_ms"]["after"] > 0
+        assert rec["peak_intermediate_bytes"] == {"before": 2 * 8 * 8 * 8 * 4, "after": 0}  # one tensor less
     for x in (torch.randn(2, 3, 8, 8), -torch.randn(1, 3, 5, 6).abs()):
         with torch.no_grad():
             assert torch.allclose(out.module(x), art.module(x), atol=1e-5)

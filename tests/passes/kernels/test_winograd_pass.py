@@ -1,6 +1,9 @@
-"""kernels.winograd: eligible convs replaced (count), ineligible ones kept with reasons, outputs unchanged."""
+"""kernels.winograd: eligible convs replaced (count), ineligible ones kept with reasons, outputs unchanged,
+per-layer measurements in the notes, and the swapped model exports to ONNX."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -47,6 +50,16 @@ def test_fixed_tile_replaces_eligible_convs_and_keeps_outputs(cnn_art, tmp_path)
     assert "stride" in notes["skipped"]["2"] and "groups" in notes["skipped"]["4"]
     assert "dilation" in notes["skipped"]["6"] and "1x1" in notes["skipped"]["8"]
     assert len(ctx.warnings) == 1 and "stride" in ctx.warnings[0]
+    per = notes["per_layer"]  # measured on the input each layer sees in the example run
+    assert set(per) == {"0", "9"}
+    assert per["0"]["input_shapes"] == [[2, 3, 14, 14]] and per["9"]["input_shapes"] == [[2, 8, 7, 7]]
+    for rec in per.values():
+        assert rec["before"] == "Conv2d (direct)" and rec["after"] == "F4"
+        assert rec["latency_ms"]["before"] > 0 and rec["latency_ms"]["after"] > 0
+        assert rec["throughput_per_s"]["after"] == pytest.approx(2000 / rec["latency_ms"]["after"])
+        assert rec["rel_error"] < 1e-5 and rec["max_abs_error"] < 1e-4
+        assert rec["peak_intermediate_bytes"]["after"] == rec["extra_bytes"]["tiles"] > 0
+    json.dumps(notes)  # the ledger stores the notes as JSON
     x = torch.randn(3, 3, 14, 14)
     with torch.no_grad():
         assert torch.allclose(out.module(x), cnn_art.module(x), atol=1e-5)
@@ -84,11 +97,44 @@ def test_exclude_and_model_without_convs(cnn_art, tiny_mlp_torch, tmp_path):
 def test_config_errors_are_one_line_and_name_the_field(cnn_art, tmp_path):
     with pytest.raises(RecipeError, match="'tile'"):
         build_pass("kernels.winograd", {"tile": 5})
-    with pytest.raises(RecipeError, match="'error_budget'"):
-        build_pass("kernels.winograd", {"error_budget": 0})
+    for budget in (0, 1.0, -1e-5):  # impossible budgets: one line naming the field
+        with pytest.raises(RecipeError, match="'error_budget'") as e:
+            build_pass("kernels.winograd", {"error_budget": budget})
+        assert "\n" not in str(e.value)
+    with pytest.raises(RecipeError, match="'tiles"):
+        build_pass("kernels.winograd", {"tile": "auto", "tiles": [3]})
     with pytest.raises(ValueError, match="error_budget"):
         get_pass("kernels.winograd").Config(error_budget=-1e-5)
     art = load_model(_cnn(), torch.randn(1, 3, 8, 8))
     art.meta.pop("example_inputs")
     with pytest.raises(PassError, match="example inputs"):
         build_pass("kernels.winograd", {"tile": "auto", "runs": 1})(art, PassContext(stage_dir=tmp_path))
+
+
+def test_fixed_tile_without_example_inputs_skips_measurement(tmp_path):
+    art = load_model(_cnn(), torch.randn(1, 3, 8, 8))
+    art.meta.pop("example_inputs")
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.winograd", {"tile": 2})(art, ctx)
+    assert ctx.notes["winograd"]["replaced"] == {"0": 2, "9": 2} and ctx.notes["winograd"]["per_layer"] == {}
+    assert any("per-layer measurement skipped" in w for w in ctx.warnings)
+    assert _count(out.module, WinogradConv2d) == 2
+
+
+@pytest.mark.parametrize("tile", [2, 4, 6])
+def test_swapped_model_exports_to_onnx_and_runs(cnn_art, tile, tmp_path, capfd):
+    """The bug this guards: an `unfold`-based module failed convert.onnx ("Unsupported: ONNX export of operator
+    Unfold") after hundreds of lines on stderr."""
+    import numpy as np
+    from helpers import run_onnx
+
+    swapped = build_pass("kernels.winograd", {"tile": tile, "measure": False})(cnn_art, PassContext(stage_dir=tmp_path / "w"))
+    onnx_art = build_pass("convert.onnx", {})(swapped, PassContext(stage_dir=tmp_path / "onnx"))
+    assert onnx_art.kind == "onnx" and onnx_art.path.exists()
+    x = np.random.default_rng(0).standard_normal((3, 3, 14, 14)).astype(np.float32)  # another batch size
+    (y,) = run_onnx(onnx_art.path, [{"x": x}])
+    with torch.no_grad():
+        ref = cnn_art.module(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape and np.abs(y - ref).max() < 1e-4
+    err = capfd.readouterr().err
+    assert "Unfold" not in err and len(err.splitlines()) < 5, err[:500]
