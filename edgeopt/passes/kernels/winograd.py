@@ -95,7 +95,12 @@ class WinogradPass(Pass):
             elif not ok:
                 skipped[name] = why
             elif cfg.tile != "auto":
-                replaced[name] = int(cfg.tile)
+                err = _fixed_tile_error(conv, int(cfg.tile))
+                if err > cfg.error_budget:
+                    skipped[name] = (f"F{cfg.tile} relative error {err:.1e} against float64 exceeds the error budget "
+                                     f"{cfg.error_budget:g} in {str(conv.weight.dtype).removeprefix('torch.')}")
+                else:
+                    replaced[name] = int(cfg.tile)
             elif not tuning[name]["supported"]:
                 skipped[name] = tuning[name]["reason"]
             elif tuning[name]["tile"] is None:
@@ -129,6 +134,23 @@ class WinogradPass(Pass):
                                 + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
         meta = {**art.meta, "winograd": dict(replaced)}
         return Artifact.from_module(module, art.input_spec, meta=meta)
+
+
+def _fixed_tile_error(conv: Any, tile: int, size: int = 16) -> float:
+    """Norm-wise relative error of F(tile, 3) on a random probe, in the layer's dtype, against float64:
+    a fixed tile the data type cannot carry (F8 in bf16 is off by ~5x) is refused, never used."""
+    import copy
+
+    import torch
+
+    from edgeopt.kernels.winograd import WinogradConv2d, relative_error
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, conv.in_channels, size, size, generator=g)
+    ref = copy.deepcopy(conv).double()
+    with torch.no_grad():
+        y = WinogradConv2d(conv, tile)(x.to(conv.weight.dtype))
+        return relative_error(y, ref(x.double()))
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:

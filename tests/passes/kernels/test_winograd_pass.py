@@ -138,3 +138,21 @@ def test_swapped_model_exports_to_onnx_and_runs(cnn_art, tile, tmp_path, capfd):
     assert y.shape == ref.shape and np.abs(y - ref).max() < 1e-4
     err = capfd.readouterr().err
     assert "Unfold" not in err and len(err.splitlines()) < 5, err[:500]
+
+
+def test_fixed_tile_over_the_error_budget_is_refused(tmp_path):
+    """A fixed F8 tile on a bf16 model would be badly wrong: it is skipped with the reason, not used."""
+    import torch
+    from torch import nn
+
+    from edgeopt.load import load_model
+    from edgeopt.passes.base import PassContext, build_pass
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)).to(torch.bfloat16).eval()
+    art = load_model(m, {"x": torch.randn(1, 8, 16, 16).to(torch.bfloat16)})
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.winograd", {"tile": 8, "measure": False})(art, ctx)
+    assert ctx.notes["winograd"]["replaced"] == {}
+    assert "exceeds the error budget" in ctx.notes["winograd"]["skipped"]["0"]
+    assert isinstance(out.module[0], nn.Conv2d)
