@@ -37,6 +37,7 @@ def _fq_class():
             self.per_channel = per_channel
             self.momentum = momentum
             self.quant_output = quant_output
+            self.act: nn.Module | None = None  # an activation moved in from after the layer (see absorb_activations)
             for side in ("in", "out") if quant_output else ("in",):
                 self.register_buffer(f"{side}_lo", torch.tensor(float("inf")))
                 self.register_buffer(f"{side}_hi", torch.tensor(float("-inf")))
@@ -95,6 +96,8 @@ def _fq_class():
                 self._observe(x, "in")
             if self.mode == "observe":
                 y = self.inner(x)
+                if self.act is not None:
+                    y = self.act(y)
                 if self.quant_output:
                     self._observe(y, "out")
                 return y
@@ -103,6 +106,8 @@ def _fq_class():
                 y = F.linear(xq, w, self.inner.bias)
             else:
                 y = self.inner._conv_forward(xq, w, self.inner.bias)
+            if self.act is not None:
+                y = self.act(y)
             if self.quant_output:
                 if update:
                     self._observe(y, "out")
@@ -133,6 +138,40 @@ def insert_fake_quant(model: Any, act_type: str, per_channel: bool, momentum: fl
     for n in names:
         model.set_submodule(n, fq(model.get_submodule(n), ACT_RANGES[act_type], per_channel, momentum, quant_output))
     return names
+
+
+ABSORBED_ACTS = ("ReLU", "ReLU6", "Hardtanh")
+
+
+def absorb_activations(model: Any, wrapped: list[str]) -> list[str]:
+    """Move a ReLU / ReLU6 that directly follows a wrapped layer inside its wrapper (leaving an Identity),
+    so the output is quantized after the activation: the exported graph is then DQ → Conv → Clip → Q, which
+    ONNX Runtime runs as one int8 QLinearConv (its range makes the Clip redundant), as it does for
+    post-training quantization. Pairs are found in nn.Sequential containers and in torch.fx graphs (the
+    BatchNorm-folded model is one). Returns the names of the activations moved."""
+    from torch import fx, nn
+
+    wrapped_set = set(wrapped)
+    pairs: list[tuple[str, str]] = []
+    if isinstance(model, fx.GraphModule):
+        for node in model.graph.nodes:
+            if node.op == "call_module" and node.target in wrapped_set and len(node.users) == 1:
+                (user,) = node.users
+                if user.op == "call_module" and type(model.get_submodule(user.target)).__name__ in ABSORBED_ACTS:
+                    pairs.append((node.target, user.target))
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Sequential):
+            children = list(mod.named_children())
+            for (a, _), (b, mb) in zip(children, children[1:]):
+                full_a, full_b = f"{name}.{a}" if name else a, f"{name}.{b}" if name else b
+                if full_a in wrapped_set and type(mb).__name__ in ABSORBED_ACTS:
+                    pairs.append((full_a, full_b))
+    moved = []
+    for layer, act in dict(pairs).items():
+        model.get_submodule(layer).act = model.get_submodule(act)
+        model.set_submodule(act, nn.Identity())
+        moved.append(act)
+    return moved
 
 
 def set_mode(model: Any, mode: str) -> None:
@@ -196,6 +235,7 @@ class QuantAwareTraining(Pass):
         wrapped = insert_fake_quant(model, act_type, cfg.per_channel, cfg.momentum, cfg.exclude, cfg.quant_output)
         if not wrapped:
             raise PassError(f"{self.name}: no Conv/Linear layer to quantize (after exclude)")
+        absorbed = absorb_activations(model, wrapped) if cfg.quant_output else []
         data = task_data(art, ctx, cfg, teacher, self.name)
         fit_data, val = data.split(cfg.val_fraction, seed=cfg.train.seed)
         set_mode(model, "observe")
@@ -217,7 +257,8 @@ class QuantAwareTraining(Pass):
         folded_weights = store_int8_weights(onnx_art.path)
         notes: dict[str, Any] = {
             "activation_type": act_type, "per_channel": cfg.per_channel, "batchnorm": folded,
-            "quantized_layers": len(wrapped), "int8_weight_initializers": folded_weights, "metric": "accuracy" if data.labelled else "cosine_to_float",
+            "quantized_layers": len(wrapped), "activations_before_output_quant": len(absorbed),
+            "int8_weight_initializers": folded_weights, "metric": "accuracy" if data.labelled else "cosine_to_float",
             "score_float": tr.evaluate(teacher, val), "score_calibrated_torch": score_calibrated,
             "score_qat_torch": tr.evaluate(model, val), "fit": fit.to_dict(),
         }

@@ -25,6 +25,13 @@ def test_qat_exports_qdq_and_compares_with_ptq(tiny_digits_cnn, ctx):
     assert ctx.notes["quant.qat"]["int8_weight_initializers"] == n_layers
     assert sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1 for i in inits.values()) == n_layers
     assert "BatchNormalization" not in ops, "BatchNorm folded before QAT"
+    graph = onnx.load(str(out.path)).graph
+    consumers = {i: [m.op_type for m in graph.node if i in m.input] for n in graph.node for i in n.output}
+    acts = [n for n in graph.node if n.op_type in ("Clip", "Relu")]
+    assert ctx.notes["quant.qat"]["activations_before_output_quant"] == len(acts) > 0
+    assert all(consumers[a.output[0]] == ["QuantizeLinear"] for a in acts), "outputs quantized after the activation"
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(producer[a.input[0]] in ("Conv", "Gemm", "MatMul") for a in acts), "no Q/DQ between layer and activation"
     notes = ctx.notes["quant.qat"]
     assert notes["batchnorm"] == "folded" and notes["metric"] == "accuracy"
     for k in ("score_float", "score_qat_torch", "score_qat_onnx", "score_ptq_onnx", "score_float_onnx"):
