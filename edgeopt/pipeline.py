@@ -290,8 +290,8 @@ class Pipeline:
         by_name = {s.name: (s, a) for s, a in stages}
         for name, st in stats.items():
             stage, art = by_name[name]
-            stage.latency_ms = Latency(p50=st.p50, p90=st.p90, p99=st.p99, mean=st.mean, std=st.std, n=st.n,
-                                       runtime=live[name].name, threads=getattr(live[name], "threads", m.threads), batch=m.batch,
+            stage.latency_ms = Latency(**st.to_dict(), runtime=live[name].name,
+                                       threads=getattr(live[name], "threads", m.threads), batch=m.batch,
                                        shapes={k: list(v.shape) for k, v in feed.items()})
             if m.energy:
                 e = energy_per_inference(st.p50, self.target, run_fn=lambda r=live[name]: r.run(feed))

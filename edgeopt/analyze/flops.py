@@ -91,30 +91,35 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- shapes
-def dim_bindings(model: Any, batch: int = 1, seq_len: int = 128, dims: dict[str, int] | None = None
-                 ) -> dict[str, int]:
-    """The value each named dynamic input dim gets: `dims` first, then batch-like or sequence-like names,
-    then by position (first axis = batch, any other = seq_len)."""
-    out: dict[str, int] = {}
+def dynamic_input_dims(model: Any):
+    """Yield (key, axis, dim proto) for every dynamic dim of the graph inputs (initializers excluded); the key
+    is the dim's name, or INPUT_dimAXIS when it has none."""
     inits = {i.name for i in model.graph.initializer}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         for i, d in enumerate(inp.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            key = d.dim_param or f"{inp.name}_dim{i}"
-            if key in out:
-                continue
-            low = key.lower()
-            if dims and key in dims:
-                out[key] = int(dims[key])
-            elif any(s in low for s in _BATCH_NAMES):
-                out[key] = int(batch)
-            elif any(s in low for s in _SEQ_NAMES):
-                out[key] = int(seq_len)
-            else:
-                out[key] = int(batch) if i == 0 else int(seq_len)
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                yield d.dim_param or f"{inp.name}_dim{i}", i, d
+
+
+def dim_bindings(model: Any, batch: int = 1, seq_len: int = 128, dims: dict[str, int] | None = None
+                 ) -> dict[str, int]:
+    """The value each named dynamic input dim gets: `dims` first, then batch-like or sequence-like names,
+    then by position (first axis = batch, any other = seq_len)."""
+    out: dict[str, int] = {}
+    for key, i, _ in dynamic_input_dims(model):
+        if key in out:
+            continue
+        low = key.lower()
+        if dims and key in dims:
+            out[key] = int(dims[key])
+        elif any(s in low for s in _BATCH_NAMES):
+            out[key] = int(batch)
+        elif any(s in low for s in _SEQ_NAMES):
+            out[key] = int(seq_len)
+        else:
+            out[key] = int(batch) if i == 0 else int(seq_len)
     return out
 
 
@@ -124,17 +129,10 @@ def bind_dims(model: Any, bindings: dict[str, int]) -> Any:
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    inits = {i.name for i in m.graph.initializer}
-    for inp in m.graph.input:
-        if inp.name in inits:
-            continue
-        for i, d in enumerate(inp.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            key = d.dim_param or f"{inp.name}_dim{i}"
-            if key in bindings:
-                d.Clear()
-                d.dim_value = int(bindings[key])
+    for key, _, d in list(dynamic_input_dims(m)):
+        if key in bindings:
+            d.Clear()
+            d.dim_value = int(bindings[key])
     # Exporters annotate intermediates and outputs with symbolic dims ("batch", "unk__0"): they would stop
     # inference from filling in the concrete ones.
     del m.graph.value_info[:]

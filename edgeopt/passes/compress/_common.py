@@ -128,13 +128,26 @@ def param_count(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def forward_with_hooks(model: Any, example: tuple[Any, ...], kinds: tuple[type, ...], make_hook: Any) -> None:
+    """One no-grad forward of `model` on `example` with `make_hook(name)` as a forward hook on every module
+    of one of `kinds`; the hooks are removed afterwards, also when the forward fails."""
+    import torch
+
+    handles = [m.register_forward_hook(make_hook(name)) for name, m in model.named_modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def layer_macs(model: Any, example: tuple[Any, ...]) -> dict[str, int]:
     """Multiply-accumulates per sample of every Conv / Linear module (by name) on `example`, from forward hooks."""
     import torch
     from torch import nn
 
     macs: dict[str, int] = {}
-    handles = []
 
     def hook(name):
         def fn(mod, _inp, out):
@@ -150,13 +163,5 @@ def layer_macs(model: Any, example: tuple[Any, ...]) -> dict[str, int]:
                 macs[name] = macs.get(name, 0) + per_sample * mod.in_features
         return fn
 
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            handles.append(m.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example, (nn.modules.conv._ConvNd, nn.Linear), hook)
     return macs

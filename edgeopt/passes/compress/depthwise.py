@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 
 from edgeopt.artifact import Artifact
 from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.compress._common import (FineTune, derived, example_args, layer_macs, matches, module_copy,
-                                             param_count, task_data)
+from edgeopt.passes.compress._common import (FineTune, derived, example_args, forward_with_hooks, layer_macs,
+                                             matches, module_copy, param_count, task_data)
 from edgeopt.train import TrainConfig
 
 
@@ -165,15 +165,6 @@ def _conv_output_shapes(model: Any, example: tuple[Any, ...]) -> dict[str, tuple
     import torch
 
     shapes: dict[str, tuple[int, int]] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d):
-            handles.append(m.register_forward_hook(
-                lambda mod, i, o, n=name: shapes.__setitem__(n, (int(o.shape[-2]), int(o.shape[-1])))))
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example, (torch.nn.Conv2d,),
+                       lambda n: lambda mod, i, o: shapes.__setitem__(n, (int(o.shape[-2]), int(o.shape[-1]))))
     return shapes
