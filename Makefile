@@ -1,32 +1,48 @@
 # One command sets up and runs the main job (make demo); one sets up and runs the tests (make test).
+# Every install comes from requirements.lock (exact versions of the whole tree, test extras included);
+# `make lock` regenerates it with pip-tools, `make lock-upgrade` moves every package to its newest release
+# that pyproject.toml allows (see README, "Upgrading dependencies").
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
 STAMP := $(VENV)/.installed
-TEST_STAMP := $(VENV)/.installed-test
 OUT ?= runs/demo
+COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --extra test -c constraints.txt --strip-extras \
+	--no-emit-index-url --no-emit-find-links --output-file $(LOCK)
 
-.PHONY: demo test install install-test bench clean chromium
+.PHONY: demo test install lock lock-upgrade bench clean chromium
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e .
-	touch $@
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q pip==$(PIP_VERSION)
 
-$(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+$(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt $(LOCK)
+	$(PIP) install -q -c constraints.txt -r $(LOCK)
+	$(PIP) install -q --no-deps -e .
+	$(PIP) check
 	touch $@
 
 install: $(STAMP)
-install-test: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgeopt demo -o $(OUT)
 
-test: $(TEST_STAMP) chromium
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# Regenerate the lock from pyproject.toml, keeping the versions already locked where they still fit.
+lock: $(VENV)/bin/python
+	$(PIP) install -q pip-tools==$(PIP_TOOLS_VERSION)
+	$(COMPILE) pyproject.toml
+
+# Move every package to the newest release pyproject.toml allows (P=name upgrades only that one).
+lock-upgrade: $(VENV)/bin/python
+	$(PIP) install -q pip-tools==$(PIP_TOOLS_VERSION)
+	$(COMPILE) $(if $(P),--upgrade-package $(P),--upgrade) pyproject.toml
 
 # Debian's chromium for the dashboard's browser test (driven by Playwright; never a browser download).
 # Installed only as root with apt-get; otherwise that one test says why it skips.
