@@ -190,11 +190,13 @@ def dashboard(runs: Optional[list[Path]] = typer.Argument(None, help="run direct
               host: str = typer.Option("127.0.0.1", help="address to listen on (loopback unless you say otherwise)"),
               port: int = typer.Option(8501),
               root: list[Path] = typer.Option([], "--root", help="further folder the page may read model/recipe files from"),
-              workdir: Optional[Path] = typer.Option(None, help="where runs started from the page go (default runs/dashboard)")):
+              workdir: Optional[Path] = typer.Option(None, help="where runs started from the page go (default runs/dashboard)"),
+              token: Optional[str] = typer.Option(None, help="access token the page asks for (better: $EDGEOPT_DASHBOARD_TOKEN); "
+                                                  "off loopback one is required, and generated and printed when not given")):
     """The interactive dashboard (Streamlit) on HOST:PORT."""
     from edgeopt.dashboard import serve
 
-    raise typer.Exit(_guard(serve, runs or [], host=host, port=port, roots=root, workdir=workdir))
+    raise typer.Exit(_guard(serve, runs or [], host=host, port=port, roots=root, workdir=workdir, token=token))
 
 
 @app.command()

@@ -24,11 +24,41 @@ POLL_S = 0.7
 
 # ---------------------------------------------------------------------------------------- session
 
+def config() -> S.DashboardConfig:
+    ss = st.session_state
+    if ss.get("edgeopt_config") is None:
+        ss["edgeopt_config"] = S.parse_args(sys.argv[1:])
+    return ss["edgeopt_config"]
+
+
+def authorized(cfg: S.DashboardConfig) -> bool:
+    """With an access token (a host other machines can reach), nothing shows and no job can start until the
+    browser gives it: in the address (?token=…) or in the form shown instead of the page."""
+    ss = st.session_state
+    if not cfg.token or ss.get("edgeopt_authorized"):
+        return True
+    given = st.query_params.get("token")
+    if S.token_matches(given, cfg.token):
+        ss["edgeopt_authorized"] = True
+        return True
+    st.title("edgeopt")
+    st.info("This dashboard asks for its access token (printed by `edgeopt dashboard` when it started).")
+    if given:
+        st.error("wrong access token")
+    with st.form("token-form", clear_on_submit=True):
+        typed = st.text_input("Access token", type="password", key="token-input")
+        if st.form_submit_button("Open") and typed:
+            if S.token_matches(typed, cfg.token):
+                ss["edgeopt_authorized"] = True
+                st.rerun()
+            st.error("wrong access token")
+    return False
+
+
 def session() -> S.Session:
     ss = st.session_state
     if "edgeopt" not in ss:
-        cfg = ss.get("edgeopt_config") or S.parse_args(sys.argv[1:])
-        ss["edgeopt"] = S.Session(cfg)
+        ss["edgeopt"] = S.Session(config())
         ss["worker"] = Worker()
         ss["seen_done"] = set()
         ss["profiles"] = {}
@@ -365,6 +395,8 @@ def tab_live(sess: S.Session) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="edgeopt dashboard", layout="wide")
+    if not authorized(config()):
+        return
     sess = session()
     runs = sidebar(sess)
     compare, layers, run, live = st.tabs(["Compare", "Per-layer", "Run a model", "Live"])

@@ -1,4 +1,4 @@
-"""The dashboard's logic apart from Streamlit: its configuration, the runs it shows, safe file paths, comparisons.
+"""The dashboard's logic apart from Streamlit: config, access token, the runs it shows, safe paths, comparisons.
 
 Every file name that reaches the dashboard (a run to open, a model or recipe file, a stage's model) goes
 through `safe_path`, which resolves it (symlinks and `..` included) and refuses anything outside the
@@ -20,6 +20,8 @@ from edgeopt.ledger import Ledger
 ENV_RUNS = "EDGEOPT_DASHBOARD_RUNS"      # os.pathsep-separated run directories (when no --run is given)
 ENV_ROOTS = "EDGEOPT_DASHBOARD_ROOTS"    # os.pathsep-separated extra folders model/recipe files may come from
 ENV_WORKDIR = "EDGEOPT_DASHBOARD_WORKDIR"
+ENV_TOKEN = "EDGEOPT_DASHBOARD_TOKEN"    # the access token the page asks for (never on the command line)
+MIN_TOKEN_LEN = 12
 DEFAULT_WORKDIR = Path("runs") / "dashboard"
 NAMED_MODELS = ("zoo:", "demo:")  # sources that name no file
 
@@ -31,6 +33,7 @@ class DashboardConfig:
     run_dirs: tuple[Path, ...] = ()
     roots: tuple[Path, ...] = ()
     workdir: Path = DEFAULT_WORKDIR
+    token: str | None = field(default=None, repr=False)  # when set, the page shows nothing until it is given
 
     @property
     def allowed(self) -> tuple[Path, ...]:
@@ -40,7 +43,8 @@ class DashboardConfig:
 
 def parse_args(argv: Sequence[str]) -> DashboardConfig:
     """The config from the app's own arguments (`streamlit run app.py -- --run DIR --root DIR --workdir DIR`),
-    falling back to the EDGEOPT_DASHBOARD_* environment variables. Unknown arguments are ignored."""
+    falling back to the EDGEOPT_DASHBOARD_* environment variables. Unknown arguments are ignored. The access
+    token comes only from the environment (EDGEOPT_DASHBOARD_TOKEN), so it never shows in a process list."""
     ap = argparse.ArgumentParser(prog="edgeopt-dashboard", add_help=False, allow_abbrev=False)
     ap.add_argument("--run", action="append", default=[])
     ap.add_argument("--root", action="append", default=[])
@@ -51,7 +55,45 @@ def parse_args(argv: Sequence[str]) -> DashboardConfig:
     roots = ns.root or env_list(ENV_ROOTS)
     workdir = ns.workdir or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR
     return DashboardConfig(tuple(Path(p).resolve() for p in runs), tuple(Path(p).resolve() for p in roots),
-                           Path(workdir).resolve())
+                           Path(workdir).resolve(), os.environ.get(ENV_TOKEN) or None)
+
+
+# ---------------------------------------------------------------------------------------- access
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    import ipaddress
+
+    h = str(host).strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def access_token(host: str, token: str | None = None) -> str | None:
+    """The token the page will ask for: `token`, else $EDGEOPT_DASHBOARD_TOKEN, else (for a host other
+    machines can reach) a new random one; None on loopback when neither is given."""
+    import secrets
+
+    tok = (token or os.environ.get(ENV_TOKEN) or "").strip()
+    if not tok:
+        return None if is_loopback(host) else secrets.token_urlsafe(24)
+    if len(tok) < MIN_TOKEN_LEN or not tok.isprintable() or any(c.isspace() for c in tok):
+        raise InputError(f"access token: at least {MIN_TOKEN_LEN} printable characters without spaces "
+                         f"(or give none and one is generated)")
+    return tok
+
+
+def token_matches(given: str | None, token: str | None) -> bool:
+    """Whether `given` opens a page protected by `token` (always, when there is no token); constant time."""
+    import hmac
+
+    if not token:
+        return True
+    return bool(given) and hmac.compare_digest(str(given).encode(), token.encode())
 
 
 def safe_path(candidate: str | Path, allowed: Sequence[Path], what: str = "file") -> Path:
@@ -228,11 +270,12 @@ def default_config() -> DashboardConfig:
     return DashboardConfig((runs.resolve(),) if runs.is_dir() else (), (), DEFAULT_WORKDIR.resolve())
 
 
-def as_config(run_dirs: Sequence[str | Path], roots: Sequence[str | Path] = (), workdir: str | Path | None = None
-              ) -> DashboardConfig:
+def as_config(run_dirs: Sequence[str | Path], roots: Sequence[str | Path] = (), workdir: str | Path | None = None,
+              token: str | None = None) -> DashboardConfig:
     return DashboardConfig(tuple(Path(p).resolve() for p in run_dirs), tuple(Path(p).resolve() for p in roots),
-                           Path(workdir or DEFAULT_WORKDIR).resolve())
+                           Path(workdir or DEFAULT_WORKDIR).resolve(), token)
 
 
 __all__ = ["DashboardConfig", "parse_args", "safe_path", "safe_model_source", "RunInfo", "discover_runs",
-           "compare_table", "stage_options", "Session", "as_config", "onnx_stages"]
+           "compare_table", "stage_options", "Session", "as_config", "onnx_stages", "is_loopback", "access_token",
+           "token_matches", "ENV_TOKEN"]

@@ -10,6 +10,7 @@ fields, so it never blocks on a job.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 _ids = itertools.count(1)
+STDERR_TAIL = 50  # last lines of a child's stderr kept for its error message
 
 
 class Cancelled(Exception):
@@ -141,12 +143,23 @@ class Worker:
 
 def run_child(job: Job, args: list[str], timeout_s: float = 3600) -> Any:
     """Run the worker command in a child process; its JSON lines become progress, its last one the result."""
+    return run_command(job, [sys.executable, "-m", "edgeopt.dashboard.worker", *args], timeout_s)
+
+
+def run_command(job: Job, cmd: list[str], timeout_s: float = 3600) -> Any:
+    """Run `cmd`, which speaks the worker's JSON lines on stdout (see `main`), as `job`'s child process."""
     from edgeopt.errors import InputError
 
-    cmd = [sys.executable, "-m", "edgeopt.dashboard.worker", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            errors="replace")
     job._proc = proc
+    # stderr is drained while the child runs (a chatty child would otherwise block on a full pipe and never
+    # finish); only its last lines are kept, for the error message and the job's log
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+    drain = threading.Thread(target=lambda: tail.extend(ln.rstrip("\n") for ln in proc.stderr),
+                             name=f"edgeopt-job-{job.id}-stderr", daemon=True)
+    drain.start()
     timer = threading.Timer(timeout_s, proc.kill)
     timer.daemon = True
     timer.start()
@@ -173,7 +186,8 @@ def run_child(job: Job, args: list[str], timeout_s: float = 3600) -> Any:
     finally:
         timer.cancel()
     proc.wait()
-    stderr = proc.stderr.read() if proc.stderr else ""
+    drain.join(5)
+    stderr = [ln for ln in tail if ln.strip()]
     if job.cancelled:
         raise Cancelled()
     if proc.returncode == -9 and result is None and error is None:
@@ -181,7 +195,9 @@ def run_child(job: Job, args: list[str], timeout_s: float = 3600) -> Any:
     if error:
         raise InputError(error)
     if proc.returncode != 0 or result is None:
-        last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+        job.log.extend(stderr)
+        del job.log[:-200]
+        last = (stderr or [f"exit code {proc.returncode}"])[-1].strip()[:300]
         raise InputError(f"{job.label} failed: {last}")
     return result
 

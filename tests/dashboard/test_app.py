@@ -117,3 +117,38 @@ def test_live_toggle_measures_the_new_combination(runs, tmp_path):
     at.toggle(key="tg-fuse").set_value(True).run()
     at = _until(at, lambda a: any("Latest measurement: onnx + fuse" in t for t in _texts(a)))
     assert len(at.dataframe[-1].value) == 2  # the history holds both measurements
+
+
+def _guarded(runs, tmp_path, token, query=None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["edgeopt_config"] = S.as_config([runs], workdir=tmp_path / "work", token=token)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _page_shown(at: AppTest) -> bool:
+    return bool(at.tabs) or "run-go" in [b.key for b in at.button] or bool(at.multiselect)
+
+
+def test_with_a_token_the_page_shows_nothing_until_it_is_given(runs, tmp_path):
+    token = "the-right-token-1234"
+    at = _guarded(runs, tmp_path, token)
+    assert not at.exception and not _page_shown(at)  # no runs, no Run tab, no Start button: no job can start
+    assert "edgeopt" not in at.session_state and "worker" not in at.session_state
+    assert not _page_shown(_guarded(runs, tmp_path, token, {"token": "wrong-token-123456"}))
+    at = _guarded(runs, tmp_path, token, {"token": "wrong-token-123456"})
+    assert any("wrong access token" in e.value for e in at.error)
+    at.text_input(key="token-input").input("still-wrong-token")
+    at.button[0].click().run()
+    assert not _page_shown(at) and any("wrong access token" in e.value for e in at.error)
+    at.text_input(key="token-input").input(token)
+    at.button[0].click().run()
+    assert _page_shown(at) and at.button(key="run-go") and at.multiselect(key="runs").value == ["alpha", "beta"]
+    at = _guarded(runs, tmp_path, token, {"token": token})  # the address printed by `edgeopt dashboard`
+    assert not at.exception and _page_shown(at) and not at.error
+
+
+def test_without_a_token_the_page_asks_for_none(runs, tmp_path):
+    at = _guarded(runs, tmp_path, None)
+    assert _page_shown(at) and "token-input" not in [t.key for t in at.text_input]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
 import pytest
 from report.factory import write_run
 
-from edgeopt.dashboard.worker import Worker, main
+from edgeopt.dashboard.worker import Worker, main, run_command
 from edgeopt.errors import InputError
 
 
@@ -98,3 +99,34 @@ def test_worker_main_prints_json_lines(tmp_path, capsys):
     assert "no such run directory" in lines[-1]["error"]
     with pytest.raises(SystemExit):
         main(["unknown"])
+
+
+CHATTY = ("import sys\n"
+          "for i in range(3000):\n"
+          "    sys.stderr.write(f'warning {{i}}: ' + 'x' * 90 + '\\n')\n"  # ~300 KB: several pipe buffers
+          "sys.stderr.write({last!r} + '\\n')\n"
+          "sys.stderr.flush()\n"
+          "print({out!r}, flush=True)\n"
+          "sys.exit({rc})\n")
+
+
+def _chatty(w, last, out, rc):
+    job = w.submit(lambda j: run_command(j, [sys.executable, "-c", CHATTY.format(last=last, out=out, rc=rc)]),
+                   "run", "chatty")
+    try:
+        finished = job.wait(60)  # a child blocked on a full stderr pipe never ends
+    finally:
+        if job._proc is not None and job._proc.poll() is None:
+            job._proc.kill()
+    assert finished, "the job hung: its child blocked writing to stderr"
+    return job
+
+
+def test_chatty_child_stderr_is_read_while_it_runs():
+    w = Worker()
+    ok = _chatty(w, "all good", '{"result": 7}', 0)
+    assert (ok.status, ok.result) == ("done", 7)
+    bad = _chatty(w, "RuntimeError: the real reason", "", 3)
+    assert bad.status == "failed" and bad.error == "chatty failed: RuntimeError: the real reason"
+    assert bad.log[-1] == "RuntimeError: the real reason"  # the tail of stderr is kept in the log
+    assert len(bad.log) <= 200
