@@ -81,7 +81,7 @@ def load_npz(path: Path, spec: InputSpec, batch: int) -> list[Feed]:
 
 
 def check_feeds(feeds: list[Feed], spec: InputSpec, what: str) -> None:
-    """Refuse data whose names, ranks or fixed dims do not fit the model's inputs (one line, naming them)."""
+    """Refuse data whose names, dtypes, ranks or fixed dims do not fit the model's inputs (one line, naming them)."""
     if not feeds:
         raise InputError(f"{what}: no samples")
     for t in spec.inputs:
@@ -91,6 +91,8 @@ def check_feeds(feeds: list[Feed], spec: InputSpec, what: str) -> None:
         if arr.ndim != len(t.shape) or any(isinstance(d, int) and d != a for d, a in zip(t.shape, arr.shape)):
             want = "(" + ", ".join(str(d) for d in t.shape) + ")"
             raise InputError(f"{what}: input {t.name!r} has shape {tuple(arr.shape)}, the model expects {want}")
+        if np.dtype(arr.dtype) != np.dtype(t.dtype):
+            raise InputError(f"{what}: input {t.name!r} is {np.dtype(arr.dtype).name}, the model expects {t.dtype}")
 
 
 def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: str,

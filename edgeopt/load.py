@@ -53,7 +53,67 @@ def load_onnx_checked(path: str | Path, load_external_data: bool = False):
     v = opsets.get("ai.onnx")
     if v is not None and not (MIN_OPSET <= v <= MAX_OPSET):
         raise InputError(f"{path}: opset {v} is not supported (supported: {MIN_OPSET}..{MAX_OPSET})")
+    check_external_data(model, path)
+    check_types_and_shapes(model, path)
     return model
+
+
+def check_external_data(model: Any, path: Path) -> None:
+    """Every external initializer's file exists and holds the bytes its shape and dtype declare (not read)."""
+    import numpy as np
+    import onnx
+
+    sizes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {kv.key: kv.value for kv in init.external_data}
+        loc = info.get("location", "")
+        f = (path.parent / loc).resolve()
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts:
+            raise InputError(f"{path}: initializer {init.name!r}: external data location {loc!r} is not a file "
+                             "beside the model")
+        if loc not in sizes:
+            if not f.is_file():
+                raise InputError(f"{path}: initializer {init.name!r}: external data file {loc} is missing")
+            sizes[loc] = f.stat().st_size
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        except Exception:  # string or sub-byte types: only the declared length can be checked
+            itemsize = None
+        expected = int(np.prod(init.dims, dtype=np.int64)) * itemsize if itemsize else None
+        if length is not None and expected is not None and int(length) != expected:
+            raise InputError(f"{path}: initializer {init.name!r}: external data length {length} bytes, but its "
+                             f"shape {list(init.dims)} needs {expected}")
+        need = int(length) if length is not None else expected
+        if need is not None and offset + need > sizes[loc]:
+            raise InputError(f"{path}: initializer {init.name!r}: external data file {loc} has {sizes[loc]} bytes, "
+                             f"the tensor needs bytes {offset}..{offset + need} (file truncated?)")
+
+
+def check_types_and_shapes(model: Any, path: Path) -> None:
+    """Types and shapes agree with every op's schema (ONNX strict shape inference, nothing run).
+
+    Where ONNX's inference objects but ONNX Runtime can build a session from the file, the model is
+    accepted (ONNX Runtime is the runtime edgeopt measures with); otherwise the inference error names the op.
+    """
+    import onnx
+
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        first = lines[-1] if lines else e.__class__.__name__
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        raise InputError(f"{path}: invalid ONNX model: {first[:240]}") from None
 
 
 def onnx_input_spec(path: str | Path) -> InputSpec:
@@ -126,6 +186,15 @@ def load_model(source: str | Path | Any, example_inputs: Any = None) -> Artifact
     return Artifact.from_onnx(p, meta={"source": str(p)})
 
 
+def eval_copy(module: Any) -> Any:
+    """`module` in eval mode without touching the caller's: a deep copy if any submodule is in training mode."""
+    import copy
+
+    if any(m.training for m in module.modules()):
+        module = copy.deepcopy(module)
+    return module.eval()
+
+
 def _from_module(module: Any, example_inputs: Any) -> Artifact:
     import torch
 
@@ -147,4 +216,4 @@ def _from_module(module: Any, example_inputs: Any) -> Artifact:
         specs.append(TensorSpec(name, str(t.numpy().dtype) if t.dtype != torch.bfloat16 else "float32", shape))
     meta = {"source": f"module:{type(module).__name__}", "example_inputs": example_inputs, "input_names": [n for n, _ in named],
             "batch_example": int(named[0][1].shape[0]) if named and named[0][1].dim() > 0 else 1}
-    return Artifact.from_module(module.eval(), InputSpec(tuple(specs)), meta=meta)
+    return Artifact.from_module(eval_copy(module), InputSpec(tuple(specs)), meta=meta)

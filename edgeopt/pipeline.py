@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
 from edgeopt.recipe import Recipe, load_recipe, parse_recipe
@@ -30,6 +30,15 @@ class RunResult:
 
 def _dirname(stage: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stage)
+
+
+def stage_folder(out_dir: Path, stage: str) -> Path:
+    """OUT/<stage>: refused unless it is a folder directly inside OUT other than OUT/best (never `..`, `.`, a path)."""
+    name = _dirname(stage)
+    folder = out_dir / name
+    if name in (".", "..", "best") or name.startswith(".") or folder.resolve().parent != out_dir.resolve():
+        raise InputError(f"stage {stage!r}: not a safe stage name (its folder would be {folder})")
+    return folder
 
 
 def _cache_key(parent_sha: str, pass_name: str, config: dict[str, Any], data_key: str, target: str) -> str:
@@ -163,9 +172,9 @@ class Pipeline:
                     raise PassError(f"stage {step.name}: its input stage {step.source!r} did not finish")
                 current = by_name[step.source]
             parent = step.source or stages[-1][0].name
-            stage_dir = self.out_dir / _dirname(step.name)
+            stage_dir = stage_folder(self.out_dir, step.name)
             key = _cache_key(current.sha256, step.pass_name, step.config, data_key, getattr(self.target, "name", ""))
-            reused = self._reuse(old, step.name, key)
+            reused = self._reuse(old, step.name, key, current, cal)
             if reused is not None:
                 stage, current = reused
                 self._say(f"[dim]stage {step.name}: cached ({key[:12]})[/dim]")
@@ -197,6 +206,8 @@ class Pipeline:
                 first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
                 self._fail(ledger, stage, t0, f"{e.__class__.__name__}: {first}")
                 raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e.__class__.__name__}: {first}") from None
+            if out.kind == "torch":
+                out = self._save_torch(out, current, ctx)
             stage.duration_s = time.perf_counter() - t0
             stage.artifact = out.describe()
             stage.notes = {**ctx.notes, "meta": _json_meta(out.meta)}
@@ -218,23 +229,62 @@ class Pipeline:
         ledger.put(stage)
         ledger.save(self.ledger_path)
 
-    def _reuse(self, old: Ledger | None, name: str, key: str) -> tuple[Stage, Artifact] | None:
-        """A finished stage of an earlier run with the same cache key whose model file is intact."""
+    def _save_torch(self, out: Artifact, parent: Artifact, ctx: Any) -> Artifact:
+        """Write a torch stage's weights (model.safetensors) and rebuild recipe (rebuild.json) to its folder,
+        so --resume can reuse it; a model that cannot be saved only costs that (a warning says why)."""
+        if out.rebuild is None:
+            ctx.warnings.append("not resumable: the pass gives no rebuild recipe for its torch model")
+            return out
+        try:
+            return out.save_weights(ctx.stage_dir, parent.sha256)
+        except (OSError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            ctx.warnings.append(f"not resumable: weights not saved ({e.__class__.__name__}: {first})")
+            return out
+
+    def _reuse(self, old: Ledger | None, name: str, key: str, parent: Artifact | None = None,
+               calibration: list[dict[str, Any]] = ()) -> tuple[Stage, Artifact] | None:
+        """A finished stage of an earlier run with the same cache key whose model is intact: an ONNX /
+        OpenVINO file with the recorded sha256, or torch weights (safetensors) that, loaded into the
+        architecture rebuilt from `parent` (the stage's input), hash to the recorded sha256."""
         if old is None:
             return None
         prev = old.stage(name)
         if prev is None or prev.status != "done" or prev.cache_key != key or not prev.artifact:
             return None
-        path = prev.artifact.get("path")
-        if prev.artifact.get("kind") not in ("onnx", "openvino") or not path or not Path(path).exists():
+        path, kind = prev.artifact.get("path"), prev.artifact.get("kind")
+        if not path or not Path(path).exists():
             return None
-        art = stage_artifact(prev)
-        if art.sha256 != prev.artifact.get("sha256"):
+        if kind == "torch":
+            art = self._restore_torch(prev, Path(path), parent, calibration)
+        elif kind in ("onnx", "openvino"):
+            art = stage_artifact(prev)
+        else:
+            return None
+        if art is None or art.sha256 != prev.artifact.get("sha256"):
             return None
         stage = prev.model_copy(deep=True)
         stage.latency_ms = stage.peak_rss_mb = stage.energy_mj = None
         stage.notes = {**stage.notes, "cached": True}
         return stage, art
+
+    def _restore_torch(self, prev: Stage, path: Path, parent: Artifact | None,
+                       calibration: list[dict[str, Any]]) -> Artifact | None:
+        """The torch model a finished stage saved (see Artifact.from_weights), or None (the pass runs again)."""
+        from edgeopt.passes.base import PassContext
+
+        if parent is None or parent.kind != "torch" or parent.module is None:
+            return None
+        ctx = PassContext(stage_dir=path.parent, target=self.target, calibration=list(calibration),
+                          measure=self.recipe.measure, gates=self.recipe.gates)
+        spec = InputSpec.from_dict(prev.artifact["inputs"]) if prev.artifact.get("inputs") else None
+        try:
+            return Artifact.from_weights(path, parent, ctx, input_spec=spec,
+                                         meta={**parent.meta, **prev.notes.get("meta", {})})
+        except Exception as e:  # any failure to rebuild (a builder, torch-pruning, a torn file): run the pass again
+            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            self._say(f"[dim]stage {prev.name}: saved weights not reused ({first})[/dim]")
+            return None
 
     # -- measurement -----------------------------------------------------------------------------
     def _measure(self, stages: list[tuple[Stage, Artifact]], ev: list[dict], prog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeopt.errors import RecipeError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+# A stage name becomes a folder under OUT: a plain name, never a path, never "best" (OUT/best is the winner).
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RESERVED_STAGES = ("best", "baseline")
+
+
+def check_stage_name(name: Any, where: str = "stage") -> str:
+    """`name` if it is a safe stage name (letters, digits, . _ -; starts with a letter or digit; not reserved)."""
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name) or name in RESERVED_STAGES:
+        why = (f"{name!r} is reserved" if name in RESERVED_STAGES else
+               f"{name!r} is not a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit; "
+               "at most 64 characters)")
+        raise ValueError(f"{where}: {why}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -73,6 +89,18 @@ class PassStep(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(default=None, description="the earlier stage whose model this step takes (default: the previous step's)")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        check_stage_name(re.sub(r"#[0-9]+$", "", v))  # "#2" marks a repeated name
+        return v
+
+    @model_validator(mode="after")
+    def _not_from_itself(self) -> "PassStep":
+        if self.source == self.name:
+            raise ValueError(f"stage {self.name}: 'from' names the stage itself")
+        return self
+
 
 class Recipe(_Strict):
     model: ModelSpec | None = None
@@ -100,17 +128,20 @@ class Recipe(_Strict):
             if not isinstance(entry, dict) or len(entry) != 1:
                 raise ValueError(f"passes[{i}]: expected one {{pass.name: {{config}}}} mapping, got {entry!r}")
             (pname, cfg), = entry.items()
-            cfg = dict(cfg or {})
+            if cfg is None:
+                cfg = {}
             if not isinstance(cfg, dict):
-                raise ValueError(f"passes[{i}] {pname}: config must be a mapping")
-            stage = str(cfg.pop("stage", pname))
+                raise ValueError(f"passes[{i}] {pname}: config must be a mapping, got {cfg!r}")
+            cfg = dict(cfg)
+            earlier = ["baseline", *seen]
+            stage = check_stage_name(cfg.pop("stage", pname), f"passes[{i}] {pname}: stage")
             source = cfg.pop("from", None)
             seen[stage] = seen.get(stage, 0) + 1
             if seen[stage] > 1:
                 stage = f"{stage}#{seen[stage]}"
-            if source is not None and str(source) not in seen and str(source) != "baseline":
+            if source is not None and str(source) not in earlier:
                 raise ValueError(f"passes[{i}] {pname}: from {source!r} names no earlier stage "
-                                 f"(earlier: {', '.join(['baseline', *list(seen)[:-1]])})")
+                                 f"(earlier: {', '.join(earlier)})")
             steps.append({"name": stage, "pass_name": str(pname), "config": cfg,
                           "source": None if source is None else str(source)})
         return {**data, "passes": steps}

@@ -114,3 +114,50 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "junk.onnx" in proc.stderr
+
+
+def test_eval_data_of_the_wrong_dtype_is_refused_before_anything_is_written(tmp_path, tiny_mlp_onnx):
+    ev = tmp_path / "eval.npz"
+    np.savez(ev, x=np.zeros((8, 16), np.float64))
+    r = tmp_path / "r.yaml"
+    r.write_text(f"data: {{calibration: 'random:4', eval: {ev}}}\npasses:\n  - graph.quantize_dynamic: {{}}\n")
+    out = tmp_path / "out"
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(out)]),
+                    "eval data", "float64")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["bad-ext", "bad-types", "bad-shape"])
+def test_analyze_refuses_inconsistent_models(tmp_path, name):
+    """Truncated external data, a node whose input types break its schema, an initializer whose shape
+    contradicts its use: one line naming the problem, exit 2, no traceback (optimize refuses them too)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    x = h.make_tensor_value_info("x", T.FLOAT, [1, 4])
+    y = h.make_tensor_value_info("y", T.FLOAT, [1, 3])
+    p = tmp_path / f"{name}.onnx"
+    if name == "bad-ext":
+        g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y],
+                         [nh.from_array(np.ones((4, 3), np.float32), "w")])
+        onnx.save_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(p),
+                        save_as_external_data=True, location="w.data", size_threshold=0)
+        data = (tmp_path / "w.data").read_bytes()
+        (tmp_path / "w.data").write_bytes(data[:20])
+        want = "external data file w.data has 20 bytes"
+    elif name == "bad-types":
+        xi = h.make_tensor_value_info("xi", T.INT64, [1, 4])
+        g = h.make_graph([h.make_node("Add", ["x", "xi"], ["y"])], "g", [x, xi],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 4])])
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(p))
+        want = "Add"
+    else:
+        g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y],
+                         [nh.from_array(np.ones((5, 3), np.float32), "w")])
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(p))
+        want = "MatMul"
+    for cmd in (["analyze", str(p)], ["optimize", str(p), "-o", str(tmp_path / "out")]):
+        _one_line_error(runner.invoke(app, cmd), f"{name}.onnx", want)
+    assert not (tmp_path / "out").exists()

@@ -42,3 +42,10 @@ def test_npz_good(tmp_path, tiny_mlp_onnx):
 def test_text_data_needs_tokenizer(tiny_mlp_onnx):
     with pytest.raises(InputError, match="no tokenizer"):
         resolve("zoo:sentences[0:4]", tiny_mlp_onnx, seq_len=8, batch=1, role="calibration", default_slice=slice(0, 4))
+
+
+def test_npz_wrong_dtype_refused(tmp_path, tiny_mlp_onnx):
+    p = tmp_path / "eval.npz"
+    np.savez(p, x=np.ones((6, 16), np.float64))
+    with pytest.raises(InputError, match="input 'x' is float64, the model expects float32"):
+        resolve(str(p), tiny_mlp_onnx, seq_len=8, batch=2, role="eval", default_slice=slice(0, 4))

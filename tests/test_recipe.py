@@ -57,3 +57,27 @@ def test_round_trip_to_dict():
     r = load_recipe("cpu-int8")
     again = parse_recipe(r.to_dict())
     assert again == r
+
+
+@pytest.mark.parametrize("name", ["..", ".", "best", "baseline", "a/b", "../x", "", ".hidden", "x" * 65, 5])
+def test_unsafe_or_reserved_stage_names_refused(name):
+    with pytest.raises(RecipeError, match="stage"):
+        parse_recipe({"passes": [{"graph.simplify": {"stage": name}}]})
+
+
+def test_safe_stage_names_kept():
+    r = parse_recipe({"passes": [{"graph.simplify": {"stage": "simplified-2.b_x"}}]})
+    assert r.passes[0].name == "simplified-2.b_x"
+
+
+@pytest.mark.parametrize("cfg", [5, "fast", [1, 2]])
+def test_config_that_is_not_a_mapping_is_one_line(cfg):
+    with pytest.raises(RecipeError, match=r"passes\[0\] graph.fuse: config must be a mapping"):
+        parse_recipe({"passes": [{"graph.fuse": cfg}]})
+
+
+def test_from_naming_its_own_stage_refused():
+    with pytest.raises(RecipeError, match="from 'fused' names no earlier stage"):
+        parse_recipe({"passes": [{"graph.simplify": {}}, {"graph.fuse": {"stage": "fused", "from": "fused"}}]})
+    ok = parse_recipe({"passes": [{"graph.simplify": {"stage": "s"}}, {"graph.fuse": {"stage": "f", "from": "s"}}]})
+    assert ok.passes[1].source == "s"

@@ -187,7 +187,9 @@ def load_source(model_or_layer: Any, input_shape: str | Sequence[int] | None = N
     if isinstance(model_or_layer, nn.Module):
         if shape is None:
             raise InputError("input_shape: needed for a torch module (e.g. 1,3,64,64)")
-        return model_or_layer.eval(), torch.randn(shape), type(model_or_layer).__name__
+        from edgeopt.load import eval_copy
+
+        return eval_copy(model_or_layer), torch.randn(shape), type(model_or_layer).__name__
     src = str(model_or_layer)
     if src.startswith("conv:"):
         d = parse_layer_spec(src)
@@ -227,7 +229,9 @@ def load_source(model_or_layer: Any, input_shape: str | Sequence[int] | None = N
             raise InputError(f"{src}: is not a torch.nn.Module (got {type(obj).__name__})")
         if shape is None:
             raise InputError(f"{src}: give input_shape (e.g. 1,3,64,64) for a torch module path")
-        return obj.eval(), torch.randn(shape), src
+        from edgeopt.load import eval_copy
+
+        return eval_copy(obj), torch.randn(shape), src
     raise InputError(f"{src}: not a layer spec (conv:C_INxC_OUTxHxW), unet:NAME, zoo:NAME, model path or "
                      f"package.module:attribute")
 

@@ -52,19 +52,23 @@ class Pass:
     Subclasses declare `name` (set by @register), `accepts` (input kinds), `produces` (output kind,
     None = same as input) and `tolerance` (the minimum cosine to the input's outputs the contract test
     expects; None where the pass changes the task itself, e.g. pruning). `__call__` enforces the
-    declaration around `run`.
+    declaration around `run`. `tolerance_reason` says why a pass has no tolerance and what shows instead that it
+    worked (e.g. accuracy above a floor); the contract test requires a tolerance or a reason.
     """
 
     name: ClassVar[str] = ""
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
     produces: ClassVar[str | None] = None
     tolerance: ClassVar[float | None] = 0.999
+    tolerance_reason: ClassVar[str | None] = None
     Config: ClassVar[type[PassConfig]] = PassConfig
 
     def __init__(self, config: PassConfig | dict[str, Any] | None = None, **kwargs: Any):
         if isinstance(config, PassConfig):
-            if kwargs:
-                config = config.model_copy(update=kwargs)
+            if not isinstance(config, self.Config):
+                raise RecipeError(f"{self.name}: config is a {type(config).__name__}, not {self.name}'s Config")
+            if kwargs:  # validated like any other config (model_copy(update=...) would skip validation)
+                config = make_config(self.name, self.Config, {**config.model_dump(), **kwargs})
         else:
             config = make_config(self.name, self.Config, {**(config or {}), **kwargs})
         self.config = config
@@ -77,6 +81,7 @@ class Pass:
             raise PassError(f"pass {self.name} accepts {'/'.join(self.accepts)} models, got {art.kind}")
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         before = art.sha256
+        module_before = module_fingerprint(art.module) if art.kind == "torch" and art.module is not None else None
         out = self.run(art, ctx)
         expected = self.produces or art.kind
         if out.kind != expected:
@@ -86,10 +91,20 @@ class Pass:
 
             if content_sha256(art.kind, art.path) != before:
                 raise PassError(f"pass {self.name} modified its input file {art.path}")
+        if module_before is not None and module_fingerprint(art.module) != module_before:
+            raise PassError(f"pass {self.name} modified its input torch module (weights, buffers or train/eval mode)")
         return out
 
     def __repr__(self) -> str:
         return f"{self.name}({self.config.model_dump()})"
+
+
+def module_fingerprint(module: Any) -> str:
+    """A torch module's content hash (parameters and buffers) plus every submodule's train/eval flag."""
+    from edgeopt.artifact import sha256_module
+
+    modes = "".join(str(int(m.training)) for m in module.modules())
+    return f"{sha256_module(module)}:{modes}"
 
 
 _REGISTRY: dict[str, type[Pass]] = {}

@@ -19,8 +19,10 @@ def ops(path) -> Counter:
 
 
 def test_dynamic_quantizes_matmuls_and_keeps_outputs(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    """Numbers only mean something on the host's own target: a model quantized for VNNI (full-range u8×s8)
+    saturates on a CPU without VNNI, so the outputs are compared for the detected target."""
     before = sha256_file(tiny_mlp_onnx.path)
-    ctx = PassContext(stage_dir=tmp_path, target=get_target("cpu-avx512-vnni"))
+    ctx = PassContext(stage_dir=tmp_path, target=get_target("auto"))
     out = build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, ctx)
     c = ops(out.path)
     assert c["MatMul"] == 0 and c["DynamicQuantizeLinear"] + c["MatMulInteger"] + c["DynamicQuantizeMatMul"] > 0
@@ -28,13 +30,15 @@ def test_dynamic_quantizes_matmuls_and_keeps_outputs(tmp_path, tiny_mlp_onnx, ti
     assert sha256_file(tiny_mlp_onnx.path) == before
     ref, got = run_onnx(tiny_mlp_onnx.path, tiny_mlp_feeds), run_onnx(out.path, tiny_mlp_feeds)
     assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.98
-    assert ctx.notes["quantization"]["reduce_range"] is False  # VNNI target: full range
 
 
-def test_dynamic_reduce_range_follows_target(tmp_path, tiny_mlp_onnx):
-    ctx = PassContext(stage_dir=tmp_path, target=get_target("cpu-avx2"))
-    build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, ctx)
-    assert ctx.notes["quantization"]["reduce_range"] is True
+@pytest.mark.parametrize("declared, reduce_range", [("cpu-avx2", True), ("cpu-avx512-vnni", False)])
+def test_dynamic_reduce_range_follows_target(tmp_path, tiny_mlp_onnx, declared, reduce_range):
+    """A declared target sets the format whatever the host (structure only: its numbers belong to that CPU)."""
+    ctx = PassContext(stage_dir=tmp_path, target=get_target(declared))
+    out = build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, ctx)
+    assert ctx.notes["quantization"]["reduce_range"] is reduce_range
+    assert ops(out.path)["MatMul"] == 0
 
 
 def test_dynamic_exclude_keeps_node_float(tmp_path, tiny_mlp_onnx):
