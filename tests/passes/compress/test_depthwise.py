@@ -24,7 +24,9 @@ def test_flops_reduction_is_exact():
 
 def test_separable_rewrite_of_the_teacher_and_recovery(tiny_digits_resnet, ctx):
     state = {k: v.clone() for k, v in tiny_digits_resnet.module.state_dict().items()}
-    out = build_pass("arch.depthwise", {"min_channels": 16, "train": {"epochs": 3, "lr": 5e-3}})(tiny_digits_resnet, ctx)
+    # 5 epochs: after 3 the recovered accuracy still depends on the CPU's kernels (0.71 with AVX-512, 0.74-0.76 with
+    # AVX2); after 5 it is 0.87-0.88 on both, well inside the margin below.
+    out = build_pass("arch.depthwise", {"min_channels": 16, "train": {"epochs": 5, "lr": 5e-3}})(tiny_digits_resnet, ctx)
     notes = ctx.notes["arch.depthwise"]
     dense_3x3 = [n for n, m in tiny_digits_resnet.module.named_modules()
                  if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels >= 16]
