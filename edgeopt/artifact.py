@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 Kind = Literal["torch", "onnx", "tflite", "openvino"]
 KINDS: tuple[str, ...] = ("torch", "onnx", "tflite", "openvino")
+WEIGHTS_FILE = "model.safetensors"  # a saved torch stage: its state dict ...
+REBUILD_FILE = "rebuild.json"  # ... and how to rebuild its architecture from the model it started from
+REBUILD_FORMAT = 1
+
+# builder name -> fn(parent: Artifact, args: dict, ctx: PassContext) -> torch module (architecture only: the
+# weights are loaded afterwards). Registered next to the passes (register_builder); see `Artifact.from_weights`.
+_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_builder(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register `fn(parent, args, ctx) -> module` under `name`, the builder a torch artifact's
+    rebuild recipe names. It gets the artifact the pass started from, the recipe's JSON args and a
+    PassContext (calibration data for example inputs), and returns a module with the architecture the pass
+    produced; its weights do not matter (they are loaded from safetensors next) and the parent is never mutated."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _BUILDERS and _BUILDERS[name] is not fn:
+            raise RuntimeError(f"builder name {name!r} registered twice")
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_builder(name: str) -> Callable[..., Any]:
+    """The builder registered under `name` (the pass modules, which register them, are imported on first use)."""
+    if name not in _BUILDERS:
+        from edgeopt.passes.base import registry
+
+        registry()
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown builder {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name]
+
+
+def _recipe(rebuild: tuple[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """(builder name, JSON args) as the JSON-normal dict saved in rebuild.json (tuples become lists)."""
+    if rebuild is None:
+        return None
+    name, args = rebuild
+    return {"builder": str(name), "args": json.loads(json.dumps(args, sort_keys=True))}
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -99,7 +151,10 @@ class Artifact:
 
     `path` is where the model file lives (for "torch", an optional safetensors copy of its weights);
     `module` holds the live torch module for kind "torch" (not part of equality or hashing);
-    `meta` carries small facts that travel with the model (model family, output names, ...).
+    `meta` carries small facts that travel with the model (model family, output names, ...);
+    `rebuild` (torch only) says how to rebuild the module's architecture from the artifact the pass started
+    from: {"builder": a name registered with `register_builder`, "args": JSON}. With it the pipeline saves a
+    torch stage (`save_weights`) and resumes it (`from_weights`) without running the pass again.
     """
 
     kind: Kind
@@ -109,6 +164,7 @@ class Artifact:
     size_bytes: int
     module: Any = field(default=None, compare=False, repr=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    rebuild: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_onnx(cls, path: str | Path, meta: dict[str, Any] | None = None) -> Artifact:
@@ -143,8 +199,13 @@ class Artifact:
                    size_bytes=size, meta=dict(meta or {}))
 
     @classmethod
-    def from_module(cls, module: Any, input_spec: InputSpec, meta: dict[str, Any] | None = None) -> Artifact:
-        """A torch artifact around a live module (size is the bytes of its parameters and buffers)."""
+    def from_module(cls, module: Any, input_spec: InputSpec, meta: dict[str, Any] | None = None,
+                    rebuild: tuple[str, dict[str, Any]] | None = None) -> Artifact:
+        """A torch artifact around a live module (size is the bytes of its parameters and buffers).
+
+        `rebuild`: (builder name, JSON-serializable args) that rebuild this architecture from the input
+        artifact of the pass that made it (see `register_builder`); None: the stage cannot be resumed.
+        """
         size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
         return cls(
             kind="torch",
@@ -154,7 +215,69 @@ class Artifact:
             size_bytes=int(size),
             module=module,
             meta=dict(meta or {}),
+            rebuild=_recipe(rebuild),
         )
+
+    def save_weights(self, folder: str | Path, parent_sha256: str) -> Artifact:
+        """Write a torch artifact to `folder`: `model.safetensors` (its state dict; tied tensors once) and
+        `rebuild.json` (its rebuild recipe, the parent's and its own sha256). Returns it with `path` set.
+        Raises ValueError for a non-torch artifact or one without a rebuild recipe."""
+        if self.kind != "torch" or self.module is None:
+            raise ValueError(f"only a live torch module can be saved as weights (got {self.kind})")
+        if self.rebuild is None:
+            raise ValueError("no rebuild recipe: the pass that made it does not say how to rebuild its architecture")
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / WEIGHTS_FILE
+        _atomic(weights, lambda tmp: save_model(self.module, str(tmp)))
+        desc = {"format": REBUILD_FORMAT, **self.rebuild, "parent_sha256": parent_sha256, "sha256": self.sha256,
+                "class": type(self.module).__qualname__}
+        _atomic(folder / REBUILD_FILE, lambda tmp: tmp.write_text(json.dumps(desc, indent=2, sort_keys=True)))
+        return replace(self, path=weights)
+
+    @classmethod
+    def from_weights(cls, path: str | Path, parent: Artifact, ctx: Any = None, input_spec: InputSpec | None = None,
+                     meta: dict[str, Any] | None = None) -> Artifact:
+        """The torch artifact `save_weights` wrote at `path` (model.safetensors), rebuilt from `parent`.
+
+        The builder named in rebuild.json rebuilds the architecture from `parent` (which must be the model it
+        was built from: same sha256), then every tensor is loaded from safetensors (strict: same keys and
+        shapes; no pickle anywhere), and the result must hash to the saved sha256. Raises ValueError when
+        any of that does not hold, so a caller can fall back to running the pass.
+        """
+        from safetensors.torch import load_model
+
+        path = Path(path)
+        desc_path = path.with_name(REBUILD_FILE)
+        if not path.is_file() or not desc_path.is_file():
+            raise ValueError(f"{path.parent}: no {WEIGHTS_FILE} + {REBUILD_FILE} pair")
+        desc = json.loads(desc_path.read_text())
+        if desc.get("format") != REBUILD_FORMAT:
+            raise ValueError(f"{desc_path}: format {desc.get('format')!r}, expected {REBUILD_FORMAT}")
+        if desc.get("parent_sha256") != parent.sha256:
+            raise ValueError(f"{desc_path}: built from another model than the one given")
+        try:
+            builder = get_builder(desc["builder"])
+        except KeyError as e:
+            raise ValueError(f"{desc_path}: {e.args[0]}") from None
+        module = builder(parent, desc.get("args") or {}, ctx)
+        if module is parent.module:
+            raise ValueError(f"builder {desc['builder']!r} returned its parent module instead of a new one")
+        try:
+            missing, unexpected = load_model(module, str(path), strict=False)
+        except Exception as e:  # a shape that does not fit (RuntimeError), a torn file (SafetensorError)
+            raise ValueError(f"{path}: {(str(e).strip().splitlines() or ['unreadable'])[-1].strip()[:200]}") from None
+        if missing or unexpected:
+            raise ValueError(f"{path}: state dict does not fit the rebuilt architecture "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        module.eval()
+        art = cls.from_module(module, input_spec or parent.input_spec, meta=meta,
+                              rebuild=(desc["builder"], desc.get("args") or {}))
+        if art.sha256 != desc.get("sha256"):
+            raise ValueError(f"{path}: the rebuilt model does not hash to the saved sha256")
+        return replace(art, path=path)
 
     def describe(self) -> dict[str, Any]:
         """The artifact as the ledger records it."""

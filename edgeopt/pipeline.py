@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ BASELINE = "baseline"
 
 @dataclass
 class RunResult:
-    """What `optimize` returns: the ledger, where it was written, and the best stage's model."""
+    """What `optimize` returns: the ledger, where it was written, the best stage's model, and every stage's model
+    by stage name (torch stages too, which are not written to OUT)."""
 
     ledger: Ledger
     out_dir: Path
     best: Path | None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # each stage's model as its pass returned it
 
 
 def _dirname(stage: str) -> str:
@@ -221,7 +223,8 @@ class Pipeline:
         best = self._choose_best(ledger, stages)
         ledger.save(self.ledger_path)
         self._write_outputs(ledger, stages, best)
-        return RunResult(ledger=ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None)
+        return RunResult(ledger=ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
+                         artifacts={s.name: a for s, a in stages})
 
     def _fail(self, ledger: Ledger, stage: Stage, t0: float, error: str) -> None:
         stage.status, stage.error = "failed", error

@@ -112,3 +112,55 @@ def tiny_bert_openvino(tmp_path_factory, tiny_bert_onnx):
 
     d = tmp_path_factory.mktemp("tiny_bert_ov")
     return build_pass("convert.openvino", {"precision": "f32"})(tiny_bert_onnx, PassContext(stage_dir=d))
+
+
+def _tiny_conv_net(norm: str):
+    """Two 16-wide 3×3 convs (stride 1: Winograd-eligible; 16→16: depthwise-eligible), each followed by
+    BatchNorm + ReLU (`norm="bn"`) or GroupNorm + SiLU (`norm="gn"`), then pooling and a 4-way linear head."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    def block(cin: int) -> list:
+        conv = nn.Conv2d(cin, 16, 3, padding=1)
+        return [conv, nn.BatchNorm2d(16), nn.ReLU()] if norm == "bn" else [conv, nn.GroupNorm(4, 16), nn.SiLU()]
+
+    m = nn.Sequential(*block(3), *block(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def _conv_net_artifact(norm: str):
+    import torch
+
+    from edgeopt.load import load_model
+
+    return load_model(_tiny_conv_net(norm), {"x": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))})
+
+
+@pytest.fixture(scope="session")
+def tiny_convnet_torch():
+    """Conv 3×3 + BatchNorm + ReLU twice (16 channels), pooling and a linear head (input x: batch × 3 × 16 × 16)."""
+    return _conv_net_artifact("bn")
+
+
+@pytest.fixture(scope="session")
+def tiny_gn_convnet_torch():
+    """The same net with GroupNorm + SiLU after each conv (the pairs kernels.fused_norm fuses)."""
+    return _conv_net_artifact("gn")
+
+
+@pytest.fixture(scope="session")
+def tiny_convnet_feeds(tiny_convnet_torch):
+    """16 random feeds of 4 images each (64 samples: enough for a held-out part when a pass fine-tunes)."""
+    from edgeopt.data import random_feeds
+
+    return random_feeds(tiny_convnet_torch.input_spec, 16, {"batch": 4}, seed=3)

@@ -25,6 +25,10 @@ Models plug in through `MultiHeadSelfAttention` (a generic q/k/v module), transf
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -274,21 +278,24 @@ def attention_flops(B: int, nh: int, Tq: int, Tk: int, hs: int, hv: int | None =
 # ------------------------------------------------------------------ Hugging Face integration
 HF_NAME = "edgeopt"  # the name registered in transformers' AttentionInterface and AttentionMaskInterface
 HF_SPEC_ATTR = "edgeopt_attention"  # per-module attribute: {"impl": ..., "blocks": {...}}
+HF_SWAPPABLE = ("eager", "sdpa", None, HF_NAME)  # model attention implementations the kernels may replace
 _HF_UNSUPPORTED_KWARGS = ("sliding_window", "softcap", "s_aux")
+_HF_DISPATCHED: ContextVar[dict[int, nn.Module] | None] = ContextVar("edgeopt_hf_dispatched", default=None)
 
 
 def _hf_eager(module: nn.Module):
     """The eager attention function of the module's own modeling file (transformers keeps one per model)."""
-    import sys
-
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     return fn if fn is not None else _eager_with_weights
 
 
 def _eager_with_weights(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    if key.shape[1] != query.shape[1]:  # grouped key/value heads: each serves query.shape[1] // key.shape[1]
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)  # (B, nh, Tk, hs|hv)
     att = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)  # (B, nh, Tq, Tk)
     if attention_mask is not None:
-        att = att + attention_mask  # (B, nh, Tq, Tk)
+        att = att + attention_mask[..., : key.shape[-2]]  # (B, nh, Tq, Tk)
     att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=module.training)  # (B, nh, Tq, Tk)
     return (att @ value).transpose(1, 2).contiguous(), att  # (B, Tq, nh, hv), (B, nh, Tq, Tk)
 
@@ -298,10 +305,15 @@ def hf_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
                          **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention function: the implementation in module.edgeopt_attention, else the model's eager one.
 
+    `module` is whatever the calling layer hands to the function it looked up in the attention-function
+    registry (the layer itself in every transformers model); inside `record_hf_dispatch` it is recorded.
     query (B, nh, Tq, hs), key/value (B, nh, Tk, hs), attention_mask additive (B, 1, Tq, Tk) or None (the
     "edgeopt" mask interface builds eager masks). Falls back to eager for modules without a spec, dropout in
     training, grouped key/value heads, or features (sliding window, soft-capping, sinks) the kernels lack.
     """
+    seen = _HF_DISPATCHED.get()
+    if seen is not None:
+        seen[id(module)] = module
     spec = getattr(module, HF_SPEC_ATTR, None)
     if (spec is None or (dropout and module.training) or key.shape[1] != query.shape[1]
             or any(kwargs.get(k) is not None for k in _HF_UNSUPPORTED_KWARGS)):
@@ -311,14 +323,77 @@ def hf_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     return y.transpose(1, 2).contiguous(), None  # (B, Tq, nh, hv) as transformers expects
 
 
+@contextmanager
+def record_hf_dispatch() -> Iterator[dict[int, nn.Module]]:
+    """{id(module): module} of every module transformers hands to `hf_attention_forward` while the block runs.
+
+    This is how layers are known to dispatch through the attention-function registry: by the calls it makes,
+    not by how a forward is written (decorators, helper functions and renames do not change it).
+    """
+    seen: dict[int, nn.Module] = {}
+    token = _HF_DISPATCHED.set(seen)
+    try:
+        yield seen
+    finally:
+        _HF_DISPATCHED.reset(token)
+
+
 def register_hf_attention() -> str:
     """Register `hf_attention_forward` and eager-style masks under "edgeopt" in transformers (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
 
     AttentionInterface.register(HF_NAME, hf_attention_forward)
     AttentionMaskInterface.register(HF_NAME, eager_mask)
     return HF_NAME
+
+
+def _hf_configs(module: nn.Module, extra: Iterable[Any] = ()) -> list[Any]:
+    """The distinct transformers configs of `module`'s submodules (and `extra`), parents before children."""
+    out: dict[int, Any] = {}
+    for c in [getattr(m, "config", None) for m in module.modules()] + list(extra):
+        if c is not None and hasattr(c, "_attn_implementation") and id(c) not in out:
+            out[id(c)] = c
+    return list(out.values())
+
+
+def use_hf_attention(module: nn.Module, configs: Iterable[Any] = ()) -> list[tuple[Any, Any]]:
+    """Switch the transformers models in `module` (and the stand-alone layer `configs`) to the "edgeopt" attention.
+
+    Models go through `PreTrainedModel.set_attn_implementation` (the public switch, which also sets their
+    sub-models); the given layer configs it did not switch (a layer outside any model, a model class whose
+    source transformers cannot inspect) are set directly. Configs whose implementation is not in
+    HF_SWAPPABLE (flash, flex, paged, ...) keep it. Returns [(config, previous implementation)] for
+    `restore_hf_attention`.
+    """
+    register_hf_attention()
+    configs = list(configs)
+    before = [(c, c._attn_implementation) for c in _hf_configs(module, configs)]
+    transformers = sys.modules.get("transformers")
+    pretrained = getattr(transformers, "PreTrainedModel", None)
+    done: set[int] = set()
+    for m in module.modules():
+        if pretrained is not None and isinstance(m, pretrained) and id(m.config) not in done:
+            done.update(id(c) for c in _hf_configs(m))
+            if m.config._attn_implementation in HF_SWAPPABLE:
+                try:
+                    m.set_attn_implementation(HF_NAME)
+                except ValueError:  # refused for this model: its layers' configs are set below
+                    pass
+    for c in configs:  # layers outside any model, or in one whose class transformers will not switch
+        if c._attn_implementation in HF_SWAPPABLE and c._attn_implementation != HF_NAME:
+            c._attn_implementation = HF_NAME
+    for c, prev in before:  # what the switch must not change
+        if prev not in HF_SWAPPABLE and c._attn_implementation != prev:
+            c._attn_implementation = prev
+    return before
+
+
+def restore_hf_attention(before: list[tuple[Any, Any]]) -> None:
+    """Undo `use_hf_attention`: every config back to its previous implementation (parents first)."""
+    for c, prev in before:
+        if c._attn_implementation != prev:
+            c._attn_implementation = prev
 
 
 # ------------------------------------------------------------------ diffusers integration
@@ -404,5 +479,6 @@ def diffusers_processor_for(attn: nn.Module, impl: str, **block_sizes: int) -> E
 
 __all__ = ["IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_blocks",
            "peak_intermediate_bytes", "measured_peak_intermediate_bytes", "MultiHeadSelfAttention",
-           "attention_flops", "hf_attention_forward", "register_hf_attention", "EdgeoptAttnProcessor",
+           "attention_flops", "hf_attention_forward", "register_hf_attention", "record_hf_dispatch", "use_hf_attention",
+           "restore_hf_attention", "EdgeoptAttnProcessor",
            "diffusers_processor_for"]

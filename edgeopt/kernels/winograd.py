@@ -137,6 +137,7 @@ class WinogradConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, m: int = 4):
         super().__init__()
+        self.train(conv.training)  # a swap keeps the model's train/eval mode
         ok, why = winograd_supported(conv)
         if not ok:
             raise ValueError(f"conv: cannot run as Winograd: {why}")

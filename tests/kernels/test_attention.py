@@ -155,6 +155,48 @@ def test_hf_attention_function_uses_the_module_spec_or_falls_back_to_eager():
     assert none is None and torch.allclose(out, ref, atol=2e-6)
 
 
+def test_hf_fallback_eager_repeats_grouped_key_value_heads():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 3)
+
+    class Layer(torch.nn.Module):  # defined here: no modeling file with an eager_attention_forward
+        pass
+
+    out, weights = hf_attention_forward(Layer().eval(), q, k, v, None, scaling=0.5)
+    ref = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), None, scale=0.5)  # (1, 4, 5, 3)
+    assert out.shape == (1, 5, 4, 3) and torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
+
+
+def test_switch_record_and_restore_through_the_public_registry():
+    from transformers import BertConfig, BertModel
+
+    from edgeopt.kernels.attention import HF_NAME, record_hf_dispatch, restore_hf_attention, use_hf_attention
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, attn_implementation="sdpa")
+    model = torch.nn.Module()
+    model.bert = BertModel(cfg).eval()
+    flash = BertConfig()  # a stand-alone layer config with an implementation the kernels must not replace
+    flash._attn_implementation = "flash_attention_2"
+    model.other = torch.nn.Linear(2, 2)
+    model.other.config = flash
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        ref = model.bert(ids).last_hidden_state
+    before = use_hf_attention(model, [flash])
+    assert model.bert.config._attn_implementation == HF_NAME and flash._attn_implementation == "flash_attention_2"
+    with record_hf_dispatch() as seen, torch.no_grad():
+        y = model.bert(ids).last_hidden_state  # no spec on any layer: the model's eager attention
+    selfs = [layer.attention.self for layer in model.bert.encoder.layer]
+    assert list(seen.values()) == selfs and torch.allclose(y, ref, atol=1e-5)
+    with torch.no_grad():
+        model.bert(ids)
+    assert len(seen) == 2  # recorded only inside the block
+    restore_hf_attention(before)
+    assert model.bert.config._attn_implementation == "sdpa" and flash._attn_implementation == "flash_attention_2"
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_random_shapes_blocks_and_masks(impl, dtype):

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
 from edgeopt.passes.base import PassConfig, PassContext
 from edgeopt.train import TensorData, TrainConfig
@@ -118,10 +118,20 @@ def matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
 
 
-def derived(module: Any, art: Artifact, **meta: Any) -> Artifact:
-    """A new torch artifact of `module` with the input's spec and meta (updated by `meta`)."""
+def derived(module: Any, art: Artifact, rebuild: tuple[str, dict[str, Any]] | None, **meta: Any) -> Artifact:
+    """A new torch artifact of `module` with the input's spec and meta (updated by `meta`).
+
+    `rebuild`: (builder name, JSON args) that rebuild `module`'s architecture from `art` (see
+    edgeopt.artifact.register_builder), so a pipeline can save the stage and resume it; None: not resumable.
+    """
     module.eval()
-    return Artifact.from_module(module, art.input_spec, meta={**art.meta, **meta})
+    return Artifact.from_module(module, art.input_spec, meta={**art.meta, **meta}, rebuild=rebuild)
+
+
+@register_builder("copy")
+def copy_of_parent(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """Rebuild for passes that keep the architecture (only weights change): a copy of the input module."""
+    return module_copy(parent, "copy")
 
 
 def param_count(module: Any) -> int:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError, RecipeError
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
@@ -57,7 +57,9 @@ class Distill(Pass):
 
     accepts = ("torch",)
     produces = "torch"
-    tolerance = None  # the student is a different model
+    tolerance = None
+    tolerance_reason = ("the student is a different, smaller model: it is scored against the teacher on held-out data "
+                        "(accuracy, or cosine to the teacher) and never ends below its score before training")
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import torch
@@ -69,10 +71,10 @@ class Distill(Pass):
         if cfg.teacher is not None:
             teacher = load_teacher(cfg.teacher)
             student = module_copy(art, self.name)
-            how = "input"
+            how, rebuild = "input", ("copy", {})
         else:
             teacher = module_copy(art, self.name)
-            student, how = make_student(teacher, example, cfg, ctx.target)
+            student, how, rebuild = make_student(teacher, example, cfg, ctx.target)
         freeze(teacher)
         with torch.no_grad():
             t_out, s_out = teacher(*example), student(*example)
@@ -105,7 +107,7 @@ class Distill(Pass):
         meta = {"distilled_from": art.meta.get("source") if cfg.teacher is None else cfg.teacher}
         if how.startswith("layers:"):
             meta["num_layers"] = int(how.split(":")[1].split()[0])
-        return derived(student, art, **meta)
+        return derived(student, art, rebuild, **meta)
 
 
 # ---------------------------------------------------------------------------------------------- students
@@ -160,10 +162,10 @@ def student_init_layers(n_teacher: int, n_student: int, layer_map: str) -> list[
     return pick_layers(n_teacher, n_student, "pkd-skip") + [n_teacher - 1]
 
 
-def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any) -> tuple[Any, str]:
-    """The student derived from the teacher as the config asks; returns (student, how) for the notes."""
-    from torch import nn
-
+def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any
+                 ) -> tuple[Any, str, tuple[str, dict[str, Any]]]:
+    """The student derived from the teacher as the config asks; returns (student, how, rebuild): `how` for
+    the notes, `rebuild` the (builder, args) that rebuild the student's architecture from the teacher."""
     stack = layer_stack(teacher)
     if cfg.student_arch is not None:
         from edgeopt.zoo.digits import ARCHS, build
@@ -173,7 +175,8 @@ def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any) 
         import torch
 
         torch.manual_seed(cfg.train.seed)
-        return build(ARCHS[cfg.student_arch]).eval(), f"arch:{cfg.student_arch}"
+        spec = ARCHS[cfg.student_arch]
+        return build(spec).eval(), f"arch:{cfg.student_arch}", ("zoo.digits", {"spec": spec.model_dump(mode="json")})
     layers = cfg.student_layers
     if layers is None and cfg.student_width is None and stack is not None and _is_transformer(teacher):
         layers = max(1, len(stack[1]) // 2)
@@ -184,18 +187,10 @@ def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any) 
         if layers >= len(layer_list):
             raise RecipeError(f"distill: field 'student_layers': {layers} is not fewer than the teacher's "
                               f"{len(layer_list)} layers ({name})")
-        student = copy.deepcopy(teacher)
         keep = student_init_layers(len(layer_list), layers, cfg.layer_map)
-        new = nn.ModuleList([copy.deepcopy(student.get_submodule(name)[i]) for i in keep])
-        student.set_submodule(name, new)
-        for i, layer in enumerate(new):
-            for m in layer.modules():
-                if hasattr(m, "layer_idx"):
-                    m.layer_idx = i
-        cfg_obj = _hf_config(student)
-        if cfg_obj is not None and hasattr(cfg_obj, "num_hidden_layers"):
-            cfg_obj.num_hidden_layers = layers
-        return student.eval(), f"layers:{layers} from teacher layers {','.join(map(str, keep))}"
+        student = keep_layers(teacher, name, keep)
+        return (student, f"layers:{layers} from teacher layers {','.join(map(str, keep))}",
+                ("distill.layers", {"stack": name, "keep": keep}))
     width = cfg.student_width or 0.5
     from edgeopt.passes.compress import policy
     from edgeopt.passes.compress.prune_channels import channel_counts, probe_groups, prune_to
@@ -209,8 +204,41 @@ def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any) 
     class _Cfg:
         importance, scope, max_layer_sparsity, importance_batches = "l1", "layer", 0.95, 1
 
-    prune_to(student, example, safe, original, 1 - width, _Cfg, policy.channel_multiple(target), None, None)
-    return student.eval(), f"width:{width}"
+    counts, _ = prune_to(student, example, safe, original, 1 - width, _Cfg, policy.channel_multiple(target), None, None)
+    return student.eval(), f"width:{width}", ("prune.channels", {"counts": counts})
+
+
+def keep_layers(model: Any, stack: str, keep: list[int]) -> Any:
+    """A copy of `model` whose layer stack `stack` (a ModuleList) holds only the layers `keep`, in that order
+    (layer_idx attributes and the Hugging Face config's num_hidden_layers follow)."""
+    from torch import nn
+
+    student = copy.deepcopy(model)
+    new = nn.ModuleList([copy.deepcopy(student.get_submodule(stack)[i]) for i in keep])
+    student.set_submodule(stack, new)
+    for i, layer in enumerate(new):
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
+    cfg_obj = _hf_config(student)
+    if cfg_obj is not None and hasattr(cfg_obj, "num_hidden_layers"):
+        cfg_obj.num_hidden_layers = len(keep)
+    return student.eval()
+
+
+@register_builder("distill.layers")
+def rebuild_layers(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """A layer-dropped student: the input model keeping the layers `args["keep"]` of its stack `args["stack"]`."""
+    return keep_layers(module_copy(parent, "distill"), args["stack"], [int(i) for i in args["keep"]])
+
+
+@register_builder("zoo.digits")
+def rebuild_digits(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """A fresh digits CNN of the architecture spec `args["spec"]` (MobileNetSpec / ResNetSpec as JSON)."""
+    from edgeopt.zoo.digits import MobileNetSpec, ResNetSpec, build
+
+    spec = args["spec"]
+    return build((ResNetSpec if spec.get("kind") == "resnet" else MobileNetSpec)(**spec)).eval()
 
 
 def _hf_config(model: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress import importance as imp
@@ -56,7 +56,9 @@ class PruneChannels(Pass):
 
     accepts = ("torch",)
     produces = "torch"
-    tolerance = None  # removing channels changes the function
+    tolerance = None
+    tolerance_reason = ("removing channels changes the function: each round is scored on held-out data (accuracy, or "
+                        "cosine to the input) and kept only at or above floor × the unpruned model's score")
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         from edgeopt import train as tr
@@ -125,7 +127,7 @@ class PruneChannels(Pass):
         notes["params_after"] = param_count(kept)
         notes["score"] = score(kept)
         ctx.notes[self.name] = notes
-        return derived(kept, art, channel_sparsity=notes["channel_sparsity"])
+        return derived(kept, art, ("prune.channels", {"counts": kept_counts}), channel_sparsity=notes["channel_sparsity"])
 
 
 # ---------------------------------------------------------------------------------------------- graph
@@ -211,6 +213,30 @@ def channel_counts(model: Any, example: tuple[Any, ...], roots: list[str]) -> di
     dg = build_graph(model, example)
     return {n: int(dg.get_pruner_of_module(model.get_submodule(n)).get_out_channels(model.get_submodule(n)))
             for n in roots}
+
+
+@register_builder("prune.channels")
+def rebuild_pruned(parent: Artifact, args: dict[str, Any], ctx: PassContext | None) -> Any:
+    """The input model with each group root's output channels cut to `args["counts"][root]` (the architecture
+    prune.channels produced; which channels go does not matter, the weights are loaded afterwards)."""
+    model = module_copy(parent, "prune.channels")
+    prune_counts(model, example_args(parent, ctx, "prune.channels"), args["counts"])
+    return model
+
+
+def prune_counts(model: Any, example: tuple[Any, ...], counts: dict[str, int]) -> None:
+    """Prune `model` in place so the group rooted at each named module keeps `counts[name]` channels (its last
+    channels go, with every tensor slice coupled to them)."""
+    dg = build_graph(model, example)
+    for name, keep in counts.items():
+        module = model.get_submodule(name)
+        n = int(dg.get_pruner_of_module(module).get_out_channels(module))
+        if not 0 < keep <= n:
+            raise ValueError(f"{name}: cannot keep {keep} of {n} channels")
+        if keep < n:
+            group, _ = _root_group(dg, module, list(range(keep, n)))
+            group.prune()
+    model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- one prune step

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
@@ -223,7 +223,9 @@ class PruneHeads(Pass):
 
     accepts = ("torch",)
     produces = "torch"
-    tolerance = None  # removing heads changes the function
+    tolerance = None
+    tolerance_reason = ("removing heads changes the function: the pruned model is scored on held-out data (accuracy, "
+                        "or cosine to the input), and recovery never ends below the score it started from")
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         from edgeopt import train as tr
@@ -266,5 +268,19 @@ class PruneHeads(Pass):
             notes["fit"] = fit.to_dict()
         notes["score"] = tr.evaluate(model, val)
         ctx.notes[self.name] = notes
-        return derived(model, art, heads={"total_heads": total, "active_heads": active,
-                                          "sparsity": notes["sparsity"]})
+        return derived(model, art, ("prune.heads", {"heads": notes["per_layer"]}),
+                       heads={"total_heads": total, "active_heads": active, "sparsity": notes["sparsity"]})
+
+
+@register_builder("prune.heads")
+def rebuild_heads(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """The input model with each attention block cut to `args["heads"][block]` heads (its first ones: the
+    weights are loaded afterwards)."""
+    model = module_copy(parent, "prune.heads")
+    units = {u.name: u for u in find_attention(model)[0]}
+    for name, n in args["heads"].items():
+        if name not in units or not 0 < int(n) <= units[name].heads:
+            raise ValueError(f"prune.heads: no attention block {name!r} with at least {n} heads to rebuild")
+        if int(n) < units[name].heads:
+            units[name].set_heads(list(range(int(n))))
+    return model.eval()

@@ -50,6 +50,7 @@ class ConvertOnnx(Pass):
                 dynamic_axes[o] = {0: "batch"}
         out = ctx.stage_dir / "model.onnx"
         tmp = ctx.stage_dir / "model.onnx.tmp"
+        modes = [(m, m.training) for m in module.modules()]  # the exporters switch modes: give them back after
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -74,6 +75,9 @@ class ConvertOnnx(Pass):
             tmp.unlink(missing_ok=True)
             first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
             raise PassError(f"convert.onnx ({cfg.exporter}) failed: {first[:300]}") from None
+        finally:
+            for m, training in modes:
+                m.training = training
         tmp.replace(out)
         meta = {k: v for k, v in art.meta.items() if k not in ("example_inputs",)}
         meta["exporter"] = cfg.exporter

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.kernels.winograd import example_inputs, optional_example_inputs, torch_module_copy
 
@@ -20,10 +20,13 @@ class AttentionPass(Pass):
     Supported layers, found in a deep copy of the model:
     - `edgeopt.kernels.attention.MultiHeadSelfAttention` (the generic q/k/v-projection module): its `impl`
       and `blocks` are set.
-    - Hugging Face attention modules whose forward dispatches through transformers' AttentionInterface
-      (BertSelfAttention and the like; the model's attention implementation must be eager or sdpa): the
-      kernels are registered under the name "edgeopt" (with eager-style additive masks), the model config
-      switched to it, and each layer gets its own choice in the attribute `edgeopt_attention`.
+    - Hugging Face attention modules that dispatch through transformers' attention-function registry
+      (AttentionInterface; BertSelfAttention and the like; the model's attention implementation must be
+      eager or sdpa): the kernels are registered under the name "edgeopt" (with eager-style additive masks),
+      the model switched to it with `set_attn_implementation`, and each layer gets its own choice in the
+      attribute `edgeopt_attention`. Layers are found by their forward's code (through decorators) and, when
+      example inputs exist, settled by the example run: exactly the modules the registry's function was
+      called with.
     - diffusers `Attention` modules with a stock processor (AttnProcessor2_0 or AttnProcessor): the
       processor is replaced by an `EdgeoptAttnProcessor` with the chosen implementation.
     Other attention modules (torch.nn.MultiheadAttention, grouped key/value heads, custom diffusers
@@ -52,7 +55,7 @@ class AttentionPass(Pass):
     produces = "torch"
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
-        from edgeopt.kernels.attention import HF_NAME, register_hf_attention
+        from edgeopt.kernels.attention import record_hf_dispatch, restore_hf_attention, use_hf_attention
 
         cfg = self.config
         blocks = {"q_block": cfg.q_block, "k_block": cfg.k_block}
@@ -61,21 +64,28 @@ class AttentionPass(Pass):
         for name in [n for n in layers if n in cfg.exclude]:
             skipped[name] = "excluded by config"
             del layers[name]
-        hf_configs = {id(c): c for c in (module.get_submodule(n).config for n, k in layers.items() if k == "hf")}
-        originals = {i: c._attn_implementation for i, c in hf_configs.items()}
-        if hf_configs:  # layers without a choice fall back to the model's eager attention
-            register_hf_attention()
-            for c in hf_configs.values():
-                c._attn_implementation = HF_NAME
+        hf_switched = None  # [(config, previous implementation)] once switched to the "edgeopt" attention
+        if any(k == "hf" for k in layers.values()) or _has_hf_model(module):
+            # layers without a choice fall back to the model's eager attention
+            hf_switched = use_hf_attention(module, [module.get_submodule(n).config for n, k in layers.items()
+                                                    if k == "hf"])
         untouched = {n: _original(module.get_submodule(n), k) for n, k in layers.items()}
         example = None
-        if layers and (cfg.impl == "auto" or cfg.measure):
-            example = example_inputs(art, ctx, self.name) if cfg.impl == "auto" else optional_example_inputs(art, ctx)
+        if layers and cfg.impl == "auto":
+            example = example_inputs(art, ctx, self.name)
+        elif (layers and cfg.measure) or hf_switched is not None:  # Hugging Face layers: settled by the example run
+            example = optional_example_inputs(art, ctx)
         captured: dict[str, tuple[tuple, dict]] = {}
         if example is not None:
             from edgeopt.kernels.layer_stats import capture_inputs
 
-            captured = capture_inputs(module, list(layers), example)
+            with record_hf_dispatch() as dispatched:
+                captured = capture_inputs(module, list(layers), example)
+            if hf_switched is not None:  # the layers that called the registry are the Hugging Face layers
+                found = _reconcile_hf(module, layers, skipped, captured, dispatched, cfg.exclude)
+                if found:
+                    captured.update(capture_inputs(module, found, example))
+                    untouched.update({n: None for n in found})
         if cfg.impl == "auto" and layers:
             records = _choose(module, layers, captured, untouched, cfg, blocks)
         else:
@@ -86,9 +96,8 @@ class AttentionPass(Pass):
             else:
                 _set_impl(module.get_submodule(name), rec["kind"], rec["impl"], blocks, final=True)
                 rec["blocks"] = dict(blocks)
-        if not any(r["impl"] is not None and r["kind"] == "hf" for r in records.values()):
-            for i, c in hf_configs.items():
-                c._attn_implementation = originals[i]
+        if hf_switched is not None and not any(r["impl"] is not None and r["kind"] == "hf" for r in records.values()):
+            restore_hf_attention(hf_switched)
         chosen = {n: r for n, r in records.items() if r["impl"] is not None}
         per_layer: dict[str, Any] = {}
         if cfg.measure:
@@ -100,27 +109,124 @@ class AttentionPass(Pass):
             ctx.warnings.append("kernels.attention: left unchanged: "
                                 + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
         meta = {**art.meta, "attention": {n: r["impl"] for n, r in chosen.items()}}
-        return Artifact.from_module(module, art.input_spec, meta=meta)
+        rebuild = {"layers": {n: {"kind": r["kind"], "impl": r["impl"], "blocks": r["blocks"]} for n, r in chosen.items()}}
+        return Artifact.from_module(module, art.input_spec, meta=meta, rebuild=("kernels.attention", rebuild))
+
+
+@register_builder("kernels.attention")
+def rebuild_attention(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """The input model with each layer of `args["layers"]` set to its recorded implementation and blocks, as
+    `AttentionPass.run` leaves them (Hugging Face layers: the model switched to the "edgeopt" attention)."""
+    from edgeopt.kernels.attention import use_hf_attention
+
+    module = torch_module_copy(parent, "kernels.attention")
+    layers = args["layers"]
+    hf = [module.get_submodule(n).config for n, r in layers.items() if r["kind"] == "hf"]
+    if hf:
+        use_hf_attention(module, hf)
+    for name, r in layers.items():
+        _set_impl(module.get_submodule(name), r["kind"], r["impl"], dict(r["blocks"]), final=True)
+    return module
+
+
+def _has_hf_model(module: Any) -> bool:
+    """Whether `module` holds a transformers PreTrainedModel (transformers is then already imported)."""
+    import sys
+
+    pretrained = getattr(sys.modules.get("transformers"), "PreTrainedModel", None)
+    return pretrained is not None and any(isinstance(m, pretrained) for m in module.modules())
+
+
+def _hf_unsupported(m: Any) -> str | None:
+    """Why a layer that dispatches through transformers' registry cannot be swapped, or None."""
+    if getattr(m, "num_key_value_groups", 1) != 1:
+        return "grouped key/value heads are not supported by the kernels"
+    return None
+
+
+def _reconcile_hf(module: Any, layers: dict[str, str], skipped: dict[str, str], captured: dict[str, Any],
+                  dispatched: dict[int, Any], exclude: tuple[str, ...]) -> list[str]:
+    """Make the "hf" layers exactly those that called the attention-function registry in the example run.
+
+    A layer found by its code but reached without calling the registry is skipped with the reason; a module
+    that called it but was not found by its code (a forward behind a decorator or a helper function) is added.
+    Returns the names added (their inputs are not captured yet). `layers` keeps the model's module order.
+    """
+    order = {id(m): n for n, m in module.named_modules()}
+    for name in [n for n, k in layers.items() if k == "hf"]:
+        if name in captured and id(module.get_submodule(name)) not in dispatched:
+            skipped[name] = "reached by the example input without calling transformers' attention-function registry"
+            del layers[name]
+            del captured[name]
+    found = []
+    for mid, m in dispatched.items():
+        name = order.get(mid)
+        if name is None or name in layers or name in skipped:
+            continue
+        reason = "excluded by config" if name in exclude else _hf_unsupported(m)
+        if reason is not None:
+            skipped[name] = reason
+        else:
+            layers[name] = "hf"
+            found.append(name)
+    ranked = {n: i for i, n in enumerate(order.values())}
+    ordered = dict(sorted(layers.items(), key=lambda kv: ranked.get(kv[0], -1)))
+    layers.clear()
+    layers.update(ordered)
+    return found
+
+
+def code_names(fn: Any, depth: int = 4) -> set[str]:
+    """Global names a function's code uses, looking through decorators (functools.wraps or closures) and nested code."""
+    import inspect
+    import types
+
+    names: set[str] = set()
+    try:
+        fn = inspect.unwrap(fn)
+    except ValueError:  # a __wrapped__ cycle
+        pass
+    code = getattr(fn, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    if depth > 0:  # a decorator without functools.wraps keeps the function it wraps in a closure cell
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if inspect.isfunction(inner):
+                names |= code_names(inner, depth - 1)
+    return names
 
 
 def _is_hf_attention(m: Any) -> bool:
-    """A transformers module whose forward looks its attention function up in ALL_ATTENTION_FUNCTIONS."""
-    code = getattr(type(m).forward, "__code__", None)
-    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names and hasattr(m, "config")
+    """A module with a transformers config whose forward looks its attention function up in ALL_ATTENTION_FUNCTIONS.
+
+    Found by its code, so that layers are known without running the model; when example inputs exist the pass
+    then keeps exactly the layers that did call the registry (`_reconcile_hf`).
+    """
+    return (hasattr(getattr(m, "config", None), "_attn_implementation")
+            and "ALL_ATTENTION_FUNCTIONS" in code_names(type(m).forward))
 
 
 def _is_diffusers_attention(m: Any) -> bool:
-    """diffusers' `Attention` module (the one with swappable processors), by class and module name."""
-    cls = type(m)
-    return (cls.__name__ == "Attention" and cls.__module__.startswith("diffusers.")
-            and hasattr(m, "processor") and hasattr(m, "set_processor"))
+    """diffusers' `Attention` module (the one with swappable processors) or a subclass of it."""
+    import sys
+
+    cls = getattr(sys.modules.get("diffusers.models.attention_processor"), "Attention", None)
+    return cls is not None and isinstance(m, cls) and hasattr(m, "processor") and hasattr(m, "set_processor")
 
 
 def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
     """({name: "module" | "hf" | "diffusers"} of the layers this pass can swap, {name: reason} of those it cannot)."""
     from torch import nn
 
-    from edgeopt.kernels.attention import DIFFUSERS_PROCESSORS, EdgeoptAttnProcessor, MultiHeadSelfAttention
+    from edgeopt.kernels.attention import (DIFFUSERS_PROCESSORS, HF_SWAPPABLE, EdgeoptAttnProcessor,
+                                           MultiHeadSelfAttention)
 
     layers: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -137,10 +243,10 @@ def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
                 skipped[name] = f"diffusers processor {proc} is not supported (only {', '.join(DIFFUSERS_PROCESSORS)})"
         elif _is_hf_attention(m):
             current = getattr(m.config, "_attn_implementation", None)
-            if current not in ("eager", "sdpa", None, "edgeopt"):
+            if current not in HF_SWAPPABLE:
                 skipped[name] = f"model attention implementation {current!r} (only eager or sdpa are swapped)"
-            elif getattr(m, "num_key_value_groups", 1) != 1:
-                skipped[name] = "grouped key/value heads are not supported by the kernels"
+            elif _hf_unsupported(m) is not None:
+                skipped[name] = _hf_unsupported(m)
             else:
                 layers[name] = "hf"
     return layers, skipped

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.kernels.winograd import optional_example_inputs, torch_module_copy
 
@@ -61,15 +61,7 @@ class FusedNormPass(Pass):
 
             captured = capture_inputs(module, [n for n, m in module.named_modules() if isinstance(m, norm_types)],
                                       example)
-        for name, seq in list(module.named_modules()):
-            if isinstance(seq, nn.Sequential):
-                _fuse_sequential(seq, name, norm_types, cfg.backend, fused, skipped, pairs)
-        if cfg.trace:
-            parents = [(n, m) for n, m in module.named_modules() if _is_candidate_parent(m, norm_types)]
-            for name, parent in reversed(parents):  # deepest first
-                gm = _fuse_traced(parent, name, norm_types, cfg.backend, fused, skipped, pairs)
-                if gm is not None:
-                    module = gm if name == "" else _replace(module, name, gm)
+        module = fuse_norms(module, norm_types, cfg.backend, cfg.trace, fused, skipped, pairs)
         unfused = {n: "not followed by an activation" for n, m in module.named_modules()
                    if isinstance(m, norm_types) and n not in fused and n not in skipped}
         per_layer: dict[str, Any] = {}
@@ -92,7 +84,41 @@ class FusedNormPass(Pass):
         if skipped:
             ctx.warnings.append("kernels.fused_norm: not fused: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
         meta = {**art.meta, "fused_norm": dict(fused)}
-        return Artifact.from_module(module, art.input_spec, meta=meta)
+        rebuild = {"norms": list(cfg.norms), "backend": cfg.backend, "trace": cfg.trace, "fused": sorted(fused)}
+        return Artifact.from_module(module, art.input_spec, meta=meta, rebuild=("kernels.fused_norm", rebuild))
+
+
+def fuse_norms(module: Any, norm_types: tuple[type, ...], backend: str, trace: bool, fused: dict[str, str],
+               skipped: dict[str, str], pairs: dict[str, tuple[Any, Any]]) -> Any:
+    """Both patterns (adjacent children of an nn.Sequential, then traced parents, deepest first) on `module`,
+    in place where it can; returns the module (a new GraphModule when the root itself was rewritten)."""
+    from torch import nn
+
+    for name, seq in list(module.named_modules()):
+        if isinstance(seq, nn.Sequential):
+            _fuse_sequential(seq, name, norm_types, backend, fused, skipped, pairs)
+    if trace:
+        parents = [(n, m) for n, m in module.named_modules() if _is_candidate_parent(m, norm_types)]
+        for name, parent in reversed(parents):  # deepest first
+            gm = _fuse_traced(parent, name, norm_types, backend, fused, skipped, pairs)
+            if gm is not None:
+                module = gm if name == "" else _replace(module, name, gm)
+    return module
+
+
+@register_builder("kernels.fused_norm")
+def rebuild_fused(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """The same fusions on a copy of the input model (the rewrite is deterministic); refused when they differ
+    from the recorded `args["fused"]`."""
+    from torch import nn
+
+    kinds = {"group_norm": nn.GroupNorm, "layer_norm": nn.LayerNorm}
+    fused: dict[str, str] = {}
+    module = fuse_norms(torch_module_copy(parent, "kernels.fused_norm"), tuple(kinds[k] for k in args["norms"]),
+                        args["backend"], bool(args["trace"]), fused, {}, {})
+    if sorted(fused) != list(args["fused"]):
+        raise ValueError(f"kernels.fused_norm: the rebuild fused {sorted(fused)}, the saved model {args['fused']}")
+    return module
 
 
 def _qual(prefix: str, name: str) -> str:
@@ -125,7 +151,7 @@ def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backen
             if new is None:  # pragma: no cover - norm_types and act_name agree with fuse_pair
                 skipped[_qual(prefix, keys[i])] = f"no fused kernel for {_pair_label(norm, name)}"
             else:
-                seq._modules[keys[i]] = new
+                seq._modules[keys[i]] = new.train(norm.training)
                 seq._modules[keys[i + 1]] = nn.Identity()
                 fused[_qual(prefix, keys[i])] = _pair_label(norm, name)
                 pairs[_qual(prefix, keys[i])] = (norm, act)
@@ -147,7 +173,9 @@ def _is_candidate_parent(m: Any, norm_types: tuple[type, ...]) -> bool:
         return False
     if any(act_name(c) is not None for c in children):
         return True
-    names = getattr(getattr(type(m).forward, "__code__", None), "co_names", ())
+    from edgeopt.passes.kernels.attention import code_names
+
+    names = code_names(type(m).forward)  # through decorators too
     return "silu" in names or "gelu" in names
 
 

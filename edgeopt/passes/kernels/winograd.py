@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 
@@ -133,7 +133,19 @@ class WinogradPass(Pass):
             ctx.warnings.append("kernels.winograd: left as direct convolution: "
                                 + "; ".join(f"{n} ({r})" for n, r in skipped.items()))
         meta = {**art.meta, "winograd": dict(replaced)}
-        return Artifact.from_module(module, art.input_spec, meta=meta)
+        return Artifact.from_module(module, art.input_spec, meta=meta,
+                                    rebuild=("kernels.winograd", {"tiles": dict(replaced)}))
+
+
+@register_builder("kernels.winograd")
+def rebuild_winograd(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
+    """The input model with each conv of `args["tiles"]` wrapped as WinogradConv2d with its recorded tile."""
+    from edgeopt.kernels.winograd import WinogradConv2d
+
+    module = torch_module_copy(parent, "kernels.winograd")
+    for name, tile in args["tiles"].items():
+        module.set_submodule(name, WinogradConv2d(module.get_submodule(name), int(tile)))
+    return module.eval()
 
 
 def _fixed_tile_error(conv: Any, tile: int, size: int = 16) -> float:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
-from edgeopt.artifact import sha256_module
+from edgeopt.artifact import Artifact, sha256_module
 from edgeopt.errors import RecipeError
 from edgeopt.kernels.attention import HF_SPEC_ATTR, IMPLS, MultiHeadSelfAttention
 from edgeopt.load import load_model
@@ -92,7 +94,7 @@ def _bert_feeds(art):
 
 
 def _bert_layers(module):
-    return [m for n, m in module.named_modules() if type(m).__name__ == "BertSelfAttention"]
+    return [m for n, m in module.named_modules() if isinstance(m, _self_attention())]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -130,6 +132,157 @@ def test_bert_auto_and_sdpa_model(tmp_path):
     for args in _bert_feeds(art):
         with torch.no_grad():
             assert torch.allclose(out.module(*args), art.module(*args), atol=1e-5)
+
+
+def _bert_with(cls, **meta_changes):
+    """A tiny BERT sentence embedder whose self-attention layers are `cls` (a BertSelfAttention subclass)."""
+    from transformers import BertConfig, BertModel
+
+    from edgeopt.zoo.hf import wrap_encoder
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, attn_implementation="eager")
+    bert = BertModel(cfg).eval()
+    for layer in bert.encoder.layer:
+        layer.attention.self.__class__ = cls
+    art = wrap_encoder(bert, None, seq_len=12, source="tiny-bert")
+    return Artifact.from_module(art.module, art.input_spec, meta={**art.meta, **meta_changes})
+
+
+def _wraps_decorator(fn):
+    """Like transformers' deprecate_kwarg (5.24 wraps BertSelfAttention.forward in it): functools.wraps."""
+    @functools.wraps(fn)
+    def forward(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+    return forward
+
+
+def _closure_decorator(fn):
+    """A decorator without functools.wraps: the wrapped function lives only in a closure cell."""
+    def forward(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+    return forward
+
+
+def _self_attention():
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    return BertSelfAttention
+
+
+class _Decorated(_self_attention()):
+    forward = _closure_decorator(_wraps_decorator(_self_attention().forward))
+
+
+class _CallsSuper(_self_attention()):
+    def forward(self, *args, **kwargs):  # its own code never names the registry: found by the calls it makes
+        return super().forward(*args, **kwargs)
+
+
+class _OwnMath(_self_attention()):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
+
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        q, k, v = (f(hidden_states).view(shape).transpose(1, 2) for f in (self.query, self.key, self.value))
+        fn = eager_attention_forward if ALL_ATTENTION_FUNCTIONS else None  # names the registry, never calls it
+        y, w = fn(self, q, k, v, attention_mask, scaling=self.scaling, dropout=0.0)
+        return y.reshape(*hidden_states.shape[:-1], -1), w
+
+
+def _same_outputs(out, art):
+    for args in _bert_feeds(art):
+        with torch.no_grad():
+            y, ref = out.module(*args), art.module(*args)
+        assert torch.allclose(y, ref, atol=1e-5), (y - ref).abs().max()
+
+
+def test_decorated_forward_found_by_its_code_without_example_inputs(tmp_path):
+    art = _bert_with(_Decorated)
+    feeds_art = art
+    art = Artifact.from_module(art.module, art.input_spec, meta={k: v for k, v in art.meta.items()
+                                                                 if k != "example_inputs"})
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.attention", {"impl": "flash", "measure": False, "q_block": 4, "k_block": 8})(art, ctx)
+    layers = _bert_layers(out.module)
+    assert set(ctx.notes["attention"]["layers"]) == {f"encoder.encoder.layer.{i}.attention.self" for i in (0, 1)}
+    assert all(getattr(m, HF_SPEC_ATTR)["impl"] == "flash" for m in layers) and len(layers) == 2
+    assert out.module.encoder.config._attn_implementation == "edgeopt"
+    _same_outputs(out, feeds_art)
+
+
+def test_layers_swapped_when_transformers_will_not_switch_the_model(tiny_bert_torch, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    def refuse(self, *args, **kwargs):  # as for a model class whose source transformers cannot read
+        raise ValueError("not supported")
+
+    monkeypatch.setattr(PreTrainedModel, "set_attn_implementation", refuse)
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.attention", {"impl": "naive", "measure": False})(tiny_bert_torch, ctx)
+    assert len(ctx.notes["attention"]["layers"]) == 2 and out.module.encoder.config._attn_implementation == "edgeopt"
+    _same_outputs(out, tiny_bert_torch)
+
+
+def test_layers_found_by_their_calls_to_the_registry(tmp_path, monkeypatch):
+    import edgeopt.kernels.attention as ka
+
+    art = _bert_with(_CallsSuper)
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.attention", {"impl": "partial_softmax", "k_block": 5, "runs": 1})(art, ctx)
+    names = [f"encoder.encoder.layer.{i}.attention.self" for i in (0, 1)]
+    assert list(ctx.notes["attention"]["layers"]) == names and ctx.notes["attention"]["skipped"] == {}
+    assert set(ctx.notes["attention"]["per_layer"]) == set(names)  # their inputs were captured too
+    layers = _bert_layers(out.module)
+    assert len(layers) == 2 and all(getattr(m, HF_SPEC_ATTR)["impl"] == "partial_softmax" for m in layers)
+    assert out.module.encoder.config._attn_implementation == "edgeopt"
+    calls, kernel = [], ka.attention
+    monkeypatch.setattr(ka, "attention", lambda *a, **k: calls.append(k["impl"]) or kernel(*a, **k))
+    with torch.no_grad():  # the swapped layers really run the kernels
+        out.module(*_bert_feeds(art)[0])
+    assert calls == ["partial_softmax", "partial_softmax"]
+    monkeypatch.undo()
+    _same_outputs(out, art)
+
+
+def test_layer_naming_the_registry_without_calling_it_is_skipped(tmp_path):
+    art = _bert_with(_OwnMath)
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.attention", {"impl": "flash", "runs": 1})(art, ctx)
+    notes = ctx.notes["attention"]
+    assert notes["layers"] == {} and len(notes["skipped"]) == 2
+    assert all("without calling transformers' attention-function registry" in r for r in notes["skipped"].values())
+    assert out.module.encoder.config._attn_implementation == "eager"  # nothing swapped: the switch is undone
+    assert not any(hasattr(m, HF_SPEC_ATTR) for m in _bert_layers(out.module))
+    _same_outputs(out, art)
+
+
+def test_subclass_of_diffusers_attention_gets_the_processor(tmp_path):
+    attention_processor = pytest.importorskip("diffusers.models.attention_processor")
+    from edgeopt.kernels.attention import EdgeoptAttnProcessor
+
+    class MyAttention(attention_processor.Attention):  # same processors, its own name
+        pass
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = MyAttention(query_dim=16, heads=2, dim_head=8)
+
+        def forward(self, x):
+            return self.attn(x)
+
+    torch.manual_seed(0)
+    art = load_model(Block().eval(), {"x": torch.randn(1, 10, 16)})
+    assert type(art.module.attn.processor).__name__ in ("AttnProcessor2_0", "AttnProcessor")
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.attention", {"impl": "flash", "q_block": 4, "k_block": 3, "runs": 1})(art, ctx)
+    assert isinstance(out.module.attn.processor, EdgeoptAttnProcessor) and out.module.attn.processor.impl == "flash"
+    assert ctx.notes["attention"]["layers"]["attn"]["kind"] == "diffusers"
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        assert torch.allclose(out.module(x), art.module(x), atol=1e-5)
 
 
 def test_config_errors_name_the_field():
