@@ -215,7 +215,7 @@ def winograd(model_or_layer: str = typer.Argument(..., help="conv:C_INxC_OUTxHxW
     return _dump(rep) if as_json else console.print(render(rep))
 
 
-kernels_app = typer.Typer(no_args_is_help=True, help="Kernel micro-benchmarks (issue 4): attention, conv, unet.")
+kernels_app = typer.Typer(no_args_is_help=True, help="Kernel micro-benchmarks: attention, conv, unet.")
 app.add_typer(kernels_app, name="kernels")
 
 

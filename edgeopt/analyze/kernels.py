@@ -271,7 +271,7 @@ def winograd_tune(model_or_layer: Any, tiles: str | Sequence[int] | None = None,
             "versions": _versions()}
 
 
-STATED_RATIOS = {2: 2.25, 4: 4.0, 6: 5.06, 8: 5.76}  # "fewer multiplications", as the issue and the literature state them
+STATED_RATIOS = {2: 2.25, 4: 4.0, 6: 5.06, 8: 5.76}  # "fewer multiplications", as the literature states them
 
 
 def winograd_counts() -> dict[str, Any]:

@@ -20,9 +20,12 @@ DPI = 110
 
 
 def _figure(w: float, h: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with (declutter)
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -40,12 +43,57 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _title(fig: Any, title: str, subtitle: str) -> None:
-    fig.suptitle(f"{title}\n{subtitle}", fontsize=9, x=0.01, ha="left")
+    """Title and caption, the caption wrapped to the figure's width (never clipped at the edge)."""
+    import textwrap
+
+    chars = max(40, int(fig.get_figwidth() * DPI / 5.6))  # ~5.6 px a character at 9 pt
+    fig.suptitle(f"{title}\n{textwrap.fill(subtitle, chars)}", fontsize=9, x=0.01, ha="left")
+
+
+def _overlaps(texts: Sequence[Any], renderer: Any) -> bool:
+    boxes = [t.get_window_extent(renderer).expanded(1.04, 1.0) for t in texts]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def declutter(fig: Any, ax: Any, texts: Sequence[Any]) -> None:
+    """Lay bar labels out so none overlap: two lines first; if neighbours still collide, vertical text with
+    head room above the bars; then smaller type until they fit."""
+    fig.draw_without_rendering()  # the constrained layout places the axes first
+    renderer = fig.canvas.get_renderer()
+    if not _overlaps(texts, renderer):
+        return
+    for t in texts:  # upwards from the top of the bar, centred on it
+        t.set_rotation(90)
+        t.set_horizontalalignment("left")
+        t.set_verticalalignment("center")
+    size = texts[0].get_fontsize() if texts else 7
+    fig.draw_without_rendering()
+    while _overlaps(texts, renderer) and size > 4:
+        size -= 0.5
+        for t in texts:
+            t.set_fontsize(size)
+        fig.draw_without_rendering()
+    # vertical labels are tall: raise the top of the axis until the tallest one is inside it
+    lo, hi = ax.get_ylim()
+    for _ in range(8):
+        top = ax.get_window_extent(renderer).y1
+        over = max((t.get_window_extent(renderer).y1 for t in texts), default=top) - top
+        if over <= 0:
+            break
+        ax.set_ylim(lo, hi + (hi - lo) * over / max(1.0, ax.get_window_extent(renderer).height) * 1.1)
+        lo, hi = ax.get_ylim()
+        fig.draw_without_rendering()
 
 
 def waterfall_png(ledger: Ledger, path: str | Path, run: str = "") -> Path:
-    """Latency and peak memory waterfalls side by side (baseline, + each step, total)."""
-    fig = _figure(11, 4.4)
+    """Latency and peak memory waterfalls side by side (baseline, + each step, total), saved as PNG."""
+    return _save(waterfall_figure(ledger, run), Path(path))
+
+
+def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
+    """The waterfall figure, laid out: no two bar labels overlap and the caption wraps inside the figure."""
+    n = len(ledger.stages) + 1
+    fig = _figure(max(11.0, 1.3 * n + 2), 4.6)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, F.METRICS):
         name, unit = F.METRICS[metric]
@@ -67,7 +115,7 @@ def waterfall_png(ledger: Ledger, path: str | Path, run: str = "") -> Path:
                 bottoms.append(min(prev, s.value))
                 heights.append(abs(s.delta))
                 colors.append(F.GOOD if s.delta < 0 else F.BAD)
-            texts.append(F.step_text(s, unit))
+            texts.append(F.step_text(s, unit).replace(" (", "\n("))
             prev = s.value
         if len(steps) > 1:
             last = steps[-1]
@@ -75,18 +123,23 @@ def waterfall_png(ledger: Ledger, path: str | Path, run: str = "") -> Path:
             bottoms.append(0.0)
             heights.append(last.value)
             colors.append(F.FRONT)
-            texts.append(f"{last.value:.3g} {unit} ({F.signed(last.cumulative_pct, '.0f')}%)")
+            texts.append(f"{last.value:.3g} {unit}\n({F.signed(last.cumulative_pct, '.0f')}%)")
         xs = range(len(labels))
         bars = ax.bar(xs, heights, bottom=bottoms, color=colors, width=0.6)
-        for b, t, bot, h in zip(bars, texts, bottoms, heights):
-            ax.annotate(t, (b.get_x() + b.get_width() / 2, bot + h), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
-        ax.set_xticks(list(xs), labels, rotation=15, fontsize=8)
+        notes = [ax.annotate(t, (b.get_x() + b.get_width() / 2, bot + h), ha="center", va="bottom", fontsize=7,
+                             xytext=(0, 2), textcoords="offset points", rotation_mode="anchor")
+                 for b, t, bot, h in zip(bars, texts, bottoms, heights)]
+        ax.set_xticks(list(xs), labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylabel(unit)
-        ax.set_ylim(0, max(b + h for b, h in zip(bottoms, heights)) * 1.15)
+        ax.set_ylim(0, max(b + h for b, h in zip(bottoms, heights)) * 1.2)
         ax.grid(axis="y", alpha=0.3)
+        ax.waterfall_labels = notes  # for declutter below (and tests)
     _title(fig, "Incremental waterfall" + (f": {run}" if run else ""), F.caption(ledger))
-    return _save(fig, Path(path))
+    for ax in axes:
+        if getattr(ax, "waterfall_labels", None):
+            declutter(fig, ax, ax.waterfall_labels)
+    fig.draw_without_rendering()
+    return fig
 
 
 def pareto_png(runs: list[tuple[str, Ledger]], x: Literal["latency_ms", "size_mb"], path: str | Path) -> Path:

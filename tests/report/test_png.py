@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from report.factory import make_ledger
 
 from edgeopt.report.png import export_pngs
@@ -34,3 +36,24 @@ def test_one_waterfall_per_run_when_several(tmp_path):
     out = export_pngs([("a", led), ("b/c", led)], tmp_path)
     assert {"waterfall_a", "waterfall_b_c", "pareto_latency", "pareto_size"} == set(out)
     assert all(_is_png(p) for p in out.values())
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 14])
+def test_waterfall_labels_never_overlap_and_caption_fits(n):
+    """Bar labels of neighbouring steps collided (and the caption ran off the figure) with many stages."""
+    from edgeopt.report.png import _overlaps, waterfall_figure
+
+    stages = [("baseline", None, "torch", 17.8, 439.0, 90_000_000, 1.0, True)]
+    for i in range(1, n):  # alternating small and large changes: the hardest case for neighbours
+        stages.append((f"stage-{i}", "graph.fuse", "onnxruntime", 17.8 - i * (0.05 if i % 2 else 1.1),
+                       439.0 - i * (0.4 if i % 2 else 20), 90_000_000, 0.999, True))
+    fig = waterfall_figure(make_ledger(tuple(stages), best=None), run="a-long-run-name")
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = getattr(ax, "waterfall_labels", [])
+        assert len(labels) == n + (1 if n > 1 else 0)
+        assert not _overlaps(labels, renderer), [t.get_text() for t in labels]
+        top = ax.get_window_extent(renderer).y1
+        assert all(t.get_window_extent(renderer).y1 <= top + 1 for t in labels), "labels inside the axes"
+    title = fig._suptitle.get_window_extent(renderer)
+    assert title.x1 <= fig.get_figwidth() * fig.dpi, "caption wrapped inside the figure"
