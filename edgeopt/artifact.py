@@ -36,11 +36,8 @@ def register_builder(name: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 
 def get_builder(name: str) -> Callable[..., Any]:
-    """The builder registered under `name` (the pass modules, which register them, are imported on first use)."""
-    if name not in _BUILDERS:
-        from edgeopt.passes.base import registry
-
-        registry()
+    """The builder registered under `name`. Builders register when their pass modules are imported: a caller
+    that rebuilds saved stages loads the pass registry first (the pipeline does)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown builder {name!r}; known: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name]
@@ -145,6 +142,46 @@ def sha256_module(module: Any) -> str:
     return h.hexdigest()
 
 
+def onnx_input_spec(path: str | Path) -> InputSpec:
+    """The graph inputs of an ONNX file (initializers excluded), dims named where dynamic."""
+    import onnx  # heavy: only when an ONNX file is read
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims: list[int | str] = []
+        for i, d in enumerate(t.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or f"{inp.name}_dim{i}")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        specs.append(TensorSpec(inp.name, dtype, tuple(dims)))
+    return InputSpec(tuple(specs))
+
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of an ONNX model, including external-data files it references."""
+    import onnx  # heavy: only when an ONNX file is read
+
+    path = Path(path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    seen = set()
+    for init in model.graph.initializer:
+        for kv in init.external_data:
+            if kv.key == "location" and kv.value not in seen:
+                seen.add(kv.value)
+                f = path.parent / kv.value
+                if f.exists():
+                    total += f.stat().st_size
+    return total
+
+
 @dataclass(frozen=True)
 class Artifact:
     """An immutable model value. Passes return new artifacts and never mutate the one they were given.
@@ -169,8 +206,6 @@ class Artifact:
     @classmethod
     def from_onnx(cls, path: str | Path, meta: dict[str, Any] | None = None) -> Artifact:
         """An ONNX artifact from a file on disk (its InputSpec is read from the graph)."""
-        from edgeopt.load import onnx_input_spec, onnx_size_bytes
-
         path = Path(path)
         return cls(
             kind="onnx",
@@ -184,7 +219,9 @@ class Artifact:
     @classmethod
     def from_openvino(cls, path: str | Path, meta: dict[str, Any] | None = None) -> Artifact:
         """An OpenVINO IR artifact (model.xml with its model.bin beside it)."""
-        import openvino as ov
+        from edgeopt.extras import require
+
+        ov = require("openvino", "an OpenVINO IR model")
 
         path = Path(path)
         model = ov.Core().read_model(str(path))

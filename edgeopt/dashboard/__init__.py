@@ -86,7 +86,10 @@ def serve(run_dirs: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port: i
     else a random one printed with the address to open. A token given on loopback is asked for too.
     """
     from edgeopt.dashboard.state import ENV_TOKEN, access_token, is_loopback
+    from edgeopt.extras import MissingExtra, available, install_hint
 
+    if not available("streamlit"):
+        raise MissingExtra(f"edgeopt dashboard needs streamlit, which is not installed: {install_hint('streamlit')}")
     if not run_dirs and Path("runs").is_dir():
         run_dirs = [Path("runs")]
     check_runs(run_dirs)

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
+from edgeopt.extras import require
 
 Feed = dict[str, np.ndarray]
 
@@ -195,10 +196,7 @@ class OvRunner:
     name = "openvino"
 
     def __init__(self, path: str | Path, threads: int, settings: dict[str, Any] | None = None):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise InputError(f"{path}: OpenVINO is not installed (pip install openvino)") from None
+        ov = require("openvino", f"{path}: the OpenVINO runner")
         if int(threads) < 1:
             raise InputError(f"{path}: threads must be >= 1, got {threads}")
         settings = dict(settings or {})

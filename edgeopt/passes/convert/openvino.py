@@ -9,12 +9,13 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
+from edgeopt.extras import require
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 
 
 def save_ir(model, stage_dir) -> None:
     """Write an OpenVINO model as stage_dir/model.xml + model.bin through a temporary folder (atomic per file)."""
-    import openvino as ov
+    ov = require("openvino", "writing OpenVINO IR")
 
     tmp = stage_dir / ".tmp"
     tmp.mkdir(exist_ok=True)
@@ -51,10 +52,7 @@ class ConvertOpenVINO(Pass):
     tolerance = 0.99
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise PassError("convert.openvino needs the openvino package (pip install openvino)") from None
+        ov = require("openvino", "convert.openvino")
         from edgeopt.passes.graph._io import target_of
 
         cfg = self.config

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
+from edgeopt.extras import require
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.convert.openvino import save_ir
 
@@ -36,11 +37,8 @@ class QuantizeOpenVINO(Pass):
     tolerance = 0.95
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
-        try:
-            import nncf
-            import openvino as ov
-        except ImportError:
-            raise PassError("openvino.quantize needs the openvino and nncf packages") from None
+        ov = require("openvino", "openvino.quantize")
+        nncf = require("nncf", "openvino.quantize")
         import logging
 
         cfg = self.config
