@@ -5,6 +5,9 @@ with half its heads pruned (and a 3-layer distilled MiniLM), and QAT against pos
 Every latency here is ONNX Runtime on CPU with 2 intra-op threads, all models of one table measured
 interleaved in the same process (warm-up, blocks of 5 calls with the first untimed); accuracy is top-1 on
 all 360 images of the zoo:digits test split; sizes are the ONNX files' bytes and deflate-compressed bytes.
+MACs are counted from the exported ONNX graphs (`edgeopt.analyze.flops`), heads from the models' attention
+projections. Ends with a check per claim (statements, measured facts that are not pass/fail, are marked as
+such); the exit status is 1 when a check does not hold, 2 on a usage error.
 
     .venv/bin/python benchmarks/cnn_compression.py [--parts course,depthwise,heads,qat] [--runs 200] [--out runs/bench-cnn]
 """
@@ -21,25 +24,17 @@ from typing import Any
 import numpy as np
 
 from edgeopt.measure.latency import paired_ratio
+from edgeopt.report.claims import Claim, statement
 
 BLOCK, SETTLE = 5, 1
 
 
 def run_course(out: Path, console: Any) -> tuple[Any, dict[str, Any]]:
     """optimize() with the bundled cnn-course recipe; returns the ledger and every stage's artifact."""
-    from edgeopt.pipeline import Pipeline, _resolve_recipe
-    from edgeopt.target import get_target
+    from edgeopt.pipeline import optimize
 
-    kept: dict[str, Any] = {}
-
-    class KeepArtifacts(Pipeline):
-        def _write_outputs(self, ledger, stages, best):  # noqa: D401 - also keep the live stage artifacts
-            kept.update({s.name: a for s, a in stages})
-            super()._write_outputs(ledger, stages, best)
-
-    recipe = _resolve_recipe("cnn-course")
-    res = KeepArtifacts(recipe, out, get_target(recipe.target), console=console, progress=True).run()
-    return res.ledger, kept
+    res = optimize(recipe="cnn-course", out=out, console=console, progress=True)
+    return res.ledger, res.artifacts
 
 
 def to_onnx(art: Any, folder: Path) -> Any:
@@ -74,17 +69,17 @@ def onnx_accuracy(art: Any, x: np.ndarray, y: np.ndarray) -> float:
                       [art.input_spec.names[0]])
 
 
-def magnitude(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def magnitude(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     """prune.magnitude at 50% and 90%: a dense runtime gains no speed; the compressed file shrinks."""
     from rich.table import Table
 
     from edgeopt.measure.size import size_report
     from edgeopt.passes.base import PassContext, build_pass
-    from edgeopt.zoo import load_zoo_model
+    from edgeopt.load import load_model
     from edgeopt.zoo.digits import load_split
 
     console.print("[bold]magnitude[/bold]: unstructured L1 pruning of zoo:digits-cnn, timed in ONNX Runtime (dense)")
-    base = load_zoo_model("digits-cnn")
+    base = load_model("zoo:digits-cnn")
     arts = {"dense": base}
     for sp in (0.5, 0.9):
         ctx = PassContext(stage_dir=args.out / f"magnitude-{sp}")
@@ -109,14 +104,35 @@ def magnitude(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str
     report["magnitude"] = rows
     z90 = rows["90% zeros"]
     return [
-        ("magnitude: 90% zeros buy no dense-runtime speed (within ±15%)", 0.85 <= z90["speedup"] <= 1.15,
-         f"{z90['speedup']:.2f}×"),
-        ("magnitude: 90% zeros shrink the zipped file", z90["zipped_bytes"] < 0.5 * rows["dense"]["zipped_bytes"],
-         f"{z90['zipped_bytes'] / rows['dense']['zipped_bytes']:.0%} of dense"),
+        Claim("magnitude: 90% zeros buy no dense-runtime speed (within ±15%)", 0.85 <= z90["speedup"] <= 1.15,
+              f"{z90['speedup']:.2f}×"),
+        Claim("magnitude: 90% zeros shrink the zipped file to under half",
+              z90["zipped_bytes"] < 0.5 * rows["dense"]["zipped_bytes"],
+              f"{z90['zipped_bytes'] / rows['dense']['zipped_bytes']:.0%} of dense"),
     ]
 
 
-def course(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+FP32_FINAL, INT8_FINAL = "pruned (½ of the student's channels)", "pruned INT8 (static QDQ)"
+
+
+def course_claims(rows: dict[str, dict[str, Any]]) -> list[Claim]:
+    """The course's claims from its table rows (speedups against the baseline, accuracy drops in points)."""
+    f, q = rows[FP32_FINAL], rows[INT8_FINAL]
+    fastest = max((FP32_FINAL, INT8_FINAL), key=lambda k: rows[k]["b16_speedup"])
+    return [
+        Claim("final fp32 ≥ 2.5× baseline batch-16 throughput (ORT fp32)", f["b16_speedup"] >= 2.5,
+              f"{f['b16_speedup']:.2f}×"),
+        Claim("final fp32 faster than baseline at batch 1", f["b1_speedup"] > 1.0, f"{f['b1_speedup']:.2f}×"),
+        Claim("final fp32 loses ≤ 1.5 accuracy points", f["drop_points"] <= 1.5, f"{f['drop_points']:.2f}"),
+        Claim("INT8 loses ≤ 1.5 accuracy points", q["drop_points"] <= 1.5, f"{q['drop_points']:.2f}"),
+        # a statement: as a check it would hold whenever the fp32 check above does
+        statement("fastest final at batch 16, against the baseline",
+                  f"{fastest}: {rows[fastest]['b16_speedup']:.2f}× (fp32 {f['b16_speedup']:.2f}×, INT8 "
+                  f"{q['b16_speedup']:.2f}×)"),
+    ]
+
+
+def course(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     from rich.table import Table
 
     from edgeopt.measure.size import size_report
@@ -128,8 +144,8 @@ def course(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, b
     console.print(f"  recipe ran in {time.perf_counter() - t0:.0f} s")
     onnx = {"baseline": to_onnx(arts["baseline"], args.out / "onnx-baseline"),
             "student (distilled, ½ width)": to_onnx(arts["student"], args.out / "onnx-student"),
-            "pruned (½ of the student's channels)": arts["onnx"],
-            "pruned INT8 (static QDQ)": arts["int8"]}
+            FP32_FINAL: arts["onnx"],
+            INT8_FINAL: arts["int8"]}
     x, y = load_split("test")
     acc = {k: onnx_accuracy(a, x, y) for k, a in onnx.items()}
     sizes = {k: size_report(a) for k, a in onnx.items()}
@@ -161,56 +177,103 @@ def course(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, b
     fw = paired_ratio(eager["pytorch eager"].samples, eager["onnxruntime"].samples, BLOCK - SETTLE)
     console.print(f"  for scale: the same baseline in PyTorch eager takes {eager['pytorch eager'].p50:.2f} ms at batch 16, "
                   f"ONNX Runtime {eager['onnxruntime'].p50:.2f} ms ({fw[0]:.1f}× — framework overhead, not a compression win)")
-    fp32_final = "pruned (½ of the student's channels)"
-    best_final = max((fp32_final, "pruned INT8 (static QDQ)"), key=lambda k: rows[k]["b16_speedup"])
     report["course"] = {"rows": rows, "pytorch_eager_b16_ms": eager["pytorch eager"].p50,
                         "ort_b16_ms": eager["onnxruntime"].p50, "ledger": str(args.out / "course" / "ledger.json")}
-    f, q = rows[fp32_final], rows["pruned INT8 (static QDQ)"]
-    return [
-        ("final fp32 ≥ 2.5× baseline batch-16 throughput (ORT fp32)", f["b16_speedup"] >= 2.5, f"{f['b16_speedup']:.2f}×"),
-        ("final fp32 faster than baseline at batch 1", f["b1_speedup"] > 1.0, f"{f['b1_speedup']:.2f}×"),
-        ("final fp32 loses ≤ 1.5 accuracy points", f["drop_points"] <= 1.5, f"{f['drop_points']:.2f}"),
-        ("INT8 loses ≤ 1.5 accuracy points", q["drop_points"] <= 1.5, f"{q['drop_points']:.2f}"),
-        (f"fastest final ({best_final}) vs baseline at batch 16", rows[best_final]["b16_speedup"] >= 2.5,
-         f"{rows[best_final]['b16_speedup']:.2f}×"),
-    ]
+    return course_claims(rows)
 
 
-def depthwise(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def onnx_macs_by_module(path: Any) -> dict[str, int]:
+    """MACs of an exported ONNX graph's nodes (`edgeopt.analyze.flops`, batch 1), summed by the torch module
+    path the exporter writes into each node's name: the scopes of the modules called on the way to it
+    (`/features/features.1/conv1/conv1.0/Conv` -> `features.1.conv1.0`)."""
+    import onnx
+
+    from edgeopt.analyze.flops import count_flops, prepare
+
+    p = prepare(onnx.load(str(path)), batch=1)
+    out: dict[str, int] = {}
+    for rec in count_flops(p["model"], p["shapes"])["nodes"]:
+        if rec["macs"]:
+            scopes = rec["name"].strip("/").split("/")[:-1]
+            module = ".".join(sc.rsplit(".", 1)[-1] for sc in scopes)
+            out[module] = out.get(module, 0) + rec["macs"]
+    return out
+
+
+def graph_ratio(before: dict[str, int], after: dict[str, int], name: str) -> float | None:
+    """MACs of module `name` in the original graph over those of everything under `name` in the rewritten one."""
+    a = sum(v for k, v in after.items() if k == name or k.startswith(name + "."))
+    return before[name] / a if a and before.get(name) else None
+
+
+def depthwise_claims(replaced: dict[str, dict[str, Any]], ratios: dict[str, float | None], drop_points: float,
+                     rel: float = 1e-9) -> list[Claim]:
+    """Per replaced conv, the MACs ratio counted from the ONNX graphs equals `flops_reduction`'s prediction;
+    accuracy is within 1.5 points after recovery."""
+    bad = [f"{n}: {'no node found' if ratios.get(n) is None else f'{ratios[n]:.4f}'} vs {r['predicted_ratio']:.4f}"
+           for n, r in replaced.items()
+           if ratios.get(n) is None or abs(ratios[n] - r["predicted_ratio"]) > rel * r["predicted_ratio"]]
+    return [Claim("depthwise: per replaced conv, the MACs ratio counted from the exported ONNX graphs equals "
+                  "flops_reduction's", bool(replaced) and not bad,
+                  f"{len(replaced) - len(bad)} of {len(replaced)} convs exact" + ("; " + "; ".join(bad) if bad else "")),
+            Claim("depthwise: accuracy within 1.5 points after recovery", drop_points <= 1.5, f"{drop_points:.2f}")]
+
+
+def depthwise(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     from rich.table import Table
 
     from edgeopt import train as tr
     from edgeopt.passes.base import PassContext, build_pass
     from edgeopt.zoo import digits as d
-    from edgeopt.zoo import load_zoo_model
+    from edgeopt.load import load_model
 
     console.print("[bold]depthwise[/bold]: arch.depthwise on zoo:digits-teacher, recovered by distillation from it")
-    teacher = load_zoo_model("digits-teacher")
+    teacher = load_model("zoo:digits-teacher")
     ctx = PassContext(stage_dir=args.out / "depthwise")
     out = build_pass("arch.depthwise", {"min_channels": 16, "train": {"epochs": 8, "lr": 0.002, "patience": 3,
                                                                      "augment_shift": 0.08}})(teacher, ctx)
     n = ctx.notes["arch.depthwise"]
     test = d.tensor_data("test")
     acc_t, acc_s = tr.evaluate(teacher.module, test), tr.evaluate(out.module, test)
-    t = Table(title="depthwise-separable rewrite of the ResNet-style teacher (per replaced conv)", title_justify="left")
-    for c in ("conv", "Cin→Cout", "k", "out H×W", "predicted MACs ratio", "measured MACs ratio"):
+    macs_t = onnx_macs_by_module(to_onnx(teacher, args.out / "depthwise-onnx-teacher").path)
+    macs_s = onnx_macs_by_module(to_onnx(out, args.out / "depthwise-onnx-rewritten").path)
+    ratios = {name: graph_ratio(macs_t, macs_s, name) for name in n["replaced"]}
+    t = Table(title="depthwise-separable rewrite of the ResNet-style teacher (per replaced conv; MACs counted from "
+                    "the exported ONNX graphs)", title_justify="left")
+    for c in ("conv", "Cin→Cout", "k", "out H×W", "predicted MACs ratio", "ONNX graph MACs ratio"):
         t.add_column(c, justify="left" if c == "conv" else "right")
     for name, r in n["replaced"].items():
         t.add_row(name, f"{r['in']}→{r['out']}", "×".join(map(str, r["kernel"])), "×".join(map(str, r["output_hw"])),
-                  f"{r['predicted_ratio']:.3f}", f"{r['measured_ratio']:.3f}")
+                  f"{r['predicted_ratio']:.3f}", "–" if ratios[name] is None else f"{ratios[name]:.3f}")
     console.print(t)
-    console.print(f"  whole model MACs {n['macs_before']:,} → {n['macs_after']:,} ({n['model_macs_ratio']:.2f}×), "
+    g_t, g_s = sum(macs_t.values()), sum(macs_s.values())
+    console.print(f"  whole model MACs (ONNX graphs) {g_t:,} → {g_s:,} ({g_t / max(1, g_s):.2f}×), "
                   f"params {n['params_before']:,} → {n['params_after']:,}; test top-1 {100 * acc_t:.2f}% → "
                   f"{100 * acc_s:.2f}% after {n['fit']['epochs']} epochs of distillation "
                   f"(validation {100 * n['score_before_recovery']:.1f}% before recovery)")
-    report["depthwise"] = {**{k: v for k, v in n.items() if k != "fit"}, "test_teacher": acc_t, "test_rewritten": acc_s}
-    exact = all(abs(r["measured_ratio"] - r["predicted_ratio"]) < 1e-9 for r in n["replaced"].values())
-    return [("depthwise: measured MACs ratio equals flops_reduction per conv", exact, "exact" if exact else "differs"),
-            ("depthwise: accuracy within 1.5 points after recovery", 100 * (acc_t - acc_s) <= 1.5,
-             f"{100 * (acc_t - acc_s):.2f}")]
+    report["depthwise"] = {**{k: v for k, v in n.items() if k != "fit"}, "test_teacher": acc_t, "test_rewritten": acc_s,
+                           "onnx_graph_macs": {"teacher": g_t, "rewritten": g_s}, "onnx_graph_ratios": ratios}
+    return depthwise_claims(n["replaced"], ratios, 100 * (acc_t - acc_s))
 
 
-def heads(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def count_heads(module: Any, head_dim: int) -> int:
+    """Attention heads of a torch model, counted from the width of its attention blocks' query projections."""
+    from edgeopt.passes.compress.prune_heads import find_attention
+
+    units, _ = find_attention(module)
+    return sum(u.q.out_features // head_dim for u in units)
+
+
+def heads_claims(rows: dict[str, dict[str, Any]], heads: dict[str, int]) -> list[Claim]:
+    """The pruned model keeps half the heads (counted), is faster, and stays close to the original."""
+    h, base, pruned = rows["50% heads pruned + KD"], heads["MiniLM-L6 fp32"], heads["50% heads pruned + KD"]
+    return [Claim("heads: the pruned MiniLM keeps half its heads (counted from the model)",
+                  base > 0 and pruned in (base // 2, (base + 1) // 2), f"{pruned} of {base}"),
+            Claim("heads: 50% pruned MiniLM is faster", h["speedup"] > 1.0, f"{h['speedup']:.2f}×"),
+            Claim("heads: mean cosine to the original ≥ 0.9", h["mean_cosine"] >= 0.9, f"{h['mean_cosine']:.4f}")]
+
+
+def heads(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     from rich.table import Table
 
     from edgeopt.data import tokenize
@@ -245,33 +308,33 @@ def heads(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bo
     for c in ("model", "heads", "p50 ms", "speedup (p10–p90)", "mean cos", "min cos", "MB"):
         t.add_column(c, justify="left" if c == "model" else "right")
     rows = {}
-    hn = ctx_h.notes["prune.heads"]
-    heads_txt = {"MiniLM-L6 fp32": str(hn["total_heads"]), "50% heads pruned + KD": str(hn["active_heads"]),
-                 "3 layers, PKD-skip + cosine KD": str(hn["total_heads"] // 2)}
+    from edgeopt.passes.compress.prune_heads import find_attention
+
+    head_dim = find_attention(art.module)[0][0].head_dim
+    counted = {k: count_heads(a.module, head_dim) for k, a in zip(onnx, (art, pruned, student))}
     for k, st in stats.items():
         r = paired_ratio(base.samples, st.samples, BLOCK - SETTLE)
         rows[k] = {"p50_ms": st.p50, "speedup": r[0], "speedup_p10": r[1], "speedup_p90": r[2],
                    "mean_cosine": fid[k]["mean_cosine"], "min_cosine": fid[k]["min_cosine"], "bytes": onnx[k].size_bytes}
-        t.add_row(k, heads_txt[k], f"{st.p50:.2f}", f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})", f"{fid[k]['mean_cosine']:.4f}",
+        t.add_row(k, str(counted[k]), f"{st.p50:.2f}", f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})",
+                  f"{fid[k]['mean_cosine']:.4f}",
                   f"{fid[k]['min_cosine']:.4f}", f"{onnx[k].size_bytes / 1e6:.1f}")
     console.print(t)
     report["heads"] = {"rows": rows, "prune_heads": {k: v for k, v in ctx_h.notes["prune.heads"].items() if k != "scores"},
-                       "distill": ctx_d.notes["distill"]}
-    h = rows["50% heads pruned + KD"]
-    return [("heads: 50% pruned MiniLM is faster", h["speedup"] > 1.0, f"{h['speedup']:.2f}×"),
-            ("heads: mean cosine to the original ≥ 0.9", h["mean_cosine"] >= 0.9, f"{h['mean_cosine']:.4f}")]
+                       "distill": ctx_d.notes["distill"], "counted_heads": counted}
+    return heads_claims(rows, counted)
 
 
-def qat(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def qat(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     from rich.table import Table
 
     from edgeopt.passes.base import PassContext, build_pass
     from edgeopt.target import get_target
     from edgeopt.zoo.digits import load_split
-    from edgeopt.zoo import load_zoo_model
+    from edgeopt.load import load_model
 
     console.print("[bold]qat[/bold]: quant.qat on zoo:digits-cnn against graph.quantize_static of the same model")
-    art = load_zoo_model("digits-cnn")
+    art = load_model("zoo:digits-cnn")
     ctx = PassContext(stage_dir=args.out / "qat", target=get_target("auto"))
     out = build_pass("quant.qat", {"train": {"epochs": 3, "lr": 2e-4}})(art, ctx)
     n = ctx.notes["quant.qat"]
@@ -293,8 +356,8 @@ def qat(args: Any, console: Any, report: dict[str, Any]) -> list[tuple[str, bool
     console.print(t)
     report["qat"] = {"accuracy": acc, "b16_p50_ms": {k: s.p50 for k, s in stats.items()},
                      "notes": {k: v for k, v in n.items() if k != "fit"}}
-    return [("qat: QAT INT8 within 1 point of fp32", 100 * (acc["fp32 (ONNX)"] - acc["QAT INT8 (QDQ)"]) <= 1.0,
-             f"{100 * (acc['fp32 (ONNX)'] - acc['QAT INT8 (QDQ)']):.2f}")]
+    return [Claim("qat: QAT INT8 within 1 point of fp32", 100 * (acc["fp32 (ONNX)"] - acc["QAT INT8 (QDQ)"]) <= 1.0,
+                  f"{100 * (acc['fp32 (ONNX)'] - acc['QAT INT8 (QDQ)']):.2f}")]
 
 
 def main() -> int:
@@ -311,6 +374,7 @@ def main() -> int:
 
     from rich.console import Console
 
+    from edgeopt.report import claims as C
     from edgeopt.versions import versions
 
     console = Console(width=None if Console().is_terminal else 200)
@@ -318,11 +382,13 @@ def main() -> int:
     parts = {"course": course, "magnitude": magnitude, "depthwise": depthwise, "heads": heads, "qat": qat}
     report: dict[str, Any] = {"threads": args.threads, "runs": args.runs, "block": BLOCK, "settle": SETTLE,
                               "versions": versions()}
-    checks: list[tuple[str, bool, str]] = []
-    for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
-        if name not in parts:
-            console.print(f"[red]unknown part {name!r}; known: {', '.join(parts)}[/red]")
-            return 2
+    checks: list[Claim] = []
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in parts]
+    if unknown:
+        console.print(f"[red]unknown part {unknown[0]!r}; known: {', '.join(parts)}[/red]")
+        return 2
+    for name in chosen:
         checks += parts[name](args, console, report)
     import os
 
@@ -331,11 +397,11 @@ def main() -> int:
                   f"{os.cpu_count()} cores — other work on the machine widens the spread of the ratios")
     report["loadavg"] = load
     report["spinning"] = SPIN
-    for what, ok, val in checks:
-        console.print(f"{'[green]PASS[/green]' if ok else '[red]MISS[/red]'}  {what}: {val}")
-    report["checks"] = [{"check": w, "ok": bool(o), "value": v} for w, o, v in checks]
+    console.print(C.table(checks))
+    report["checks"] = C.to_json(checks)
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=2, default=str))
-    return 0 if all(ok for _, ok, _ in checks) else 2
+    console.print(C.summary(checks))
+    return C.exit_code(checks)
 
 
 if __name__ == "__main__":

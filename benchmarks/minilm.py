@@ -4,7 +4,8 @@ Runs the bundled cpu-int8 recipe on zoo:minilm (reusing finished stages), builds
 from ONNX Runtime's tools (transformer optimizer, then quantize_dynamic with defaults, and with
 per-channel weights), then in ONE process measures all of them interleaved: batch 1, sequence 128,
 2 intra-op threads. Fidelity is the cosine of each model's sentence embeddings to PyTorch fp32 over
-256 held-out sentences. Prints the table, the ratios with their spread and a check per target.
+256 held-out sentences. Prints the table, the ratios with their spread and a check per target; the exit
+status is 1 when a check does not hold (or the recipe run fails).
 
     .venv/bin/python benchmarks/minilm.py [--runs 100] [--out runs/bench-minilm]
 """
@@ -19,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from edgeopt.measure.latency import paired_ratio
+from edgeopt.report.claims import Claim
 
 
 def ort_tools_recipe(fp32: Path, out_dir: Path) -> dict[str, Path]:
@@ -44,6 +46,24 @@ def ort_tools_recipe(fp32: Path, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def claims(rows: dict[str, dict], best_key: str, vs_tools: tuple[float, float, float]) -> list[Claim]:
+    """The targets, from the table rows (speedups against PyTorch eager fp32) and the per-round ratios
+    ORT-tools int8 / best (`vs_tools`: median, p10, p90)."""
+    b, tools = rows[best_key], rows["ort-tools int8"]
+    fp32_bytes = rows["onnxruntime fp32"]["size_bytes"]
+    return [
+        Claim("best ≥ 4.5× faster than PyTorch eager fp32", b["speedup"] >= 4.5, f"{b['speedup']:.2f}×"),
+        Claim("best mean cosine ≥ 0.995", b["mean_cosine"] >= 0.995, f"{b['mean_cosine']:.4f}"),
+        Claim("best min cosine ≥ 0.98", b["min_cosine"] >= 0.98, f"{b['min_cosine']:.4f}"),
+        Claim("best at least as fast as ORT tools int8", vs_tools[0] >= 1.0,
+              f"{vs_tools[0]:.2f}× ({vs_tools[1]:.2f}–{vs_tools[2]:.2f})"),
+        Claim("best more faithful than ORT tools int8", b["mean_cosine"] > tools["mean_cosine"],
+              f"{b['mean_cosine']:.4f} vs {tools['mean_cosine']:.4f}"),
+        Claim("best file ≤ 30% of the fp32 ONNX file", b["size_bytes"] <= 0.30 * fp32_bytes,
+              f"{b['size_bytes'] / fp32_bytes:.1%}"),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench-minilm"))
@@ -61,6 +81,7 @@ def main() -> int:
     from edgeopt.artifact import Artifact
     from edgeopt.ledger import Ledger
     from edgeopt.pipeline import stage_artifact
+    from edgeopt.report import claims as C
     from edgeopt.versions import versions
     from edgeopt.zoo.minilm import load_minilm, minilm_path
     from edgeopt.zoo.sentences import sentences
@@ -111,32 +132,21 @@ def main() -> int:
     console.print(t)
 
     best_key = f"edgeopt best ({led.best})"
-    b, tools_d = rows[best_key], rows["ort-tools int8"]
     faster_than_tools = paired_ratio(stats["ort-tools int8"].samples, stats[best_key].samples, block - settle)
-    checks = [
-        ("best ≥ 4.5× faster than PyTorch eager fp32", b["speedup"] >= 4.5, f"{b['speedup']:.2f}×"),
-        ("best mean cosine ≥ 0.995", b["mean_cosine"] >= 0.995, f"{b['mean_cosine']:.4f}"),
-        ("best min cosine ≥ 0.98", b["min_cosine"] >= 0.98, f"{b['min_cosine']:.4f}"),
-        ("best at least as fast as ORT tools int8", faster_than_tools[0] >= 1.0,
-         f"{faster_than_tools[0]:.2f}× ({faster_than_tools[1]:.2f}–{faster_than_tools[2]:.2f})"),
-        ("best more faithful than ORT tools int8", b["mean_cosine"] > tools_d["mean_cosine"],
-         f"{b['mean_cosine']:.4f} vs {tools_d['mean_cosine']:.4f}"),
-        ("best file ≤ 30% of the fp32 ONNX file", b["size_bytes"] <= 0.30 * rows["onnxruntime fp32"]["size_bytes"],
-         f"{b['size_bytes'] / rows['onnxruntime fp32']['size_bytes']:.1%}"),
-    ]
-    for what, ok, val in checks:
-        console.print(f"{'[green]PASS[/green]' if ok else '[red]MISS[/red]'}  {what}: {val}")
+    checks = claims(rows, best_key, faster_than_tools)
+    console.print(C.table(checks))
     md = ["| model | p50 ms | p90 ms | speedup vs torch (p10–p90) | mean cos | min cos | size MB |",
           "|---|---|---|---|---|---|---|"]
     md += [f"| {k} | {r['p50']:.2f} | {r['p90']:.2f} | {r['speedup']:.2f}× ({r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}) "
            f"| {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['size_bytes'] / 1e6:.1f} |" for k, r in rows.items()]
-    md += [""] + [f"- {'PASS' if ok else 'MISS'} {what}: {val}" for what, ok, val in checks]
+    md += ["", C.markdown(checks)]
     (args.out / "benchmark.md").write_text("\n".join(md) + "\n")
     (args.out / "benchmark.json").write_text(json.dumps(
-        {"rows": rows, "checks": [{"check": w, "ok": bool(o), "value": v} for w, o, v in checks],
+        {"rows": rows, "checks": C.to_json(checks),
          "versions": versions(), "threads": args.threads, "block": block, "settle": settle,
          "environment": led.environment}, indent=2))
-    return 0 if all(ok for _, ok, _ in checks) else 2
+    console.print(C.summary(checks))
+    return C.exit_code(checks)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.errors import InputError
+from edgeopt.zoo import digits, sentences
 
 Feed = dict[str, np.ndarray]
 LABEL_KEY = "__label__"  # a feed may carry its labels under this key (classification data); runners never see it
@@ -19,6 +20,11 @@ def split_labels(feeds: list[Feed]) -> tuple[list[Feed], list[np.ndarray] | None
     if not feeds or LABEL_KEY not in feeds[0]:
         return feeds, None
     return [{k: v for k, v in f.items() if k != LABEL_KEY} for f in feeds], [f[LABEL_KEY] for f in feeds]
+
+
+def labelled_feeds(x: np.ndarray, y: np.ndarray, input_name: str, batch: int) -> list[Feed]:
+    """Feeds of `batch` samples of `x` (the last one may be smaller) with their labels `y` under LABEL_KEY."""
+    return [{input_name: x[i:i + batch].copy(), LABEL_KEY: y[i:i + batch].copy()} for i in range(0, len(y), batch)]
 
 
 def tokenize(texts: list[str], tokenizer_path: str, seq_len: int, batch: int, names: list[str]) -> list[Feed]:
@@ -115,19 +121,16 @@ def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: 
     if spec is None:
         spec = f"zoo:sentences[{default_slice.start or ''}:{default_slice.stop or ''}]" if is_text else f"random:{count or 16}"
     if spec.startswith("zoo:digits"):
-        from edgeopt.zoo.digits import feeds as digits_feeds
-
         try:
-            feeds = digits_feeds(spec[len("zoo:digits"):], role, batch, input_name=names[0])
+            x, y = digits.samples(spec[len("zoo:digits"):], role)
         except ValueError as e:
             raise InputError(f"{what}: {e}") from None
+        feeds = labelled_feeds(x, y, names[0], batch)
     elif spec.startswith("zoo:sentences"):
         if not is_text:
             raise InputError(f"{what}: zoo:sentences is text, but the model has no tokenizer")
-        from edgeopt.zoo.sentences import split
-
         try:
-            texts = split(spec[len("zoo:sentences"):], default_slice)
+            texts = sentences.split(spec[len("zoo:sentences"):], default_slice)
         except ValueError as e:
             raise InputError(f"{what}: {e}") from None
         feeds = tokenize(texts, art.meta["tokenizer"], seq_len, batch, names)

@@ -1,9 +1,12 @@
-"""Loading models: ONNX files (with external data), local Hugging Face folders, torch modules and zoo names."""
+"""The one model loader: zoo names, model files and folders (registered formats), torch modules -> Artifact."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.errors import InputError
@@ -12,12 +15,6 @@ from edgeopt.errors import InputError
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training",
                  "com.ms.internal.nhwc", "pkg.onnxscript.torch_lib.common"}
 MIN_OPSET, MAX_OPSET = 7, 23
-
-
-def _onnx_dtype_name(elem_type: int) -> str:
-    import onnx
-
-    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
 
 
 def load_onnx_checked(path: str | Path, load_external_data: bool = False):
@@ -116,75 +113,117 @@ def check_types_and_shapes(model: Any, path: Path) -> None:
         raise InputError(f"{path}: invalid ONNX model: {first[:240]}") from None
 
 
-def onnx_input_spec(path: str | Path) -> InputSpec:
-    """The graph inputs of an ONNX file (initializers excluded), dims named where dynamic."""
-    import onnx
+# ---------------------------------------------------------------------------------------------- registries
+@dataclass(frozen=True)
+class ZooEntry:
+    """A bundled model, loaded by name as `zoo:NAME`: `load(name, seq_len=, batch=)` returns its Artifact."""
 
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        dims: list[int | str] = []
-        for i, d in enumerate(t.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or f"{inp.name}_dim{i}")
-        specs.append(TensorSpec(inp.name, _onnx_dtype_name(t.elem_type), tuple(dims)))
-    return InputSpec(tuple(specs))
+    name: str
+    description: str
+    load: Callable[..., Artifact]
 
 
-def onnx_size_bytes(path: str | Path) -> int:
-    """Bytes on disk of an ONNX model, including external-data files it references."""
-    import onnx
+@dataclass(frozen=True)
+class Format:
+    """A model file or folder kind: `matches(path)` says whether it reads `path`, `load(path, seq_len=, batch=)`
+    returns the Artifact."""
 
-    path = Path(path)
-    total = path.stat().st_size
-    model = onnx.load(str(path), load_external_data=False)
-    seen = set()
-    for init in model.graph.initializer:
-        for kv in init.external_data:
-            if kv.key == "location" and kv.value not in seen:
-                seen.add(kv.value)
-                f = path.parent / kv.value
-                if f.exists():
-                    total += f.stat().st_size
-    return total
+    name: str
+    matches: Callable[[Path], bool]
+    load: Callable[..., Artifact]
 
 
-def load_model(source: str | Path | Any, example_inputs: Any = None) -> Artifact:
-    """An Artifact from a zoo name, an .onnx file, a local Hugging Face folder or a torch.nn.Module."""
+_ZOO: dict[str, ZooEntry] = {}
+_FORMATS: dict[str, Format] = {}
+_DISCOVERED = False
+PLUGIN_PACKAGE = "edgeopt.zoo"  # its modules register zoo models and formats; imported on first use
+
+
+def _add(table: dict[str, Any], what: str, entry: ZooEntry | Format) -> None:
+    if entry.name in table and table[entry.name].load is not entry.load:
+        raise RuntimeError(f"{what} {entry.name!r} registered twice")
+    table[entry.name] = entry
+
+
+def register_zoo(name: str, description: str) -> Callable[[Callable[..., Artifact]], Callable[..., Artifact]]:
+    """Decorator: register `fn(name, *, seq_len, batch) -> Artifact` as the bundled model `zoo:NAME`."""
+    return lambda fn: _add(_ZOO, "zoo model", ZooEntry(name, description, fn)) or fn
+
+
+def register_format(name: str, matches: Callable[[Path], bool]
+                    ) -> Callable[[Callable[..., Artifact]], Callable[..., Artifact]]:
+    """Decorator: register `fn(path, *, seq_len, batch) -> Artifact` for the paths `matches` accepts (formats
+    are tried in registration order; they should not overlap)."""
+    return lambda fn: _add(_FORMATS, "model format", Format(name, matches, fn)) or fn
+
+
+def _discover() -> None:
+    """Import every module of PLUGIN_PACKAGE once, so each registers its entries (the zoo imports this
+    module, never the reverse; found by name like the pass registry, so importing edgeopt stays lean)."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        pkg = importlib.import_module(PLUGIN_PACKAGE)
+        for info in pkgutil.iter_modules(pkg.__path__, prefix=PLUGIN_PACKAGE + "."):
+            importlib.import_module(info.name)
+        _DISCOVERED = True
+
+
+def zoo_models() -> dict[str, str]:
+    """Every bundled model: name -> description."""
+    _discover()
+    return {name: e.description for name, e in sorted(_ZOO.items())}
+
+
+def formats() -> dict[str, Format]:
+    """Every registered model file/folder format by name, in the order they are tried."""
+    _discover()
+    return dict(_FORMATS)
+
+
+# ---------------------------------------------------------------------------------------------- the loader
+def load_model(source: str | Path | Any, example_inputs: Any = None, *, seq_len: int = 128,
+               batch: int = 1) -> Artifact:
+    """An Artifact from a zoo name (`zoo:NAME`), a model file or folder (.onnx, OpenVINO .xml, a local
+    Hugging Face folder: any registered format), a torch.nn.Module with `example_inputs`, or an Artifact
+    (returned as is). `seq_len` and `batch` shape the example inputs of models built here (zoo, Hugging Face)."""
+    if isinstance(source, Artifact):
+        return source
     if not isinstance(source, (str, Path)):
         return _from_module(source, example_inputs)
     s = str(source)
     if s.startswith("zoo:"):
-        from edgeopt.zoo import load_zoo_model
-
-        return load_zoo_model(s[4:])
+        known = zoo_models()
+        if s[4:] not in known:
+            raise InputError(f"{s}: unknown zoo model; known: {', '.join('zoo:' + k for k in known)}")
+        return _ZOO[s[4:]].load(s[4:], seq_len=seq_len, batch=batch)
     p = Path(s)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    for fmt in formats().values():
+        if fmt.matches(p):
+            return fmt.load(p, seq_len=seq_len, batch=batch)
     if p.is_dir():
-        if (p / "config.json").exists():
-            from edgeopt.zoo.hf import load_hf_folder
-
-            return load_hf_folder(p)
         raise InputError(f"{p}: a folder without config.json is not a Hugging Face model folder")
-    if p.suffix.lower() == ".xml" and p.with_suffix(".bin").exists():
-        try:
-            return Artifact.from_openvino(p, meta={"source": str(p)})
-        except ImportError:
-            raise InputError(f"{p}: OpenVINO IR needs the openvino package") from None
-        except Exception as e:
-            raise InputError(f"{p}: not a readable OpenVINO IR ({e.__class__.__name__})") from None
-    if p.suffix.lower() != ".onnx":
-        raise InputError(f"{p}: unsupported model file type {p.suffix or '(none)'!r}; expected .onnx, OpenVINO .xml, a zoo: name or a Hugging Face folder")
-    load_onnx_checked(p)
-    return Artifact.from_onnx(p, meta={"source": str(p)})
+    raise InputError(f"{p}: unsupported model file type {p.suffix or '(none)'!r}; expected .onnx, OpenVINO .xml, "
+                     "a zoo: name or a Hugging Face folder")
 
+
+@register_format("onnx", lambda p: p.is_file() and p.suffix.lower() == ".onnx")
+def _from_onnx(path: Path, *, seq_len: int, batch: int) -> Artifact:
+    load_onnx_checked(path)
+    return Artifact.from_onnx(path, meta={"source": str(path)})
+
+
+@register_format("openvino", lambda p: p.is_file() and p.suffix.lower() == ".xml" and p.with_suffix(".bin").exists())
+def _from_openvino(path: Path, *, seq_len: int, batch: int) -> Artifact:
+    try:
+        return Artifact.from_openvino(path, meta={"source": str(path)})
+    except InputError:  # openvino not installed: the message names the extra
+        raise
+    except ImportError:
+        raise InputError(f"{path}: OpenVINO IR needs the openvino package") from None
+    except Exception as e:
+        raise InputError(f"{path}: not a readable OpenVINO IR ({e.__class__.__name__})") from None
 
 def eval_copy(module: Any) -> Any:
     """`module` in eval mode without touching the caller's: a deep copy if any submodule is in training mode."""

@@ -11,10 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeopt import data
+from edgeopt.analyze.flops import total_flops
 from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
-from edgeopt.recipe import Recipe, load_recipe, parse_recipe
+from edgeopt.load import load_model
+from edgeopt.measure import fidelity, latency, runners, size
+from edgeopt.measure.energy import energy_per_inference
+from edgeopt.measure.memory import peak_rss_mb
+from edgeopt.passes.base import PassContext, build_pass, registry
+from edgeopt.recipe import PassStep, Recipe, load_recipe, parse_recipe
+from edgeopt.report.html import build_report, default_profile_stages, profile_stages
+from edgeopt.report.table import to_markdown
+from edgeopt.target import get_target
+from edgeopt.versions import versions
 
 BASELINE = "baseline"
 
@@ -28,6 +39,30 @@ class RunResult:
     out_dir: Path
     best: Path | None
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # each stage's model as its pass returned it
+
+
+@dataclass
+class RunState:
+    """What the steps of one run share: its data, the ledger being written, the earlier run's ledger (--resume),
+    library versions, the progress display and the stages so far (with their models)."""
+
+    calibration: list[data.Feed]
+    evaluation: list[data.Feed]
+    labels: list[Any] | None  # the evaluation data's labels (classifiers), else None
+    data_key: str  # hash of the first calibration feeds: part of every stage's cache key
+    ledger: Ledger
+    old: Ledger | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    progress: Any = None  # a rich Progress, or None
+    stages: list[tuple[Stage, Artifact]] = field(default_factory=list)
+
+    def task(self, description: str, total: int) -> Any:
+        """A progress task (None without a progress display)."""
+        return self.progress.add_task(description, total=total) if self.progress else None
+
+    def advance(self, task: Any) -> None:
+        if self.progress:
+            self.progress.advance(task)
 
 
 def _dirname(stage: str) -> str:
@@ -79,25 +114,12 @@ def _resolve_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
 
 
 def _load_source(source: Any, recipe: Recipe) -> Artifact:
-    from edgeopt.load import load_model
-
-    if isinstance(source, Artifact):
-        return source
+    """The model to optimize: `source`, else the recipe's model.source, shaped by the recipe's measure settings."""
     if source is None:
         if recipe.model is None:
             raise InputError("no model given: pass MODEL or set model.source in the recipe")
         source = recipe.model.source
-    s = str(source)
-    if s.startswith("zoo:"):
-        from edgeopt.zoo import load_zoo_model
-
-        return load_zoo_model(s[4:], seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
-    p = Path(s)
-    if p.is_dir() and (p / "config.json").exists():
-        from edgeopt.zoo.hf import load_hf_folder
-
-        return load_hf_folder(p, seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
-    return load_model(source)
+    return load_model(source, seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
 
 
 class Pipeline:
@@ -126,105 +148,101 @@ class Pipeline:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, source: Any = None, resume: bool = False) -> RunResult:
-        from edgeopt import data as data_mod
-        from edgeopt.versions import versions
-
         r = self.recipe
-        old: Ledger | None = None
-        if resume and self.ledger_path.exists():
-            old = Ledger.load(self.ledger_path)
-        elif not resume and self.ledger_path.exists():
-            # a fresh run replaces the previous one's records (its stage folders are rewritten)
-            pass
+        # a fresh run (no --resume) replaces the previous one's records (its stage folders are rewritten)
+        old = Ledger.load(self.ledger_path) if resume and self.ledger_path.exists() else None
         art = _load_source(source, r)
         m = r.measure
-        cal = data_mod.resolve(r.data.calibration, art, seq_len=m.seq_len, batch=m.batch, role="calibration",
-                               default_slice=slice(0, 64))
-        ev = data_mod.resolve(r.data.eval, art, seq_len=m.seq_len, batch=m.batch, role="eval",
-                              default_slice=slice(64, 320), count=m.fidelity_samples)
-        cal, _ = data_mod.split_labels(cal)
-        ev, self.labels = data_mod.split_labels(ev)
-        data_key = _feeds_key(cal[:8])
+        cal = data.resolve(r.data.calibration, art, seq_len=m.seq_len, batch=m.batch, role="calibration",
+                           default_slice=slice(0, 64))
+        ev = data.resolve(r.data.eval, art, seq_len=m.seq_len, batch=m.batch, role="eval",
+                          default_slice=slice(64, 320), count=m.fidelity_samples)
+        cal, _ = data.split_labels(cal)
+        ev, labels = data.split_labels(ev)
         self.out_dir.mkdir(parents=True, exist_ok=True)  # only once model and data are known to be good
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
-        ver = versions()
-        prog = self._progress()
-        if prog is not None:
-            prog.start()
+        run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=_feeds_key(cal[:8]), ledger=ledger,
+                       old=old, versions=versions(), progress=self._progress())
+        if run.progress is not None:
+            run.progress.start()
         try:
-            return self._run_stages(art, cal, ev, data_key, ledger, old, ver, prog)
+            return self._run_stages(art, run)
         finally:
-            if prog is not None:
-                prog.stop()
+            if run.progress is not None:
+                run.progress.stop()
 
-    def _run_stages(self, art, cal, ev, data_key, ledger, old, ver, prog) -> RunResult:
-        from edgeopt.passes.base import PassContext, build_pass
-
-        r = self.recipe
-        stages: list[tuple[Stage, Artifact]] = []
-        base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=ver, notes={"meta": _json_meta(art.meta)})
-        stages.append((base_stage, art))
-        ledger.put(base_stage)
+    def _run_stages(self, art: Artifact, run: RunState) -> RunResult:
+        """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
+        base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
+                           notes={"meta": _json_meta(art.meta)})
+        run.stages.append((base_stage, art))
+        run.ledger.put(base_stage)
         current = art
         by_name: dict[str, Artifact] = {BASELINE: art}
-        for step in r.passes:
+        for step in self.recipe.passes:
             if step.source is not None:
                 if step.source not in by_name:
                     raise PassError(f"stage {step.name}: its input stage {step.source!r} did not finish")
                 current = by_name[step.source]
-            parent = step.source or stages[-1][0].name
-            stage_dir = stage_folder(self.out_dir, step.name)
-            key = _cache_key(current.sha256, step.pass_name, step.config, data_key, getattr(self.target, "name", ""))
-            reused = self._reuse(old, step.name, key, current, cal)
+            parent = step.source or run.stages[-1][0].name
+            stage_dir = stage_folder(self.out_dir, step.name)  # an unsafe stage name is refused, reused or not
+            key = _cache_key(current.sha256, step.pass_name, step.config, run.data_key,
+                             getattr(self.target, "name", ""))
+            reused = self._reuse(run.old, step.name, key, current, run.calibration)
             if reused is not None:
                 stage, current = reused
                 self._say(f"[dim]stage {step.name}: cached ({key[:12]})[/dim]")
-                stages.append((stage, current))
-                by_name[step.name] = current
-                ledger.put(stage)
-                continue
-            p = build_pass(step.pass_name, step.config)
-            if stage_dir.exists():
-                shutil.rmtree(stage_dir)
-            ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=cal, evaluation=ev,
-                              progress=prog, baseline=art, measure=r.measure, gates=r.gates)
-            stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key, versions=ver,
-                          parent=parent)
-            t0 = time.perf_counter()
-            self._say(f"stage {step.name}: {step.pass_name} …")
-            try:
-                out = p(current, ctx)
-            except KeyboardInterrupt:
-                stage.status, stage.error = "interrupted", "interrupted by the user"
-                stage.duration_s = time.perf_counter() - t0
-                ledger.put(stage)
-                ledger.save(self.ledger_path)
-                raise
-            except EdgeoptError as e:
-                self._fail(ledger, stage, t0, str(e))
-                raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e}") from None
-            except Exception as e:  # a library's error inside a pass: keep the first line
-                first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
-                self._fail(ledger, stage, t0, f"{e.__class__.__name__}: {first}")
-                raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e.__class__.__name__}: {first}") from None
-            if out.kind == "torch":
-                out = self._save_torch(out, current, ctx)
+            else:
+                stage, current = self._run_step(step, current, run, parent=parent, key=key, stage_dir=stage_dir)
+            run.stages.append((stage, current))
+            run.ledger.put(stage)
+            if reused is None:
+                run.ledger.save(self.ledger_path)
+            by_name[step.name] = current
+        self._measure(run)
+        best = self._choose_best(run.ledger, run.stages)
+        run.ledger.save(self.ledger_path)
+        self._write_outputs(run.ledger, run.stages, best)
+        return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
+                         artifacts={s.name: a for s, a in run.stages})
+
+    def _run_step(self, step: PassStep, current: Artifact, run: RunState, *, parent: str, key: str,
+                  stage_dir: Path) -> tuple[Stage, Artifact]:
+        """Run one recipe step's pass on `current` into `stage_dir`: (its finished Stage, its model).
+        A failure is recorded in the ledger and raised as PassError (an interrupt is recorded and re-raised)."""
+        p = build_pass(step.pass_name, step.config)
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=run.calibration,
+                          evaluation=run.evaluation, progress=run.progress, baseline=run.stages[0][1],
+                          measure=self.recipe.measure, gates=self.recipe.gates)
+        stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key,
+                      versions=run.versions, parent=parent)
+        t0 = time.perf_counter()
+        self._say(f"stage {step.name}: {step.pass_name} …")
+        try:
+            out = p(current, ctx)
+        except KeyboardInterrupt:
+            stage.status, stage.error = "interrupted", "interrupted by the user"
             stage.duration_s = time.perf_counter() - t0
-            stage.artifact = out.describe()
-            stage.notes = {**ctx.notes, "meta": _json_meta(out.meta)}
-            stage.warnings = list(ctx.warnings)
-            stages.append((stage, out))
-            ledger.put(stage)
-            ledger.save(self.ledger_path)
-            current = out
-            by_name[step.name] = out
-        self._measure(stages, ev, prog)
-        best = self._choose_best(ledger, stages)
-        ledger.save(self.ledger_path)
-        self._write_outputs(ledger, stages, best)
-        return RunResult(ledger=ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
-                         artifacts={s.name: a for s, a in stages})
+            run.ledger.put(stage)
+            run.ledger.save(self.ledger_path)
+            raise
+        except EdgeoptError as e:
+            self._fail(run.ledger, stage, t0, str(e))
+            raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e}") from None
+        except Exception as e:  # a library's error inside a pass: keep the first line
+            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+            self._fail(run.ledger, stage, t0, f"{e.__class__.__name__}: {first}")
+            raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e.__class__.__name__}: {first}") from None
+        if out.kind == "torch":
+            out = self._save_torch(out, current, ctx)
+        stage.duration_s = time.perf_counter() - t0
+        stage.artifact = out.describe()
+        stage.notes = {**ctx.notes, "meta": _json_meta(out.meta)}
+        stage.warnings = list(ctx.warnings)
+        return stage, out
 
     def _fail(self, ledger: Ledger, stage: Stage, t0: float, error: str) -> None:
         stage.status, stage.error = "failed", error
@@ -274,13 +292,12 @@ class Pipeline:
     def _restore_torch(self, prev: Stage, path: Path, parent: Artifact | None,
                        calibration: list[dict[str, Any]]) -> Artifact | None:
         """The torch model a finished stage saved (see Artifact.from_weights), or None (the pass runs again)."""
-        from edgeopt.passes.base import PassContext
-
         if parent is None or parent.kind != "torch" or parent.module is None:
             return None
         ctx = PassContext(stage_dir=path.parent, target=self.target, calibration=list(calibration),
                           measure=self.recipe.measure, gates=self.recipe.gates)
         spec = InputSpec.from_dict(prev.artifact["inputs"]) if prev.artifact.get("inputs") else None
+        registry()  # the pass modules register the builders that rebuild their torch models
         try:
             return Artifact.from_weights(path, parent, ctx, input_spec=spec,
                                          meta={**parent.meta, **prev.notes.get("meta", {})})
@@ -290,82 +307,93 @@ class Pipeline:
             return None
 
     # -- measurement -----------------------------------------------------------------------------
-    def _measure(self, stages: list[tuple[Stage, Artifact]], ev: list[dict], prog) -> None:
-        """Fidelity against the baseline, then latency of all stages interleaved in one process,
-        then peak memory per stage in a child process, size, params and an energy figure."""
-        from edgeopt.measure import fidelity, latency, runners, size
-        from edgeopt.measure.energy import energy_per_inference
-
+    def _measure(self, run: RunState) -> None:
+        """Fidelity against the baseline, size, then latency of all stages interleaved in one process,
+        then peak memory per stage in a child process."""
         m = self.recipe.measure
-        gates = self.recipe.gates
-        base_stage, base_art = stages[0]
+        stage_runners = self._measure_fidelity(run)
+        self._measure_size(run)
+        timed = {s.name: stage_runners[s.name] for s, a in run.stages if a.kind != "torch" or m.torch_latency}
+        self._measure_latency(run, timed)
+        if m.memory:
+            self._measure_memory(run)
+
+    def _measure_fidelity(self, run: RunState) -> dict[str, Any]:
+        """Each stage's outputs on the evaluation data against the baseline's: fidelity, accuracy (labelled
+        data) and the gates. Returns the runner made for each stage, by stage name."""
+        m, gates = self.recipe.measure, self.recipe.gates
+        base_stage, base_art = run.stages[0]
         base_runner = runners.make_runner(base_art, threads=m.threads, spinning=m.spinning)
-        task = prog.add_task("fidelity (baseline)", total=len(ev)) if prog else None
-        ref = []
-        for f in ev:
-            ref.append(base_runner.run(f)[0])
-            if prog:
-                prog.advance(task)
-        base_acc = _accuracy(ref, self.labels)
-        live: dict[str, Any] = {}
-        for stage, art in stages:
-            runner = base_runner if stage is base_stage else runners.make_runner(art, threads=m.threads,
-                                                                                      spinning=m.spinning)
-            if stage is not base_stage:
-                t = prog.add_task(f"fidelity ({stage.name})", total=len(ev)) if prog else None
-                outs = []
-                for f in ev:
-                    outs.append(runner.run(f)[0])
-                    if prog:
-                        prog.advance(t)
-                stage.fidelity = fidelity.compare(ref, outs)
-                acc = _accuracy(outs, self.labels)
-                if acc is not None:
-                    stage.accuracy = {"top1": acc}
-                    stage.fidelity["accuracy_drop"] = 100.0 * (base_acc - acc)
-                passed, why = fidelity.gate(stage.fidelity, gates)
-                stage.gate = Gate(passed=passed, why=why)
-            else:
-                stage.fidelity = fidelity.compare(ref, ref)
-                if base_acc is not None:
-                    stage.accuracy = {"top1": base_acc}
-                    stage.fidelity["accuracy_drop"] = 0.0
-                stage.gate = Gate(passed=True, why="baseline")
+        ref = self._outputs(base_runner, run, "fidelity (baseline)")
+        base_acc = _accuracy(ref, run.labels)
+        base_stage.fidelity = fidelity.compare(ref, ref)
+        if base_acc is not None:
+            base_stage.accuracy = {"top1": base_acc}
+            base_stage.fidelity["accuracy_drop"] = 0.0
+        base_stage.gate = Gate(passed=True, why="baseline")
+        made = {base_stage.name: base_runner}
+        for stage, art in run.stages[1:]:
+            runner = made[stage.name] = runners.make_runner(art, threads=m.threads, spinning=m.spinning)
+            outs = self._outputs(runner, run, f"fidelity ({stage.name})")
+            stage.fidelity = fidelity.compare(ref, outs)
+            acc = _accuracy(outs, run.labels)
+            if acc is not None:
+                stage.accuracy = {"top1": acc}
+                stage.fidelity["accuracy_drop"] = 100.0 * (base_acc - acc)
+            passed, why = fidelity.gate(stage.fidelity, gates)
+            stage.gate = Gate(passed=passed, why=why)
+        return made
+
+    @staticmethod
+    def _outputs(runner: Any, run: RunState, description: str) -> list[Any]:
+        """The first output of `runner` on every evaluation feed."""
+        task = run.task(description, len(run.evaluation))
+        outs = []
+        for f in run.evaluation:
+            outs.append(runner.run(f)[0])
+            run.advance(task)
+        return outs
+
+    def _measure_size(self, run: RunState) -> None:
+        """Parameters, size on disk (raw and deflated) and FLOPs of every stage."""
+        for stage, art in run.stages:
             stage.params = size.params_count(art)
             stage.notes["size"] = size.size_report(art)
-            stage.flops = _flops(art, m)
-            if art.kind == "torch" and not m.torch_latency:
-                continue
-            live[stage.name] = runner
-        feed = ev[0]
-        stats = latency.measure_interleaved(live, feed, warmup=m.warmup, runs=m.runs, progress=prog,
+            stage.flops = _flops(art, self.recipe.measure)
+
+    def _measure_latency(self, run: RunState, timed: dict[str, Any]) -> None:
+        """Latency of the `timed` runners interleaved in one process on the first evaluation feed, and an
+        energy figure per stage; every runner made for the run is closed afterwards."""
+        m = self.recipe.measure
+        feed = run.evaluation[0]
+        stats = latency.measure_interleaved(timed, feed, warmup=m.warmup, runs=m.runs, progress=run.progress,
                                             block=m.block, settle=m.settle, pause_s=m.pause_ms / 1000)
-        by_name = {s.name: (s, a) for s, a in stages}
+        by_name = {s.name: s for s, _ in run.stages}
         for name, st in stats.items():
-            stage, art = by_name[name]
-            stage.latency_ms = Latency(**st.to_dict(), runtime=live[name].name,
-                                       threads=getattr(live[name], "threads", m.threads), batch=m.batch,
+            stage, runner = by_name[name], timed[name]
+            stage.latency_ms = Latency(**st.to_dict(), runtime=runner.name,
+                                       threads=getattr(runner, "threads", m.threads), batch=m.batch,
                                        shapes={k: list(v.shape) for k, v in feed.items()})
             if m.energy:
-                e = energy_per_inference(st.p50, self.target, run_fn=lambda r=live[name]: r.run(feed))
+                e = energy_per_inference(st.p50, self.target, run_fn=lambda r=runner: r.run(feed))
                 stage.energy_mj = Energy(value=e["value"], method=e["method"])
-        for r in live.values():
+        for r in timed.values():
             if hasattr(r, "close"):
                 r.close()
-        if m.memory:
-            from edgeopt.measure.memory import peak_rss_mb
 
-            t = prog.add_task("peak memory (child process per stage)", total=len(stages)) if prog else None
-            for stage, art in stages:
-                try:
-                    res = peak_rss_mb(art, feed, threads=m.threads)
-                    stage.peak_rss_mb = getattr(res, "peak_mb", res)
-                    if hasattr(res, "import_mb"):
-                        stage.notes["rss_import_mb"] = res.import_mb
-                except EdgeoptError as e:
-                    stage.warnings.append(f"peak memory not measured: {e}")
-                if prog:
-                    prog.advance(t)
+    def _measure_memory(self, run: RunState) -> None:
+        """Peak RSS of each stage in a child process that loads it and runs the first evaluation feed."""
+        threads, feed = self.recipe.measure.threads, run.evaluation[0]
+        task = run.task("peak memory (child process per stage)", len(run.stages))
+        for stage, art in run.stages:
+            try:
+                res = peak_rss_mb(art, feed, threads=threads)
+                stage.peak_rss_mb = getattr(res, "peak_mb", res)
+                if hasattr(res, "import_mb"):
+                    stage.notes["rss_import_mb"] = res.import_mb
+            except EdgeoptError as e:
+                stage.warnings.append(f"peak memory not measured: {e}")
+            run.advance(task)
 
     def _choose_best(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]]) -> Stage | None:
         """The fastest finished ONNX stage that passed its gate (a failed gate is never chosen)."""
@@ -379,8 +407,6 @@ class Pipeline:
         return best
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
-        from edgeopt.report.table import to_markdown
-
         if best is not None:
             art = next(a for s, a in stages if s is best)
             dst = self.out_dir / "best"
@@ -388,9 +414,7 @@ class Pipeline:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            from edgeopt.measure.size import model_files
-
-            for f in model_files(art):
+            for f in size.model_files(art):
                 shutil.copy2(f, tmp / f.name)
             (tmp / "stage.json").write_text(json.dumps(best.to_json(), indent=2, default=str))
             if dst.exists():
@@ -411,8 +435,6 @@ class Pipeline:
         }
         write_text_atomic(self.out_dir / "metadata.json", json.dumps(meta, indent=2, default=str))
         write_text_atomic(self.out_dir / "report.md", to_markdown(ledger))
-        from edgeopt.report.html import build_report, default_profile_stages, profile_stages
-
         profiles = None
         try:  # per-layer latency for the report: the first and the fastest ONNX stage
             names = default_profile_stages(ledger)
@@ -450,8 +472,6 @@ def _flops(art: Artifact, m: Any) -> int | None:
     if art.kind != "onnx":
         return None
     try:
-        from edgeopt.analyze.flops import total_flops
-
         return total_flops(art.path, batch=m.batch, seq_len=m.seq_len)
     except Exception:
         return None
@@ -478,8 +498,6 @@ def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None
     `model` is anything edgeopt.load.load_model accepts, or None for the recipe's model.source;
     `target` overrides the recipe's target. Returns the ledger and where the best model was copied.
     """
-    from edgeopt.target import get_target
-
     r = _resolve_recipe(recipe)
     tgt = get_target(target or r.target)
     return Pipeline(r, Path(out), tgt, console=console, progress=progress).run(model, resume=resume)

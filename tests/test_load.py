@@ -85,3 +85,39 @@ def test_torch_module_needs_example_inputs(tiny_mlp_torch):
 def test_unknown_zoo_name():
     with pytest.raises(InputError, match="unknown zoo model"):
         load_model("zoo:resnet9000")
+
+
+def test_zoo_entries_and_formats_register_with_the_loader(monkeypatch, tiny_mlp_torch):
+    import edgeopt.load as L
+
+    assert {"minilm", "digits-cnn", "digits-teacher"} <= set(L.zoo_models())
+    assert list(L.formats())[:2] == ["onnx", "openvino"] and "hf-folder" in L.formats()
+    monkeypatch.setattr(L, "_ZOO", dict(L._ZOO))
+    got = []
+
+    @L.register_zoo("test-entry", "a test model")
+    def entry(name, *, seq_len, batch):
+        got.append((name, seq_len, batch))
+        return tiny_mlp_torch
+
+    assert load_model("zoo:test-entry", seq_len=7, batch=3) is tiny_mlp_torch and got == [("test-entry", 7, 3)]
+    assert L.zoo_models()["test-entry"] == "a test model"
+    with pytest.raises(RuntimeError, match="registered twice"):
+        L.register_zoo("test-entry", "another")(lambda name, *, seq_len, batch: None)
+    assert load_model(tiny_mlp_torch) is tiny_mlp_torch, "an Artifact is returned as is"
+
+
+def test_loader_never_imports_the_zoo():
+    import ast
+    import subprocess
+    import sys
+
+    import edgeopt.load as L
+
+    tree = ast.parse(open(L.__file__).read())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("edgeopt.zoo")], "zoo entries register with load, not the reverse"
+    code = "import sys, edgeopt.load; print(any(m.startswith('edgeopt.zoo') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "the zoo is imported on the first zoo: or folder lookup, not with edgeopt.load"

@@ -13,7 +13,9 @@ import types
 from pathlib import Path
 from typing import Any
 
+from edgeopt.artifact import onnx_size_bytes
 from edgeopt.errors import InputError
+from edgeopt.load import load_model, load_onnx_checked
 
 SCHEMA = "edgeopt.analysis/1"
 
@@ -26,13 +28,10 @@ def resolve_onnx(source: Any, workdir: Path, example_inputs: Any = None) -> tupl
     Face folder, torch module with `example_inputs`); torch models are exported with `convert.onnx` into
     `workdir`. Unreadable or corrupt files raise InputError.
     """
-    from edgeopt.artifact import Artifact
-    from edgeopt.load import load_model, load_onnx_checked
-
     if isinstance(source, (str, Path)) and str(source).lower().endswith(".onnx"):
         path = Path(source)
         return path, load_onnx_checked(path), None, {"source": str(source), "exported_from": None}
-    art = source if isinstance(source, Artifact) else load_model(source, example_inputs)
+    art = load_model(source, example_inputs)
     origin = {"source": str(art.meta.get("source") or (art.path or source)), "exported_from": None}
     if art.kind == "torch":
         from edgeopt.passes.base import PassContext, build_pass
@@ -92,7 +91,6 @@ def analyze(source: Any, target: Any = "auto", seq_len: int = 128, batch: int = 
     from edgeopt.analyze.census import model_info, op_census, param_stats
     from edgeopt.analyze.flops import activation_memory, count_flops, prepare
     from edgeopt.analyze.opportunities import fusion_opportunities, int8_summary, suggest_passes
-    from edgeopt.load import onnx_size_bytes
 
     if int(batch) < 1 or int(seq_len) < 1:
         raise InputError(f"batch and seq_len must be at least 1 (got batch={batch}, seq_len={seq_len})")

@@ -26,6 +26,11 @@ def op_census(model: Any) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def op_counts(model: Any) -> dict[str, int]:
+    """Op type -> node count over the main graph only, by name (what a graph pass records before and after)."""
+    return dict(sorted(Counter(op_key(n) for n in model.graph.node).items()))
+
+
 def iter_nodes(graph: Any):
     """Every node of `graph`, then of the subgraphs held in node attributes (If, Loop, Scan)."""
     import onnx

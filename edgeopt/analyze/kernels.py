@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from edgeopt.errors import InputError, RecipeError
+from edgeopt.load import load_model
 
 SCHEMA = "edgeopt.kernels/1"
 SEQ_LENS: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
@@ -187,9 +188,8 @@ def load_source(model_or_layer: Any, input_shape: str | Sequence[int] | None = N
     if isinstance(model_or_layer, nn.Module):
         if shape is None:
             raise InputError("input_shape: needed for a torch module (e.g. 1,3,64,64)")
-        from edgeopt.load import eval_copy
-
-        return eval_copy(model_or_layer), torch.randn(shape), type(model_or_layer).__name__
+        example = torch.randn(shape)
+        return load_model(model_or_layer, example).module, example, type(model_or_layer).__name__
     src = str(model_or_layer)
     if src.startswith("conv:"):
         d = parse_layer_spec(src)
@@ -201,8 +201,6 @@ def load_source(model_or_layer: Any, input_shape: str | Sequence[int] | None = N
         module, example = build_unet(src[5:])
         return module, example, f"diffusers UNet2DConditionModel ({src}, random weights)"
     if src.startswith("zoo:") or os.path.exists(src):
-        from edgeopt.load import load_model
-
         art = load_model(src)
         if art.kind != "torch" or art.module is None:
             raise InputError(f"{src}: is a model of kind {art.kind!r}; the Winograd tuner needs a PyTorch model")
@@ -229,9 +227,8 @@ def load_source(model_or_layer: Any, input_shape: str | Sequence[int] | None = N
             raise InputError(f"{src}: is not a torch.nn.Module (got {type(obj).__name__})")
         if shape is None:
             raise InputError(f"{src}: give input_shape (e.g. 1,3,64,64) for a torch module path")
-        from edgeopt.load import eval_copy
-
-        return eval_copy(obj), torch.randn(shape), src
+        example = torch.randn(shape)
+        return load_model(obj, example).module, example, src
     raise InputError(f"{src}: not a layer spec (conv:C_INxC_OUTxHxW), unet:NAME, zoo:NAME, model path or "
                      f"package.module:attribute")
 
@@ -588,7 +585,6 @@ def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: in
 
     from edgeopt.kernels.layer_stats import peak_intermediate_bytes
     from edgeopt.kernels.winograd import _CallRunner, relative_error
-    from edgeopt.load import load_model
     from edgeopt.measure.latency import measure_interleaved
     from edgeopt.passes.base import PassContext, build_pass
 

@@ -1,17 +1,22 @@
 """What an ONNX graph leaves on the table: fusable patterns, int8-ready FLOPs, and the passes to run, in order.
 
-The pattern matchers here are our own (plain walks over producer/consumer maps), so the analysis is
-complete without any pass installed; when `edgeopt.passes.graph.fuse.find_opportunities` exists its
-findings are merged in (its rules win where both see the same thing).
+What graph.fuse rewrites itself is found by running its own rule sets (`edgeopt.passes.graph.rules`) on a
+copy of the model and recording each match, so analysis reports exactly what the pass would do. Patterns
+no rule set covers keep a matcher: the ones ONNX Runtime fuses (attention and Conv + activation, shared
+with the graph passes from `edgeopt.analyze.patterns`; skip-LayerNorm, RMS norm and MatMul + bias, which
+its transformer optimizer or its session fuses) and what graph.simplify removes (Identity/Dropout,
+constant-foldable nodes).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from edgeopt.analyze.census import op_key
 from edgeopt.analyze.flops import node_name
+from edgeopt.analyze.patterns import CONV_ACTIVATIONS, GraphIndex, find_attention, find_conv_activations
+from edgeopt.passes.graph.rules import RULE_SETS, RuleMatch, match_rule_sets, summarize
 
 FUSE = "graph.fuse"
 SIMPLIFY = "graph.simplify"
@@ -33,10 +38,6 @@ DEFAULT_NO_INT8_OPS = ("LayerNormalization", "SkipLayerNormalization", "Simplifi
                        "InstanceNormalization", "GroupNormalization", "Softmax", "LogSoftmax", "Erf", "Gelu",
                        "FastGelu", "BiasGelu", "Tanh", "Exp", "Log", "Pow", "Sqrt", "Div", "ReduceMean",
                        "Resize", "Einsum", "CumSum", "TopK")
-ACTIVATIONS = frozenset(("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "HardSwish"))
-_PASSTHROUGH = frozenset(("Dropout", "Identity", "Cast"))
-_NONDETERMINISTIC = frozenset(("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                               "Multinomial", "Bernoulli"))
 
 DESCRIPTIONS = {
     "attention": "Q·Kᵀ → scale/mask → Softmax → ·V as one fused attention kernel",
@@ -53,254 +54,64 @@ DESCRIPTIONS = {
 }
 
 
-class _Graph:
-    """Producer/consumer maps of a graph, and the helpers every matcher uses."""
-
-    def __init__(self, model: Any):
-        g = model.graph
-        self.nodes = list(g.node)
-        self.names = [node_name(n, i) for i, n in enumerate(self.nodes)]
-        self.inits = {i.name: i for i in g.initializer}
-        self.consts = set(self.inits)
-        self.folds: list[int] = []  # nodes computing only from constants (constant-foldable)
-        for i, n in enumerate(self.nodes):  # file order is topological in a valid model
-            if n.op_type == "Constant":
-                self.consts.update(o for o in n.output if o)
-            elif _foldable(n) and all(x in self.consts for x in n.input if x) and any(n.input):
-                self.consts.update(o for o in n.output if o)
-                self.folds.append(i)
-        self.graph_outputs = {o.name for o in g.output}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(self.nodes):
-            for o in n.output:
-                if o:
-                    self.producer[o] = i
-            for x in n.input:
-                if x:
-                    self.consumers.setdefault(x, []).append(i)
-
-    def op(self, i: int) -> str:
-        return self.nodes[i].op_type
-
-    def is_const(self, name: str) -> bool:
-        return name in self.consts
-
-    def prod(self, name: str) -> int | None:
-        return self.producer.get(name)
-
-    def users(self, i: int, k: int = 0) -> list[int]:
-        n = self.nodes[i]
-        return self.consumers.get(n.output[k], []) if k < len(n.output) else []
-
-    def only_user(self, i: int, op: str | frozenset | tuple | None = None) -> int | None:
-        """The single consumer of node i's first output (None if several, none, or a graph output)."""
-        n = self.nodes[i]
-        if not n.output or n.output[0] in self.graph_outputs:
-            return None
-        us = self.users(i)
-        if len(us) != 1:
-            return None
-        u = us[0]
-        if op is None or self.op(u) == op or (not isinstance(op, str) and self.op(u) in op):
-            return u
-        return None
-
-    def const_and_var(self, i: int) -> tuple[str | None, str | None]:
-        """(constant input, variable input) of a two-input node, or (None, None) if not that shape."""
-        ins = [x for x in self.nodes[i].input if x]
-        if len(ins) != 2:
-            return None, None
-        a, b = ins
-        if self.is_const(a) and not self.is_const(b):
-            return a, b
-        if self.is_const(b) and not self.is_const(a):
-            return b, a
-        return None, None
-
-    def const_value(self, name: str):
-        """The numpy value of a constant tensor (None if not a constant or not loaded)."""
-        import onnx
-
-        if name in self.inits:
-            try:
-                return onnx.numpy_helper.to_array(self.inits[name])
-            except Exception:  # external data not loaded
-                return None
-        i = self.producer.get(name)
-        if i is not None and self.op(i) == "Identity":
-            return self.const_value(self.nodes[i].input[0])
-        if i is not None and self.op(i) == "Constant":
-            for a in self.nodes[i].attribute:
-                if a.name == "value" and a.HasField("t"):
-                    return onnx.numpy_helper.to_array(a.t)
-        return None
+# ------------------------------------------------------------------------------- graph.fuse's rule sets
+def rule_matches(model: Any) -> list[RuleMatch]:
+    """Every rewrite graph.fuse's rule sets make on `model` (all sets, in the pass's order), found on a copy."""
+    return match_rule_sets(model, list(RULE_SETS))[1]
 
 
-def _scalar_is(g: _Graph, name: str | None, value: float, tol: float = 1e-3) -> bool:
-    if name is None:
-        return False
-    v = g.const_value(name)
-    try:
-        return v is not None and v.size == 1 and abs(float(v.reshape(-1)[0]) - value) <= tol * max(1, abs(value))
-    except (TypeError, ValueError):
-        return False
+def _outermost(matches: list[RuleMatch]) -> list[RuleMatch]:
+    """One match per fused instance: a rewrite that a later one of the same set extended (a LayerNorm, then
+    its bias) is folded into that later one."""
+    return [m for i, m in enumerate(matches)
+            if not any(o.rule_set == m.rule_set and set(m.nodes) <= set(o.nodes) for o in matches[i + 1:])]
 
 
-# ----------------------------------------------------------------------------------------------- matchers
-def _match_attention(g: _Graph) -> list[list[int]]:
-    found = []
-    for s, n in enumerate(g.nodes):
-        if n.op_type != "Softmax":
-            continue
-        # downstream: Softmax (→ Dropout/Cast) → MatMul as its first input
-        cur, tail = s, []
-        pv = None
-        for _ in range(3):
-            us = g.users(cur)
-            mm = [u for u in us if g.op(u) == "MatMul" and g.nodes[u].input[0] == g.nodes[cur].output[0]]
-            if mm:
-                pv = mm[0]
-                break
-            nxt = g.only_user(cur, _PASSTHROUGH)
-            if nxt is None:
-                break
-            tail.append(nxt)
-            cur = nxt
-        if pv is None:
-            continue
-        # upstream: through scale / mask ops to the Q·Kᵀ MatMul
-        head = _find_up(g, s, lambda i: g.op(i) == "MatMul", via=("Add", "Div", "Mul", "Where", "Cast", "Sub"),
-                        depth=4)
-        if head is None:
-            continue
-        qk, between = head
-        found.append([qk, *between, s, *tail, pv])
-    return found
+def _rule_chains(g: GraphIndex, matches: list[RuleMatch]) -> dict[str, list[list[str]]]:
+    """The rule-set matches under analysis's pattern names, each match as the node names it covers."""
+    chains: dict[str, list[list[str]]] = {"layernorm_decomposed": [], "gelu_erf": [], "gelu_tanh": [],
+                                          "matmul_add": [], "conv_bn": []}
+    for m in _outermost(matches):
+        nodes = list(m.nodes)
+        if m.rule_set == "layernorm":
+            chains["layernorm_decomposed"].append(nodes)
+        elif m.rule_set == "gelu":
+            tanh = any(i is not None and g.op(i) == "Tanh" for i in map(g.position.get, nodes))
+            chains["gelu_tanh" if tanh else "gelu_erf"].append(nodes)
+        elif m.rule_set == "conv_bn":  # and the activation ONNX Runtime then fuses into the folded Conv
+            last = g.position.get(nodes[-1])
+            act = g.only_user(last, CONV_ACTIVATIONS) if last is not None else None
+            chains["conv_bn"].append(nodes + ([g.names[act]] if act is not None else []))
+        elif m.rule_set in chains:
+            chains[m.rule_set].append(nodes)
+    return chains
 
 
-def _find_up(g: _Graph, start: int, want: Callable[[int], bool], via: tuple[str, ...], depth: int
-             ) -> tuple[int, list[int]] | None:
-    """Walk up from node `start` through ops in `via` (variable inputs only) to a node satisfying `want`:
-    (that node, the nodes passed on the way, nearest to it first)."""
-    def walk(i: int, d: int, path: list[int]):
-        for x in g.nodes[i].input:
-            if not x or g.is_const(x):
-                continue
-            p = g.prod(x)
-            if p is None:
-                continue
-            if want(p):
-                return p, list(reversed(path))
-            if d > 0 and g.op(p) in via:
-                r = walk(p, d - 1, path + [p])
-                if r:
-                    return r
-        return None
+def find_opportunities(model: Any, matches: list[RuleMatch] | None = None) -> list[dict[str, Any]]:
+    """What graph.fuse would fuse in `model` (an onnx.ModelProto, left unchanged), per rule set.
 
-    return walk(start, depth, [])
-
-
-def _match_gelu_erf(g: _Graph) -> list[list[int]]:
-    found = []
-    for e, n in enumerate(g.nodes):
-        if n.op_type != "Erf":
-            continue
-        pre = g.prod(n.input[0])
-        if pre is None or g.op(pre) not in ("Div", "Mul"):
-            continue
-        c, x = g.const_and_var(pre)
-        if x is None:
-            continue
-        add = g.only_user(e, "Add")
-        if add is None or g.const_and_var(add)[0] is None:
-            continue
-        chain = [pre, e, add]
-        muls = [u for u in g.users(add) if g.op(u) == "Mul"]
-        if len(muls) != 1:
-            continue
-        m1 = muls[0]
-        other = [y for y in g.nodes[m1].input if y != g.nodes[add].output[0]]
-        if not other:
-            continue
-        if other[0] == x:  # x · (1 + erf) then · 0.5
-            m2 = g.only_user(m1, "Mul")
-            if m2 is None:
-                continue
-            chain += [m1, m2]
-        else:  # (0.5 · x) · (1 + erf)
-            half = g.prod(other[0])
-            if half is None or g.op(half) != "Mul" or x not in g.nodes[half].input:
-                continue
-            chain += [half, m1]
-        found.append(chain)
-    return found
+    One dict per pattern kind found: `rule` (rule-set name, or "attention" / "conv_activation"), `count`
+    (rewrites), `nodes` (names of the nodes the fusion would replace, one flat list), `handled_by` (the
+    pass, or the runtime), `detail`. `matches` are `rule_matches(model)`, when already computed.
+    """
+    counts, replaced = summarize(model, rule_matches(model) if matches is None else matches)
+    attention = find_attention(model)
+    conv_act = find_conv_activations(model)
+    rows = [("attention", len(attention), [x for b in attention for x in b], FUSE,
+             "MatMul-scale-mask-Softmax-MatMul -> com.microsoft Attention, by ONNX Runtime's transformer optimizer "
+             "(ort_transformer; needs the model family)")]
+    rows += [(name, counts.get(name, 0), replaced.get(name, []), FUSE, RULE_SETS[name][1]) for name in RULE_SETS]
+    rows.append(("conv_activation", len(conv_act), [x for p in conv_act for x in p], RUNTIME,
+                 "Conv + activation -> FusedConv, done by ONNX Runtime when it builds a session (graph optimization "
+                 "level extended or higher); no graph rewrite needed"))
+    return [{"rule": rule, "count": count, "nodes": nodes, "handled_by": by, "detail": detail}
+            for rule, count, nodes, by, detail in rows if count]
 
 
-def _match_gelu_tanh(g: _Graph) -> list[list[int]]:
-    found = []
-    for t, n in enumerate(g.nodes):
-        if n.op_type != "Tanh":
-            continue
-        up = _find_up(g, t, lambda i: g.op(i) == "Pow", via=("Mul", "Add"), depth=3)
-        if up is None:
-            continue
-        pw, between = up
-        if not _scalar_is(g, g.nodes[pw].input[1] if len(g.nodes[pw].input) > 1 else None, 3.0):
-            continue
-        chain = [pw, *between, t]
-        cur = t
-        for _ in range(3):  # (1 + tanh) · x · 0.5
-            nxt = g.only_user(cur, ("Add", "Mul"))
-            if nxt is None:
-                break
-            chain.append(nxt)
-            cur = nxt
-        found.append(chain)
-    return found
-
-
-def _match_layernorm(g: _Graph) -> list[list[int]]:
-    found = []
-    for r1, n in enumerate(g.nodes):
-        if n.op_type != "ReduceMean" or not n.input:
-            continue
-        x = n.input[0]
-        subs = [u for u in g.users(r1) if g.op(u) == "Sub" and g.nodes[u].input[0] == x]
-        if len(subs) != 1:
-            continue
-        sub = subs[0]
-        d_out = g.nodes[sub].output[0]
-        sq = [u for u in g.users(sub) if g.op(u) == "Pow" or (g.op(u) == "Mul" and list(g.nodes[u].input) == [d_out, d_out])]
-        if len(sq) != 1:
-            continue
-        r2 = g.only_user(sq[0], "ReduceMean")
-        add = g.only_user(r2, "Add") if r2 is not None else None
-        sqrt = g.only_user(add, "Sqrt") if add is not None else None
-        if sqrt is None:
-            continue
-        chain = [r1, sub, sq[0], r2, add, sqrt]
-        div = g.only_user(sqrt, ("Div", "Reciprocal"))
-        if div is None or (g.op(div) == "Div" and g.nodes[div].input[0] != d_out):
-            continue
-        chain.append(div)
-        if g.op(div) == "Reciprocal":
-            mul = g.only_user(div, "Mul")
-            if mul is None:
-                continue
-            chain.append(mul)
-            div = mul
-        scale = g.only_user(div, "Mul")
-        if scale is not None and g.const_and_var(scale)[0] is not None:
-            chain.append(scale)
-            bias = g.only_user(scale, "Add")
-            if bias is not None and g.const_and_var(bias)[0] is not None:
-                chain.append(bias)
-        found.append(chain)
-    return found
-
-
-def _match_rmsnorm(g: _Graph) -> list[list[int]]:
+# ------------------------------------------------------------------ matchers for what no rule set covers
+def _match_rmsnorm(g: GraphIndex) -> list[list[int]]:
+    """RMS norm written out (Pow or x·x, ReduceMean, + eps, Sqrt, Div or Reciprocal·, optional scale): ONNX
+    Runtime fuses it into SimplifiedLayerNormalization (at session creation, and in its transformer optimizer)."""
     found = []
     for r, n in enumerate(g.nodes):
         if n.op_type != "ReduceMean" or not n.input:
@@ -337,13 +148,14 @@ def _match_rmsnorm(g: _Graph) -> list[list[int]]:
     return found
 
 
-def _match_skip_layernorm(g: _Graph, ln_chains: list[list[int]]) -> list[list[int]]:
-    """A residual Add (two variable inputs) feeding a LayerNormalization or a decomposed one."""
-    targets = [(i, g.nodes[i].input[0]) for i, n in enumerate(g.nodes) if n.op_type == "LayerNormalization"]
-    targets += [(c[0], g.nodes[c[0]].input[0]) for c in ln_chains]
+def _match_skip_layernorm(g: GraphIndex, ln_chains: list[list[str]]) -> list[list[int]]:
+    """A residual Add (two variable inputs) feeding a LayerNormalization or a decomposed one (given as the
+    node names of each match of the "layernorm" rule set): ONNX Runtime's SkipLayerNormalization fusion."""
+    targets = [i for i, n in enumerate(g.nodes) if n.op_type == "LayerNormalization"]
+    targets += [g.position[c[0]] for c in ln_chains if c[0] in g.position and g.position[c[0]] not in targets]
     found = []
-    for ln, x in targets:
-        a = g.prod(x)
+    for ln in targets:
+        a = g.prod(g.nodes[ln].input[0])
         if a is None or g.op(a) != "Add":
             continue
         ins = [y for y in g.nodes[a].input if y]
@@ -352,7 +164,10 @@ def _match_skip_layernorm(g: _Graph, ln_chains: list[list[int]]) -> list[list[in
     return found
 
 
-def _match_matmul_add(g: _Graph) -> list[list[int]]:
+def _match_matmul_add(g: GraphIndex) -> list[list[int]]:
+    """MatMul by a constant weight, then + a constant bias, at any rank: the rule set "matmul_add" rewrites
+    the 2-D ones to Gemm; ONNX Runtime folds the others into its fused kernels (Attention, BiasGelu,
+    SkipLayerNormalization) or its session's MatMul + Add fusion."""
     found = []
     for m, n in enumerate(g.nodes):
         if n.op_type != "MatMul" or len(n.input) < 2 or not g.is_const(n.input[1]):
@@ -363,79 +178,45 @@ def _match_matmul_add(g: _Graph) -> list[list[int]]:
     return found
 
 
-def _match_conv_bn(g: _Graph) -> list[list[int]]:
-    found = []
-    for c, n in enumerate(g.nodes):
-        if n.op_type != "Conv":
-            continue
-        bn = g.only_user(c, "BatchNormalization")
-        if bn is None:
-            continue
-        chain = [c, bn]
-        act = g.only_user(bn, ACTIVATIONS)
-        if act is not None:
-            chain.append(act)
-        found.append(chain)
-    return found
-
-
-def _match_conv_activation(g: _Graph) -> list[list[int]]:
-    found = []
-    for c, n in enumerate(g.nodes):
-        if n.op_type == "Conv":
-            act = g.only_user(c, ACTIVATIONS)
-            if act is not None:
-                found.append([c, act])
-    return found
-
-
-def _match_identity(g: _Graph) -> list[list[int]]:
+def _match_identity(g: GraphIndex) -> list[list[int]]:
     return [[i] for i, n in enumerate(g.nodes) if n.op_type in ("Identity", "Dropout")]
 
 
-def _foldable(n: Any) -> bool:
-    """Whether a node could be computed ahead of time if all its inputs are constants."""
-    return (n.op_type not in _NONDETERMINISTIC and n.domain in ("", "ai.onnx")
-            and not any(a.type in (5, 10) for a in n.attribute))  # no If/Loop/Scan bodies
-
-
-def _match_constant_foldable(g: _Graph) -> list[list[int]]:
+def _match_constant_foldable(g: GraphIndex) -> list[list[int]]:
     return [[i] for i in g.folds if g.op(i) not in ("Identity", "Dropout")]
 
 
-def find_patterns(model: Any) -> list[dict[str, Any]]:
-    """Our own pattern matches: `[{"rule", "count", "nodes": [[node names per match]], "pass",
-    "description", "source": "analyze"}]`, only rules that matched, in a fixed order."""
-    g = _Graph(model)
-    ln = _match_layernorm(g)
-    matches = {
-        "attention": _match_attention(g),
-        "layernorm_decomposed": ln,
-        "rmsnorm_decomposed": _match_rmsnorm(g),
-        "skip_layernorm": _match_skip_layernorm(g, ln),
-        "gelu_erf": _match_gelu_erf(g),
-        "gelu_tanh": _match_gelu_tanh(g),
-        "matmul_add": _match_matmul_add(g),
-        "conv_bn": _match_conv_bn(g),
-        "conv_activation": [],
-        "identity": _match_identity(g),
-        "constant_foldable": _match_constant_foldable(g),
+def find_patterns(model: Any, matches: list[RuleMatch] | None = None) -> list[dict[str, Any]]:
+    """Every fusable / removable pattern, by analysis's names: `[{"rule", "count", "nodes": [[node names per
+    match]], "pass", "description", "source": "analyze"}]`, only rules that matched, in a fixed order.
+
+    `matches` are `rule_matches(model)`, when already computed.
+    """
+    g = GraphIndex(model)
+    ruled = _rule_chains(g, rule_matches(model) if matches is None else matches)
+
+    def names(chains: list[list[int]]) -> list[list[str]]:
+        return [[g.names[i] for i in chain] for chain in chains]
+
+    covered = {x for chains in ruled.values() for chain in chains for x in chain}
+    matmul_add = ruled["matmul_add"] + [c for c in names(_match_matmul_add(g)) if not covered.intersection(c)]
+    in_bn = {x for chain in ruled["conv_bn"] for x in chain}
+    matches_by_rule = {
+        "attention": find_attention(g),
+        "layernorm_decomposed": ruled["layernorm_decomposed"],
+        "rmsnorm_decomposed": names(_match_rmsnorm(g)),
+        "skip_layernorm": names(_match_skip_layernorm(g, ruled["layernorm_decomposed"])),
+        "gelu_erf": ruled["gelu_erf"],
+        "gelu_tanh": ruled["gelu_tanh"],
+        "matmul_add": sorted(matmul_add, key=lambda c: g.position.get(c[0], len(g.nodes))),
+        "conv_bn": ruled["conv_bn"],
+        "conv_activation": [c for c in find_conv_activations(g) if c[0] not in in_bn],
+        "identity": names(_match_identity(g)),
+        "constant_foldable": names(_match_constant_foldable(g)),
     }
-    in_bn = {i for chain in matches["conv_bn"] for i in chain}
-    matches["conv_activation"] = [c for c in _match_conv_activation(g) if c[0] not in in_bn]
-    out = []
-    for rule, chains in matches.items():
-        if not chains:
-            continue
-        out.append({
-            "rule": rule,
-            "count": len(chains),
-            "nodes": [[g.names[i] for i in chain] for chain in chains],
-            "pass": PASS_FOR.get(rule, FUSE),
-            "description": DESCRIPTIONS[rule],
-            "source": "analyze",
-        })
-    return out
+    return [{"rule": rule, "count": len(chains), "nodes": chains, "pass": PASS_FOR.get(rule, FUSE),
+             "description": DESCRIPTIONS[rule], "source": "analyze"}
+            for rule, chains in matches_by_rule.items() if chains]
 
 
 def _norm(rule: str) -> str:
@@ -497,30 +278,30 @@ def jsonable(v: Any) -> Any:
     return str(v)
 
 
-def fuse_findings(model: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """graph.fuse's own findings, if that module offers `find_opportunities` ([] and a note otherwise)."""
-    try:
-        from edgeopt.passes.graph.fuse import find_opportunities
-    except ImportError:
-        return [], None
-    try:
-        found = find_opportunities(model)
-        return list(found or []), None
-    except Exception as e:
-        return [], f"graph.fuse find_opportunities failed ({type(e).__name__}: {str(e)[:120]}); own matchers used"
-
-
 def fusion_opportunities(model: Any, node_flops: dict[str, int] | None = None
                          ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every fusable / removable pattern (ours merged with graph.fuse's), with the FLOPs of the nodes each
-    covers when `node_flops` (node name -> FLOPs) is given. Returns (findings, warnings)."""
-    theirs, warn = fuse_findings(model)
-    merged = merge_findings(find_patterns(model), theirs)
+    """Every fusable / removable pattern (graph.fuse's rule-set findings merged with analysis's names), with
+    the FLOPs of the nodes each covers when `node_flops` (node name -> FLOPs) is given. Returns (findings,
+    warnings)."""
+    warnings: list[str] = []
+    try:
+        matches = rule_matches(model)
+    except Exception as e:
+        matches = []
+        warnings.append(f"graph.fuse's rule sets failed on this model ({type(e).__name__}: {str(e)[:120]}); "
+                        "what they fuse is not reported")
+    try:
+        theirs = list(find_opportunities(model, matches) or [])
+    except Exception as e:
+        theirs = []
+        warnings.append(f"graph.fuse find_opportunities failed ({type(e).__name__}: {str(e)[:120]}); "
+                        "own matchers used")
+    merged = merge_findings(find_patterns(model, matches), theirs)
     if node_flops is not None:
         for f in merged:
             covered = set().union(*_instances(f.get("nodes") or [])) if f.get("nodes") else set()
             f["flops"] = int(sum(node_flops.get(n, 0) for n in covered))
-    return merged, [warn] if warn else []
+    return merged, warnings
 
 
 # ------------------------------------------------------------------------------------------- quantization

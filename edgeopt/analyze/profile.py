@@ -26,9 +26,8 @@ def _vocab_limit(model: Any, input_name: str) -> int | None:
 
 def _feeds(data: Any, path: Path, art: Any, model: Any, dims: dict[str, int], seq_len: int, batch: int
            ) -> list[dict[str, Any]]:
-    from edgeopt.artifact import Artifact
+    from edgeopt.artifact import Artifact, onnx_input_spec
     from edgeopt.data import random_feeds, resolve
-    from edgeopt.load import onnx_input_spec
 
     if isinstance(data, dict):
         return [data]

@@ -23,6 +23,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from edgeopt.errors import InputError
+from edgeopt.load import load_model, load_onnx_checked
+from edgeopt.zoo.hf import wrap_encoder
 
 Level = Literal["torch", "export", "onnx"]
 LEVEL_ORDER = {"torch": 0, "export": 1, "onnx": 2}
@@ -79,16 +81,12 @@ def demo_model(name: str, seq_len: int = 32) -> Any:
     if name == "demo:tiny-bert":
         from transformers import BertConfig, BertModel
 
-        from edgeopt.zoo.hf import wrap_encoder
-
         cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=128, max_position_embeddings=max(64, seq_len),
                          attn_implementation="eager")
         return wrap_encoder(BertModel(cfg).eval(), None, seq_len=seq_len, source=name)
     if name == "demo:tiny-cnn":
         from torch import nn
-
-        from edgeopt.load import load_model
 
         m = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(),
@@ -102,21 +100,11 @@ def demo_model(name: str, seq_len: int = 32) -> Any:
 
 
 def load_source(source: str, seq_len: int) -> Any:
-    """The base artifact for a live session: a demo or zoo model (torch), an .onnx file or a Hugging Face folder."""
+    """The base artifact for a live session: a demo model (torch), or anything edgeopt.load.load_model reads
+    (a zoo model, an .onnx file, a Hugging Face folder)."""
     if source.startswith("demo:"):
         return demo_model(source, seq_len=seq_len)
-    if source.startswith("zoo:"):
-        from edgeopt.zoo import load_zoo_model
-
-        return load_zoo_model(source[4:], seq_len=seq_len)
-    p = Path(source)
-    if p.is_dir() and (p / "config.json").exists():
-        from edgeopt.zoo.hf import load_hf_folder
-
-        return load_hf_folder(p, seq_len=seq_len)
-    from edgeopt.load import load_model
-
-    return load_model(source)
+    return load_model(source, seq_len=seq_len)
 
 
 def registered(pass_name: str) -> bool:
@@ -254,7 +242,6 @@ class LiveBench:
             return {n: t.detach().cpu().numpy() for n, t in zip(names, ex)}
         from edgeopt.analyze.flops import dim_bindings
         from edgeopt.data import random_feeds
-        from edgeopt.load import load_onnx_checked
 
         dims = dim_bindings(load_onnx_checked(art.path), 1, self.seq_len)
         return random_feeds(art.input_spec, 1, dims, seed=0, vocab=int(art.meta.get("vocab_size") or 100))[0]

@@ -15,7 +15,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeopt import train as tr
+from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.errors import InputError
+from edgeopt.load import register_zoo
 
 DATA_VERSION = 1  # bump when the images, the split or the normalization change (invalidates cached models)
 TRAINER_VERSION = 2  # bump when edgeopt.train.fit changes what it returns for the same config
@@ -65,28 +68,22 @@ def parse_spec(rest: str, default_split: str) -> tuple[str, slice]:
     return split, slice(int(a) if a else None, int(b) if b else None)
 
 
-def feeds(rest: str, role: str, batch: int, input_name: str = INPUT_NAME) -> list[dict[str, np.ndarray]]:
-    """Feeds of `batch` images (the last one may be smaller) with labels under data.LABEL_KEY.
+def samples(rest: str, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) a `zoo:digits<rest>` spec selects (edgeopt.data batches them into labelled feeds).
 
     Calibration defaults to the train split, evaluation to the test split.
     """
-    from edgeopt.data import LABEL_KEY
-
     split, sl = parse_spec(rest, "train" if role == "calibration" else "test")
     x, y = load_split(split)
-    x, y = x[sl], y[sl]
-    return [{input_name: x[i:i + batch].copy(), LABEL_KEY: y[i:i + batch].copy()}
-            for i in range(0, len(y), batch)]
+    return x[sl], y[sl]
 
 
 def tensor_data(split: Literal["train", "test"] = "train"):
     """The split as an edgeopt.train.TensorData (images, labels)."""
     import torch
 
-    from edgeopt.train import TensorData
-
     x, y = load_split(split)
-    return TensorData((torch.from_numpy(x.copy()),), torch.from_numpy(y.copy()))
+    return tr.TensorData((torch.from_numpy(x.copy()),), torch.from_numpy(y.copy()))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -172,11 +169,9 @@ def _Classifier(*args: Any) -> Any:  # noqa: N802 - builds the one model class l
 
 # ---------------------------------------------------------------------------------------------- training + cache
 def _train_config(**kw: Any):
-    from edgeopt.train import TrainConfig
-
     base = dict(epochs=15, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="cosine", patience=6,
                 label_smoothing=0.05, augment_shift=0.08, seed=0, warmup_steps=20)
-    return TrainConfig(**{**base, **kw})
+    return tr.TrainConfig(**{**base, **kw})
 
 
 # architectures by name (untrained builds: distill's student_arch, tests)
@@ -216,8 +211,6 @@ def trained(name: str, spec: Any, train_cfg: Any, cache: Path | None = None, pro
     import torch
     from safetensors.torch import load_file, save_file
 
-    from edgeopt import train as tr
-
     folder = (cache or cache_dir()) / "digits"
     key = cache_key(spec, train_cfg)
     weights, info_path = folder / f"{name}-{key}.safetensors", folder / f"{name}-{key}.json"
@@ -247,11 +240,9 @@ def trained(name: str, spec: Any, train_cfg: Any, cache: Path | None = None, pro
     return model.eval(), {**info, "cache": str(weights), "cached": False}
 
 
-def artifact(module: Any, source: str, extra_meta: dict[str, Any] | None = None, batch: int = 1) -> Any:
+def artifact(module: Any, source: str, extra_meta: dict[str, Any] | None = None, batch: int = 1) -> Artifact:
     """A torch Artifact of a digits classifier: input `image` (batch, 1, 32, 32), output `logits` (batch, 10)."""
     import torch
-
-    from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 
     x, _ = load_split("test")
     example = {INPUT_NAME: torch.from_numpy(x[:batch].copy())}
@@ -263,7 +254,7 @@ def artifact(module: Any, source: str, extra_meta: dict[str, Any] | None = None,
     return Artifact.from_module(module.eval(), spec, meta=meta)
 
 
-def load_digits_model(name: str, batch: int = 1, progress: Any = None) -> Any:
+def load_digits_model(name: str, batch: int = 1, progress: Any = None) -> Artifact:
     """zoo:digits-cnn / zoo:digits-teacher as a torch Artifact (trained on first use, then from the cache)."""
     if name not in MODELS:
         raise InputError(f"zoo:{name}: unknown digits model; known: {', '.join('zoo:' + k for k in MODELS)}")
@@ -271,3 +262,11 @@ def load_digits_model(name: str, batch: int = 1, progress: Any = None) -> Any:
     model, info = trained(name, spec, cfg(), progress=progress)
     meta = {"test_accuracy": info["test_accuracy"], "arch": info["spec"], "weights": info["cache"]}
     return artifact(model, f"zoo:{name}", meta, batch=batch)
+
+
+def _zoo_digits(name: str, *, seq_len: int, batch: int) -> Artifact:
+    return load_digits_model(name, batch=batch)
+
+
+for _name, (_description, _, _) in MODELS.items():
+    register_zoo(_name, f"{_description} (trained on first use, then cached)")(_zoo_digits)

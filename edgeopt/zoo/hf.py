@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.errors import InputError
+from edgeopt.load import register_format
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -63,6 +64,12 @@ def wrap_encoder(encoder, tokenizer_path: Path | str | None, seq_len: int = 128,
     return Artifact.from_module(model, spec, meta=meta)
 
 
+def is_hf_folder(path: Path) -> bool:
+    """A folder with a Hugging Face config.json."""
+    return path.is_dir() and (path / "config.json").exists()
+
+
+@register_format("hf-folder", is_hf_folder)
 def load_hf_folder(path: Path, seq_len: int = 128, batch: int = 1) -> Artifact:
     """A local Hugging Face encoder folder (config.json + weights) as a sentence-embedding artifact."""
     import warnings

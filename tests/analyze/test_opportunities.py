@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeopt.analyze import opportunities
 from edgeopt.analyze.flops import count_flops, prepare
-from edgeopt.analyze.opportunities import (find_patterns, fusion_opportunities, int8_summary, merge_findings,
-                                           suggest_passes)
+from edgeopt.analyze.opportunities import (find_opportunities, find_patterns, fusion_opportunities, int8_summary,
+                                           merge_findings, suggest_passes)
+from edgeopt.analyze.patterns import find_attention
 
 
 def _rules(findings):
@@ -76,6 +77,25 @@ def test_layernorm_and_gelu_written_out():
     assert "rmsnorm_decomposed" not in found  # a centred LayerNorm is not an RMS norm
 
 
+def test_analysis_reports_what_graph_fuse_rewrites():
+    """Analysis runs graph.fuse's own rule sets: where a rule declines (LayerNormalization needs opset 17),
+    no LayerNorm is reported; what the rules fuse is reported with the nodes they replace."""
+    from edgeopt.passes.graph.rules import apply_rule_sets
+
+    model = _decomposed_ln_gelu()
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    old.opset_import[0].version = 13
+    found = _rules(find_patterns(old))
+    assert "layernorm_decomposed" not in found and apply_rule_sets(old, ["layernorm"])[1] == {}
+    assert found["gelu_erf"]["count"] == 1
+    _, counts, replaced = apply_rule_sets(model, ["layernorm", "gelu"])
+    found = _rules(find_patterns(model))
+    assert counts == {"layernorm": 2, "gelu": 1}  # the norm, then its bias, as one reported match
+    assert found["layernorm_decomposed"]["nodes"] == [replaced["layernorm"]]
+    assert sorted(found["gelu_erf"]["nodes"][0]) == sorted(replaced["gelu"])
+
+
 def test_rmsnorm_written_out():
     n = helper.make_node
     nodes = [n("Pow", ["x", "two"], ["x2"], name="p"), n("ReduceMean", ["x2"], ["ms"], axes=[-1], name="m"),
@@ -131,9 +151,9 @@ def test_merge_prefers_graph_fuse():
 
 
 def test_fusion_opportunities_uses_graph_fuse_when_present(monkeypatch):
-    fake = types.ModuleType("edgeopt.passes.graph.fuse")
+    fake = types.SimpleNamespace()  # stands in for graph.fuse's findings
     fake.find_opportunities = lambda model: [{"rule": "custom_rule", "count": 2, "nodes": ["ln_mean", "ln_sub"]}]
-    monkeypatch.setitem(sys.modules, "edgeopt.passes.graph.fuse", fake)
+    monkeypatch.setattr(opportunities, "find_opportunities", lambda model, matches=None: fake.find_opportunities(model))
     found, warnings = fusion_opportunities(_decomposed_ln_gelu(), {"ln_mean": 10, "ln_sub": 5})
     rules = _rules(found)
     assert rules["custom_rule"]["source"] == "graph.fuse" and rules["custom_rule"]["flops"] == 15
@@ -145,6 +165,19 @@ def test_fusion_opportunities_uses_graph_fuse_when_present(monkeypatch):
     fake.find_opportunities = broken
     found, warnings = fusion_opportunities(_decomposed_ln_gelu())
     assert "gelu_erf" in _rules(found) and "boom" in warnings[0]
+
+
+def test_find_opportunities_reports_without_rewriting(tiny_bert_onnx, tiny_cnn_onnx):
+    model = onnx.load(str(tiny_bert_onnx.path))
+    snapshot = model.SerializeToString()
+    found = {f["rule"]: f for f in find_opportunities(model)}
+    assert model.SerializeToString() == snapshot, "the model passed in is not changed"
+    assert found["attention"]["count"] == 2 and found["attention"]["handled_by"] == "graph.fuse"
+    assert found["gelu"]["count"] == 2 and any("Erf" in n for n in found["gelu"]["nodes"])
+    assert set(found) == {"attention", "gelu"}
+    assert len(find_attention(model)) == 2 and all("Softmax" in b[-2] for b in find_attention(model))
+    cnn = {f["rule"]: f for f in find_opportunities(onnx.load(str(tiny_cnn_onnx.path)))}
+    assert cnn["conv_activation"]["count"] == 2 and cnn["conv_activation"]["handled_by"] == "onnxruntime session"
 
 
 def test_int8_shares_and_suggestions(tiny_bert_onnx, tiny_cnn_onnx):

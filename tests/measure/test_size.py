@@ -9,8 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeopt.artifact import Artifact, InputSpec
-from edgeopt.load import onnx_size_bytes
+from edgeopt.artifact import Artifact, InputSpec, onnx_size_bytes
 from edgeopt.measure.size import deflated_size, params_count, size_report
 
 

@@ -86,9 +86,9 @@ def test_unknown_digits_model():
 def test_zoo_digits_cnn_reaches_97_percent():
     """Trains once (about a minute or two on 2 cores) and is cached; later runs load the weights."""
     from edgeopt import train as tr
-    from edgeopt.zoo import load_zoo_model
+    from edgeopt.load import load_model
 
-    art = load_zoo_model("digits-cnn")
+    art = load_model("zoo:digits-cnn")
     acc = tr.evaluate(art.module, d.tensor_data("test"))
     assert acc >= 0.97 and art.meta["test_accuracy"] == pytest.approx(acc)
     assert art.meta["dataset"] == "digits" and art.input_spec.names == ["image"]

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from edgeopt import data as data_mod
+from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
 from edgeopt.passes.base import PassConfig, PassContext
@@ -50,8 +52,6 @@ def input_names(art: Artifact) -> list[str]:
 
 def example_args(art: Artifact, ctx: PassContext | None, pass_name: str) -> tuple[Any, ...]:
     """The model's example inputs as a positional tuple: meta["example_inputs"], else the first calibration feed."""
-    from edgeopt.data import to_torch_args
-
     ex = art.meta.get("example_inputs")
     if ex is not None:
         import torch
@@ -60,7 +60,7 @@ def example_args(art: Artifact, ctx: PassContext | None, pass_name: str) -> tupl
             return (ex,)
         return tuple(ex.values()) if isinstance(ex, dict) else tuple(ex)
     if ctx is not None and ctx.calibration:
-        return to_torch_args(ctx.calibration[0], input_names(art))
+        return data_mod.to_torch_args(ctx.calibration[0], input_names(art))
     raise PassError(f"{pass_name}: needs example inputs (artifact meta 'example_inputs' or calibration data)")
 
 
@@ -69,18 +69,14 @@ def feeds_to_tensors(feeds: list[dict[str, Any]], names: list[str]) -> tuple[tup
     import numpy as np
     import torch
 
-    from edgeopt.data import LABEL_KEY
-
     xs = tuple(torch.from_numpy(np.ascontiguousarray(np.concatenate([f[n] for f in feeds]))) for n in names)
     labels = None
-    if feeds and LABEL_KEY in feeds[0]:
-        labels = torch.from_numpy(np.concatenate([np.atleast_1d(f[LABEL_KEY]) for f in feeds]).astype(np.int64))
+    if feeds and data_mod.LABEL_KEY in feeds[0]:
+        labels = torch.from_numpy(np.concatenate([np.atleast_1d(f[data_mod.LABEL_KEY]) for f in feeds]).astype(np.int64))
     return xs, labels
 
 
 def _resolve_feeds(spec: str, art: Artifact, ctx: PassContext) -> list[dict[str, Any]]:
-    from edgeopt import data as data_mod
-
     seq_len = int(getattr(ctx.measure, "seq_len", 0) or 0)
     if not seq_len:
         ex = art.meta.get("example_inputs")
@@ -95,8 +91,6 @@ def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pa
     Targets are the labels when the data has them; otherwise `reference`'s outputs on the inputs (the
     pass then recovers agreement with the model it started from, and scores by cosine to it).
     """
-    from edgeopt.train import predict
-
     spec = cfg.data or art.meta.get("train_data")
     try:
         feeds = _resolve_feeds(spec, art, ctx) if spec else list(ctx.calibration)
@@ -109,7 +103,7 @@ def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pa
     if cfg.limit is not None and len(data) > cfg.limit:
         data = data.subset(slice(0, cfg.limit))
     if data.targets is None:
-        data = TensorData(data.inputs, predict(reference, data).detach())
+        data = TensorData(data.inputs, tr.predict(reference, data).detach())
     return data
 
 

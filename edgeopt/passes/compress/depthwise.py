@@ -4,15 +4,18 @@ blocks, then recover accuracy by fine-tuning or by distillation from the origina
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.passes.base import Pass, PassContext, register
+from edgeopt.passes.compress import blocks
 from edgeopt.passes.compress._common import (FineTune, derived, example_args, forward_with_hooks, layer_macs,
                                              matches, module_copy, param_count, task_data)
+from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
 from edgeopt.train import TrainConfig
 
 
@@ -31,6 +34,23 @@ def flops_reduction(in_channels: int, out_channels: int, kernel_size: int | tupl
     dense = h * w * in_channels * out_channels * kh * kw
     separable = h * w * (in_channels * kh * kw + in_channels * out_channels)
     return dense / separable
+
+
+@dataclass(frozen=True)
+class Block:
+    """The block that replaces a conv: `separable` (depthwise k×k → BN → `act` → pointwise 1×1) or
+    `inverted_residual` (MobileNetV2's, hidden channels = in × `expand_ratio` × `width`, ReLU6)."""
+
+    block: Literal["separable", "inverted_residual"] = "separable"
+    act: Literal["relu", "relu6", "silu", "gelu", "hardswish"] = "relu"
+    expand_ratio: float = 2.0
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.block not in ("separable", "inverted_residual"):
+            raise ValueError(f"Block: field 'block': expected separable or inverted_residual, got {self.block!r}")
+        if self.expand_ratio <= 0 or self.width <= 0:
+            raise ValueError(f"Block: fields 'expand_ratio' and 'width' must be > 0, got {self.expand_ratio}, {self.width}")
 
 
 @register("arch.depthwise")
@@ -67,6 +87,9 @@ class Depthwise(Pass):
                 raise ValueError("width scales the inverted residual's hidden channels: set block: inverted_residual")
             return self
 
+        def replacement_block(self) -> Block:
+            return Block(block=self.block, act=self.act, expand_ratio=self.expand_ratio, width=self.width)
+
     accepts = ("torch",)
     produces = "torch"
     tolerance = None
@@ -77,9 +100,6 @@ class Depthwise(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import torch
 
-        from edgeopt import train as tr
-        from edgeopt.passes.compress.distill import freeze, make_loss
-
         cfg = self.config
         original = module_copy(art, self.name)
         model = copy.deepcopy(original)
@@ -88,6 +108,7 @@ class Depthwise(Pass):
         shapes = _conv_output_shapes(model, example)
         torch.manual_seed(cfg.train.seed)
         replaced, skipped = {}, {}
+        block = cfg.replacement_block()
         for name, conv in list(model.named_modules()):
             if not isinstance(conv, torch.nn.Conv2d):
                 continue
@@ -95,7 +116,7 @@ class Depthwise(Pass):
             if why:
                 skipped[name] = why
                 continue
-            model.set_submodule(name, replacement(conv, cfg))
+            model.set_submodule(name, replacement(conv, block))
             hw = shapes.get(name, (1, 1))
             replaced[name] = {"in": conv.in_channels, "out": conv.out_channels, "kernel": list(conv.kernel_size),
                               "output_hw": list(hw),
@@ -116,8 +137,7 @@ class Depthwise(Pass):
             fit_data, val = data.split(cfg.val_fraction, seed=cfg.train.seed)
             loss_fn = None
             if cfg.recover == "distill":
-                kind = "kd" if data.labelled else "cosine"
-                loss_fn = make_loss(teacher, kind, cfg.temperature, cfg.alpha, None, 0.0)
+                loss_fn = make_loss(teacher, DistillLoss.for_outputs(data.labelled, cfg.temperature, cfg.alpha))
             notes["score_original"] = tr.evaluate(teacher, val)
             notes["score_before_recovery"] = tr.evaluate(model, val)
             result = tr.fit(model, fit_data, cfg.train, loss_fn=loss_fn, val=val, progress=ctx.progress,
@@ -126,12 +146,11 @@ class Depthwise(Pass):
             notes["metric"] = "accuracy" if data.labelled else "cosine_to_input"
             notes["fit"] = result.to_dict()
         ctx.notes[self.name] = notes
-        rebuild = {"replaced": list(replaced), "block": cfg.block, "act": cfg.act, "expand_ratio": cfg.expand_ratio,
-                   "width": cfg.width}
+        rebuild = {"replaced": list(replaced), **asdict(block)}
         return derived(model, art, ("arch.depthwise", rebuild), depthwise_replaced=len(replaced))
 
 
-def _ineligible(name: str, conv: Any, cfg: Any) -> str | None:
+def _ineligible(name: str, conv: Any, cfg: Depthwise.Config) -> str | None:
     if matches(name, cfg.exclude):
         return "excluded"
     if conv.groups != 1:
@@ -147,22 +166,20 @@ def _ineligible(name: str, conv: Any, cfg: Any) -> str | None:
     return None
 
 
-def replacement(conv: Any, cfg: Any) -> Any:
+def replacement(conv: Any, spec: Block) -> Any:
     """The block that takes `conv`'s place (same channels, stride, padding, dilation)."""
     from torch import nn
 
-    from edgeopt.passes.compress.blocks import InvertedResidual, make_act, make_divisible
-
-    if cfg.block == "inverted_residual":
-        block = InvertedResidual(conv.in_channels, conv.out_channels, conv.stride[0],
-                                 expand_ratio=make_divisible(conv.in_channels * cfg.expand_ratio * cfg.width, 8) / conv.in_channels,
-                                 kernel_size=conv.kernel_size[0], act="relu6", padding=conv.padding, dilation=conv.dilation)
-        return block
+    if spec.block == "inverted_residual":
+        hidden = blocks.make_divisible(conv.in_channels * spec.expand_ratio * spec.width, 8)
+        return blocks.InvertedResidual(conv.in_channels, conv.out_channels, conv.stride[0],
+                                       expand_ratio=hidden / conv.in_channels, kernel_size=conv.kernel_size[0],
+                                       act="relu6", padding=conv.padding, dilation=conv.dilation)
     return nn.Sequential(
         nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, conv.stride, conv.padding,
                   dilation=conv.dilation, groups=conv.in_channels, bias=False),
         nn.BatchNorm2d(conv.in_channels),
-        make_act(cfg.act),
+        blocks.make_act(spec.act),
         nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None),
     )
 
@@ -172,7 +189,7 @@ def rebuild_depthwise(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with the convs `args["replaced"]` swapped for `replacement` blocks of the recorded
     block / act / expand_ratio / width (fresh weights: the saved ones are loaded afterwards)."""
     model = module_copy(parent, "arch.depthwise")
-    how = SimpleNamespace(block=args["block"], act=args["act"], expand_ratio=args["expand_ratio"], width=args["width"])
+    how = Block(block=args["block"], act=args["act"], expand_ratio=args["expand_ratio"], width=args["width"])
     for name in args["replaced"]:
         model.set_submodule(name, replacement(model.get_submodule(name), how))
     return model

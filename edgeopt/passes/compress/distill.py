@@ -8,11 +8,18 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError, RecipeError
+from edgeopt.load import load_model
 from edgeopt.passes.base import Pass, PassContext, register
+from edgeopt.passes.compress import policy
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
+from edgeopt.passes.compress.channels import PruneStep, prune_to
+from edgeopt.passes.compress.depgraph import probe_groups
+from edgeopt.passes.compress.losses import DistillLoss, FeatureDistiller, freeze, make_loss
 from edgeopt.train import TrainConfig
+from edgeopt.zoo import digits
 
 
 @register("distill")
@@ -64,8 +71,6 @@ class Distill(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import torch
 
-        from edgeopt import train as tr
-
         cfg = self.config
         example = example_args(art, ctx, self.name)
         if cfg.teacher is not None:
@@ -86,7 +91,7 @@ class Distill(Pass):
         kind = cfg.loss if cfg.loss != "auto" else ("kd" if data.labelled or _looks_like_logits(t_out) else "cosine")
         pairs = list(cfg.features) or layer_pairs(student, teacher, cfg.layer_map)
         feat = FeatureDistiller(student, teacher, pairs, example) if pairs and cfg.beta > 0 else None
-        loss_fn = make_loss(teacher, kind, cfg.temperature, cfg.alpha, feat, cfg.beta)
+        loss_fn = make_loss(teacher, DistillLoss(kind, cfg.temperature, cfg.alpha, cfg.beta), feat)
         params = list(student.parameters()) + (list(feat.adapters.parameters()) if feat else [])
         score_before = tr.evaluate(student, val) if val.targets is not None else None
         try:
@@ -111,20 +116,10 @@ class Distill(Pass):
 
 
 # ---------------------------------------------------------------------------------------------- students
-def freeze(model: Any) -> Any:
-    """Teacher mode: eval (dropout off, BatchNorm statistics fixed) and no gradients, for good."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def load_teacher(source: str) -> Any:
     if not source.startswith("zoo:"):
         raise RecipeError(f"distill: field 'teacher': expected zoo:NAME of a torch model, got {source!r}")
-    from edgeopt.zoo import load_zoo_model
-
-    art = load_zoo_model(source[4:])
+    art = load_model(source)
     if art.module is None:
         raise RecipeError(f"distill: field 'teacher': {source} is not a torch model")
     return copy.deepcopy(art.module)
@@ -162,21 +157,19 @@ def student_init_layers(n_teacher: int, n_student: int, layer_map: str) -> list[
     return pick_layers(n_teacher, n_student, "pkd-skip") + [n_teacher - 1]
 
 
-def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any
+def make_student(teacher: Any, example: tuple[Any, ...], cfg: Distill.Config, target: Any
                  ) -> tuple[Any, str, tuple[str, dict[str, Any]]]:
     """The student derived from the teacher as the config asks; returns (student, how, rebuild): `how` for
     the notes, `rebuild` the (builder, args) that rebuild the student's architecture from the teacher."""
     stack = layer_stack(teacher)
     if cfg.student_arch is not None:
-        from edgeopt.zoo.digits import ARCHS, build
-
-        if cfg.student_arch not in ARCHS:
-            raise RecipeError(f"distill: field 'student_arch': unknown {cfg.student_arch!r}; known: {', '.join(ARCHS)}")
+        if cfg.student_arch not in digits.ARCHS:
+            raise RecipeError(f"distill: field 'student_arch': unknown {cfg.student_arch!r}; known: {', '.join(digits.ARCHS)}")
         import torch
 
         torch.manual_seed(cfg.train.seed)
-        spec = ARCHS[cfg.student_arch]
-        return build(spec).eval(), f"arch:{cfg.student_arch}", ("zoo.digits", {"spec": spec.model_dump(mode="json")})
+        spec = digits.ARCHS[cfg.student_arch]
+        return digits.build(spec).eval(), f"arch:{cfg.student_arch}", ("zoo.digits", {"spec": spec.model_dump(mode="json")})
     layers = cfg.student_layers
     if layers is None and cfg.student_width is None and stack is not None and _is_transformer(teacher):
         layers = max(1, len(stack[1]) // 2)
@@ -192,20 +185,19 @@ def make_student(teacher: Any, example: tuple[Any, ...], cfg: Any, target: Any
         return (student, f"layers:{layers} from teacher layers {','.join(map(str, keep))}",
                 ("distill.layers", {"stack": name, "keep": keep}))
     width = cfg.student_width or 0.5
-    from edgeopt.passes.compress import policy
-    from edgeopt.passes.compress.prune_channels import channel_counts, probe_groups, prune_to
-
     student = copy.deepcopy(teacher)
-    safe, _, _ = probe_groups(student, example, ())
-    if not safe:
+    groups = probe_groups(student, example)
+    if not groups.safe:
         raise PassError("distill: no prunable channel group to derive a narrower student from")
-    original = channel_counts(student, example, safe)
-
-    class _Cfg:
-        importance, scope, max_layer_sparsity, importance_batches = "l1", "layer", 0.95, 1
-
-    counts, _ = prune_to(student, example, safe, original, 1 - width, _Cfg, policy.channel_multiple(target), None, None)
+    counts, _ = prune_to(student, example, groups.original, 1 - width, narrow_step(target))
     return student.eval(), f"width:{width}", ("prune.channels", {"counts": counts})
+
+
+def narrow_step(target: Any) -> PruneStep:
+    """How a `student_width` student is cut from the teacher: every group to the width (l1, per layer, up to
+    95% of a group), channel counts rounded to the target's multiple."""
+    return PruneStep(importance="l1", scope="layer", max_layer_sparsity=0.95,
+                     round_to=policy.channel_multiple(target), importance_batches=1)
 
 
 def keep_layers(model: Any, stack: str, keep: list[int]) -> Any:
@@ -235,10 +227,8 @@ def rebuild_layers(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
 @register_builder("zoo.digits")
 def rebuild_digits(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """A fresh digits CNN of the architecture spec `args["spec"]` (MobileNetSpec / ResNetSpec as JSON)."""
-    from edgeopt.zoo.digits import MobileNetSpec, ResNetSpec, build
-
     spec = args["spec"]
-    return build((ResNetSpec if spec.get("kind") == "resnet" else MobileNetSpec)(**spec)).eval()
+    return digits.build((digits.ResNetSpec if spec.get("kind") == "resnet" else digits.MobileNetSpec)(**spec)).eval()
 
 
 def _hf_config(model: Any) -> Any:
@@ -269,96 +259,3 @@ def layer_pairs(student: Any, teacher: Any, layer_map: str) -> list[tuple[str, s
         raise RecipeError("distill: field 'layer_map': the student or the teacher has no stack of layers")
     idx = pick_layers(len(t[1]), len(s[1]), layer_map)
     return [(f"{s[0]}.{i}", f"{t[0]}.{j}") for i, j in enumerate(idx)]
-
-
-# ---------------------------------------------------------------------------------------------- losses
-class FeatureDistiller:
-    """Captures the outputs of (student, teacher) module pairs with forward hooks and turns them into a loss
-    through learned adapters (Linear on the last axis, 1×1 Conv2d for feature maps) where widths differ."""
-
-    def __init__(self, student: Any, teacher: Any, pairs: list[tuple[str, str]], example: tuple[Any, ...]):
-        import torch
-        from torch import nn
-
-        self.pairs = pairs
-        self.store: dict[str, Any] = {}
-        self.handles = []
-        for i, (sn, tn) in enumerate(pairs):
-            for side, model, name in (("s", student, sn), ("t", teacher, tn)):
-                try:
-                    mod = model.get_submodule(name)
-                except AttributeError:
-                    who = "student" if side == "s" else "teacher"
-                    raise RecipeError(f"distill: field 'features': the {who} has no module {name!r}") from None
-                self.handles.append(mod.register_forward_hook(self._hook(f"{side}{i}")))
-        with torch.no_grad():
-            student(*example)
-            teacher(*example)
-        adapters = []
-        for i, (sn, tn) in enumerate(pairs):
-            s, t = self.store[f"s{i}"], self.store[f"t{i}"]
-            if s.dim() == 4 and t.dim() == 4:
-                adapters.append(nn.Identity() if s.shape[1] == t.shape[1] else nn.Conv2d(s.shape[1], t.shape[1], 1))
-            elif s.dim() == t.dim():
-                adapters.append(nn.Identity() if s.shape[-1] == t.shape[-1] else nn.Linear(s.shape[-1], t.shape[-1]))
-            else:
-                raise RecipeError(f"distill: field 'features': {sn} gives {tuple(s.shape)} but {tn} gives {tuple(t.shape)}")
-        self.adapters = nn.ModuleList(adapters)
-        self.store.clear()
-
-    def _hook(self, key: str):
-        def hook(_mod, _inp, out):
-            self.store[key] = out[0] if isinstance(out, (tuple, list)) else out
-        return hook
-
-    def loss(self) -> Any:
-        import torch.nn.functional as F
-
-        total = 0.0
-        for i, adapter in enumerate(self.adapters):
-            s, t = adapter(self.store[f"s{i}"]), self.store[f"t{i}"].detach()
-            if s.dim() == 4 and s.shape[-2:] != t.shape[-2:]:
-                s = F.adaptive_avg_pool2d(s, t.shape[-2:])
-            if s.dim() == 3:  # (B, T, H): the first token, as patient KD does
-                s, t = s[:, 0], t[:, 0]
-            s, t = F.normalize(s.flatten(1), dim=1), F.normalize(t.flatten(1), dim=1)
-            total = total + F.mse_loss(s, t, reduction="sum") / s.shape[0]
-        return total / max(1, len(self.adapters))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-
-def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
-    """KL(softmax(t/T) ‖ softmax(s/T)) · T² (Hinton et al., 2015), averaged over the batch."""
-    import torch.nn.functional as F
-
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                    reduction="batchmean", log_target=True) * (t * t)
-
-
-def make_loss(teacher: Any, kind: str, temperature: float, alpha: float, feat: FeatureDistiller | None, beta: float):
-    """The training loss `loss_fn(student, inputs, targets)` for edgeopt.train.fit."""
-    import torch
-    import torch.nn.functional as F
-
-    def loss_fn(student, x, y):
-        with torch.no_grad():
-            t_out = teacher(*x)
-        s_out = student(*x)
-        if kind == "kd":
-            loss = kd_loss(s_out, t_out, temperature)
-            if y is not None and not y.is_floating_point():
-                loss = alpha * loss + (1 - alpha) * F.cross_entropy(s_out, y)
-        elif kind == "cosine":
-            loss = (1 - F.cosine_similarity(s_out.flatten(1), t_out.flatten(1), dim=1)).mean()
-        else:
-            loss = F.mse_loss(s_out, t_out)
-        if feat is not None:
-            loss = loss + beta * feat.loss()
-        return loss
-
-    return loss_fn

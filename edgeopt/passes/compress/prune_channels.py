@@ -1,20 +1,24 @@
-"""prune.channels: structured channel/filter pruning on torch-pruning's dependency graph, in rounds of
-prune → fine-tune with an accuracy floor; importance in `importance`, the choice of channels in `policy`."""
+"""prune.channels: structured channel/filter pruning in rounds of prune → fine-tune with an accuracy floor;
+one step's graph / importance / policy / surgery live in `depgraph`, `importance`, `policy` and `channels`."""
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
+from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.compress import importance as imp
 from edgeopt.passes.compress import policy
-from edgeopt.passes.compress._common import FineTune, derived, example_args, matches, module_copy, param_count, task_data
+from edgeopt.passes.compress._common import FineTune, derived, example_args, layer_macs, module_copy, param_count, task_data
+from edgeopt.passes.compress.channels import PruneStep, prune_to
+from edgeopt.passes.compress.depgraph import Groups, build_graph, group_modules, out_channels, probe_groups, prune_counts
+from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
 
 
 @register("prune.channels")
@@ -54,6 +58,12 @@ class PruneChannels(Pass):
         alpha: float = Field(default=0.7, ge=0, le=1)
         exclude: tuple[str, ...] = Field(default=(), description="module names or fnmatch patterns never pruned")
 
+        def step(self, target: Any) -> PruneStep:
+            """The per-step part of this config (`round_to: auto` resolved for `target`)."""
+            round_to = policy.channel_multiple(target) if self.round_to == "auto" else max(1, int(self.round_to))
+            return PruneStep(importance=self.importance, scope=self.scope, max_layer_sparsity=self.max_layer_sparsity,
+                             round_to=round_to, importance_batches=self.importance_batches)
+
     accepts = ("torch",)
     produces = "torch"
     tolerance = None
@@ -61,158 +71,117 @@ class PruneChannels(Pass):
                         "cosine to the input) and kept only at or above floor × the unpruned model's score")
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
-        from edgeopt import train as tr
-
         cfg = self.config
         model = module_copy(art, self.name)
         example = example_args(art, ctx, self.name)
-        round_to = policy.channel_multiple(ctx.target) if cfg.round_to == "auto" else int(cfg.round_to)
-        needs_data = cfg.train.epochs > 0 or cfg.floor is not None or cfg.importance in ("taylor", "activation")
-        data = task_data(art, ctx, cfg, art.module, self.name) if needs_data or ctx.calibration or cfg.data \
-            or art.meta.get("train_data") else None
-        fit_data, val = data.split(cfg.val_fraction, seed=cfg.train.seed) if data is not None else (None, None)
-        safe, skipped, frozen = probe_groups(model, example, cfg.exclude)
-        for name, why in skipped.items():
-            ctx.warnings.append(f"{self.name}: skipped {name}: {why}")
-        if not safe:
-            raise PassError(f"{self.name}: no prunable channel group (skipped: {', '.join(skipped) or 'none'}; "
-                            f"output-coupled: {', '.join(frozen) or 'none'})")
-        original = channel_counts(model, example, safe)
-        score = (lambda m: tr.evaluate(m, val)) if val is not None else (lambda m: None)
-        base_score = score(model)
-        floor_score = None if cfg.floor is None or base_score is None else cfg.floor * base_score
-        notes: dict[str, Any] = {
-            "importance": cfg.importance, "scope": cfg.scope, "round_to": round_to, "target": cfg.sparsity,
-            "metric": None if data is None else "accuracy" if data.labelled else "cosine_to_input", "baseline_score": base_score,
-            "floor_score": floor_score, "skipped": skipped, "output_coupled": frozen, "rounds": [],
-            "params_before": param_count(model),
-        }
-        cost = None
+        groups = self._groups(model, example, ctx)
+        rounds = self._setup(art, ctx, model, example, groups)
+        notes = rounds.notes(cfg, model)
         if cfg.latency_aware:
-            cost, lat_notes = measure_group_latency(model, example, safe, cfg.latency_batch, cfg.latency_runs)
-            notes["latency"] = lat_notes
-        loss_fn = None
-        if cfg.loss == "distill":
-            from edgeopt.passes.compress.distill import freeze, make_loss
-
-            teacher = freeze(copy.deepcopy(model))
-            loss_fn = make_loss(teacher, "kd" if data is not None and data.labelled else "cosine", cfg.temperature,
-                                cfg.alpha, None, 0.0)
-        kept, kept_counts = model, dict(original)
-        current = model
-        for r in range(1, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            target = cfg.sparsity * r / cfg.rounds
-            candidate = copy.deepcopy(current)
-            counts, used = prune_to(candidate, example, safe, original, target, cfg, round_to, fit_data, cost)
-            fit = None
-            if cfg.train.epochs > 0:
-                fit = tr.fit(candidate, fit_data, cfg.train, loss_fn=loss_fn, val=val, progress=ctx.progress,
-                             description=f"{self.name} round {r}/{cfg.rounds}")
-            s = score(candidate)
-            removed = 1 - sum(counts.values()) / max(1, sum(original.values()))
-            rec = {"round": r, "target": round(target, 4), "channel_sparsity": round(removed, 4), "score": s,
-                   "params": param_count(candidate), "importance_used": used, "seconds": round(time.perf_counter() - t0, 2),
-                   "fine_tune": fit.to_dict() if fit else None}
-            accepted = floor_score is None or s >= floor_score
-            rec["accepted"] = accepted
-            notes["rounds"].append(rec)
-            if not accepted:
-                ctx.warnings.append(f"{self.name}: round {r} scored {s:.4f} < floor {floor_score:.4f}; "
-                                    f"kept round {r - 1} ({notes['rounds'][r - 2]['channel_sparsity'] if r > 1 else 0:.0%} channels removed)")
-                break
-            kept, kept_counts, current = candidate, counts, candidate
-        notes["groups"] = {n: {"before": original[n], "after": kept_counts[n]} for n in safe}
+            rounds.cost, notes["latency"] = measure_group_latency(model, example, groups.safe, cfg.latency_batch,
+                                                                  cfg.latency_runs)
+        kept, kept_counts = self._prune_in_rounds(model, rounds, notes, ctx)
+        original = groups.original
+        notes["groups"] = {n: {"before": original[n], "after": kept_counts[n]} for n in groups.safe}
         notes["channel_sparsity"] = 1 - sum(kept_counts.values()) / max(1, sum(original.values()))
         notes["params_after"] = param_count(kept)
-        notes["score"] = score(kept)
+        notes["score"] = rounds.score(kept)
         ctx.notes[self.name] = notes
         return derived(kept, art, ("prune.channels", {"counts": kept_counts}), channel_sparsity=notes["channel_sparsity"])
 
+    def _groups(self, model: Any, example: tuple[Any, ...], ctx: PassContext) -> Groups:
+        """The model's prunable channel groups (graph), skipped ones reported in ctx.warnings."""
+        groups = probe_groups(model, example, self.config.exclude)
+        for name, why in groups.skipped.items():
+            ctx.warnings.append(f"{self.name}: skipped {name}: {why}")
+        if not groups.safe:
+            raise PassError(f"{self.name}: no prunable channel group (skipped: {', '.join(groups.skipped) or 'none'}; "
+                            f"output-coupled: {', '.join(groups.output_coupled) or 'none'})")
+        return groups
 
-# ---------------------------------------------------------------------------------------------- graph
-def build_graph(model: Any, example: tuple[Any, ...]) -> Any:
-    """torch-pruning's dependency graph of `model` traced on `example` (positional inputs)."""
-    import warnings
+    def _setup(self, art: Artifact, ctx: PassContext, model: Any, example: tuple[Any, ...], groups: Groups) -> "_Rounds":
+        """Everything the rounds share: the data (fine-tune and held-out parts), the step, the loss, the floor."""
+        cfg = self.config
+        step = cfg.step(ctx.target)
+        needs_data = cfg.train.epochs > 0 or cfg.floor is not None or step.needs_data
+        data = None
+        if needs_data or ctx.calibration or cfg.data or art.meta.get("train_data"):
+            data = task_data(art, ctx, cfg, art.module, self.name)
+        fit_data, val = data.split(cfg.val_fraction, seed=cfg.train.seed) if data is not None else (None, None)
+        loss_fn = None
+        if cfg.loss == "distill":
+            labelled = data is not None and data.labelled
+            loss_fn = make_loss(freeze(copy.deepcopy(model)), DistillLoss.for_outputs(labelled, cfg.temperature, cfg.alpha))
+        rounds = _Rounds(example=example, groups=groups, step=step, fit_data=fit_data, val=val, loss_fn=loss_fn,
+                         metric=None if data is None else "accuracy" if data.labelled else "cosine_to_input")
+        rounds.baseline = rounds.score(model)
+        if cfg.floor is not None and rounds.baseline is not None:
+            rounds.floor_score = cfg.floor * rounds.baseline
+        return rounds
 
-    import torch_pruning as tp
+    def _prune_in_rounds(self, model: Any, rounds: "_Rounds", notes: dict[str, Any], ctx: PassContext
+                         ) -> tuple[Any, dict[str, int]]:
+        """Prune → fine-tune → score, `rounds` times towards the target; the last model at or above the floor."""
+        cfg = self.config
+        kept, kept_counts = model, dict(rounds.groups.original)
+        for r in range(1, cfg.rounds + 1):
+            candidate, counts, rec = self._round(r, kept, rounds, ctx)
+            notes["rounds"].append(rec)
+            if not rec["accepted"]:
+                before = notes["rounds"][r - 2]["channel_sparsity"] if r > 1 else 0
+                ctx.warnings.append(f"{self.name}: round {r} scored {rec['score']:.4f} < floor {rounds.floor_score:.4f}; "
+                                    f"kept round {r - 1} ({before:.0%} channels removed)")
+                break
+            kept, kept_counts = candidate, counts
+        return kept, kept_counts
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=lambda m, x: m(*x))
-
-
-def _root_group(dg: Any, module: Any, idxs: list[int] | None = None) -> tuple[Any, int]:
-    pruner = dg.get_pruner_of_module(module)
-    n = pruner.get_out_channels(module)
-    return dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)) if idxs is None else idxs), n
-
-
-def _shapes(out: Any) -> Any:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, (tuple, list)):
-        return tuple(_shapes(o) for o in out)
-    if isinstance(out, dict):
-        return tuple((k, _shapes(v)) for k, v in out.items())
-    return type(out).__name__
-
-
-def probe_groups(model: Any, example: tuple[Any, ...], exclude: tuple[str, ...]
-                 ) -> tuple[list[str], dict[str, str], list[str]]:
-    """(safe group roots, {skipped root: reason}, output-coupled roots) found by removing one channel of each
-    group on a copy of the model and running it."""
-    import torch
-    import torch_pruning as tp
-
-    names = {m: n for n, m in model.named_modules()}
-    dg = build_graph(model, example)
-    roots: list[str] = []
-    excluded = [m for n, m in model.named_modules() if exclude and n and matches(n, exclude)]
-    for group in dg.get_all_groups(ignored_layers=excluded, root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
-        root = group[0].dep.target.module
-        if root in names:
-            roots.append(names[root])
-    safe, skipped, frozen = [], {}, []
-    trial = copy.deepcopy(model)
-    tdg = build_graph(trial, example)
-    with torch.no_grad():
-        shape = _shapes(trial(*example))
-    for name in roots:
-        try:
-            module = trial.get_submodule(name)
-            group, n = _root_group(tdg, module, [0])
-            if n is None or n < 2:
-                skipped[name] = "fewer than 2 channels"
-                continue
-            if not tdg.check_pruning_group(group):
-                skipped[name] = "the graph refuses to prune this group"
-                continue
-            group.prune()
-            with torch.no_grad():
-                new_shape = _shapes(trial(*example))
-        except Exception as e:  # a reshape / op the graph does not model: this group cannot be pruned safely
-            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
-            skipped[name] = f"pruning it breaks the forward pass ({e.__class__.__name__}: {first})"
-            trial = copy.deepcopy(model)
-            tdg = build_graph(trial, example)
-            with torch.no_grad():
-                shape = _shapes(trial(*example))
-            continue
-        if new_shape != shape:
-            frozen.append(name)
-            shape = new_shape
-        else:
-            safe.append(name)
-    return safe, skipped, frozen
+    def _round(self, r: int, current: Any, rounds: "_Rounds", ctx: PassContext) -> tuple[Any, dict[str, int], dict[str, Any]]:
+        """One round on a copy of `current`: (the pruned, fine-tuned candidate, its channel counts, its record)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        target = cfg.sparsity * r / cfg.rounds
+        candidate = copy.deepcopy(current)
+        original = rounds.groups.original
+        counts, used = prune_to(candidate, rounds.example, original, target, rounds.step, data=rounds.fit_data,
+                                cost=rounds.cost)
+        fit = None
+        if cfg.train.epochs > 0:
+            fit = tr.fit(candidate, rounds.fit_data, cfg.train, loss_fn=rounds.loss_fn, val=rounds.val,
+                         progress=ctx.progress, description=f"{self.name} round {r}/{cfg.rounds}")
+        s = rounds.score(candidate)
+        removed = 1 - sum(counts.values()) / max(1, sum(original.values()))
+        rec = {"round": r, "target": round(target, 4), "channel_sparsity": round(removed, 4), "score": s,
+               "params": param_count(candidate), "importance_used": used, "seconds": round(time.perf_counter() - t0, 2),
+               "fine_tune": fit.to_dict() if fit else None,
+               "accepted": rounds.floor_score is None or s >= rounds.floor_score}
+        return candidate, counts, rec
 
 
-def channel_counts(model: Any, example: tuple[Any, ...], roots: list[str]) -> dict[str, int]:
-    dg = build_graph(model, example)
-    return {n: int(dg.get_pruner_of_module(model.get_submodule(n)).get_out_channels(model.get_submodule(n)))
-            for n in roots}
+@dataclass
+class _Rounds:
+    """What every round of one prune.channels run shares."""
+
+    example: tuple[Any, ...]
+    groups: Groups
+    step: PruneStep
+    fit_data: Any
+    val: Any
+    loss_fn: Callable[..., Any] | None
+    metric: str | None
+    cost: dict[str, float] | None = None
+    baseline: float | None = None
+    floor_score: float | None = None
+
+    def score(self, model: Any) -> float | None:
+        """The held-out score (accuracy, or cosine to the input); None without data."""
+        return tr.evaluate(model, self.val) if self.val is not None else None
+
+    def notes(self, cfg: PruneChannels.Config, model: Any) -> dict[str, Any]:
+        """The run's notes before any round: settings, baseline, groups skipped or kept whole."""
+        return {"importance": cfg.importance, "scope": cfg.scope, "round_to": self.step.round_to, "target": cfg.sparsity,
+                "metric": self.metric, "baseline_score": self.baseline, "floor_score": self.floor_score,
+                "skipped": self.groups.skipped, "output_coupled": self.groups.output_coupled, "rounds": [],
+                "params_before": param_count(model)}
 
 
 @register_builder("prune.channels")
@@ -222,74 +191,6 @@ def rebuild_pruned(parent: Artifact, args: dict[str, Any], ctx: PassContext | No
     model = module_copy(parent, "prune.channels")
     prune_counts(model, example_args(parent, ctx, "prune.channels"), args["counts"])
     return model
-
-
-def prune_counts(model: Any, example: tuple[Any, ...], counts: dict[str, int]) -> None:
-    """Prune `model` in place so the group rooted at each named module keeps `counts[name]` channels (its last
-    channels go, with every tensor slice coupled to them)."""
-    dg = build_graph(model, example)
-    for name, keep in counts.items():
-        module = model.get_submodule(name)
-        n = int(dg.get_pruner_of_module(module).get_out_channels(module))
-        if not 0 < keep <= n:
-            raise ValueError(f"{name}: cannot keep {keep} of {n} channels")
-        if keep < n:
-            group, _ = _root_group(dg, module, list(range(keep, n)))
-            group.prune()
-    model.eval()
-
-
-# ---------------------------------------------------------------------------------------------- one prune step
-def _score_batches(data: Any, cfg: Any) -> list[tuple[tuple[Any, ...], Any]]:
-    bs = min(64, len(data))
-    out = []
-    for i, b in enumerate(data.batches(bs)):
-        if i >= cfg.importance_batches:
-            break
-        out.append(b)
-    return out
-
-
-def prune_to(model: Any, example: tuple[Any, ...], roots: list[str], original: dict[str, int], target: float,
-             cfg: Any, round_to: int, data: Any, cost: dict[str, float] | None) -> tuple[dict[str, int], str]:
-    """Prune `model` in place so the groups keep about (1 - target) of their original channels; returns the
-    new channel counts and the importance(s) used."""
-    from edgeopt.train import task_loss
-
-    dg = build_graph(model, example)
-    batches = _score_batches(data, cfg) if cfg.importance in ("taylor", "activation") else []
-    act = imp.activation_stats(model, batches) if cfg.importance == "activation" else None
-    if cfg.importance == "taylor":
-        imp.accumulate_gradients(model, batches, task_loss if data.labelled else _projected_output)
-    plans, used = [], set()
-    for name in roots:
-        group, n = _root_group(dg, model.get_submodule(name))
-        scores, u = imp.group_scores(cfg.importance, group, n, act)
-        used.add(u)
-        plans.append(policy.GroupPlan(name=name, original=original[name], current=n, scores=scores,
-                                      cost=(cost or {}).get(name, 1.0)))
-    if cfg.importance == "taylor":
-        model.zero_grad(set_to_none=True)
-    if cfg.scope == "global":
-        policy.plan_global(plans, target, round_to, cfg.max_layer_sparsity)
-    else:
-        policy.plan_layer(plans, target, round_to, cfg.max_layer_sparsity)
-    for p in plans:
-        if p.drop:
-            group, _ = _root_group(dg, model.get_submodule(p.name), p.drop)
-            group.prune()
-    model.eval()
-    return {p.name: p.keep for p in plans}, "+".join(sorted(used))
-
-
-def _projected_output(model: Any, inputs: tuple[Any, ...], _targets: Any) -> Any:
-    """Without labels the loss against the model's own outputs has zero gradient; a fixed random projection
-    of the output gives Taylor scores the first-order output change instead."""
-    import torch
-
-    out = model(*inputs)
-    r = torch.randn(out.shape[1:], generator=torch.Generator().manual_seed(0))
-    return (out * r).sum() / out.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------- latency
@@ -310,36 +211,19 @@ def measure_group_latency(model: Any, example: tuple[Any, ...], roots: list[str]
 
     x = _batched(example, batch)
     dg = build_graph(model, example)
-    members: dict[str, list[Any]] = {}
-    counts: dict[str, int] = {}
-    for name in roots:
-        group, n = _root_group(dg, model.get_submodule(name))
-        counts[name] = n
-        mods = []
-        for item in group.items:
-            m = item.dep.target.module
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)) and m not in mods:
-                mods.append(m)
-        members[name] = mods
+    kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    members = {name: [m for m in group_modules(dg, model.get_submodule(name)) if isinstance(m, kinds)] for name in roots}
+    counts = {name: out_channels(dg, model.get_submodule(name)) for name in roots}
+    names = {m: n for n, m in model.named_modules()}
+    macs = layer_macs(model, x)  # by module name; BatchNorm counts 0
     times: dict[int, list[float]] = {}
-    macs: dict[int, int] = {}
     starts: dict[int, float] = {}
 
     def pre(mod, _inp):
         starts[id(mod)] = time.perf_counter()
 
-    def post(mod, inp, out):
+    def post(mod, _inp, _out):
         times.setdefault(id(mod), []).append((time.perf_counter() - starts[id(mod)]) * 1e3)
-        if id(mod) not in macs and isinstance(out, torch.Tensor):
-            if isinstance(mod, nn.modules.conv._ConvNd):
-                k = 1
-                for d in mod.kernel_size:
-                    k *= d
-                macs[id(mod)] = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * k
-            elif isinstance(mod, nn.Linear):
-                macs[id(mod)] = out.numel() // out.shape[0] * mod.in_features
-            else:
-                macs[id(mod)] = 0
 
     all_mods = {id(m): m for ms in members.values() for m in ms}
     handles = [m.register_forward_pre_hook(pre) for m in all_mods.values()]
@@ -355,7 +239,7 @@ def measure_group_latency(model: Any, example: tuple[Any, ...], roots: list[str]
         for h in handles:
             h.remove()
     group_ms = {n: sum(statistics.median(times.get(id(m), [0.0])) for m in ms) for n, ms in members.items()}
-    group_macs = {n: sum(macs.get(id(m), 0) for m in ms) for n, ms in members.items()}
+    group_macs = {n: sum(macs.get(names.get(m, ""), 0) for m in ms) for n, ms in members.items()}
     per_channel = {n: group_ms[n] / max(1, counts[n]) for n in roots}
     notes = {"batch": batch, "runtime": "torch eager", "group_ms": {n: round(v, 4) for n, v in group_ms.items()},
              "group_macs": group_macs, "rank_correlation_ms_vs_macs": _spearman([group_ms[n] for n in roots],

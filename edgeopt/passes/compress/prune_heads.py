@@ -10,10 +10,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
+from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
 from edgeopt.train import TrainConfig
 
 Q_NAMES = ("query", "q_proj", "q", "q_lin", "to_q")
@@ -38,14 +40,25 @@ class AttentionUnit:
     head_dim: int
 
     def set_heads(self, keep: list[int]) -> None:
-        """Cut the weights down to the heads in `keep` (sorted) and update the block's head-count attributes."""
-        import torch
+        """Cut the weights down to the heads in `keep` (sorted) and update the block's head-count attributes.
 
-        d = self.head_dim
-        idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
-        for lin in (self.q, self.k, self.v):
-            _slice_linear(lin, idx, dim=0)
-        _slice_linear(self.out, idx, dim=1)
+        The cut is torch-pruning's per-layer surgery (`prune_linear_out_channels` on q/k/v, `..._in_channels`
+        on the output projection), the coupling comes from the block's structure. Measured on the tiny
+        2-layer BERT (heads [1, 3] / [0, 2] kept): the same weights and outputs, bit for bit, as the slicing
+        it replaced and as pruning the dependency-graph group of q's rows (which couples exactly q, k, v and
+        the output projection there). The graph itself is not used: it needs a traced example, which neither
+        this method nor the resume builder has. Nor is torch-pruning's head pruner (MetaPruner with
+        `num_heads` / `prune_num_heads`): it picks heads by its weight-norm importance, while prune.heads
+        picks them by head-mask gradients or activations (`head_importance`), and it leaves the head-count
+        attributes to the caller too."""
+        import torch_pruning as tp
+
+        d, drop = self.head_dim, [h for h in range(self.heads) if h not in keep]
+        idxs = [c for h in drop for c in range(h * d, (h + 1) * d)]
+        if idxs:
+            for lin in (self.q, self.k, self.v):
+                tp.prune_linear_out_channels(lin, idxs)
+            tp.prune_linear_in_channels(self.out, idxs)
         for attr in HEAD_ATTRS:
             if isinstance(getattr(self.module, attr, None), int):
                 setattr(self.module, attr, len(keep))
@@ -53,21 +66,6 @@ class AttentionUnit:
             if isinstance(getattr(self.module, attr, None), int):
                 setattr(self.module, attr, len(keep) * d)
         self.heads = len(keep)
-
-
-def _slice_linear(lin: Any, idx: Any, dim: int) -> None:
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        w = lin.weight.index_select(dim, idx).clone()
-        lin.weight = nn.Parameter(w)
-        if dim == 0:
-            if lin.bias is not None:
-                lin.bias = nn.Parameter(lin.bias.index_select(0, idx).clone())
-            lin.out_features = len(idx)
-        else:
-            lin.in_features = len(idx)
 
 
 def find_attention(model: Any) -> tuple[list[AttentionUnit], dict[str, str]]:
@@ -207,8 +205,8 @@ class PruneHeads(Pass):
 
     Heads are found in every block with separate q/k/v Linear projections and a head-count attribute
     (Hugging Face BERT/MiniLM's BertSelfAttention, or your own); a head goes by slicing its rows out of
-    q/k/v and its columns out of the output projection, so the pruned model is ordinary PyTorch and exports
-    to ONNX. Then, with `recover` and train.epochs > 0, a short distillation from the unpruned model.
+    q/k/v and its columns out of the output projection (torch-pruning's layer surgery, see
+    AttentionUnit.set_heads), so the pruned model is ordinary PyTorch and exports to ONNX. Then, with `recover` and train.epochs > 0, a short distillation from the unpruned model.
     ctx.notes["prune.heads"]: {total_heads, active_heads, sparsity, per_layer, importance, skipped, ...}.
     """
 
@@ -228,9 +226,6 @@ class PruneHeads(Pass):
                         "or cosine to the input), and recovery never ends below the score it started from")
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
-        from edgeopt import train as tr
-        from edgeopt.passes.compress.distill import freeze, make_loss
-
         cfg = self.config
         original = module_copy(art, self.name)
         model = copy.deepcopy(original)
@@ -262,7 +257,7 @@ class PruneHeads(Pass):
         if cfg.recover != "none" and cfg.train.epochs > 0:
             loss_fn = None
             if cfg.recover == "distill":
-                loss_fn = make_loss(teacher, "kd" if data.labelled else "cosine", 4.0, 0.7, None, 0.0)
+                loss_fn = make_loss(teacher, DistillLoss.for_outputs(data.labelled))
             fit = tr.fit(model, fit_data, cfg.train, loss_fn=loss_fn, val=val, progress=ctx.progress,
                          description=f"{self.name} recovery")
             notes["fit"] = fit.to_dict()

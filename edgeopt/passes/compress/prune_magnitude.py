@@ -9,6 +9,7 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
+from edgeopt.measure.size import _module_blocks, deflated_size
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.compress._common import derived, matches, module_copy
 
@@ -42,8 +43,6 @@ class PruneMagnitude(Pass):
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import torch
-
-        from edgeopt.measure.size import deflated_size, _module_blocks
 
         cfg = self.config
         model = module_copy(art, self.name)

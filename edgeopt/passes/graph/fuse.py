@@ -10,32 +10,29 @@ Two fusers, one pass:
 Order: the rule sets that leave ONNX Runtime's patterns intact run first (a LayerNormalization or a
 com.microsoft Gelu is what its SkipLayerNorm/BiasGelu fusions start from), then its optimizer, then the
 sets that would take the MatMul+Add pairs its Attention/BiasGelu fusions need ("matmul_add"), on what is
-left. Conv+Relu/Clip is left to ONNX Runtime's session-level fusion (no standard fused op exists).
+left. Conv + activation is left to ONNX Runtime's session-level fusion (no standard fused op exists).
 
-`find_opportunities` and `find_attention` (written here by hand: a walk up and down from each Softmax)
-report what would fuse without changing the model.
+The rule sets themselves, and applying them, live in `rules/`; `edgeopt.analyze.opportunities` runs the
+same sets on a copy to report what would fuse, and the attention and Conv+activation matchers are shared
+from `edgeopt.analyze.patterns`.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 from typing import Any
 
 from pydantic import field_validator
 
+from edgeopt.analyze.census import op_counts
+from edgeopt.analyze.patterns import find_conv_activations
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.passes.graph._io import save_onnx_atomic
+from edgeopt.passes.graph.rules import RULE_SETS, apply_rule_sets
 
-# rule-set name -> (module exporting `rules`, what it fuses)
-RULE_SETS: dict[str, tuple[str, str]] = {
-    "layernorm": ("edgeopt.passes.graph.rules.layernorm", "decomposed LayerNorm -> LayerNormalization"),
-    "gelu": ("edgeopt.passes.graph.rules.gelu", "Erf/tanh GELU -> com.microsoft Gelu/FastGelu"),
-    "conv_bn": ("edgeopt.passes.graph.rules.conv_bn", "BatchNormalization folded into Conv/ConvTranspose/Gemm"),
-    "matmul_add": ("edgeopt.passes.graph.rules.matmul_add", "2-D MatMul + Add -> Gemm"),
-}
 PRESETS: dict[str, tuple[str, ...]] = {
     "transformer": ("layernorm", "gelu", "matmul_add"),
     "cnn": ("conv_bn", "matmul_add"),
@@ -67,152 +64,6 @@ def resolve_rule_sets(rules: str | tuple[str, ...] | list[str]) -> list[str]:
         else:
             raise ValueError(f"rules: unknown rule set {name!r}; known: {', '.join([*RULE_SETS, *PRESETS])}")
     return [n for n in RULE_SETS if n in chosen]
-
-
-def load_rules(name: str):
-    """The RewriteRuleSet exported by the rule module of rule set `name`."""
-    from onnxscript.rewriter import pattern
-
-    rules = importlib.import_module(RULE_SETS[name][0]).rules
-    return rules if isinstance(rules, pattern.RewriteRuleSet) else pattern.RewriteRuleSet(list(rules))
-
-
-def _to_ir(model: Any):
-    """An onnx_ir model of a ModelProto (deep-copied first), with inferred shapes for the rules' checks."""
-    import onnx_ir as ir
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    ir_model = ir.serde.deserialize_model(copy.deepcopy(model))
-    try:
-        ShapeInferencePass(strict_mode=False)(ir_model)
-    except Exception:  # shapes only help rules decide; rules without them decline
-        pass
-    return ir_model
-
-
-def _from_ir(ir_model: Any):
-    import onnx_ir as ir
-    from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
-
-    RemoveUnusedNodesPass()(ir_model)
-    RemoveUnusedFunctionsPass()(ir_model)
-    return ir.serde.serialize_model(ir_model)
-
-
-def _node_label(node: Any) -> str:
-    return node.name or f"{node.op_type}@{id(node):x}"
-
-
-def apply_rule_sets(model: Any, names: list[str]) -> tuple[Any, dict[str, int], dict[str, list[str]]]:
-    """Apply rule sets in order to a copy of `model`.
-
-    Returns the new ModelProto, how many times each set fired, and the names of the nodes each replaced.
-    """
-    if not names:
-        return model, {}, {}
-    ir_model = _to_ir(model)
-    counts: dict[str, int] = {}
-    replaced: dict[str, list[str]] = {}
-    for name in names:
-        nodes_before = list(ir_model.graph)
-        n = load_rules(name).apply_to_model(ir_model)
-        if n:
-            still = set(ir_model.graph)
-            counts[name] = n
-            replaced[name] = [_node_label(x) for x in nodes_before if x not in still and x.op_type != "Constant"]
-    return _from_ir(ir_model), counts, replaced
-
-
-def find_attention(model: Any) -> list[list[str]]:
-    """Attention blocks of a ModelProto's main graph: MatMul -> (Div|Mul)? -> (Add|Where mask)? -> Softmax -> MatMul.
-
-    Returns one list of node names per block (QK MatMul, scale, mask, Softmax, AV MatMul). Casts and
-    Dropouts between the steps are walked through.
-    """
-    nodes = list(model.graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    through = {"Cast", "Dropout", "Identity"}
-
-    def up(name: str):
-        n = producer.get(name)
-        while n is not None and n.op_type in through:
-            n = producer.get(n.input[0])
-        return n
-
-    def down(name: str):
-        users = consumers.get(name, [])
-        while len(users) == 1 and users[0].op_type in through:
-            users = consumers.get(users[0].output[0], [])
-        return users
-
-    blocks = []
-    for sm in nodes:
-        if sm.op_type != "Softmax":
-            continue
-        chain = [sm]
-        n = up(sm.input[0])
-        if n is not None and n.op_type in ("Add", "Where"):
-            chain.insert(0, n)
-            data_inputs = n.input[:2] if n.op_type == "Add" else n.input[1:2]
-            scores = (up(i) for i in data_inputs)
-            n = next((p for p in scores if p is not None and p.op_type in ("Div", "Mul", "MatMul")), None)
-        if n is not None and n.op_type in ("Div", "Mul"):
-            chain.insert(0, n)
-            n = next((p for p in (up(i) for i in n.input) if p is not None and p.op_type == "MatMul"), None)
-        if n is None or n.op_type != "MatMul":
-            continue
-        av = [u for u in down(sm.output[0]) if u.op_type == "MatMul"]
-        if not av:
-            continue
-        blocks.append([x.name for x in [n, *chain, av[0]]])
-    return blocks
-
-
-def find_conv_activations(model: Any) -> list[list[str]]:
-    """Conv -> Relu/Clip pairs (the activation is the Conv's only consumer): what ONNX Runtime fuses in a session."""
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    pairs = []
-    for n in model.graph.node:
-        if n.op_type == "Conv":
-            users = consumers.get(n.output[0], [])
-            if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
-                pairs.append([n.name, users[0].name])
-    return pairs
-
-
-def find_opportunities(model: Any) -> list[dict[str, Any]]:
-    """Fusable patterns in `model` (an onnx.ModelProto), without changing it: one dict per pattern kind found.
-
-    Each dict: `rule` (rule-set name, or "attention" / "conv_activation"), `count`, `nodes` (names of the
-    nodes the fusion would replace), `handled_by` (the pass, or the runtime), `detail`. The rule sets are
-    run, in graph.fuse's order, on a copy; attention and Conv+activation are found by walking the graph.
-    """
-    found: list[dict[str, Any]] = []
-    attention = find_attention(model)
-    if attention:
-        found.append({"rule": "attention", "count": len(attention), "nodes": [x for b in attention for x in b],
-                      "handled_by": "graph.fuse",
-                      "detail": "MatMul-scale-mask-Softmax-MatMul -> com.microsoft Attention, by ONNX Runtime's "
-                                "transformer optimizer (ort_transformer; needs the model family)"})
-    _, counts, replaced = apply_rule_sets(model, list(RULE_SETS))
-    for name in RULE_SETS:
-        if counts.get(name):
-            found.append({"rule": name, "count": counts[name], "nodes": replaced[name], "handled_by": "graph.fuse",
-                          "detail": RULE_SETS[name][1]})
-    conv_act = find_conv_activations(model)
-    if conv_act:
-        found.append({"rule": "conv_activation", "count": len(conv_act), "nodes": [x for p in conv_act for x in p],
-                      "handled_by": "onnxruntime session",
-                      "detail": "Conv + Relu/Clip -> FusedConv, done by ONNX Runtime when it builds a session "
-                                "(graph optimization level extended or higher); no graph rewrite needed"})
-    return found
 
 
 def _ort_optimize(model: Any, model_type: str, num_heads: int, hidden_size: int) -> tuple[Any, dict[str, int]]:
@@ -277,8 +128,6 @@ class Fuse(Pass):
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import onnx
-
-        from edgeopt.passes.graph.simplify import op_counts, save_onnx_atomic
 
         model = onnx.load(str(art.path))
         sets = resolve_rule_sets(self.config.rules)

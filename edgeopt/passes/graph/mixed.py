@@ -13,7 +13,7 @@ from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.graph._io import finish, stage_output, target_of
-from edgeopt.passes.graph.quantize import quantizable_nodes, resolved_settings, run_quantize_dynamic
+from edgeopt.passes.graph._quant import quantizable_nodes, resolved_settings, run_quantize_dynamic
 
 
 def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:

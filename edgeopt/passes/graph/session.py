@@ -11,8 +11,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from edgeopt.artifact import Artifact
+from edgeopt.data import random_feeds
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.target import get_target
 
 Level = Literal["disable", "basic", "extended", "layout", "all"]
 # "layout" (ORT_ENABLE_LAYOUT) exists from ONNX Runtime 1.22; session_options refuses it on older ones.
@@ -115,8 +117,6 @@ def _feed(art: Artifact, ctx: PassContext) -> dict[str, Any]:
     """The first calibration feed, or one random feed shaped by the InputSpec and the measure settings."""
     if ctx.calibration:
         return ctx.calibration[0]
-    from edgeopt.data import random_feeds
-
     m = ctx.measure
     get = (lambda k, d: m.get(k, d)) if isinstance(m, dict) else (lambda k, d: getattr(m, k, d))
     batch, seq_len = int(get("batch", 1) or 1), int(get("seq_len", 128) or 128)
@@ -177,8 +177,6 @@ class SessionTune(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import numpy as np
         import onnxruntime as ort
-
-        from edgeopt.target import get_target
 
         cfg = self.config
         if art.path is None or not Path(art.path).exists():

@@ -18,75 +18,34 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from edgeopt.analyze.census import op_counts
+from edgeopt.analyze.patterns import GraphIndex, find_attention
 from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.passes.graph._io import save_onnx_atomic
 
 OPTIMIZATIONS = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination",
                  "weight_tying")
-# Above this many bytes of tensors a model is written with its weights in `model.onnx.data` (protobuf's 2 GB cap).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-def op_counts(model: Any) -> dict[str, int]:
-    """Node count by op type of an ONNX ModelProto's main graph (custom domains as `domain.Op`)."""
-    c = Counter((f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in model.graph.node)
-    return dict(sorted(c.items()))
-
-
-def save_onnx_atomic(model: Any, path: Path) -> Path:
-    """Write an ONNX ModelProto to `path` through a temporary name then a rename (weights external if huge)."""
-    import onnx
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tensor_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    try:
-        if tensor_bytes > _EXTERNAL_DATA_BYTES:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data")
-        else:
-            onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _constant_arrays(model: Any) -> dict[str, Any]:
-    """Tensor name -> numpy array for initializers, Constant nodes, and Identity nodes of either."""
-    from onnx import numpy_helper
-
-    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for a in node.attribute:
-                if a.name == "value":
-                    arrays[node.output[0]] = numpy_helper.to_array(a.t)
-        elif node.op_type == "Identity" and node.input and node.input[0] in arrays:
-            arrays[node.output[0]] = arrays[node.input[0]]
-    return arrays
 
 
 def zero_matmul_biases(model: Any) -> int:
     """How many `Add(MatMul(..), b)` nodes of the main graph add an all-zero constant `b`."""
     import numpy as np
 
-    arrays = _constant_arrays(model)
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    g = GraphIndex(model)
     count = 0
-    for node in model.graph.node:
+    for node in g.nodes:
         if node.op_type != "Add" or len(node.input) != 2:
             continue
         for a, b in (node.input, node.input[::-1]):
-            if producers.get(a) == "MatMul" and b in arrays and arrays[b].size > 0 and not np.any(arrays[b]):
+            p = g.prod(a)
+            bias = g.const_value(b) if p is not None and g.op(p) == "MatMul" else None
+            if bias is not None and bias.size > 0 and not np.any(bias):
                 count += 1
                 break
     return count
@@ -135,8 +94,6 @@ class Simplify(Pass):
         kept: dict[str, str] = {}
         keep = cfg.keep_ort_fusable
         if keep == "auto":
-            from edgeopt.passes.graph.fuse import find_attention
-
             keep = bool(find_attention(model))
         if keep:
             if "EliminationReshape" not in skip_patterns:

@@ -1,4 +1,4 @@
-"""graph.fuse: rule sets plus ONNX Runtime's transformer optimizer; notes, errors, find_opportunities."""
+"""graph.fuse: rule sets plus ONNX Runtime's transformer optimizer; notes, errors, what analysis reports before."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from helpers import cosine_rows, run_onnx
 from edgeopt.artifact import sha256_file
 from edgeopt.errors import RecipeError
 from edgeopt.passes.base import PassContext, build_pass, get_pass
-from edgeopt.passes.graph.fuse import find_attention, find_opportunities, resolve_rule_sets
+from edgeopt.analyze.opportunities import find_opportunities
+from edgeopt.passes.graph.fuse import resolve_rule_sets
 
 
 def _ops(path) -> Counter:
@@ -76,19 +77,6 @@ def test_presets_and_unknown_rule_names():
         build_pass("graph.fuse", {"rules": "nope"})
     with pytest.raises(RecipeError, match="ort_transformer.*'bertt'"):
         build_pass("graph.fuse", {"ort_transformer": "bertt"})
-
-
-def test_find_opportunities_reports_without_rewriting(tiny_bert_onnx, tiny_cnn_onnx):
-    model = onnx.load(str(tiny_bert_onnx.path))
-    snapshot = model.SerializeToString()
-    found = {f["rule"]: f for f in find_opportunities(model)}
-    assert model.SerializeToString() == snapshot, "the model passed in is not changed"
-    assert found["attention"]["count"] == 2 and found["attention"]["handled_by"] == "graph.fuse"
-    assert found["gelu"]["count"] == 2 and any("Erf" in n for n in found["gelu"]["nodes"])
-    assert set(found) == {"attention", "gelu"}
-    assert len(find_attention(model)) == 2 and all("Softmax" in b[-2] for b in find_attention(model))
-    cnn = {f["rule"]: f for f in find_opportunities(onnx.load(str(tiny_cnn_onnx.path)))}
-    assert cnn["conv_activation"]["count"] == 2 and cnn["conv_activation"]["handled_by"] == "onnxruntime session"
 
 
 def _conv_bn_model(path):

@@ -9,7 +9,7 @@ from helpers import cosine_rows, run_onnx
 from edgeopt.errors import PassError
 from edgeopt.passes.base import PassContext, build_pass
 from edgeopt.passes.graph.mixed import _candidate_counts
-from edgeopt.passes.graph.quantize import quantizable_nodes
+from edgeopt.passes.graph._quant import quantizable_nodes
 
 
 def test_candidate_counts_cover_all():

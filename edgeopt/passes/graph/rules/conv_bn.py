@@ -6,9 +6,9 @@ scale and shift are folded into the producer's weights and bias (`W * gamma / st
 shared with another node. PyTorch's exporter already folds Conv+BN of a module in eval mode, so this set
 fires on graphs from other sources (training-mode exports, other frameworks, hand-built graphs).
 
-A Conv followed by Relu/Clip has no standard fused op to rewrite to: ONNX Runtime fuses it when it builds
-a session (ConvActivationFusion, graph optimization level "extended" or higher), so no rule here
-rewrites it; `find_opportunities` reports it as left to the runtime.
+A Conv followed by an activation (Relu, Clip, ...) has no standard fused op to rewrite to: ONNX Runtime
+fuses it when it builds a session (ConvActivationFusion, graph optimization level "extended" or higher), so
+no rule here rewrites it; analysis (`edgeopt.analyze.opportunities`) reports it as left to the runtime.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from edgeopt.passes.graph.fuse import apply_rule_sets
+from edgeopt.passes.graph.rules import apply_rule_sets
 
 RNG = np.random.default_rng(0)
 

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edgeopt.passes.graph.fuse import apply_rule_sets
+from edgeopt.passes.graph.rules import apply_rule_sets
 
 X = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32) * 3
 

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edgeopt.passes.graph.fuse import apply_rule_sets
+from edgeopt.passes.graph.rules import apply_rule_sets
 
 
 class DecomposedLayerNorm:

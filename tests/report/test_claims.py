@@ -1,0 +1,39 @@
+"""Benchmark claims: checks and statements, their exit code and renderings."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+
+from edgeopt.report.claims import Claim, exit_code, failed, markdown, statement, summary, table, to_json
+
+
+def test_a_check_that_does_not_hold_makes_the_exit_code_non_zero():
+    ok = Claim("fast", True, "2.0x")
+    assert exit_code([ok, statement("where it is fastest", "3 cells")]) == 0
+    bad = Claim("accurate", np.float64(0.5) > 0.9, "0.5")  # numpy's bool_ is taken as a bool
+    assert bad.holds is False
+    assert exit_code([ok, bad]) == 1
+    assert failed([ok, bad]) == [bad]
+    assert exit_code([]) == 0
+
+
+def test_statements_are_marked_and_never_fail():
+    s = statement("cumulative latency change", "-12%")
+    assert s.holds is None and s.verdict == "statement"
+    assert failed([s]) == []
+    assert [c.verdict for c in (Claim("a", True), Claim("b", False), s)] == ["yes", "NO", "statement"]
+
+
+def test_renderings_show_every_claim_and_its_verdict():
+    cs = [Claim("fast", True, "2.0x"), Claim("accurate", False, "0.5"), statement("cells", "3")]
+    md = markdown(cs)
+    assert "| fast | yes | 2.0x |" in md and "| accurate | NO | 0.5 |" in md and "| cells | statement | 3 |" in md
+    assert to_json(cs) == [{"claim": "fast", "holds": True, "numbers": "2.0x"},
+                           {"claim": "accurate", "holds": False, "numbers": "0.5"},
+                           {"claim": "cells", "holds": None, "numbers": "3"}]
+    assert summary(cs) == "1 of 2 checks hold (1 statements); NOT holding: accurate"
+    console = Console(width=200, record=True)
+    console.print(table(cs))
+    text = console.export_text()
+    assert "NO" in text and "statement" in text and "accurate" in text
