@@ -19,6 +19,7 @@ from edgeopt import train as tr
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.errors import InputError
 from edgeopt.load import register_zoo
+from edgeopt.nn import blocks  # torch-free until a block is built (blocks resolves its classes lazily)
 
 DATA_VERSION = 1  # bump when the images, the split or the normalization change (invalidates cached models)
 TRAINER_VERSION = 2  # bump when edgeopt.train.fit changes what it returns for the same config
@@ -117,10 +118,10 @@ class ResNetSpec(_Spec):
 
 def build(spec: MobileNetSpec | ResNetSpec) -> Any:
     """An untrained model of `spec` (seeded by the caller)."""
-    from torch import nn
+    from torch import nn  # lazy: torch loads on first use, not with the zoo registry
 
-    from edgeopt.passes.compress.blocks import BasicBlock, ConvBNAct, InvertedResidual, make_divisible
-
+    BasicBlock, ConvBNAct, InvertedResidual = blocks.BasicBlock, blocks.ConvBNAct, blocks.InvertedResidual
+    make_divisible = blocks.make_divisible
     if isinstance(spec, MobileNetSpec):
         w = spec.width
         stem = make_divisible(spec.stem * w)

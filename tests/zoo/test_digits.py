@@ -39,7 +39,7 @@ def test_feeds_through_data_resolve():
 
 
 def test_mobilenet_is_mobilenet_v2_style_and_sized():
-    from edgeopt.passes.compress.blocks import InvertedResidual
+    from edgeopt.nn.blocks import InvertedResidual
 
     model = d.build(d.MobileNetSpec())
     n = sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.compress import blocks
+from edgeopt.nn import blocks
 from edgeopt.passes.compress._common import (FineTune, derived, example_args, forward_with_hooks, layer_macs,
                                              matches, module_copy, param_count, task_data)
 from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss

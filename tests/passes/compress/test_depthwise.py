@@ -8,7 +8,7 @@ import torch
 from edgeopt import train as tr
 from edgeopt.errors import RecipeError
 from edgeopt.passes.base import build_pass
-from edgeopt.passes.compress.blocks import InvertedResidual
+from edgeopt.nn.blocks import InvertedResidual
 from edgeopt.passes.compress.depthwise import flops_reduction
 from edgeopt.zoo import digits as d
 
