@@ -15,6 +15,7 @@ from typing import Any
 
 from edgeopt.artifact import onnx_size_bytes
 from edgeopt.errors import InputError
+from edgeopt.export import export_onnx
 from edgeopt.load import load_model, load_onnx_checked
 
 SCHEMA = "edgeopt.analysis/1"
@@ -25,7 +26,7 @@ def resolve_onnx(source: Any, workdir: Path, example_inputs: Any = None) -> tupl
     facts about where it came from: {"source", "exported_from"}).
 
     `source` is an .onnx path, an Artifact, or anything `edgeopt.load.load_model` takes (zoo name, Hugging
-    Face folder, torch module with `example_inputs`); torch models are exported with `convert.onnx` into
+    Face folder, torch module with `example_inputs`); torch models are exported (`edgeopt.export.export_onnx`, as convert.onnx does) into
     `workdir`. Unreadable or corrupt files raise InputError.
     """
     if isinstance(source, (str, Path)) and str(source).lower().endswith(".onnx"):
@@ -34,9 +35,7 @@ def resolve_onnx(source: Any, workdir: Path, example_inputs: Any = None) -> tupl
     art = load_model(source, example_inputs)
     origin = {"source": str(art.meta.get("source") or (art.path or source)), "exported_from": None}
     if art.kind == "torch":
-        from edgeopt.passes.base import PassContext, build_pass
-
-        art = build_pass("convert.onnx", {})(art, PassContext(stage_dir=Path(workdir) / "convert.onnx"))
+        art = export_onnx(art, Path(workdir) / "convert.onnx" / "model.onnx")
         origin["exported_from"] = "torch"
     if art.kind != "onnx" or art.path is None:
         raise InputError(f"analysis reads ONNX models (or torch ones it can export); got a {art.kind} model")
