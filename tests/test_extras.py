@@ -64,6 +64,14 @@ def test_lean_install_core_works_and_extras_are_named(tmp_path, tiny_mlp_onnx):
                     build_pass(name, {{}})(art, PassContext(stage_dir=Path({str(tmp_path / 'o')!r})))
             except EdgeoptError as e:
                 print(name, "::", e)
+        import torch
+        from edgeopt.load import load_model as lm
+        tm = lm(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)),
+                {{"x": torch.randn(1, 1, 8, 8)}})
+        try:
+            build_pass("prune.channels", {{"sparsity": 0.5, "floor": None}})(tm, PassContext(stage_dir=Path({str(tmp_path / 'p')!r})))
+        except EdgeoptError as e:
+            print("prune.channels", "::", e)
         import sys
         print("loaded:", sorted(m for m in ("openvino", "nncf", "streamlit", "diffusers", "torch_pruning") if m in sys.modules))
     """)
@@ -72,4 +80,5 @@ def test_lean_install_core_works_and_extras_are_named(tmp_path, tiny_mlp_onnx):
     out = res.stdout
     assert "convert.openvino :: convert.openvino needs openvino, which is not installed: pip install 'edgeopt[openvino]'" in out
     assert "dashboard :: edgeopt dashboard needs streamlit, which is not installed: pip install 'edgeopt[dashboard]'" in out
+    assert "prune.channels :: channel pruning needs torch_pruning, which is not installed: pip install 'edgeopt[pruning]'" in out
     assert "loaded: []" in out

@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeopt.extras import require
 from edgeopt.passes.compress._common import matches
 
 
@@ -14,7 +15,7 @@ def build_graph(model: Any, example: tuple[Any, ...]) -> Any:
     """torch-pruning's dependency graph of `model` traced on `example` (positional inputs)."""
     import warnings
 
-    import torch_pruning as tp
+    tp = require("torch_pruning", "channel pruning")  # lazy: an optional extra
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -77,7 +78,7 @@ def _shapes(out: Any) -> Any:
 
 
 def _group_roots(model: Any, example: tuple[Any, ...], exclude: tuple[str, ...]) -> list[str]:
-    import torch_pruning as tp
+    tp = require("torch_pruning", "channel pruning")  # lazy: an optional extra
 
     names = {m: n for n, m in model.named_modules()}
     dg = build_graph(model, example)

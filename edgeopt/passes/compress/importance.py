@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
+from edgeopt.extras import require
+
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "activation"]
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor", "activation")
 
 
 def _fns():
-    import torch_pruning as tp
+    tp = require("torch_pruning", "pruning importance")  # lazy: an optional extra
 
     f = tp.pruner.function
     out_fns = (f.prune_conv_out_channels, f.prune_linear_out_channels, f.prune_depthwise_conv_out_channels)

@@ -13,6 +13,7 @@ from pydantic import Field
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
+from edgeopt.extras import require
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
 from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
@@ -51,7 +52,7 @@ class AttentionUnit:
         `num_heads` / `prune_num_heads`): it picks heads by its weight-norm importance, while prune.heads
         picks them by head-mask gradients or activations (`head_importance`), and it leaves the head-count
         attributes to the caller too."""
-        import torch_pruning as tp
+        tp = require("torch_pruning", "prune.heads")  # lazy: an optional extra
 
         d, drop = self.head_dim, [h for h in range(self.heads) if h not in keep]
         idxs = [c for h in drop for c in range(h * d, (h + 1) * d)]
