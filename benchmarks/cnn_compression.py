@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.measure.latency import paired_ratio
+from edgeopt.measure.latency import paired_speedup
 from edgeopt.report.claims import Claim, statement
 
 BLOCK, SETTLE = 5, 1
@@ -91,11 +91,11 @@ def magnitude(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     lat = time_models(onnx, {"image": x[:16].copy()}, args.threads, args.runs)
     t = Table(title="prune.magnitude on zoo:digits-cnn — ONNX Runtime (dense kernels), batch 16, interleaved",
               title_justify="left")
-    for c in ("model", "top-1 %", "b16 p50 ms", "speedup (p10–p90)", "ONNX KB", "zipped KB"):
+    for c in ("model", "top-1 %", "b16 p50 ms", "speedup (95% CI)", "ONNX KB", "zipped KB"):
         t.add_column(c, justify="left" if c == "model" else "right")
     rows = {}
     for k in onnx:
-        r = paired_ratio(lat["dense"].samples, lat[k].samples, BLOCK - SETTLE)
+        r = paired_speedup(lat["dense"].samples, lat[k].samples, BLOCK - SETTLE)
         rows[k] = {"accuracy": acc[k], "b16_p50_ms": lat[k].p50, "speedup": r[0], "bytes": sizes[k]["bytes"],
                    "zipped_bytes": sizes[k]["zipped_bytes"]}
         t.add_row(k, f"{100 * acc[k]:.2f}", f"{lat[k].p50:.3f}", f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})",
@@ -159,22 +159,22 @@ def course(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     t = Table(title=f"zoo:digits-cnn course — ONNX Runtime, {args.threads} threads, interleaved; accuracy on 360 test images",
               title_justify="left")
     for c in ("stage", "top-1 %", "Δ pts", "params", "ONNX KB", "zipped KB", "b1 p50 ms", "b1 speedup",
-              "b16 p50 ms", "b16 speedup (p10–p90)", "b16 img/s"):
+              "b16 p50 ms", "b16 speedup (95% CI)", "b16 img/s"):
         t.add_column(c, justify="left" if c == "stage" else "right")
     rows = {}
     for k in onnx:
         s1, s16 = lat[1][k], lat[16][k]
-        r1 = paired_ratio(lat[1][base].samples, s1.samples, BLOCK - SETTLE)
-        r16 = paired_ratio(lat[16][base].samples, s16.samples, BLOCK - SETTLE)
+        r1 = paired_speedup(lat[1][base].samples, s1.samples, BLOCK - SETTLE)
+        r16 = paired_speedup(lat[16][base].samples, s16.samples, BLOCK - SETTLE)
         rows[k] = {"accuracy": acc[k], "drop_points": 100 * (acc[base] - acc[k]), "params": params[k],
                    "bytes": sizes[k]["bytes"], "zipped_bytes": sizes[k]["zipped_bytes"],
                    "b1_p50_ms": s1.p50, "b1_speedup": r1[0], "b16_p50_ms": s16.p50, "b16_speedup": r16[0],
-                   "b16_speedup_p10": r16[1], "b16_speedup_p90": r16[2], "b16_images_per_s": 16e3 / s16.p50}
+                   "b16_speedup_lo": r16[1], "b16_speedup_hi": r16[2], "b16_images_per_s": 16e3 / s16.p50}
         t.add_row(k, f"{100 * acc[k]:.2f}", f"{-rows[k]['drop_points']:+.2f}", f"{params[k]:,}" if params[k] else "–",
                   f"{sizes[k]['bytes'] / 1024:.0f}", f"{sizes[k]['zipped_bytes'] / 1024:.0f}", f"{s1.p50:.3f}",
                   f"{r1[0]:.2f}×", f"{s16.p50:.3f}", f"{r16[0]:.2f}× ({r16[1]:.2f}–{r16[2]:.2f})", f"{16e3 / s16.p50:,.0f}")
     console.print(t)
-    fw = paired_ratio(eager["pytorch eager"].samples, eager["onnxruntime"].samples, BLOCK - SETTLE)
+    fw = paired_speedup(eager["pytorch eager"].samples, eager["onnxruntime"].samples, BLOCK - SETTLE)
     console.print(f"  for scale: the same baseline in PyTorch eager takes {eager['pytorch eager'].p50:.2f} ms at batch 16, "
                   f"ONNX Runtime {eager['onnxruntime'].p50:.2f} ms ({fw[0]:.1f}× — framework overhead, not a compression win)")
     report["course"] = {"rows": rows, "pytorch_eager_b16_ms": eager["pytorch eager"].p50,
@@ -305,7 +305,7 @@ def heads(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     base = stats["MiniLM-L6 fp32"]
     t = Table(title=f"MiniLM, batch 1, seq 128, ONNX Runtime {args.threads} threads; cosine to fp32 on 256 held-out sentences",
               title_justify="left")
-    for c in ("model", "heads", "p50 ms", "speedup (p10–p90)", "mean cos", "min cos", "MB"):
+    for c in ("model", "heads", "p50 ms", "speedup (95% CI)", "mean cos", "min cos", "MB"):
         t.add_column(c, justify="left" if c == "model" else "right")
     rows = {}
     from edgeopt.passes.compress.prune_heads import find_attention
@@ -313,8 +313,8 @@ def heads(args: Any, console: Any, report: dict[str, Any]) -> list[Claim]:
     head_dim = find_attention(art.module)[0][0].head_dim
     counted = {k: count_heads(a.module, head_dim) for k, a in zip(onnx, (art, pruned, student))}
     for k, st in stats.items():
-        r = paired_ratio(base.samples, st.samples, BLOCK - SETTLE)
-        rows[k] = {"p50_ms": st.p50, "speedup": r[0], "speedup_p10": r[1], "speedup_p90": r[2],
+        r = paired_speedup(base.samples, st.samples, BLOCK - SETTLE)
+        rows[k] = {"p50_ms": st.p50, "speedup": r[0], "speedup_lo": r[1], "speedup_hi": r[2],
                    "mean_cosine": fid[k]["mean_cosine"], "min_cosine": fid[k]["min_cosine"], "bytes": onnx[k].size_bytes}
         t.add_row(k, str(counted[k]), f"{st.p50:.2f}", f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})",
                   f"{fid[k]['mean_cosine']:.4f}",
@@ -394,7 +394,7 @@ def main() -> int:
 
     load = os.getloadavg()
     console.print(f"machine load average (1/5/15 min) at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on "
-                  f"{os.cpu_count()} cores — other work on the machine widens the spread of the ratios")
+                  f"{os.cpu_count()} cores — other work on the machine widens the speedup intervals")
     report["loadavg"] = load
     report["spinning"] = SPIN
     console.print(C.table(checks))

@@ -6,7 +6,7 @@ Prints, from one run in one process (the UNet rows' peak RSS comes from one chil
    shapes: `edgeopt.kernels.op_count`), not from the formula the module is written from;
 2. the error of each tile against float64, per layer (F(8x8) is refused at the 1e-5 budget);
 3. the tuner's pick on a UNet-decoder-sized layer (256->256 at 64x64) against PyTorch's own conv2d on the
-   same input, interleaved, with the spread of the per-round ratios; the conv grid (channels 32..512 x
+   same input, interleaved, with the 10th-90th percentile of the speedup's paired bootstrap over rounds; the conv grid (channels 32..512 x
    spatial 16..128, direct vs each tile);
 4. attention: latency, peak intermediate memory (analytic and measured: the ATen-visible bytes a dispatch
    mode sees allocated) and error for naive, partially fused softmax, flash and SDPA over sequence lengths x
@@ -103,7 +103,7 @@ def conv_claims(vs: dict, grid: dict) -> list[Claim]:
     if v is None:
         out = [Claim(f"tuner's pick beats torch conv2d at {where}", False, "the tuner kept direct convolution")]
     else:
-        out = [Claim(f"tuner's pick ({vs['choice']}) beats torch conv2d at {where} (p10 of the per-round ratios > 1)",
+        out = [Claim(f"tuner's pick ({vs['choice']}) beats torch conv2d at {where} (p10 of its paired bootstrap over rounds > 1)",
                      v["ratio_p10"] > 1.0, f"{v['ratio_p50']:.2f}x (p10 {v['ratio_p10']:.2f}x, p90 "
                      f"{v['ratio_p90']:.2f}x); {v['torch_ms']:.1f} ms vs {v['winograd_ms']:.1f} ms")]
     wins = [f"{r['channels']}@{r['size']}: {r['choice']} {r['speedup']:.2f}x" for r in grid["rows"]
@@ -196,7 +196,9 @@ def main() -> int:
     import torch
     from rich.console import Console
 
-    from edgeopt.analyze import kernels as K
+    from edgeopt.measure import kernels as K
+    from edgeopt.measure.unet import unet_table
+    from edgeopt.report.kernels import markdown, render
 
     console = Console(width=160)
     torch.set_num_threads(args.threads)
@@ -218,7 +220,7 @@ def main() -> int:
         rep = fn(*a, **kw)
         timings[name] = time.perf_counter() - t0
         reports[name] = rep
-        console.print(K.render(rep))
+        console.print(render(rep))
         return rep
 
     from rich.table import Table
@@ -250,7 +252,7 @@ def main() -> int:
          measure_memory=False, threads=args.threads)
     unet = args.unet if args.unet is not None else ("tiny" if quick else "small,medium")
     for size in [u.strip() for u in unet.split(",") if u.strip() and u.strip() != "none"]:
-        step(f"unet-{size}", K.unet_table, size, runs=3 if quick else (10 if size != "medium" else 6),
+        step(f"unet-{size}", unet_table, size, runs=3 if quick else (10 if size != "medium" else 6),
              tune_runs=1 if quick else 3, threads=args.threads)
 
     checks = claims(reports)
@@ -266,7 +268,7 @@ def main() -> int:
         lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
         for name, rep in reports.items():
             if name != "counts":
-                lines.append(K.markdown(rep))
+                lines.append(markdown(rep))
         lines += ["**checks**", "", C.markdown(checks)]
         args.markdown.write_text("\n".join(lines) + "\n")
     if args.json:

@@ -4,8 +4,9 @@ Runs the bundled cpu-int8 recipe on zoo:minilm (reusing finished stages), builds
 from ONNX Runtime's tools (transformer optimizer, then quantize_dynamic with defaults, and with
 per-channel weights), then in ONE process measures all of them interleaved: batch 1, sequence 128,
 2 intra-op threads. Fidelity is the cosine of each model's sentence embeddings to PyTorch fp32 over
-256 held-out sentences. Prints the table, the ratios with their spread and a check per target; the exit
-status is 1 when a check does not hold (or the recipe run fails).
+256 held-out sentences. Prints the table, the speedups with their 95% confidence intervals (paired
+bootstrap over rounds) and a check per target; the exit status is 1 when a check does not hold (or the
+recipe run fails).
 
     .venv/bin/python benchmarks/minilm.py [--runs 100] [--out runs/bench-minilm]
 """
@@ -19,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from edgeopt.measure.latency import paired_ratio
+from edgeopt.measure.latency import paired_speedup
 from edgeopt.report.claims import Claim
 
 
@@ -47,8 +48,8 @@ def ort_tools_recipe(fp32: Path, out_dir: Path) -> dict[str, Path]:
 
 
 def claims(rows: dict[str, dict], best_key: str, vs_tools: tuple[float, float, float]) -> list[Claim]:
-    """The targets, from the table rows (speedups against PyTorch eager fp32) and the per-round ratios
-    ORT-tools int8 / best (`vs_tools`: median, p10, p90)."""
+    """The targets, from the table rows (speedups against PyTorch eager fp32) and the speedup of best over
+    ORT-tools int8 (`vs_tools`: ratio of medians, low and high end of its 95% CI)."""
     b, tools = rows[best_key], rows["ort-tools int8"]
     fp32_bytes = rows["onnxruntime fp32"]["size_bytes"]
     return [
@@ -120,24 +121,24 @@ def main() -> int:
     base = stats["pytorch eager fp32"]
     t = Table(title=f"all-MiniLM-L6-v2, batch 1, seq 128, {args.threads} threads, {base.n} timed calls each, interleaved",
               title_justify="left")
-    for c in ("model", "p50 ms", "p90 ms", "speedup vs torch (p10–p90)", "mean cos", "min cos", "size MB"):
+    for c in ("model", "p50 ms", "p90 ms", "speedup vs torch (95% CI)", "mean cos", "min cos", "size MB"):
         t.add_column(c, justify="left" if c == "model" else "right")
     rows = {}
     for k, st in stats.items():
-        med, lo, hi = paired_ratio(base.samples, st.samples, block - settle)
-        rows[k] = {"p50": st.p50, "p90": st.p90, "speedup": med, "speedup_p10": lo, "speedup_p90": hi,
+        sp, lo, hi = paired_speedup(base.samples, st.samples, block - settle)
+        rows[k] = {"p50": st.p50, "p90": st.p90, "speedup": sp, "speedup_lo": lo, "speedup_hi": hi,
                    "mean_cosine": fid[k]["mean_cosine"], "min_cosine": fid[k]["min_cosine"], "size_bytes": sizes[k]}
-        t.add_row(k, f"{st.p50:.2f}", f"{st.p90:.2f}", f"{med:.2f}× ({lo:.2f}–{hi:.2f})",
+        t.add_row(k, f"{st.p50:.2f}", f"{st.p90:.2f}", f"{sp:.2f}× ({lo:.2f}–{hi:.2f})",
                   f"{fid[k]['mean_cosine']:.4f}", f"{fid[k]['min_cosine']:.4f}", f"{sizes[k] / 1e6:.1f}")
     console.print(t)
 
     best_key = f"edgeopt best ({led.best})"
-    faster_than_tools = paired_ratio(stats["ort-tools int8"].samples, stats[best_key].samples, block - settle)
+    faster_than_tools = paired_speedup(stats["ort-tools int8"].samples, stats[best_key].samples, block - settle)
     checks = claims(rows, best_key, faster_than_tools)
     console.print(C.table(checks))
-    md = ["| model | p50 ms | p90 ms | speedup vs torch (p10–p90) | mean cos | min cos | size MB |",
+    md = ["| model | p50 ms | p90 ms | speedup vs torch (95% CI) | mean cos | min cos | size MB |",
           "|---|---|---|---|---|---|---|"]
-    md += [f"| {k} | {r['p50']:.2f} | {r['p90']:.2f} | {r['speedup']:.2f}× ({r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}) "
+    md += [f"| {k} | {r['p50']:.2f} | {r['p90']:.2f} | {r['speedup']:.2f}× ({r['speedup_lo']:.2f}–{r['speedup_hi']:.2f}) "
            f"| {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['size_bytes'] / 1e6:.1f} |" for k, r in rows.items()]
     md += ["", C.markdown(checks)]
     (args.out / "benchmark.md").write_text("\n".join(md) + "\n")

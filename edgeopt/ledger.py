@@ -11,19 +11,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeopt.errors import InputError
+from edgeopt.measure.latency import LatencyStats
 
 SCHEMA_VERSION = 1
 
 
-class Latency(BaseModel):
-    """Latency of one inference in milliseconds, over `n` timed runs after warm-up."""
+class Latency(LatencyStats):
+    """Latency of one inference in milliseconds, over `n` timed runs after warm-up (the stats fields of
+    `LatencyStats`; its samples are not recorded), and what it was measured on."""
 
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    n: int
     runtime: str
     threads: int
     batch: int = 1

@@ -25,6 +25,19 @@ def test_round_trip(tmp_path):
     assert not list(tmp_path.glob(".ledger.json.*"))  # no temp file left behind
 
 
+def test_latency_record_is_the_stats_summary_without_samples(tmp_path):
+    from edgeopt.measure.latency import LatencyStats
+
+    st = LatencyStats.from_samples([1.0, 2.0, 3.0])
+    lat = Latency(**dict(st), runtime="onnxruntime", threads=2)
+    assert isinstance(lat, LatencyStats) and lat.samples == (1.0, 2.0, 3.0)
+    rec = Stage(name="s", latency_ms=lat).to_json()["latency_ms"]
+    assert list(rec) == ["p50", "p90", "p99", "mean", "std", "n", "runtime", "threads", "batch", "shapes"]
+    Ledger(stages=[Stage(name="s", latency_ms=lat)]).save(tmp_path / "ledger.json")
+    back = Ledger.load(tmp_path).stage("s").latency_ms
+    assert back.samples == () and back.to_dict() == st.to_dict()
+
+
 def test_put_replaces_same_name():
     led = _ledger()
     led.put(Stage(name="q", status="failed", error="boom"))

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeopt.errors import InputError
 from edgeopt.load import load_model, load_onnx_checked
+from edgeopt.measure.latency import LatencyStats
 from edgeopt.zoo.hf import wrap_encoder
 
 Level = Literal["torch", "export", "onnx"]
@@ -175,10 +176,7 @@ class Measurement:
     label: str
     settings: dict[str, Any]
     runtime: str
-    p50: float
-    p90: float
-    std: float
-    n: int
+    latency: LatencyStats
     throughput: float
     plain_p50: float
     speedup: float
@@ -190,8 +188,25 @@ class Measurement:
     when: float = field(default_factory=time.time)
     note: str = ""
 
+    @property
+    def p50(self) -> float:
+        return self.latency.p50
+
+    @property
+    def p90(self) -> float:
+        return self.latency.p90
+
+    @property
+    def std(self) -> float:
+        return self.latency.std
+
+    @property
+    def n(self) -> int:
+        return self.latency.n
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "latency"}
+        return {**d, **{k: v for k, v in self.latency.to_dict().items() if k in ("p50", "p90", "std", "n")}}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -307,8 +322,8 @@ class LiveBench:
                 peak, note = self._peak(art)
             batch = int(next(iter(self.feed.values())).shape[0]) if self.feed else 1
             m = Measurement(
-                label=label(s, base.kind), settings=dict(s), runtime=runtime, p50=st.p50, p90=st.p90, std=st.std,
-                n=st.n, throughput=1000.0 * batch / st.p50 if st.p50 else 0.0, plain_p50=pl.p50,
+                label=label(s, base.kind), settings=dict(s), runtime=runtime, latency=st,
+                throughput=1000.0 * batch / st.p50 if st.p50 else 0.0, plain_p50=pl.p50,
                 speedup=pl.p50 / st.p50 if st.p50 else 0.0, peak_mb=peak,
                 size_mb=art.size_bytes / 1e6 if art.size_bytes else None,
                 cosine=_cosine(out_this, out_plain), threads=self.threads, build_s=build_s, note=note)

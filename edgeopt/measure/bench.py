@@ -2,41 +2,31 @@
 
 This backs `edgeopt bench A B ...`. Every model gets the same feed (so their inputs must agree), the same
 thread count and the same rounds; the speedup of each row is the first model's p50 over its p50, with a
-paired bootstrap interval over the rounds (each round timed every model once, so rounds pair up).
+paired bootstrap interval over the rounds (`latency.paired_speedup`: each round timed every model once, so
+rounds pair up).
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
-from edgeopt.measure.latency import LatencyStats, measure_interleaved
+from edgeopt.measure.latency import CI, LatencyStats, measure_interleaved, paired_speedup
 from edgeopt.measure.runners import Feed
 
-CI = 0.95
-N_BOOT = 2000
 
-
-@dataclass(frozen=True)
-class BenchRow:
-    """One model's line: latency (ms), speedup over the first model with its interval, size, agreement."""
+class BenchRow(LatencyStats):
+    """One model's line: its latency stats (ms), speedup over the first model with its interval, size,
+    agreement."""
 
     name: str
     kind: str
     runtime: str
     threads: int
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    n: int
     speedup: float  # p50 of the first row / p50 of this row (> 1: faster than the first)
     speedup_lo: float
     speedup_hi: float
@@ -58,32 +48,18 @@ class BenchResult:
     shapes: dict[str, list[int]]
     versions: dict[str, str]
     ci: float = CI
-    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def samples(self) -> dict[str, list[float]]:
+        """Each row's timed runs in ms, in round order."""
+        return {r.name: list(r.samples) for r in self.rows}
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (rows as dicts; raw per-round samples in ms included for re-analysis)."""
         d = asdict(self)
-        d["rows"] = [asdict(r) for r in self.rows]
+        d["rows"] = [r.model_dump() for r in self.rows]
+        d["samples"] = self.samples
         return d
-
-
-def speedup_interval(base_ms: Sequence[float], other_ms: Sequence[float], ci: float = CI, n_boot: int = N_BOOT,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """(speedup, lo, hi): median(base) / median(other) and its paired bootstrap interval over rounds.
-
-    `base_ms[i]` and `other_ms[i]` must come from the same round (interleaved timing), so resampling rounds
-    keeps the noise they shared together.
-    """
-    a = np.asarray(base_ms, dtype=np.float64)
-    b = np.asarray(other_ms, dtype=np.float64)
-    if a.size == 0 or a.size != b.size:
-        raise ValueError(f"paired samples needed, got {a.size} and {b.size}")
-    point = float(np.median(a) / np.median(b))
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
-    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
-    tail = (1.0 - ci) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
-    return point, float(lo), float(hi)
 
 
 def summarize(stats: dict[str, LatencyStats], ci: float = CI) -> dict[str, dict[str, float]]:
@@ -95,7 +71,7 @@ def summarize(stats: dict[str, LatencyStats], ci: float = CI) -> dict[str, dict[
     out = {}
     for n in names:
         s = stats[n]
-        sp, lo, hi = speedup_interval(base, s.samples, ci=ci)
+        sp, lo, hi = paired_speedup(base, s.samples, ci=ci)
         out[n] = {**s.to_dict(), "speedup": sp, "speedup_lo": lo, "speedup_hi": hi}
     return out
 
@@ -218,15 +194,12 @@ def bench(sources: list[str | Path | Artifact], threads: int = 2, runs: int = 50
             cos = compare(outputs[first], outputs[name])["min_cosine"]
         except InputError:  # different output shapes: different models, nothing to compare
             cos = None
-        s = summary[name]
-        rows.append(BenchRow(name=name, kind=art.kind, runtime=runners[name].name, threads=runners[name].threads,
-                             p50=s["p50"], p90=s["p90"], p99=s["p99"], mean=s["mean"], std=s["std"], n=s["n"],
-                             speedup=s["speedup"], speedup_lo=s["speedup_lo"], speedup_hi=s["speedup_hi"],
+        rows.append(BenchRow(**summary[name], samples=stats[name].samples, name=name, kind=art.kind,
+                             runtime=runners[name].name, threads=runners[name].threads,
                              size_bytes=int(art.size_bytes), cosine=cos))
     return BenchResult(rows=rows, threads=threads, runs=runs, warmup=warmup, batch=batch, seq_len=seq_len,
                        data=data or "random:1", shapes={k: list(v.shape) for k, v in feed.items()},
-                       versions=_versions({a.kind for _, a in named}),
-                       samples={n: list(stats[n].samples) for n in stats})
+                       versions=_versions({a.kind for _, a in named}))
 
 
 def render(result: BenchResult):

@@ -1,18 +1,19 @@
-"""Latency: time runners interleaved (round-robin, rotated order) after warm-up and summarize in ms.
+"""Latency: time runners interleaved (round-robin, rotated order), summarize in ms, and compare paired rounds.
 
 Candidates are compared in the same process run, one call each per round, so noise (frequency changes,
 other processes, thermal state) hits all of them alike; the order rotates every round so no runner always
-goes first. Never one-shot timings.
+goes first. Never one-shot timings. `LatencyStats` is the one latency summary (the ledger's record and
+bench's rows extend it); `paired_speedup` is the one way to compare two of them.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeopt.measure.runners import Feed, Runner
 
@@ -20,10 +21,18 @@ _now = time.perf_counter_ns  # the clock around each run (tests replace it with 
 _wall = time.monotonic  # the clock min_time_s is checked against
 _sleep = time.sleep
 
+CI = 0.95  # confidence of the speedup interval
+N_BOOT = 2000  # bootstrap resamples behind it
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency of one runner over `n` timed runs, in milliseconds; `samples` are the runs in round order."""
+
+class LatencyStats(BaseModel):
+    """Latency of one runner over `n` timed runs, in milliseconds; `samples` are the runs in round order.
+
+    `samples` never reach JSON (the ledger's `Latency` and bench's rows extend this type and keep only the
+    summary); a record read back from JSON has none.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     p50: float
     p90: float
@@ -31,7 +40,7 @@ class LatencyStats:
     mean: float
     std: float
     n: int
-    samples: tuple[float, ...] = field(default=(), repr=False)
+    samples: tuple[float, ...] = Field(default=(), repr=False, exclude=True)
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
@@ -41,13 +50,20 @@ class LatencyStats:
             raise ValueError("samples_ms: no samples")
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
         std = float(a.std(ddof=1)) if a.size > 1 else 0.0
-        return cls(float(p50), float(p90), float(p99), float(a.mean()), std, int(a.size),
-                   tuple(float(x) for x in a))
+        return cls(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(a.mean()), std=std, n=int(a.size),
+                   samples=tuple(float(x) for x in a))
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary as the ledger's Latency record takes it (without the raw samples)."""
-        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean, "std": self.std,
-                "n": self.n}
+        """The summary fields (p50 ... n) alone, without the raw samples or any field a subclass adds."""
+        return {k: getattr(self, k) for k in LatencyStats.model_fields if k != "samples"}
+
+
+class Speedup(NamedTuple):
+    """`ratio` = median(base) / median(other) (> 1: other is faster), with its `ci` interval [lo, hi]."""
+
+    ratio: float
+    lo: float
+    hi: float
 
 
 def round_order(names: Sequence[str], round_index: int) -> list[str]:
@@ -114,17 +130,32 @@ def measure_interleaved(runners: dict[str, Runner], feed: Feed, warmup: int = 10
     return {n: LatencyStats.from_samples(np.asarray(s, dtype=np.float64) / 1e6) for n, s in samples.items()}
 
 
-def paired_ratio(base: Sequence[float], other: Sequence[float], per_turn: int) -> tuple[float, float, float]:
-    """Median and 10th-90th percentile of per-round speedups (base / other): samples from
-    `measure_interleaved` (in round order, `per_turn` timed calls a turn), rounds paired in time so noise
-    that hits a whole round cancels out."""
-    n = min(len(base), len(other)) // per_turn
-    if n == 0:
-        raise ValueError("paired_ratio: fewer samples than one turn")
-    b = np.median(np.asarray(base[: n * per_turn]).reshape(n, per_turn), axis=1)
-    o = np.median(np.asarray(other[: n * per_turn]).reshape(n, per_turn), axis=1)
-    r = b / o
-    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
+def paired_speedup(base_ms: Sequence[float], other_ms: Sequence[float], per_turn: int = 1, ci: float = CI,
+                   n_boot: int = N_BOOT, seed: int = 0) -> Speedup:
+    """Speedup median(base) / median(other) with a paired bootstrap confidence interval over rounds.
+
+    Both sample lists come from one `measure_interleaved` call, in round order, `per_turn` timed calls a
+    turn, so sample i of each belongs to the same round. The bootstrap resamples whole rounds (with the
+    calls of both runners in them), so noise that hit a round hits both sides of every resample alike and
+    cancels, and `lo`, `hi` bound the ratio of medians at confidence `ci` (seeded: reproducible).
+    """
+    a = np.asarray(base_ms, dtype=np.float64)
+    b = np.asarray(other_ms, dtype=np.float64)
+    if a.size == 0 or a.size != b.size:
+        raise ValueError(f"paired samples needed, got {a.size} and {b.size}")
+    if per_turn < 1 or a.size % per_turn:
+        raise ValueError(f"per_turn must be >= 1 and divide the {a.size} paired samples, got {per_turn}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    point = float(np.median(a) / np.median(b))
+    rounds = a.size // per_turn
+    ra, rb = a.reshape(rounds, per_turn), b.reshape(rounds, per_turn)  # (round, call)
+    idx = np.random.default_rng(seed).integers(0, rounds, size=(n_boot, rounds))
+    ratios = (np.median(ra[idx].reshape(n_boot, -1), axis=1)
+              / np.median(rb[idx].reshape(n_boot, -1), axis=1))
+    tail = (1.0 - ci) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return Speedup(point, float(lo), float(hi))
 
 
 def measure_one(runner: Runner, feed: Feed, warmup: int = 10, runs: int = 50, progress: Any = None,

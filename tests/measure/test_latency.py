@@ -1,4 +1,4 @@
-"""Interleaved timing: call order, warm-up, percentiles on a fake clock, progress, and real runners."""
+"""Interleaved timing: call order, warm-up, percentiles on a fake clock, progress, real runners, paired speedups."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from edgeopt.ledger import Latency
 from edgeopt.measure import latency
-from edgeopt.measure.latency import LatencyStats, measure_interleaved, measure_one, round_order
+from edgeopt.measure.latency import LatencyStats, measure_interleaved, measure_one, paired_speedup, round_order
 
 
 class FakeClock:
@@ -183,9 +183,32 @@ def test_pause_before_each_turn_is_untimed(monkeypatch):
     assert stats["a"].n == 2
 
 
-def test_paired_ratio_pairs_rounds():
-    from edgeopt.measure.latency import paired_ratio
-
+def test_paired_speedup_resamples_whole_rounds():
     base = (10.0, 10.0, 20.0, 20.0, 40.0, 40.0)  # a noisy machine: whole rounds get slower
     other = (5.0, 5.0, 10.0, 10.0, 20.0, 20.0)
-    assert paired_ratio(base, other, per_turn=2) == (2.0, 2.0, 2.0)
+    assert paired_speedup(base, other, per_turn=2) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="per_turn"):
+        paired_speedup(base, other, per_turn=4)
+
+
+def test_interval_is_paired_over_rounds():
+    """Noise shared by a round (every model slowed alike) cancels: the paired interval stays tight."""
+    rng = np.random.default_rng(0)
+    load = rng.choice([1.0, 3.0], size=40)  # half the rounds run three times slower, for both models
+    base, fast = 10.0 * load, 5.0 * load
+    assert paired_speedup(base, fast) == (2.0, 2.0, 2.0)
+    # unpaired (rounds shuffled against each other) the same samples give a wide interval
+    _, lo, hi = paired_speedup(base, rng.permutation(fast))
+    assert hi - lo > 0.5
+
+
+def test_interval_brackets_the_point_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    base = 10 + rng.standard_normal(50)
+    other = 4 + rng.standard_normal(50) * 0.5
+    sp, lo, hi = paired_speedup(base, other)
+    assert lo < sp < hi
+    assert sp == pytest.approx(np.median(base) / np.median(other))
+    assert paired_speedup(base, other) == (sp, lo, hi)
+    with pytest.raises(ValueError, match="paired"):
+        paired_speedup(base, other[:-1])
