@@ -123,7 +123,7 @@ def bench(models: list[str] = typer.Argument(..., help="two or more models to ti
           seq_len: int = typer.Option(128), batch: int = typer.Option(1),
           data: Optional[str] = typer.Option(None, help="data spec (.npz, .txt, zoo:sentences[a:b], random:N)"),
           as_json: bool = typer.Option(False, "--json")):
-    """Time artifacts side by side (interleaved) and print ratios with their spread."""
+    """Time artifacts side by side (interleaved) and print speedups with their bootstrap interval."""
     from edgeopt.measure.bench import bench as run
     from edgeopt.measure.bench import render
 
@@ -208,7 +208,9 @@ def winograd(model_or_layer: str = typer.Argument(..., help="conv:C_INxC_OUTxHxW
              batch: int = typer.Option(1, help="batch of a conv: layer spec"),
              as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Winograd tuner: per eligible 3x3 conv, direct vs every tile (multiplications, latency, memory, error) and the pick."""
-    from edgeopt.analyze.kernels import render, winograd_tune
+    # torch-backed: imported when the command runs
+    from edgeopt.measure.kernels import winograd_tune
+    from edgeopt.report.kernels import render
 
     rep = _guard(winograd_tune, model_or_layer, tiles=tiles, error_budget=error_budget, runs=runs, threads=threads,
                  input_shape=input_shape, batch=batch)
@@ -229,7 +231,9 @@ def kernels_attention(seq_lens: str = typer.Option("256,512,1024,2048,4096", "--
                       memory: bool = typer.Option(True, "--memory/--no-memory", help="also measure ATen-visible peak bytes"),
                       as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Attention: sequence lengths × head dims × implementations (latency, peak intermediate memory, error)."""
-    from edgeopt.analyze.kernels import attention_grid, render
+    # torch-backed: imported when the command runs
+    from edgeopt.measure.kernels import attention_grid
+    from edgeopt.report.kernels import render
 
     rep = _guard(attention_grid, seq_lens, head_dims, impls, heads=heads, batch=batch, runs=runs, threads=threads,
                  q_block=q_block, k_block=k_block, measure_memory=memory)
@@ -243,7 +247,9 @@ def kernels_conv(channels: str = typer.Option("32,64,128,256,512", help="C (C→
                  runs: int = typer.Option(3), threads: int = typer.Option(2), batch: int = typer.Option(1),
                  as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """3x3 convolution: channels × spatial sizes, direct vs each Winograd tile (latency, error, memory, choice)."""
-    from edgeopt.analyze.kernels import conv_grid, render
+    # torch-backed: imported when the command runs
+    from edgeopt.measure.kernels import conv_grid
+    from edgeopt.report.kernels import render
 
     rep = _guard(conv_grid, channels, sizes, tiles, error_budget=error_budget, runs=runs, threads=threads, batch=batch)
     return _dump(rep) if as_json else console.print(render(rep))
@@ -256,7 +262,9 @@ def kernels_unet(size: str = typer.Option("small", help="tiny, small (32x32 late
                  child_memory: bool = typer.Option(True, "--child-memory/--no-child-memory", help="peak RSS of a child per row"),
                  as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """A diffusers UNet with fused norm, attention variants and Winograd switched on one by one (Table 1 style)."""
-    from edgeopt.analyze.kernels import render, unet_table
+    # torch- and diffusers-backed: imported when the command runs
+    from edgeopt.measure.unet import unet_table
+    from edgeopt.report.kernels import render
 
     rep = _guard(unet_table, size, runs=runs, threads=threads, tune_runs=tune_runs, child_memory=child_memory)
     return _dump(rep) if as_json else console.print(render(rep))

@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.kernels.checks import one_of
+from edgeopt.kernels.layer_stats import peak_intermediate_bytes as layer_peak_bytes
+
 IMPLS: tuple[str, ...] = ("naive", "partial_softmax", "flash", "sdpa")
 BLOCK_FIELDS: tuple[str, ...] = ("q_block", "k_block")
 # Chosen by measurement on a 2-core AVX512 Xeon, fp32, 2 threads, 2 heads: flash at 4096 tokens, head dim 40,
@@ -42,11 +45,15 @@ BLOCK_FIELDS: tuple[str, ...] = ("q_block", "k_block")
 DEFAULT_BLOCKS: dict[str, int] = {"q_block": 256, "k_block": 512}
 
 
+def check_impls(impls: str | Iterable[str], field: str = "impls") -> tuple[str, ...]:
+    """Implementation names from IMPLS (a sequence or "naive,flash"); an unknown one is an ArgumentError (a
+    ValueError) naming `field` and listing the known ones."""
+    return one_of(impls if isinstance(impls, str) else tuple(impls), IMPLS, field, "attention implementation")
+
+
 def check_impl(impl: str, field: str = "impl") -> str:
-    """`impl` if it names an implementation, else ValueError naming `field` and listing the known ones."""
-    if impl not in IMPLS:
-        raise ValueError(f"{field}: unknown attention implementation {impl!r}; known: {', '.join(IMPLS)}")
-    return impl
+    """`impl` if it names an implementation, else an ArgumentError (a ValueError) naming `field`."""
+    return check_impls((impl,), field)[0]
 
 
 def check_blocks(blocks: dict[str, Any]) -> dict[str, int]:
@@ -223,9 +230,7 @@ def measured_peak_intermediate_bytes(impl: str, q: torch.Tensor, k: torch.Tensor
     See `edgeopt.kernels.layer_stats.peak_intermediate_bytes`: every tensor an ATen op creates is seen;
     workspace an op keeps inside itself (SDPA's kernel buffers) is invisible to it.
     """
-    from edgeopt.kernels.layer_stats import peak_intermediate_bytes as _peak
-
-    return _peak(lambda: attention(q, k, v, mask, impl=impl, scale=scale, **block_sizes), keep=(q, k, v, mask))
+    return layer_peak_bytes(lambda: attention(q, k, v, mask, impl=impl, scale=scale, **block_sizes), keep=(q, k, v, mask))
 
 
 # ------------------------------------------------------------------ a reference attention module
@@ -477,7 +482,7 @@ def diffusers_processor_for(attn: nn.Module, impl: str, **block_sizes: int) -> E
     return EdgeoptAttnProcessor(impl, scale, **block_sizes)
 
 
-__all__ = ["IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_blocks",
+__all__ = ["IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_impls", "check_blocks",
            "peak_intermediate_bytes", "measured_peak_intermediate_bytes", "MultiHeadSelfAttention",
            "attention_flops", "hf_attention_forward", "register_hf_attention", "record_hf_dispatch", "use_hf_attention",
            "restore_hf_attention", "EdgeoptAttnProcessor",

@@ -84,6 +84,24 @@ def compiled(name: str) -> Callable[..., torch.Tensor]:
     return _COMPILED[name]
 
 
+def _pair_act(norm: nn.Module, act: nn.Module, norm_cls: type) -> str:
+    """The activation name of a (norm, act) pair to fuse, or ValueError naming both types."""
+    name = act_name(act)
+    if not isinstance(norm, norm_cls) or name is None:
+        raise ValueError(f"norm, act: expected nn.{norm_cls.__name__} and nn.SiLU/nn.GELU, got "
+                         f"{type(norm).__name__} and {type(act).__name__}")
+    return name
+
+
+def _copy_affine(norm: nn.Module, new: nn.Module) -> nn.Module:
+    """`new` with copies of `norm`'s affine weight and bias (where it has them) and its train/eval mode."""
+    for attr in ("weight", "bias"):
+        p = getattr(norm, attr, None)
+        if p is not None:
+            setattr(new, attr, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+    return new.train(norm.training)
+
+
 class GroupNormAct(nn.Module):
     """GroupNorm followed by SiLU or GELU as one module (same `weight`/`bias` parameters as nn.GroupNorm)."""
 
@@ -101,15 +119,8 @@ class GroupNormAct(nn.Module):
     @classmethod
     def from_modules(cls, norm: nn.GroupNorm, act: nn.Module, backend: str = "eager") -> GroupNormAct:
         """The fused module of an nn.GroupNorm and the activation module that follows it (weights copied)."""
-        name = act_name(act)
-        if not isinstance(norm, nn.GroupNorm) or name is None:
-            raise ValueError(f"norm, act: expected nn.GroupNorm and nn.SiLU/nn.GELU, got "
-                             f"{type(norm).__name__} and {type(act).__name__}")
-        new = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, name, backend)
-        if norm.affine:
-            new.weight = nn.Parameter(norm.weight.detach().clone(), requires_grad=norm.weight.requires_grad)
-            new.bias = nn.Parameter(norm.bias.detach().clone(), requires_grad=norm.bias.requires_grad)
-        return new.train(norm.training)
+        name = _pair_act(norm, act, nn.GroupNorm)
+        return _copy_affine(norm, cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, name, backend))
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, act={self.act!r}, backend={self.backend!r}"
@@ -135,16 +146,9 @@ class LayerNormAct(nn.Module):
     @classmethod
     def from_modules(cls, norm: nn.LayerNorm, act: nn.Module, backend: str = "eager") -> LayerNormAct:
         """The fused module of an nn.LayerNorm and the activation module that follows it (weights copied)."""
-        name = act_name(act)
-        if not isinstance(norm, nn.LayerNorm) or name is None:
-            raise ValueError(f"norm, act: expected nn.LayerNorm and nn.SiLU/nn.GELU, got "
-                             f"{type(norm).__name__} and {type(act).__name__}")
+        name = _pair_act(norm, act, nn.LayerNorm)
         new = cls(norm.normalized_shape, norm.eps, norm.elementwise_affine, norm.bias is not None, name, backend)
-        if norm.weight is not None:
-            new.weight = nn.Parameter(norm.weight.detach().clone(), requires_grad=norm.weight.requires_grad)
-        if norm.bias is not None:
-            new.bias = nn.Parameter(norm.bias.detach().clone(), requires_grad=norm.bias.requires_grad)
-        return new.train(norm.training)
+        return _copy_affine(norm, new)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, act={self.act!r}, backend={self.backend!r}"

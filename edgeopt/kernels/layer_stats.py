@@ -10,6 +10,10 @@ the layer's inputs are captured from one run of the model on its example input, 
   from a TorchDispatchMode (`peak_intermediate_bytes`). Workspace an ATen kernel keeps inside itself
   (oneDNN's convolution buffers, SDPA's blocks) is invisible to it: "before" of a library kernel reads 0.
 - error: norm-wise relative error ||after - before|| / ||before|| and the largest absolute deviation.
+
+The helpers below are what every kernel measurement shares (the Winograd tuner, the attention pass, the
+micro-benchmarks of `edgeopt.measure.kernels`): `relative_error`, `time_interleaved` of zero-argument
+callables and `call_with` an example input.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from edgeopt.measure.latency import measure_interleaved
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -41,6 +47,57 @@ def first_tensor(out: Any) -> torch.Tensor:
     if not ts:
         raise ValueError(f"output of type {type(out).__name__} holds no tensor")
     return ts[0]
+
+
+def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """Norm-wise relative error ||y - ref||₂ / ||ref||₂, computed in float64.
+
+    Norm-wise rather than element-wise: the largest single deviation grows with the number of outputs
+    looked at, the norm-wise error is what the error analyses of Winograd convolution bound.
+    """
+    y64, r64 = y.detach().to(torch.float64), ref.detach().to(torch.float64)
+    return float(torch.linalg.vector_norm(y64 - r64) / torch.linalg.vector_norm(r64).clamp_min(1e-300))
+
+
+def call_with(module: Any, example: Any) -> Any:
+    """Call `module` on an example input: a tensor, a tuple/list of tensors, or a dict of named inputs in order.
+
+    A dict's values are passed positionally, as edgeopt's runners and convert.onnx pass named inputs.
+    """
+    if isinstance(example, dict):
+        return module(*example.values())
+    if isinstance(example, (tuple, list)):
+        return module(*example)
+    return module(example)
+
+
+class CallRunner:
+    """Adapter: a zero-argument callable as a runner for edgeopt.measure.latency.measure_interleaved."""
+
+    def __init__(self, name: str, fn: Callable[[], Any], threads: int):
+        self.name, self.fn, self.threads = name, fn, threads
+
+    def run(self, feed: Any) -> Any:
+        return self.fn()
+
+    def close(self) -> None:
+        pass
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], runs: int = 5, warmup: int = 1,
+                     threads: int | None = None) -> dict[str, float]:
+    """Median milliseconds of each zero-argument callable, timed interleaved (rotated order) with `threads`."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        n = torch.get_num_threads()
+        with torch.inference_mode():
+            stats = measure_interleaved({k: CallRunner(k, f, n) for k, f in fns.items()}, feed={},
+                                        warmup=warmup, runs=runs)
+    finally:
+        torch.set_num_threads(before)
+    return {k: s.p50 for k, s in stats.items()}
 
 
 def peak_intermediate_bytes(fn: Callable[[], Any], keep: Any = ()) -> int:
@@ -108,8 +165,6 @@ def capture_inputs(model: nn.Module, names: list[str], example: Any) -> dict[str
     """
     from torch.utils._pytree import tree_map
 
-    from edgeopt.kernels.winograd import call_with
-
     captured: dict[str, tuple[tuple, dict]] = {}
     hooks = []
     for name in names:
@@ -142,8 +197,6 @@ def compare_layers(items: dict[str, dict[str, Any]], runs: int = 5, warmup: int 
     input_shapes, batch, latency_ms {before, after}, speedup, throughput_per_s {before, after} (batch items
     per second), peak_intermediate_bytes {before, after}, rel_error, max_abs_error, threads, runs}}, JSON-ready.
     """
-    from edgeopt.kernels.winograd import relative_error, time_interleaved
-
     out: dict[str, dict[str, Any]] = {}
     fns: dict[tuple[str, str], Callable[[], Any]] = {}
     for name, it in items.items():
@@ -189,4 +242,5 @@ def compare_layer(before: Callable[..., Any], after: Callable[..., Any], args: t
     return compare_layers({"layer": item}, runs=runs, warmup=warmup, threads=threads)["layer"]
 
 
-__all__ = ["first_tensor", "peak_intermediate_bytes", "capture_inputs", "compare_layers", "compare_layer"]
+__all__ = ["relative_error", "call_with", "CallRunner", "time_interleaved", "first_tensor", "peak_intermediate_bytes",
+           "capture_inputs", "compare_layers", "compare_layer"]

@@ -25,6 +25,9 @@ from fractions import Fraction
 from typing import Any, Callable
 
 import torch
+from torch import nn
+
+from edgeopt.kernels.winograd import WinogradConv2d
 
 CONV_OPS = ("convolution", "_convolution", "conv1d", "conv2d", "conv3d")  # aten.convolution: transposed or not
 CONV_TRANSPOSE_OPS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -113,10 +116,6 @@ def winograd_multiplications(m: int, c_in: int = 8, c_out: int = 16, size: int =
     batched matrix products over channels, `aten.bmm`), its input transform (a convolution) and its output
     transform (a matrix product). `ratio` = direct / element-wise stage as an exact fraction: 9m²/(m+2)²
     when `size` is a multiple of m (whole tiles)."""
-    from torch import nn
-
-    from edgeopt.kernels.winograd import WinogradConv2d
-
     torch.manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, 3, padding=1).eval()
     wino = WinogradConv2d(conv, m)

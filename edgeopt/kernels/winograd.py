@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.kernels.checks import error_budget as check_error_budget
+from edgeopt.kernels.checks import one_of, pos_int
+from edgeopt.kernels.layer_stats import capture_inputs, relative_error, time_interleaved
+
 TILES: tuple[int, ...] = (2, 4, 6, 8)
 R = 3  # filter size the module supports (the transforms work for any r)
 
@@ -141,8 +145,7 @@ class WinogradConv2d(nn.Module):
         ok, why = winograd_supported(conv)
         if not ok:
             raise ValueError(f"conv: cannot run as Winograd: {why}")
-        if m not in TILES:
-            raise ValueError(f"m: unknown tile {m!r}; known tiles: {', '.join(map(str, TILES))}")
+        one_of((m,), TILES, "m", "tile")
         self.m, self.r, self.alpha = m, R, m + R - 1
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.padding_mode = conv.padding_mode
@@ -220,59 +223,16 @@ class WinogradConv2d(nn.Module):
 
 
 # ------------------------------------------------------------------ the tuner
-def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """Norm-wise relative error ||y - ref||₂ / ||ref||₂, computed in float64.
-
-    Norm-wise rather than element-wise: the largest single deviation grows with the number of outputs
-    looked at, the norm-wise error is what the error analyses of Winograd convolution bound.
-    """
-    y64, r64 = y.detach().to(torch.float64), ref.detach().to(torch.float64)
-    return float(torch.linalg.vector_norm(y64 - r64) / torch.linalg.vector_norm(r64).clamp_min(1e-300))
+def check_tiles(tiles: str | Sequence[Any]) -> tuple[int, ...]:
+    """Output tiles m from TILES (a sequence or "2,4"); an unknown one is an ArgumentError listing the known ones."""
+    return one_of(tiles, TILES, "tiles", "tile")
 
 
-class _CallRunner:
-    """Adapter: a zero-argument callable as a runner for edgeopt.measure.latency.measure_interleaved."""
-
-    def __init__(self, name: str, fn: Any, threads: int):
-        self.name, self.fn, self.threads = name, fn, threads
-
-    def run(self, feed: Any) -> Any:
-        return self.fn()
-
-    def close(self) -> None:
-        pass
-
-
-def time_interleaved(fns: dict[str, Any], runs: int = 5, warmup: int = 1,
-                     threads: int | None = None) -> dict[str, float]:
-    """Median milliseconds of each zero-argument callable, timed interleaved (rotated order) with `threads`."""
-    from edgeopt.measure.latency import measure_interleaved
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        n = torch.get_num_threads()
-        with torch.inference_mode():
-            stats = measure_interleaved({k: _CallRunner(k, f, n) for k, f in fns.items()}, feed={},
-                                        warmup=warmup, runs=runs)
-    finally:
-        torch.set_num_threads(before)
-    return {k: s.p50 for k, s in stats.items()}
-
-
-def _check_tuner_args(tiles: Sequence[int], error_budget: float, runs: int) -> tuple[int, ...]:
-    if not (isinstance(error_budget, (int, float)) and math.isfinite(error_budget) and 0 < error_budget < 1):
-        raise ValueError(f"error_budget: a relative error budget must be in (0, 1), got {error_budget!r}")
-    if not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs: must be an int >= 1, got {runs!r}")
-    tiles = tuple(tiles)
-    if not tiles:
-        raise ValueError("tiles: empty; known tiles: " + ", ".join(map(str, TILES)))
-    for t in tiles:
-        if t not in TILES:
-            raise ValueError(f"tiles: unknown tile {t!r}; known tiles: {', '.join(map(str, TILES))}")
-    return tiles
+def check_tuner_args(tiles: str | Sequence[Any], error_budget: Any, runs: Any) -> tuple[int, ...]:
+    """The tuner's arguments, checked once for every entry point (ArgumentError naming the field); the tiles."""
+    check_error_budget(error_budget)
+    pos_int(runs, "runs")
+    return check_tiles(tiles)
 
 
 def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int] = TILES, error_budget: float = 1e-5,
@@ -285,7 +245,7 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
     float64 reference on a seeded random input. Tiles over `error_budget` are refused with the reason; the
     choice is the fastest accepted candidate ("direct" is always accepted).
     """
-    tiles = _check_tuner_args(tiles, error_budget, runs)
+    tiles = check_tuner_args(tiles, error_budget, runs)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4:
         raise ValueError(f"input_shape: expected (N, C_in, H, W), got {shape}")
@@ -328,18 +288,6 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
             "speedup": cands["direct"]["latency_ms"] / cands[best]["latency_ms"]}
 
 
-def call_with(module: nn.Module, example: Any) -> Any:
-    """Call `module` on an example input: a tensor, a tuple/list of tensors, or a dict of named inputs in order.
-
-    A dict's values are passed positionally, as edgeopt's runners and convert.onnx pass named inputs.
-    """
-    if isinstance(example, dict):
-        return module(*example.values())
-    if isinstance(example, (tuple, list)):
-        return module(*example)
-    return module(example)
-
-
 def tune_model(model: nn.Module, example_input: Any, tiles: Sequence[int] = TILES, error_budget: float = 1e-5,
                runs: int = 5, threads: int | None = None, warmup: int = 1) -> dict[str, dict[str, Any]]:
     """`tune_layer` for every Conv2d of `model`, at the input shape each sees when `model` runs `example_input`.
@@ -347,20 +295,9 @@ def tune_model(model: nn.Module, example_input: Any, tiles: Sequence[int] = TILE
     Returns {module name: tune_layer result}; ineligible convs and convs the example never reaches are
     listed with `supported: False` and the reason.
     """
-    _check_tuner_args(tiles, error_budget, runs)
+    tiles = check_tuner_args(tiles, error_budget, runs)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, conv in convs.items():
-        def hook(mod, args, name=name):
-            shapes.setdefault(name, tuple(args[0].shape))
-        hooks.append(conv.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            call_with(model, example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    shapes = {n: tuple(args[0].shape) for n, (args, _) in capture_inputs(model, list(convs), example_input).items()}
     results: dict[str, dict[str, Any]] = {}
     for name, conv in convs.items():
         if name not in shapes:

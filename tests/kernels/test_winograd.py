@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.kernels.layer_stats import peak_intermediate_bytes
+from edgeopt.kernels.layer_stats import peak_intermediate_bytes, relative_error
 from edgeopt.kernels.winograd import (TILES, WinogradConv2d, flops_ratio, interpolation_points, layer_multiplications,
-                                      multiplications, relative_error, tune_layer, tune_model, winograd_matrices,
-                                      winograd_supported)
+                                      multiplications, tune_layer, tune_model, winograd_matrices, winograd_supported)
 
 
 def test_interpolation_points_follow_the_documented_order():

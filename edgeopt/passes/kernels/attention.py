@@ -7,8 +7,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeopt.artifact import Artifact, register_builder
-from edgeopt.passes.base import Pass, PassConfig, PassContext, register
-from edgeopt.passes.kernels.winograd import example_inputs, optional_example_inputs, torch_module_copy
+from edgeopt.kernels.checks import ErrorBudget, PositiveInt
+from edgeopt.passes.base import Pass, PassContext, register
+from edgeopt.passes.kernels._common import (LayerSwapConfig, code_names, example_inputs, optional_example_inputs,
+                                            torch_module_copy)
 
 Impl = Literal["naive", "partial_softmax", "flash", "sdpa"]
 
@@ -40,21 +42,18 @@ class AttentionPass(Pass):
     throughput, peak intermediate bytes, error) into ctx.notes["attention"]["per_layer"].
     """
 
-    class Config(PassConfig):
+    class Config(LayerSwapConfig):
         impl: Literal["naive", "partial_softmax", "flash", "sdpa", "auto"] = "auto"
-        q_block: int = Field(default=256, ge=1)  # the kernels' DEFAULT_BLOCKS
-        k_block: int = Field(default=512, ge=1)
+        q_block: PositiveInt = 256  # the kernels' DEFAULT_BLOCKS
+        k_block: PositiveInt = 512
         candidates: tuple[Impl, ...] = Field(default=("naive", "partial_softmax", "flash", "sdpa"), min_length=1)
-        max_rel_error: float = Field(default=1e-4, gt=0, lt=1)
-        runs: int = Field(default=5, ge=1)
-        threads: int | None = Field(default=None, ge=1)
-        exclude: tuple[str, ...] = ()
-        measure: bool = True
+        max_rel_error: ErrorBudget = 1e-4
 
     accepts = ("torch",)
     produces = "torch"
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
+        # torch-backed: imported when the pass runs (pass modules load with the registry)
         from edgeopt.kernels.attention import record_hf_dispatch, restore_hf_attention, use_hf_attention
 
         cfg = self.config
@@ -77,6 +76,7 @@ class AttentionPass(Pass):
             example = optional_example_inputs(art, ctx)
         captured: dict[str, tuple[tuple, dict]] = {}
         if example is not None:
+            # torch-backed: imported when the pass runs (pass modules load with the registry)
             from edgeopt.kernels.layer_stats import capture_inputs
 
             with record_hf_dispatch() as dispatched:
@@ -117,6 +117,7 @@ class AttentionPass(Pass):
 def rebuild_attention(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with each layer of `args["layers"]` set to its recorded implementation and blocks, as
     `AttentionPass.run` leaves them (Hugging Face layers: the model switched to the "edgeopt" attention)."""
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.attention import use_hf_attention
 
     module = torch_module_copy(parent, "kernels.attention")
@@ -176,33 +177,6 @@ def _reconcile_hf(module: Any, layers: dict[str, str], skipped: dict[str, str], 
     return found
 
 
-def code_names(fn: Any, depth: int = 4) -> set[str]:
-    """Global names a function's code uses, looking through decorators (functools.wraps or closures) and nested code."""
-    import inspect
-    import types
-
-    names: set[str] = set()
-    try:
-        fn = inspect.unwrap(fn)
-    except ValueError:  # a __wrapped__ cycle
-        pass
-    code = getattr(fn, "__code__", None)
-    stack = [code] if code is not None else []
-    while stack:
-        c = stack.pop()
-        names.update(c.co_names)
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    if depth > 0:  # a decorator without functools.wraps keeps the function it wraps in a closure cell
-        for cell in getattr(fn, "__closure__", None) or ():
-            try:
-                inner = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if inspect.isfunction(inner):
-                names |= code_names(inner, depth - 1)
-    return names
-
-
 def _is_hf_attention(m: Any) -> bool:
     """A module with a transformers config whose forward looks its attention function up in ALL_ATTENTION_FUNCTIONS.
 
@@ -225,6 +199,7 @@ def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
     """({name: "module" | "hf" | "diffusers"} of the layers this pass can swap, {name: reason} of those it cannot)."""
     from torch import nn
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.attention import (DIFFUSERS_PROCESSORS, HF_SWAPPABLE, EdgeoptAttnProcessor,
                                            MultiHeadSelfAttention)
 
@@ -273,6 +248,7 @@ def _label(kind: str, original: Any) -> str:
 def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int], original: Any = None,
               final: bool = False) -> None:
     """Point one layer at `impl`; None: back to the untouched computation (`original`, from `_original`)."""
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.attention import HF_SPEC_ATTR, diffusers_processor_for
 
     if kind == "module":
@@ -293,6 +269,7 @@ def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int], o
 
 
 def _first_tensor(out: Any) -> Any:
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.layer_stats import first_tensor
 
     return first_tensor(out)
@@ -329,8 +306,9 @@ def _choose(module: Any, layers: dict[str, str], captured: dict[str, tuple[tuple
     """Per layer: time and check every candidate implementation on the inputs captured in the example run."""
     import torch
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.attention import peak_intermediate_bytes
-    from edgeopt.kernels.winograd import relative_error, time_interleaved
+    from edgeopt.kernels.layer_stats import relative_error, time_interleaved
 
     records: dict[str, dict[str, Any]] = {}
     errors: dict[str, dict[str, float]] = {}
@@ -384,6 +362,7 @@ def _choose(module: Any, layers: dict[str, str], captured: dict[str, tuple[tuple
 def _per_layer(module: Any, chosen: dict[str, dict], captured: dict[str, tuple[tuple, dict]],
                untouched: dict[str, Any], cfg: Any, blocks: dict[str, int]) -> dict[str, Any]:
     """Before (untouched) vs after (chosen impl) of every swapped layer reached by the example input."""
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.layer_stats import compare_layers
 
     items: dict[str, dict[str, Any]] = {}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import Field
-
 from edgeopt.artifact import Artifact, register_builder
-from edgeopt.passes.base import Pass, PassConfig, PassContext, register
-from edgeopt.passes.kernels.winograd import optional_example_inputs, torch_module_copy
+from edgeopt.passes.base import Pass, PassContext, register
+from edgeopt.passes.kernels._common import KernelSwapConfig, code_names, optional_example_inputs, torch_module_copy
 
 NORM_KINDS = ("group_norm", "layer_norm")
 
@@ -34,13 +34,10 @@ class FusedNormPass(Pass):
     peak intermediate bytes, error) into ctx.notes["fused_norm"]["per_layer"].
     """
 
-    class Config(PassConfig):
+    class Config(KernelSwapConfig):
         backend: Literal["eager", "compile"] = "eager"
         norms: tuple[Literal["group_norm", "layer_norm"], ...] = NORM_KINDS
         trace: bool = True
-        runs: int = Field(default=5, ge=1)
-        threads: int | None = Field(default=None, ge=1)
-        measure: bool = True
 
     accepts = ("torch",)
     produces = "torch"
@@ -57,6 +54,7 @@ class FusedNormPass(Pass):
         example = optional_example_inputs(art, ctx) if cfg.measure else None
         captured: dict[str, tuple[tuple, dict]] = {}
         if example is not None:
+            # torch-backed: imported when the pass runs (pass modules load with the registry)
             from edgeopt.kernels.layer_stats import capture_inputs
 
             captured = capture_inputs(module, [n for n, m in module.named_modules() if isinstance(m, norm_types)],
@@ -66,6 +64,7 @@ class FusedNormPass(Pass):
                    if isinstance(m, norm_types) and n not in fused and n not in skipped}
         per_layer: dict[str, Any] = {}
         if cfg.measure:
+            # torch-backed: imported when the pass runs (pass modules load with the registry)
             from edgeopt.kernels.layer_stats import compare_layers
 
             items = {}
@@ -139,6 +138,7 @@ def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backen
     """Pattern 1: adjacent (norm, activation) children of one nn.Sequential."""
     from torch import nn
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.fused_norm import act_name, fuse_pair
 
     keys = list(seq._modules)
@@ -164,6 +164,7 @@ def _is_candidate_parent(m: Any, norm_types: tuple[type, ...]) -> bool:
     """A non-Sequential module with a direct norm child and an activation (child module or F.silu/F.gelu)."""
     from torch import nn
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.fused_norm import act_name
 
     if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or isinstance(m, norm_types):
@@ -173,8 +174,6 @@ def _is_candidate_parent(m: Any, norm_types: tuple[type, ...]) -> bool:
         return False
     if any(act_name(c) is not None for c in children):
         return True
-    from edgeopt.passes.kernels.attention import code_names
-
     names = code_names(type(m).forward)  # through decorators too
     return "silu" in names or "gelu" in names
 
@@ -184,6 +183,7 @@ def _act_of(node: Any, mods: dict[str, Any]) -> tuple[str, Any] | None:
     import torch.nn.functional as F
     from torch import nn
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.fused_norm import act_name
 
     if len(node.args) != 1:
@@ -205,48 +205,54 @@ def _act_of(node: Any, mods: dict[str, Any]) -> tuple[str, Any] | None:
 def _trace_children_as_leaves(parent: Any) -> Any:
     """torch.fx graph of `parent`'s own forward, each child module kept as one call.
 
-    A forward with `*args`/`**kwargs` is first traced as is; if that fails, it is traced again through a
-    wrapper that passes only the named positional parameters (varargs bound empty, as diffusers' blocks are
-    called). Raises whatever torch.fx raised first when neither traces.
+    A forward with `*args`/`**kwargs` is first traced as is; if that fails, it is traced again with one
+    placeholder per named positional parameter and the varargs bound empty (as diffusers' blocks are
+    called), so the graph takes only the named arguments. Raises whatever torch.fx raised first when
+    neither traces.
     """
-    import inspect
-
-    import torch.fx
-    from torch import nn
-
-    class _ChildrenAsLeaves(torch.fx.Tracer):
-        def __init__(self, prefix: str = ""):
-            super().__init__()
-            self.prefix = prefix
-
-        def is_leaf_module(self, m: Any, qualname: str) -> bool:
-            return not self.prefix or (qualname.startswith(self.prefix) and "." not in qualname[len(self.prefix):])
-
+    tracer = _children_as_leaves_tracer()
     try:
-        return _ChildrenAsLeaves().trace(parent)
+        return tracer().trace(parent)
     except Exception as first_error:
         params = list(inspect.signature(type(parent).forward).parameters.values())[1:]  # without self
         varargs = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}
         named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-        if not any(p.kind in varargs for p in params) or any(not p.name.isidentifier() for p in named):
+        if not any(p.kind in varargs for p in params):
             raise
-        # torch.fx makes one placeholder per parameter of the traced forward, so the wrapper needs a real
-        # signature with exactly the named parameters: generated from their (identifier) names
-        names = ", ".join(p.name for p in named)
-        ns: dict[str, Any] = {}
-        exec(f"def forward(self, {names}):\n    return self.inner.forward({names})\n", ns)  # noqa: S102
-        ns["forward"].__defaults__ = tuple(p.default for p in named if p.default is not inspect.Parameter.empty) or None
-        wrapper = type("_NamedArgsOnly", (nn.Module,), {"forward": ns["forward"]})()
-        wrapper.inner = parent
         try:
-            graph = _ChildrenAsLeaves("inner.").trace(wrapper)
+            return tracer(named_only=named).trace(parent)
         except Exception:
             raise first_error from None
-        for node in graph.nodes:  # targets relative to `parent` again
-            if node.op in ("call_module", "get_attr") and str(node.target).startswith("inner."):
-                node.target = node.target[len("inner."):]
-        return graph
+
+
+@lru_cache(maxsize=1)
+def _children_as_leaves_tracer() -> type:
+    """The tracer class, defined on first use (torch.fx is imported only when a pass runs)."""
+    import torch.fx  # torch-backed: pass modules are imported when the registry loads
+
+    class _ChildrenAsLeaves(torch.fx.Tracer):
+        """A tracer that keeps every direct child of the traced module as one call_module node.
+
+        With `named_only` (the forward's named positional parameters), the graph gets one placeholder per
+        parameter (with its default) and the forward is called with those alone: varargs bound empty.
+        """
+
+        def __init__(self, named_only: list[inspect.Parameter] | None = None):
+            super().__init__()
+            self.named_only = named_only
+
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            return True
+
+        def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list]:
+            if self.named_only is None:
+                return super().create_args_for_root(root_fn, is_module, concrete_args)
+            defaults = [() if p.default is inspect.Parameter.empty else (p.default,) for p in self.named_only]
+            args = [self.create_proxy("placeholder", p.name, d, {}) for p, d in zip(self.named_only, defaults)]
+            return root_fn, [self.root, *args]
+
+    return _ChildrenAsLeaves
 
 
 def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend: str, fused: dict[str, str],
@@ -257,6 +263,7 @@ def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend
     """
     import torch.fx
 
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.fused_norm import fuse_pair
 
     norm_names = [n for n, c in parent.named_children() if isinstance(c, norm_types)]

@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field
 
 from edgeopt.artifact import Artifact, register_builder
-from edgeopt.errors import PassError
-from edgeopt.passes.base import Pass, PassConfig, PassContext, register
-
-
-def example_inputs(art: Artifact, ctx: PassContext, pass_name: str) -> Any:
-    """The inputs a pass runs the model on to see its layers: meta["example_inputs"], else the first calibration feed.
-
-    A dict means named inputs in order, passed positionally (as the runners and convert.onnx do).
-    """
-    ex = art.meta.get("example_inputs")
-    if ex is not None:
-        return ex
-    if ctx.calibration:
-        from edgeopt.data import to_torch_args
-
-        names = list(art.meta.get("input_names") or art.input_spec.names)
-        return to_torch_args(ctx.calibration[0], names)
-    raise PassError(f"{pass_name}: needs example inputs to measure layers (artifact meta 'example_inputs' "
-                    f"or calibration data)")
-
-
-def optional_example_inputs(art: Artifact, ctx: PassContext) -> Any:
-    """`example_inputs` when the artifact or the calibration data has some, else None (for optional measurement)."""
-    if art.meta.get("example_inputs") is None and not ctx.calibration:
-        return None
-    return example_inputs(art, ctx, "")
-
-
-def torch_module_copy(art: Artifact, pass_name: str) -> Any:
-    """A deep copy of the artifact's live module (passes never mutate their input)."""
-    if art.module is None:
-        raise PassError(f"{pass_name}: torch artifact has no live module")
-    return copy.deepcopy(art.module)
+from edgeopt.kernels.checks import ErrorBudget
+from edgeopt.passes.base import Pass, PassContext, register
+from edgeopt.passes.kernels._common import LayerSwapConfig, example_inputs, optional_example_inputs, torch_module_copy
 
 
 @register("kernels.winograd")
@@ -57,14 +26,10 @@ class WinogradPass(Pass):
     untouched conv) into ctx.notes["winograd"]["per_layer"].
     """
 
-    class Config(PassConfig):
+    class Config(LayerSwapConfig):
         tile: Literal[2, 4, 6, 8, "auto"] = 4
         tiles: tuple[Literal[2, 4, 6, 8], ...] = Field(default=(2, 4, 6, 8), min_length=1)  # what "auto" tries
-        error_budget: float = Field(default=1e-5, gt=0, lt=1)
-        runs: int = Field(default=5, ge=1)
-        threads: int | None = Field(default=None, ge=1)
-        exclude: tuple[str, ...] = ()
-        measure: bool = True
+        error_budget: ErrorBudget = 1e-5
 
     accepts = ("torch",)
     produces = "torch"
@@ -72,6 +37,7 @@ class WinogradPass(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         from torch import nn
 
+        # torch-backed: imported when the pass runs (pass modules load with the registry)
         from edgeopt.kernels.winograd import WinogradConv2d, tune_model, winograd_supported
 
         cfg = self.config
@@ -109,6 +75,7 @@ class WinogradPass(Pass):
                 replaced[name] = tuning[name]["tile"]
         captured: dict[str, tuple[tuple, dict]] = {}
         if cfg.measure and replaced and example is not None:
+            # torch-backed: imported when the pass runs (pass modules load with the registry)
             from edgeopt.kernels.layer_stats import capture_inputs
 
             captured = capture_inputs(module, list(replaced), example)
@@ -117,6 +84,7 @@ class WinogradPass(Pass):
             module.set_submodule(name, WinogradConv2d(convs[name], tile))
         per_layer: dict[str, Any] = {}
         if cfg.measure:
+            # torch-backed: imported when the pass runs (pass modules load with the registry)
             from edgeopt.kernels.layer_stats import compare_layers
 
             items = {name: {"before": originals[name], "after": module.get_submodule(name), "args": args,
@@ -140,6 +108,7 @@ class WinogradPass(Pass):
 @register_builder("kernels.winograd")
 def rebuild_winograd(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with each conv of `args["tiles"]` wrapped as WinogradConv2d with its recorded tile."""
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.winograd import WinogradConv2d
 
     module = torch_module_copy(parent, "kernels.winograd")
@@ -155,7 +124,9 @@ def _fixed_tile_error(conv: Any, tile: int, size: int = 16) -> float:
 
     import torch
 
-    from edgeopt.kernels.winograd import WinogradConv2d, relative_error
+    # torch-backed: imported when the pass runs (pass modules load with the registry)
+    from edgeopt.kernels.layer_stats import relative_error
+    from edgeopt.kernels.winograd import WinogradConv2d
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, conv.in_channels, size, size, generator=g)

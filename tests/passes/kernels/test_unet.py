@@ -7,12 +7,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from edgeopt.analyze.kernels import build_unet
 from edgeopt.kernels.attention import IMPLS, EdgeoptAttnProcessor
 from edgeopt.kernels.fused_norm import GroupNormAct
-from edgeopt.kernels.winograd import WinogradConv2d, relative_error
+from edgeopt.kernels.layer_stats import relative_error
+from edgeopt.kernels.winograd import WinogradConv2d
 from edgeopt.load import load_model
 from edgeopt.passes.base import PassContext, build_pass
+from edgeopt.zoo.unet import build_unet
 
 pytest.importorskip("diffusers")
 

@@ -1,4 +1,4 @@
-"""Kernel micro-benchmark API and its CLI: the Winograd tuner, attention and conv grids, the UNet table."""
+"""Kernel micro-benchmark API and its CLI: the Winograd tuner, its counts and errors, attention and conv grids."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt.analyze import kernels as K
 from edgeopt.cli import app
 from edgeopt.errors import InputError, RecipeError
+from edgeopt.measure import kernels as K
+from edgeopt.report.kernels import markdown
 
 runner = CliRunner()
 
@@ -33,7 +34,7 @@ def test_winograd_counts_match_theory_exactly():
     assert [r["m"] for r in rows] == [2, 4, 6, 8] and all(r["exact"] for r in rows)
     assert [r["ratio"] for r in rows] == ["9/4", "4/1", "81/16", "144/25"]
     assert [r["stated"] for r in rows] == [2.25, 4.0, 5.06, 5.76]
-    assert "MISMATCH" not in K.markdown(K.winograd_counts())
+    assert "MISMATCH" not in markdown(K.winograd_counts())
 
 
 def test_winograd_tuner_on_a_layer_spec():
@@ -46,7 +47,7 @@ def test_winograd_tuner_on_a_layer_spec():
     assert "F8" in res["refused"] and res["choice"] != "F8"  # over the 1e-5 default budget
     assert rep["summary"] == {"convs": 1, "eligible": 1, "winograd": int(res["tile"] is not None),
                               "direct": int(res["tile"] is None), "skipped": {}}
-    md = K.markdown(rep)
+    md = markdown(rep)
     assert "| F4 |" in md and "refused: over budget" in md
 
 
@@ -104,7 +105,7 @@ def test_attention_grid():
         mem = {i: v["peak_intermediate_bytes"]["analytic"] for i, v in c.items()}
         assert mem["flash"] < mem["partial_softmax"] < mem["naive"] == 2 * 2 * r["seq_len"] ** 2 * 4
         assert mem["sdpa"] is None and c["naive"]["peak_intermediate_bytes"]["measured"] == mem["naive"]
-    md = K.markdown(rep)
+    md = markdown(rep)
     assert "attention latency" in md and "float64 reference" in md
 
 
@@ -112,42 +113,13 @@ def test_conv_grid_and_conv_vs_torch():
     rep = K.conv_grid(channels="4", sizes=(8, 10), tiles=(2, 4), runs=1, threads=1)
     assert [(r["channels"], r["size"]) for r in rep["rows"]] == [(4, 8), (4, 10)]
     assert all(set(r["candidates"]) == {"direct", "F2", "F4"} for r in rep["rows"])
-    assert "| 4 | 10 |" in K.markdown(rep)
+    assert "| 4 | 10 |" in markdown(rep)
     v = K.conv_vs_torch(8, 8, 16, tiles=(2, 4), runs=2, tune_runs=1, threads=1)
     json.dumps(v)
     assert v["choice"] == v["tuner"]["choice"]
     if v["vs_torch"] is not None:
         assert v["vs_torch"]["ratio_p10"] <= v["vs_torch"]["ratio_p50"] <= v["vs_torch"]["ratio_p90"]
-    assert "torch.nn.functional.conv2d" in K.markdown(v)
-
-
-def test_unet_table_rows_are_cumulative_and_close_to_the_untouched_model():
-    rep = K.unet_table("tiny", runs=1, warmup=0, threads=1, tune_runs=1, child_memory=False)
-    json.dumps(rep)
-    labels = [r["label"] for r in rep["rows"]]
-    assert labels == [r.label for r in K.UNET_ROWS]
-    rows = {r["label"]: r for r in rep["rows"]}
-    assert rows["untouched"]["rel_error"] == 0 and rows["untouched"]["change_vs_untouched"] == 0
-    assert all(r["rel_error"] < 1e-5 and r["latency_ms"]["p50"] > 0 for r in rep["rows"])
-    assert rows["+ fused GroupNorm+SiLU"]["choices"] == {"fused_norm": True}
-    part = rows["+ partially fused softmax"]["choices"]
-    assert set(part["attention"].values()) == {"partial_softmax"} and part["fused_norm"]
-    wino = rows["+ Winograd (tuned per layer)"]["choices"]
-    assert set(wino) == {"fused_norm", "attention", "winograd"}  # cumulative
-    naive = rows["naive attention (reference)"]
-    assert naive["choices"] == {"attention": {n: "naive" for n in part["attention"]}} and naive["change_vs_previous"] is None
-    assert naive["peak_tensor_bytes"] > rows["untouched"]["peak_tensor_bytes"]  # the score matrices
-    assert "16 pairs fused" in rows["+ fused GroupNorm+SiLU"]["changes"]
-    assert "vs untouched" in K.markdown(rep)
-
-
-@pytest.mark.slow
-def test_unet_memory_child_replays_the_choices():
-    module, _ = K.build_unet("tiny")
-    names = [n for n, m in module.named_modules() if type(m).__name__ == "Attention"]
-    res = K._child_memory("tiny", 0, {"fused_norm": True, "attention": {n: "naive" for n in names},
-                                      "winograd": {"unet.conv_in": 4}}, 1, {})
-    assert res is not None and res["peak_mb"] >= res["built_mb"] > res["import_mb"] > 0
+    assert "torch.nn.functional.conv2d" in markdown(v)
 
 
 def test_cli_winograd_and_kernels_commands():
