@@ -197,7 +197,7 @@ def main() -> int:
     from rich.console import Console
 
     from edgeopt.measure import kernels as K
-    from edgeopt.measure.unet import unet_table
+    from edgeopt.unet_table import unet_table
     from edgeopt.report.kernels import markdown, render
 
     console = Console(width=160)

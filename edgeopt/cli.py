@@ -263,7 +263,7 @@ def kernels_unet(size: str = typer.Option("small", help="tiny, small (32x32 late
                  as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """A diffusers UNet with fused norm, attention variants and Winograd switched on one by one (Table 1 style)."""
     # torch- and diffusers-backed: imported when the command runs
-    from edgeopt.measure.unet import unet_table
+    from edgeopt.unet_table import unet_table
     from edgeopt.report.kernels import render
 
     rep = _guard(unet_table, size, runs=runs, threads=threads, tune_runs=tune_runs, child_memory=child_memory)

@@ -1,7 +1,7 @@
 """Kernel micro-benchmarks: the Winograd tuner on a model or layer, its counts and errors, the conv and attention grids.
 
 What `edgeopt winograd`, `edgeopt kernels attention|conv` and `benchmarks/kernels.py` call (the UNet table is
-`edgeopt.measure.unet`). Every function returns one JSON-ready dict (schema "edgeopt.kernels/1");
+`edgeopt.unet_table`). Every function returns one JSON-ready dict (schema "edgeopt.kernels/1");
 `edgeopt.report.kernels` renders any of them as tables. Timings are medians of interleaved runs
 (`edgeopt.measure.latency.measure_interleaved`: candidates rotated round by round, so noise hits all alike)
 with pinned intra-op threads; errors are norm-wise relative errors against a float64 reference; memory is

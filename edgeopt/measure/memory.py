@@ -118,7 +118,7 @@ def peak_rss_mb(art: Artifact, feed: dict[str, np.ndarray], threads: int = 1, ru
 # ----------------------------------------------------------------------------------------------- child
 
 
-def _maxrss_mb() -> float:
+def maxrss_mb() -> float:
     """Peak RSS of this process so far, in MB.
 
     On Linux this is VmHWM from /proc/self/status: ru_maxrss cannot be used there, because execve folds
@@ -162,7 +162,7 @@ def _child(argv: list[str]) -> int:
         import torch  # noqa: F401
         import transformers.modeling_utils  # noqa: F401  (~120 MB of library code, not the model's)
         from transformers import AutoConfig, AutoModel  # noqa: F401
-    import_mb = _maxrss_mb()
+    import_mb = maxrss_mb()
 
     with np.load(a.feed, allow_pickle=False) as z:
         feed = {k: z[k] for k in z.files}
@@ -187,7 +187,7 @@ def _child(argv: list[str]) -> int:
         runner = runners.make_runner(art, a.threads)
     for _ in range(max(1, a.runs)):
         runner.run(feed)
-    peak_mb = _maxrss_mb()  # read before anything else allocates
+    peak_mb = maxrss_mb()  # read before anything else allocates
     if art is not None and a.sha256 and real_hash(art.module) != a.sha256:
         print(f"the model rebuilt from {a.model} is not this artifact (its weights changed since loading)",
               file=sys.stderr)

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
-from edgeopt.measure.memory import MemoryNotMeasurable, PeakMemory, _maxrss_mb, peak_rss_mb
+from edgeopt.measure.memory import MemoryNotMeasurable, PeakMemory, maxrss_mb, peak_rss_mb
 
 
 def _square_matmul(path, n: int) -> Artifact:
@@ -35,7 +35,7 @@ def test_child_peak_is_positive_and_grows_with_the_model(tmp_path):
     assert mb.peak_mb - ms.peak_mb > 16  # at least the weight itself
     assert mb.model_mb > ms.model_mb + 16
     assert abs(mb.import_mb - ms.import_mb) < 8  # same interpreter + runtime, no model yet
-    assert ms.peak_mb < _maxrss_mb()  # the child is not charged with this (bigger) parent
+    assert ms.peak_mb < maxrss_mb()  # the child is not charged with this (bigger) parent
     assert float(mb) == mb.peak_mb
     assert set(mb.to_dict()) == {"peak_mb", "import_mb", "model_mb"}
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeopt.measure import unet as U
+from edgeopt import unet_table as U
 from edgeopt.report.kernels import markdown
 from edgeopt.zoo.unet import build_unet
 

@@ -1,10 +1,9 @@
 """The UNet table: kernel passes switched on one by one on a diffusers UNet, each row timed, its memory and error measured.
 
 What `edgeopt kernels unet` and `benchmarks/kernels.py` call; `edgeopt.report.kernels` renders the result.
-Each row's peak RSS comes from a child process (`python -m edgeopt.measure.unet unet-memory JSON`) that
-builds the row's model by replaying the choices its passes made. This module drives passes
-(`edgeopt.passes.base.build_pass`), so it sits above them, with the pipeline, not below them like the rest
-of `measure/`.
+Each row's peak RSS comes from a child process (`python -m edgeopt.unet_table unet-memory JSON`) that
+builds the row's model by replaying the choices its passes made. It drives passes
+(`edgeopt.passes.base.build_pass`), so it sits above them, beside the pipeline, and uses `measure/` below.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from edgeopt.kernels.layer_stats import CallRunner, peak_intermediate_bytes, rel
 from edgeopt.kernels.winograd import WinogradConv2d
 from edgeopt.measure.kernels import SCHEMA, p10_p90, versions
 from edgeopt.measure.latency import measure_interleaved
-from edgeopt.measure.memory import _maxrss_mb
+from edgeopt.measure.memory import maxrss_mb
 from edgeopt.passes.base import PassContext, build_pass
 from edgeopt.zoo.unet import UNET_CONFIGS, build_unet, check_size, load_unet
 
@@ -111,7 +110,7 @@ def _child_memory(size: str, seed: int, choices: dict[str, Any], threads: int, b
     """Peak RSS of a child that builds the UNet, replays `choices`, and runs one step (MB, 2**20 bytes)."""
     arg = json.dumps({"size": size, "seed": seed, "choices": choices, "threads": threads, "blocks": blocks})
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgeopt.measure.unet", "unet-memory", arg],
+        proc = subprocess.run([sys.executable, "-m", "edgeopt.unet_table", "unet-memory", arg],
                               capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
@@ -131,7 +130,7 @@ def _unet_memory_child(arg: str) -> int:
     built_mb = proc.memory_info().rss / 2**20
     with torch.inference_mode():
         module(*example.values())
-    print(json.dumps({"import_mb": import_mb, "built_mb": built_mb, "peak_mb": _maxrss_mb()}))
+    print(json.dumps({"import_mb": import_mb, "built_mb": built_mb, "peak_mb": maxrss_mb()}))
     return 0
 
 
@@ -220,7 +219,7 @@ def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: in
 def _main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "unet-memory":
         return _unet_memory_child(argv[1])
-    print("usage: python -m edgeopt.measure.unet unet-memory JSON (internal: the UNet table's memory child)",
+    print("usage: python -m edgeopt.unet_table unet-memory JSON (internal: the UNet table's memory child)",
           file=sys.stderr)
     return 2
 
