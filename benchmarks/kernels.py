@@ -1,4 +1,4 @@
-"""Kernel benchmark (issue 4): Winograd counts, errors and speed, attention memory and speed, the UNet table.
+"""Kernel benchmark: Winograd counts, errors and speed, attention memory and speed, the UNet table.
 
 Prints, from one run in one process (the UNet rows' peak RSS comes from one child process per row):
 1. Winograd multiplication counts per tile against theory (exact fractions: 2.25x, 4x, 5.06x, 5.76x fewer),
