@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from edgeopt.versions import __version__
 
 _API = {
     "Artifact": "edgeopt.artifact",

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from edgeopt.extras import require
+
 Kind = Literal["torch", "onnx", "tflite", "openvino"]
 KINDS: tuple[str, ...] = ("torch", "onnx", "tflite", "openvino")
 WEIGHTS_FILE = "model.safetensors"  # a saved torch stage: its state dict ...
@@ -164,6 +166,11 @@ def onnx_input_spec(path: str | Path) -> InputSpec:
     return InputSpec(tuple(specs))
 
 
+def node_name(node: Any, index: int) -> str:
+    """An ONNX node's name, or `<op_type>_<index>` for an unnamed one (the same in analysis and graph passes)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
 def onnx_size_bytes(path: str | Path) -> int:
     """Bytes on disk of an ONNX model, including external-data files it references."""
     import onnx  # heavy: only when an ONNX file is read
@@ -219,8 +226,6 @@ class Artifact:
     @classmethod
     def from_openvino(cls, path: str | Path, meta: dict[str, Any] | None = None) -> Artifact:
         """An OpenVINO IR artifact (model.xml with its model.bin beside it)."""
-        from edgeopt.extras import require
-
         ov = require("openvino", "an OpenVINO IR model")
 
         path = Path(path)

@@ -11,6 +11,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from edgeopt.errors import EdgeoptError
+from edgeopt.target import get_target
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make neural networks fit edge devices, and prove it with measurements.")
 console = Console()
@@ -19,8 +22,6 @@ err = Console(stderr=True)
 
 def _guard(fn, *args, **kwargs):
     """Run an API call; user-facing errors become one line on stderr and a non-zero exit, never a traceback."""
-    from edgeopt.errors import EdgeoptError
-
     try:
         return fn(*args, **kwargs)
     except EdgeoptError as e:
@@ -45,8 +46,6 @@ def _dump(obj) -> None:
 def target(name: str = typer.Argument("auto", help="auto, or a declared target such as cpu-avx2, arm64, npu-qdq"),
            as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Show the detected (or declared) target and the defaults it implies."""
-    from edgeopt.target import get_target
-
     t = _guard(get_target, name)
     if as_json:
         return _dump(t.to_dict())
@@ -72,12 +71,12 @@ def analyze(model: str = typer.Argument(..., help="an .onnx file, a Hugging Face
             batch: int = typer.Option(1),
             as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Op census, parameters, FLOPs, memory estimates and optimization opportunities."""
-    from edgeopt.analyze import analyze as run
+    from edgeopt.analyze import analyze as run  # lazy: keeps `edgeopt --help` fast
 
     report = _guard(run, model, target=target_name, seq_len=seq_len, batch=batch)
     if as_json:
         return _dump(report)
-    from edgeopt.analyze.render import render_analysis
+    from edgeopt.analyze.render import render_analysis  # lazy: keeps `edgeopt --help` fast
 
     console.print(render_analysis(report))
 
@@ -87,12 +86,12 @@ def profile(model: str = typer.Argument(...), threads: int = typer.Option(2), ru
             seq_len: int = typer.Option(128), batch: int = typer.Option(1), top: int = typer.Option(15),
             as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Per-node and per-op-type latency from ONNX Runtime's profiler."""
-    from edgeopt.analyze.profile import profile as run
+    from edgeopt.analyze.profile import profile as run  # lazy: keeps `edgeopt --help` fast
 
     report = _guard(run, model, threads=threads, runs=runs, seq_len=seq_len, batch=batch)
     if as_json:
         return _dump(report)
-    from edgeopt.analyze.render import render_profile
+    from edgeopt.analyze.render import render_profile  # lazy: keeps `edgeopt --help` fast
 
     console.print(render_profile(report, top=top))
 
@@ -105,8 +104,8 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
              resume: bool = typer.Option(False, "--resume", help="reuse finished stages of an earlier run in OUT"),
              as_json: bool = typer.Option(False, "--json", help="print the ledger as JSON")):
     """Run a recipe stage by stage, measure every stage, write OUT/ledger.json, report.md and OUT/best/."""
-    from edgeopt.pipeline import optimize as run
-    from edgeopt.report.table import render_table
+    from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.report.table import render_table  # lazy: keeps `edgeopt --help` fast
 
     res = _guard(run, model, recipe=recipe, target=target_name, out=out, resume=resume,
                  console=err if as_json else console)
@@ -124,8 +123,8 @@ def bench(models: list[str] = typer.Argument(..., help="two or more models to ti
           data: Optional[str] = typer.Option(None, help="data spec (.npz, .txt, zoo:sentences[a:b], random:N)"),
           as_json: bool = typer.Option(False, "--json")):
     """Time artifacts side by side (interleaved) and print speedups with their bootstrap interval."""
-    from edgeopt.measure.bench import bench as run
-    from edgeopt.measure.bench import render
+    from edgeopt.measure.bench import bench as run  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.measure.bench import render  # lazy: keeps `edgeopt --help` fast
 
     res = _guard(run, models, threads=threads, runs=runs, warmup=warmup, data=data, seq_len=seq_len, batch=batch)
     if as_json:
@@ -136,7 +135,7 @@ def bench(models: list[str] = typer.Argument(..., help="two or more models to ti
 @app.command()
 def passes(as_json: bool = typer.Option(False, "--json")):
     """List every registered pass with its config fields."""
-    from edgeopt.passes.base import registry
+    from edgeopt.passes.base import registry  # lazy: keeps `edgeopt --help` fast
 
     reg = _guard(registry)
     rows = {n: {"accepts": list(c.accepts), "produces": c.produces, "doc": (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "",
@@ -157,8 +156,8 @@ def passes(as_json: bool = typer.Option(False, "--json")):
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
          resume: bool = typer.Option(False, "--resume")):
     """The default CPU recipe on zoo:minilm, offline: prints the stage table and writes the report."""
-    from edgeopt.pipeline import optimize as run
-    from edgeopt.report.table import render_table
+    from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.report.table import render_table  # lazy: keeps `edgeopt --help` fast
 
     console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe cpu-int8, batch 1, sequence 128, 2 threads")
     res = _guard(run, None, recipe="cpu-int8", out=out, resume=resume, console=console)
@@ -175,8 +174,8 @@ def report(runs: list[Path] = typer.Argument(..., help="run directories (or thei
            threads: int = typer.Option(2, help="intra-op threads for --profile"),
            markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write markdown (+PNG figures)")):
     """One self-contained HTML report (plotly inline, opens offline) from one or more runs."""
-    from edgeopt.report.html import build_report, default_profile_stages, load_run, profile_stages
-    from edgeopt.report.markdown import build_markdown
+    from edgeopt.report.html import build_report, default_profile_stages, load_run, profile_stages  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.report.markdown import build_markdown  # lazy: keeps `edgeopt --help` fast
 
     stages = profile or ([] if no_profile else default_profile_stages(_guard(load_run, runs[0])))
     profiles = _guard(profile_stages, runs[0], stages, threads=threads) if stages else None
@@ -194,7 +193,7 @@ def dashboard(runs: Optional[list[Path]] = typer.Argument(None, help="run direct
               token: Optional[str] = typer.Option(None, help="access token the page asks for (better: $EDGEOPT_DASHBOARD_TOKEN); "
                                                   "off loopback one is required, and generated and printed when not given")):
     """The interactive dashboard (Streamlit) on HOST:PORT."""
-    from edgeopt.dashboard import serve
+    from edgeopt.dashboard import serve  # lazy: keeps `edgeopt --help` fast
 
     raise typer.Exit(_guard(serve, runs or [], host=host, port=port, roots=root, workdir=workdir, token=token))
 
@@ -209,8 +208,8 @@ def winograd(model_or_layer: str = typer.Argument(..., help="conv:C_INxC_OUTxHxW
              as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Winograd tuner: per eligible 3x3 conv, direct vs every tile (multiplications, latency, memory, error) and the pick."""
     # torch-backed: imported when the command runs
-    from edgeopt.measure.kernels import winograd_tune
-    from edgeopt.report.kernels import render
+    from edgeopt.measure.kernels import winograd_tune  # lazy: imports torch
+    from edgeopt.report.kernels import render  # lazy: keeps `edgeopt --help` fast
 
     rep = _guard(winograd_tune, model_or_layer, tiles=tiles, error_budget=error_budget, runs=runs, threads=threads,
                  input_shape=input_shape, batch=batch)
@@ -232,8 +231,8 @@ def kernels_attention(seq_lens: str = typer.Option("256,512,1024,2048,4096", "--
                       as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Attention: sequence lengths × head dims × implementations (latency, peak intermediate memory, error)."""
     # torch-backed: imported when the command runs
-    from edgeopt.measure.kernels import attention_grid
-    from edgeopt.report.kernels import render
+    from edgeopt.measure.kernels import attention_grid  # lazy: imports torch
+    from edgeopt.report.kernels import render  # lazy: keeps `edgeopt --help` fast
 
     rep = _guard(attention_grid, seq_lens, head_dims, impls, heads=heads, batch=batch, runs=runs, threads=threads,
                  q_block=q_block, k_block=k_block, measure_memory=memory)
@@ -248,8 +247,8 @@ def kernels_conv(channels: str = typer.Option("32,64,128,256,512", help="C (C→
                  as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """3x3 convolution: channels × spatial sizes, direct vs each Winograd tile (latency, error, memory, choice)."""
     # torch-backed: imported when the command runs
-    from edgeopt.measure.kernels import conv_grid
-    from edgeopt.report.kernels import render
+    from edgeopt.measure.kernels import conv_grid  # lazy: imports torch
+    from edgeopt.report.kernels import render  # lazy: keeps `edgeopt --help` fast
 
     rep = _guard(conv_grid, channels, sizes, tiles, error_budget=error_budget, runs=runs, threads=threads, batch=batch)
     return _dump(rep) if as_json else console.print(render(rep))
@@ -263,8 +262,8 @@ def kernels_unet(size: str = typer.Option("small", help="tiny, small (32x32 late
                  as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """A diffusers UNet with fused norm, attention variants and Winograd switched on one by one (Table 1 style)."""
     # torch- and diffusers-backed: imported when the command runs
-    from edgeopt.unet_table import unet_table
-    from edgeopt.report.kernels import render
+    from edgeopt.unet_table import unet_table  # lazy: imports torch
+    from edgeopt.report.kernels import render  # lazy: keeps `edgeopt --help` fast
 
     rep = _guard(unet_table, size, runs=runs, threads=threads, tune_runs=tune_runs, child_memory=child_memory)
     return _dump(rep) if as_json else console.print(render(rep))

@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeopt.errors import RecipeError
+from edgeopt.measure.fidelity import GateSpec  # the gates' schema lives with the check that reads it
+from edgeopt.passes.base import build_pass
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -72,13 +74,6 @@ class MeasureSpec(_Strict):
         if bad:
             raise ValueError(f"unknown runtime {bad[0]!r}; known: {', '.join(sorted(known))}")
         return v
-
-
-class GateSpec(_Strict):
-    min_cosine: float | None = Field(default=None, ge=-1, le=1)
-    mean_cosine: float | None = Field(default=None, ge=-1, le=1)
-    max_abs: float | None = Field(default=None, ge=0)
-    max_accuracy_drop: float | None = Field(default=None, ge=0, description="percentage points below the baseline")
 
 
 class PassStep(_Strict):
@@ -148,8 +143,6 @@ class Recipe(_Strict):
 
     def validate_passes(self) -> None:
         """Check every pass name and config against the registry (one-line error naming the field)."""
-        from edgeopt.passes.base import build_pass
-
         for step in self.passes:
             build_pass(step.pass_name, step.config)
 

@@ -6,6 +6,8 @@ import platform
 from functools import lru_cache
 from importlib import metadata
 
+__version__ = "0.1.0"  # edgeopt's own (pyproject.toml says the same)
+
 PACKAGES = ("edgeopt", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "transformers", "numpy")
 
 

@@ -13,10 +13,14 @@ import types
 from pathlib import Path
 from typing import Any
 
+from edgeopt.analyze.census import model_info, op_census, param_stats
+from edgeopt.analyze.flops import activation_memory, count_flops, prepare
+from edgeopt.analyze.opportunities import fusion_opportunities, int8_summary, jsonable, suggest_passes
 from edgeopt.artifact import onnx_size_bytes
-from edgeopt.errors import InputError
+from edgeopt.errors import EdgeoptError, InputError
 from edgeopt.export import export_onnx
 from edgeopt.load import load_model, load_onnx_checked
+from edgeopt.target import get_target
 
 SCHEMA = "edgeopt.analysis/1"
 
@@ -43,22 +47,12 @@ def resolve_onnx(source: Any, workdir: Path, example_inputs: Any = None) -> tupl
 
 
 def target_info(target: Any) -> tuple[dict[str, Any] | None, tuple[str, ...] | None, list[str]]:
-    """(target as a dict, its no_int8_ops or None, warnings) for a target name or Target object.
-
-    Falls back to no target (and our own float-only op list) when `edgeopt.target` is not available.
-    """
-    from edgeopt.analyze.opportunities import jsonable
-    from edgeopt.errors import EdgeoptError
-
+    """(target as a dict, its no_int8_ops or None, warnings) for a target name or Target object."""
     warnings: list[str] = []
     t = target
     if target is None:
         return None, None, warnings
     if isinstance(target, str):
-        try:
-            from edgeopt.target import get_target
-        except ImportError:
-            return {"name": target}, None, ["edgeopt.target is not available; target defaults used"]
         try:
             t = get_target(target)
         except EdgeoptError:
@@ -87,10 +81,6 @@ def analyze(source: Any, target: Any = "auto", seq_len: int = 128, batch: int = 
     `quantizable_flops_share`, `no_int8_ops`, `quantization` (all int8 shares), `suggested_passes`
     (pass, why; in order) and `warnings`. Named dynamic dims are bound to `batch` / `seq_len` (or `dims`).
     """
-    from edgeopt.analyze.census import model_info, op_census, param_stats
-    from edgeopt.analyze.flops import activation_memory, count_flops, prepare
-    from edgeopt.analyze.opportunities import fusion_opportunities, int8_summary, suggest_passes
-
     if int(batch) < 1 or int(seq_len) < 1:
         raise InputError(f"batch and seq_len must be at least 1 (got batch={batch}, seq_len={seq_len})")
     tinfo, no_int8, warnings = target_info(target)

@@ -26,7 +26,8 @@ import logging
 import math
 from typing import Any
 
-from edgeopt.analyze.census import dtype_bits
+from edgeopt.analyze.census import dtype_bits, op_key
+from edgeopt.artifact import node_name
 
 Shape = tuple[int, ...]
 
@@ -78,11 +79,6 @@ CONV_OPS = frozenset(("Conv", "ConvInteger", "QLinearConv", "FusedConv", "NhwcCo
 
 def _prod(xs) -> int:
     return int(math.prod(int(x) for x in xs))
-
-
-def node_name(node: Any, index: int) -> str:
-    """A node's name, or `<op_type>_<index>` for an unnamed one (the same everywhere in analyze)."""
-    return node.name or f"{node.op_type}_{index}"
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -457,8 +453,6 @@ def count_flops(model: Any, shapes: dict[str, tuple[Any, int]]) -> dict[str, Any
     "op_type", "macs", "flops", "output_shapes"}], "unestimated": {op: nodes}}`; node entries are in
     topological order, and output shapes are lists with None for unknown dims (None for unknown rank).
     """
-    from edgeopt.analyze.census import op_key
-
     nodes = []
     unestimated: dict[str, int] = {}
     by_op: dict[str, dict[str, Any]] = {}

@@ -14,8 +14,8 @@ import re
 from typing import Any
 
 from edgeopt.analyze.census import op_key
-from edgeopt.analyze.flops import node_name
 from edgeopt.analyze.patterns import CONV_ACTIVATIONS, GraphIndex, find_attention, find_conv_activations
+from edgeopt.artifact import node_name
 from edgeopt.passes.graph.rules import RULE_SETS, RuleMatch, match_rule_sets, summarize
 
 FUSE = "graph.fuse"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeopt.analyze.flops import node_name
+from edgeopt.artifact import node_name
 
 # What ONNX Runtime (CPU) folds into FusedConv when the activation is the Conv's only consumer; measured
 # with the installed onnxruntime: HardSwish, Elu and Softplus are left as they are.

@@ -9,6 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeopt.analyze import resolve_onnx
+from edgeopt.analyze.flops import dim_bindings
+from edgeopt.artifact import Artifact, onnx_input_spec
+from edgeopt.data import random_feeds, resolve
 from edgeopt.errors import InputError
 
 SCHEMA = "edgeopt.profile/1"
@@ -26,9 +30,6 @@ def _vocab_limit(model: Any, input_name: str) -> int | None:
 
 def _feeds(data: Any, path: Path, art: Any, model: Any, dims: dict[str, int], seq_len: int, batch: int
            ) -> list[dict[str, Any]]:
-    from edgeopt.artifact import Artifact, onnx_input_spec
-    from edgeopt.data import random_feeds, resolve
-
     if isinstance(data, dict):
         return [data]
     if isinstance(data, (list, tuple)):
@@ -86,9 +87,6 @@ def profile(source: Any, threads: int = 2, runs: int = 20, warmup: int = 5, seq_
     in_model), `other` (the rest: nodes, ms, share), `op_types` (op_type, nodes, ms, share).
     """
     import onnxruntime as ort
-
-    from edgeopt.analyze import resolve_onnx
-    from edgeopt.analyze.flops import dim_bindings
 
     if graph_optimization not in _LEVELS:
         raise InputError(f"graph_optimization must be one of {', '.join(_LEVELS)} (got {graph_optimization!r})")

@@ -17,6 +17,11 @@ import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from edgeopt.dashboard.state import ENV_TOKEN, access_token, is_loopback
+from edgeopt.errors import InputError
+from edgeopt.extras import MissingExtra, available, install_hint
+from edgeopt.report.html import load_run
+
 APP = Path(__file__).resolve().parent / "app.py"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
@@ -32,8 +37,6 @@ def dashboard_command(run_dirs: Sequence[str | Path] = (), host: str = DEFAULT_H
     `workdir`: where runs started from the page are written (default runs/dashboard).
     """
     if not (0 < int(port) < 65536):
-        from edgeopt.errors import InputError
-
         raise InputError(f"port must be between 1 and 65535, got {port}")
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
            "--server.address", str(host), "--server.port", str(int(port)),
@@ -51,9 +54,6 @@ def dashboard_command(run_dirs: Sequence[str | Path] = (), host: str = DEFAULT_H
 
 def check_runs(run_dirs: Sequence[str | Path]) -> None:
     """Refuse, with a one-line InputError, a run directory that does not exist or holds an unreadable ledger."""
-    from edgeopt.errors import InputError
-    from edgeopt.report.html import load_run
-
     for d in run_dirs:
         p = Path(d)
         if not p.exists():
@@ -66,8 +66,6 @@ def check_runs(run_dirs: Sequence[str | Path]) -> None:
 
 def dashboard_env(token: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The server's environment: `base` (default os.environ) with the access token set, or removed when None."""
-    from edgeopt.dashboard.state import ENV_TOKEN
-
     env = dict(os.environ if base is None else base)
     env.pop(ENV_TOKEN, None)
     if token:
@@ -85,9 +83,6 @@ def serve(run_dirs: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port: i
     opens it, so it warns on stderr and asks for an access token: `token`, else $EDGEOPT_DASHBOARD_TOKEN,
     else a random one printed with the address to open. A token given on loopback is asked for too.
     """
-    from edgeopt.dashboard.state import ENV_TOKEN, access_token, is_loopback
-    from edgeopt.extras import MissingExtra, available, install_hint
-
     if not available("streamlit"):
         raise MissingExtra(f"edgeopt dashboard needs streamlit, which is not installed: {install_hint('streamlit')}")
     if not run_dirs and Path("runs").is_dir():

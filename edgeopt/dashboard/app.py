@@ -18,6 +18,10 @@ from edgeopt.dashboard import live as L
 from edgeopt.dashboard import state as S
 from edgeopt.dashboard.worker import Job, Worker
 from edgeopt.errors import InputError
+from edgeopt.recipe import bundled_recipes
+from edgeopt.report import figures
+from edgeopt.report.html import report_html
+from edgeopt.report.table import stage_rows
 
 POLL_S = 0.7
 
@@ -127,9 +131,6 @@ def sidebar(sess: S.Session) -> list[S.RunInfo]:
 # ---------------------------------------------------------------------------------------- compare
 
 def tab_compare(runs: list[S.RunInfo]) -> None:
-    from edgeopt.report import figures
-    from edgeopt.report.table import stage_rows
-
     if not runs:
         st.info("No run selected. Start the dashboard on run directories (`edgeopt dashboard runs/demo`), open "
                 "one in the sidebar, or run a recipe in “Run a model”.")
@@ -163,8 +164,6 @@ def tab_compare(runs: list[S.RunInfo]) -> None:
             st.markdown(f"**{r.label}**")
             st.table({k: v for k, v in figures.environment_rows(r.ledger)})
     if st.button("Build the HTML report of these runs", key="build-html"):
-        from edgeopt.report.html import report_html
-
         st.session_state["report_html"] = report_html(pairs, st.session_state["profiles"].get("_merged"))
     if st.session_state.get("report_html"):
         st.download_button("Download report.html", st.session_state["report_html"], file_name="report.html",
@@ -174,8 +173,6 @@ def tab_compare(runs: list[S.RunInfo]) -> None:
 # ---------------------------------------------------------------------------------------- per-layer
 
 def tab_layers(runs: list[S.RunInfo]) -> None:
-    from edgeopt.report import figures
-
     candidates = [r for r in runs if S.onnx_stages(r)]
     if not candidates:
         st.info("Per-layer profiles read ONNX stages: select a run that has one.")
@@ -219,8 +216,6 @@ def tab_layers(runs: list[S.RunInfo]) -> None:
 # ---------------------------------------------------------------------------------------- run a model
 
 def tab_run(sess: S.Session) -> None:
-    from edgeopt.recipe import bundled_recipes
-
     c1, c2 = st.columns([3, 1])
     model = c1.text_input("Model", value="demo:tiny-bert", key="run-model",
                           help="zoo:minilm, demo:tiny-bert, demo:tiny-cnn, or a file/folder inside an open folder")

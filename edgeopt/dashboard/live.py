@@ -22,9 +22,14 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from edgeopt.errors import InputError
+from edgeopt.analyze.flops import dim_bindings
+from edgeopt.data import random_feeds
+from edgeopt.errors import EdgeoptError, InputError
 from edgeopt.load import load_model, load_onnx_checked
-from edgeopt.measure.latency import LatencyStats
+from edgeopt.measure.latency import LatencyStats, measure_interleaved
+from edgeopt.measure.memory import peak_rss_mb
+from edgeopt.measure.runners import make_runner
+from edgeopt.passes.base import PassContext, build_pass, registry
 from edgeopt.zoo.hf import wrap_encoder
 
 Level = Literal["torch", "export", "onnx"]
@@ -109,8 +114,6 @@ def load_source(source: str, seq_len: int) -> Any:
 
 
 def registered(pass_name: str) -> bool:
-    from edgeopt.passes.base import registry
-
     return pass_name in registry()
 
 
@@ -255,16 +258,11 @@ class LiveBench:
                 return {k: v.detach().cpu().numpy() for k, v in ex.items()}
             ex = ex if isinstance(ex, (tuple, list)) else (ex,)
             return {n: t.detach().cpu().numpy() for n, t in zip(names, ex)}
-        from edgeopt.analyze.flops import dim_bindings
-        from edgeopt.data import random_feeds
-
         dims = dim_bindings(load_onnx_checked(art.path), 1, self.seq_len)
         return random_feeds(art.input_spec, 1, dims, seed=0, vocab=int(art.meta.get("vocab_size") or 100))[0]
 
     def build(self, settings: Settings, progress: Callable[[float, str], None] | None = None) -> Any:
         """The artifact for `settings` (normalized), built from the longest cached prefix."""
-        from edgeopt.passes.base import PassContext, build_pass
-
         base = self.load(progress)
         s = normalize(settings, base.kind)
         plan = steps(s) if base.kind == "torch" else [x for x in steps(s) if x[0] != "onnx"]
@@ -285,15 +283,11 @@ class LiveBench:
         return art
 
     def _runner(self, art: Any) -> Any:
-        from edgeopt.measure.runners import make_runner
-
         return make_runner(art, threads=self.threads)
 
     def measure(self, settings: Settings, runs: int = 30, warmup: int = 5, memory: bool = True,
                 min_time_s: float = 0.3, progress: Callable[[float, str], None] | None = None) -> Measurement:
         """Build (or reuse) the variant for `settings`, time it interleaved with the plain model, measure memory."""
-        from edgeopt.measure.latency import measure_interleaved
-
         with self._lock:
             t0 = time.perf_counter()
             base = self.load(progress)
@@ -331,9 +325,6 @@ class LiveBench:
             return m
 
     def _peak(self, art: Any) -> tuple[float | None, str]:
-        from edgeopt.errors import EdgeoptError
-        from edgeopt.measure.memory import peak_rss_mb
-
         try:
             return float(peak_rss_mb(art, self.feed, threads=self.threads)), ""
         except EdgeoptError as e:

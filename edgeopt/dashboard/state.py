@@ -16,6 +16,7 @@ from typing import Sequence
 
 from edgeopt.errors import InputError
 from edgeopt.ledger import Ledger
+from edgeopt.report.html import load_run
 
 ENV_RUNS = "EDGEOPT_DASHBOARD_RUNS"      # os.pathsep-separated run directories (when no --run is given)
 ENV_ROOTS = "EDGEOPT_DASHBOARD_ROOTS"    # os.pathsep-separated extra folders model/recipe files may come from
@@ -150,8 +151,6 @@ def discover_runs(dirs: Sequence[Path]) -> list[RunInfo]:
     """Runs in `dirs`: a folder with ledger.json is a run; any other folder contributes its subfolders that
     are runs (so `edgeopt dashboard runs/` lists every run under it). Unreadable ledgers are kept with
     their one-line error rather than hidden."""
-    from edgeopt.report.html import load_run
-
     found: list[Path] = []
     for d in dirs:
         d = Path(d)
@@ -255,8 +254,6 @@ class Session:
 
     def open_run(self, path: str) -> Path:
         """Add a run directory typed into the page (it must lie in an allowed folder and hold a ledger)."""
-        from edgeopt.report.html import load_run
-
         p = safe_path(path, self.config.allowed, "run directory")
         load_run(p)
         if p not in self.extra_runs:

@@ -22,6 +22,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from edgeopt.analyze import analyze
+from edgeopt.dashboard.live import demo_model
+from edgeopt.errors import EdgeoptError, InputError
+from edgeopt.pipeline import optimize
+from edgeopt.recipe import load_recipe
+from edgeopt.report.html import profile_stages
+
 _ids = itertools.count(1)
 STDERR_TAIL = 50  # last lines of a child's stderr kept for its error message
 
@@ -109,8 +116,6 @@ class Worker:
             except Cancelled:
                 job.status = "cancelled"
             except Exception as e:  # a job's failure is shown on the page as one line
-                from edgeopt.errors import EdgeoptError
-
                 first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
                 job.error = first if isinstance(e, EdgeoptError) else f"{e.__class__.__name__}: {first}"
                 if os.environ.get("EDGEOPT_DEBUG"):
@@ -148,8 +153,6 @@ def run_child(job: Job, args: list[str], timeout_s: float = 3600) -> Any:
 
 def run_command(job: Job, cmd: list[str], timeout_s: float = 3600) -> Any:
     """Run `cmd`, which speaks the worker's JSON lines on stdout (see `main`), as `job`'s child process."""
-    from edgeopt.errors import InputError
-
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             errors="replace")
@@ -231,15 +234,11 @@ class _StageConsole:
 def _model(source: str) -> Any:
     """A demo: name becomes its artifact (the library knows zoo: names and paths itself)."""
     if source.startswith("demo:"):
-        from edgeopt.dashboard.live import demo_model
-
         return demo_model(source)
     return source or None
 
 
 def _cmd_analyze(ns: argparse.Namespace) -> Any:
-    from edgeopt.analyze import analyze
-
     _emit(fraction=0.05, message=f"analyzing {ns.model}")
     rep = analyze(_model(ns.model), target=ns.target, seq_len=ns.seq_len, batch=ns.batch)
     _emit(fraction=1.0, message="analysis done")
@@ -247,9 +246,6 @@ def _cmd_analyze(ns: argparse.Namespace) -> Any:
 
 
 def _cmd_optimize(ns: argparse.Namespace) -> Any:
-    from edgeopt.pipeline import optimize
-    from edgeopt.recipe import load_recipe
-
     recipe = load_recipe(ns.recipe)
     console = _StageConsole(len(recipe.passes) + 1)
     _emit(fraction=0.0, message=f"recipe {ns.recipe}: {len(recipe.passes)} passes into {ns.out}")
@@ -259,8 +255,6 @@ def _cmd_optimize(ns: argparse.Namespace) -> Any:
 
 
 def _cmd_profile(ns: argparse.Namespace) -> Any:
-    from edgeopt.report.html import profile_stages
-
     out = {}
     for i, stage in enumerate(ns.stage):
         _emit(fraction=i / len(ns.stage), message=f"profiling {stage} ({ns.runs} runs, {ns.threads} threads)")
@@ -272,8 +266,6 @@ def _cmd_profile(ns: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """`python -m edgeopt.dashboard.worker analyze|optimize|profile ...`: JSON lines on stdout, the last
     one {"result": ...} or {"error": "one line"}."""
-    from edgeopt.errors import EdgeoptError
-
     ap = argparse.ArgumentParser(prog="python -m edgeopt.dashboard.worker")
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("analyze")

@@ -13,10 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgeopt.versions import __version__
 from edgeopt.artifact import Artifact
+from edgeopt.data import check_feeds, resolve
 from edgeopt.errors import InputError
+from edgeopt.load import load_model
+from edgeopt.measure.fidelity import compare
 from edgeopt.measure.latency import CI, LatencyStats, measure_interleaved, paired_speedup
-from edgeopt.measure.runners import Feed
+from edgeopt.measure.runners import Feed, make_runner
 
 
 class BenchRow(LatencyStats):
@@ -114,8 +118,6 @@ def check_same_inputs(named: list[tuple[str, Artifact]]) -> None:
 
 def shared_feed(named: list[tuple[str, Artifact]], data: str | None, seq_len: int, batch: int) -> Feed:
     """One feed that fits every model: from `data` (any edgeopt data spec), or random when None."""
-    from edgeopt.data import check_feeds, resolve
-
     check_same_inputs(named)
     spec = data or "random:1"
     arts = [a for _, a in named]
@@ -137,12 +139,7 @@ def _versions(kinds: set[str]) -> dict[str, str]:
     import numpy
 
     v = {"python": platform.python_version(), "numpy": numpy.__version__}
-    try:
-        from edgeopt import __version__
-
-        v["edgeopt"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
+    v["edgeopt"] = __version__
     if "onnx" in kinds:
         import onnxruntime
 
@@ -161,10 +158,6 @@ def bench(sources: list[str | Path | Artifact], threads: int = 2, runs: int = 50
     Sources are zoo: names, .onnx files, Hugging Face folders or Artifacts. `data` is an edgeopt data spec
     (zoo:sentences[a:b], .txt, .npz, random:N); None means random inputs.
     """
-    from edgeopt.load import load_model
-    from edgeopt.measure.fidelity import compare
-    from edgeopt.measure.runners import make_runner
-
     if not sources:
         raise InputError("bench: no models given")
     named: list[tuple[str, Artifact]] = []

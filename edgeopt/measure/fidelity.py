@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeopt.errors import InputError, RecipeError
 
@@ -71,16 +72,23 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
     }
 
 
+class GateSpec(BaseModel):
+    """The fidelity gates a stage must pass (a recipe's `gates:`); None = not gated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    mean_cosine: float | None = Field(default=None, ge=-1, le=1)
+    max_abs: float | None = Field(default=None, ge=0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, description="percentage points below the baseline")
+
+
 # gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
 _GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max"),
           "max_accuracy_drop": ("accuracy_drop", "max")}
 
 
 def _gate_limits(gates: Any) -> dict[str, float]:
-    from pydantic import ValidationError
-
-    from edgeopt.recipe import GateSpec
-
     if gates is None:
         return {}
     if not isinstance(gates, GateSpec):

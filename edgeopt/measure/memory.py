@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
+import edgeopt.artifact as artifact_mod
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
+from edgeopt.load import load_model
+from edgeopt.measure import runners
 
 EXIT_NOT_SAME_MODEL = 3  # child exit code: the rebuilt torch module is not the artifact's
 
@@ -152,8 +155,6 @@ def _child(argv: list[str]) -> int:
     ap.add_argument("--sha256", default=None, help="expected weights hash of the rebuilt torch module")
     a = ap.parse_args(argv)
 
-    from edgeopt.measure import runners
-
     if a.kind == "onnx":
         import onnxruntime  # noqa: F401  (the runtime belongs to the baseline)
     elif a.kind == "openvino":
@@ -173,9 +174,6 @@ def _child(argv: list[str]) -> int:
         runner = runners.OvRunner(a.model, a.threads, settings=json.loads(a.session) if a.session else None)
         art = None
     else:
-        import edgeopt.artifact as artifact_mod
-        from edgeopt.load import load_model
-
         # Hashing a module copies each tensor's bytes (the largest one would inflate the peak), so the
         # load skips it and the hash is checked after the peak has been read.
         real_hash = artifact_mod.sha256_module

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgeopt.artifact import Artifact
+from edgeopt.data import to_torch_args
 from edgeopt.errors import InputError
 from edgeopt.extras import require
 
@@ -157,8 +158,6 @@ class TorchRunner:
 
     def run(self, feed: Feed) -> list[np.ndarray]:
         import torch
-
-        from edgeopt.data import to_torch_args
 
         if self.module is None:
             raise InputError(f"{self.label}: runner is closed")

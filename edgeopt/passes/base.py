@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgeopt.artifact import Artifact
+import edgeopt.passes
+from edgeopt.artifact import Artifact, content_sha256, sha256_module
 from edgeopt.errors import PassError, RecipeError
+
 
 class PassConfig(BaseModel):
     """Base of every pass config: frozen, validated at construction, unknown fields refused."""
@@ -87,8 +90,6 @@ class Pass:
         if out.kind != expected:
             raise PassError(f"pass {self.name} declared it produces {expected} but returned {out.kind}")
         if art.path is not None and art.path.exists() and art.kind != "torch":
-            from edgeopt.artifact import content_sha256
-
             if content_sha256(art.kind, art.path) != before:
                 raise PassError(f"pass {self.name} modified its input file {art.path}")
         if module_before is not None and module_fingerprint(art.module) != module_before:
@@ -99,10 +100,15 @@ class Pass:
         return f"{self.name}({self.config.model_dump()})"
 
 
+def torch_module_copy(art: Artifact, pass_name: str) -> Any:
+    """A deep copy of the artifact's live module, train/eval flags as they were (a pass never mutates its input)."""
+    if art.module is None:
+        raise PassError(f"{pass_name}: torch artifact has no live module")
+    return copy.deepcopy(art.module)
+
+
 def module_fingerprint(module: Any) -> str:
     """A torch module's content hash (parameters and buffers) plus every submodule's train/eval flag."""
-    from edgeopt.artifact import sha256_module
-
     modes = "".join(str(int(m.training)) for m in module.modules())
     return f"{sha256_module(module)}:{modes}"
 
@@ -130,9 +136,7 @@ def _load_all() -> None:
     if not _LOADED:
         import pkgutil
 
-        import edgeopt.passes as pkg
-
-        for info in pkgutil.walk_packages(pkg.__path__, prefix="edgeopt.passes."):
+        for info in pkgutil.walk_packages(edgeopt.passes.__path__, prefix="edgeopt.passes."):
             if info.name != __name__ and ".rules" not in info.name:
                 importlib.import_module(info.name)
         _LOADED = True

@@ -15,9 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
 from edgeopt.ledger import SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
+from edgeopt.report.table import MD_COLUMNS, stage_rows
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -150,8 +152,6 @@ def profile_stages(run_dir: str | Path, stages: Sequence[str] | None = None, thr
     `stages` None profiles every finished ONNX stage. Batch and sequence length come from the run's
     recipe; `kwargs` go to edgeopt.analyze.profile.profile (warmup, graph_optimization, ...).
     """
-    from edgeopt.analyze.profile import profile
-
     run_dir = Path(run_dir)
     ledger = load_run(run_dir)
     if stages is None:
@@ -215,8 +215,6 @@ def _fig_html(fig: Any, div_id: str) -> str:
 
 def stage_table_html(ledger: Ledger) -> str:
     """The stage table (the same rows as the terminal table) as an HTML table."""
-    from edgeopt.report.table import MD_COLUMNS, stage_rows
-
     rows = stage_rows(ledger)
     left = {"stage", "pass", "runtime", "gate"}
     out = ["<table class='stages'><tr>" + "".join(

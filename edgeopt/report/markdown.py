@@ -7,6 +7,9 @@ from typing import Any, Sequence
 
 from edgeopt.ledger import Ledger, write_text_atomic
 from edgeopt.report import figures as F
+from edgeopt.report.html import resolve_runs
+from edgeopt.report.png import _slug as slug, export_pngs
+from edgeopt.report.table import MD_COLUMNS, stage_rows
 
 
 def _cell(v: Any) -> str:
@@ -41,8 +44,6 @@ INCREMENTAL_HEADER = ("configuration", "latency p50 ms", "step", "cumulative", "
 def markdown_report(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, Any]] | None = None,
                     images: dict[str, str] | None = None, title: str | None = None) -> str:
     """The report as markdown; `images` maps figure names (as export_pngs returns them) to relative links."""
-    from edgeopt.report.table import MD_COLUMNS, stage_rows
-
     images = images or {}
     many = len(runs) > 1
     lines = [f"# {title or 'edgeopt report: ' + ', '.join(label for label, _ in runs)}", ""]
@@ -97,8 +98,6 @@ def markdown_report(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str
 
 
 def _slug(text: str) -> str:
-    from edgeopt.report.png import _slug as slug
-
     return slug(text)
 
 
@@ -106,14 +105,10 @@ def build_markdown(ledgers: Sequence[Any], out: str | Path, profiles: dict[str, 
                    images: bool = True, title: str | None = None) -> Path:
     """Write the markdown report to `out` atomically; with `images`, also the figures as PNGs in
     `<out stem>_figures/` beside it (linked relatively). Returns `out`."""
-    from edgeopt.report.html import resolve_runs
-
     runs = resolve_runs(ledgers)
     out = Path(out)
     links: dict[str, str] = {}
     if images:
-        from edgeopt.report.png import export_pngs
-
         fig_dir = out.parent / f"{out.stem}_figures"
         for k, p in export_pngs(runs, fig_dir, profiles).items():
             links[k] = f"{fig_dir.name}/{p.name}"

@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 
 from edgeopt.ledger import Ledger
 from edgeopt.report import figures as F
+from edgeopt.report.html import resolve_runs
 
 DPI = 110
 
@@ -222,8 +223,6 @@ def export_pngs(ledgers: Sequence[Any], out_dir: str | Path, profiles: dict[str,
 
     `ledgers` takes what edgeopt.report.html.build_report takes (run paths, Ledgers, (label, Ledger) pairs).
     """
-    from edgeopt.report.html import resolve_runs
-
     runs = resolve_runs(ledgers)
     out_dir = Path(out_dir)
     many = len(runs) > 1

@@ -10,7 +10,7 @@ from helpers import cosine_rows as helper_cosine
 
 from edgeopt.errors import InputError, RecipeError
 from edgeopt.measure.fidelity import compare, cosine_rows, gate
-from edgeopt.recipe import GateSpec
+from edgeopt.measure.fidelity import GateSpec
 
 
 def test_identical_outputs():

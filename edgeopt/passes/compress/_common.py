@@ -3,7 +3,6 @@ fine-tunes on (labelled when the data has labels, else the input model's own out
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from typing import Any
 
@@ -13,7 +12,7 @@ from edgeopt import data as data_mod
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
-from edgeopt.passes.base import PassConfig, PassContext
+from edgeopt.passes.base import PassConfig, PassContext, torch_module_copy
 from edgeopt.train import TensorData, TrainConfig
 
 
@@ -41,9 +40,7 @@ class FineTune(PassConfig):
 
 def module_copy(art: Artifact, pass_name: str) -> Any:
     """A deep copy of the artifact's live module in eval mode (a pass never mutates its input)."""
-    if art.module is None:
-        raise PassError(f"{pass_name}: torch artifact has no live module")
-    return copy.deepcopy(art.module).eval()
+    return torch_module_copy(art, pass_name).eval()
 
 
 def input_names(art: Artifact) -> list[str]:

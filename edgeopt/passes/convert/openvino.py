@@ -11,6 +11,7 @@ from edgeopt.artifact import Artifact
 from edgeopt.errors import PassError
 from edgeopt.extras import require
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+from edgeopt.passes.graph._io import target_of
 
 
 def save_ir(model, stage_dir) -> None:
@@ -53,8 +54,6 @@ class ConvertOpenVINO(Pass):
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         ov = require("openvino", "convert.openvino")
-        from edgeopt.passes.graph._io import target_of
-
         cfg = self.config
         precision = default_precision(target_of(ctx)) if cfg.precision == "auto" else cfg.precision
         try:

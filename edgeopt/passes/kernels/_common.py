@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import types
 from typing import Any
@@ -31,13 +30,6 @@ class LayerSwapConfig(KernelSwapConfig):
     """A kernel-swap pass that picks layers by name: `exclude` lists module names it leaves alone."""
 
     exclude: tuple[str, ...] = ()
-
-
-def torch_module_copy(art: Artifact, pass_name: str) -> Any:
-    """A deep copy of the artifact's live module (passes never mutate their input)."""
-    if art.module is None:
-        raise PassError(f"{pass_name}: torch artifact has no live module")
-    return copy.deepcopy(art.module)
 
 
 def example_inputs(art: Artifact, ctx: PassContext, pass_name: str) -> Any:

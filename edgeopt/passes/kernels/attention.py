@@ -8,9 +8,8 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.kernels.checks import ErrorBudget, PositiveInt
-from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.kernels._common import (LayerSwapConfig, code_names, example_inputs, optional_example_inputs,
-                                            torch_module_copy)
+from edgeopt.passes.base import Pass, PassContext, register, torch_module_copy
+from edgeopt.passes.kernels._common import LayerSwapConfig, code_names, example_inputs, optional_example_inputs
 
 Impl = Literal["naive", "partial_softmax", "flash", "sdpa"]
 
@@ -54,7 +53,7 @@ class AttentionPass(Pass):
 
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         # torch-backed: imported when the pass runs (pass modules load with the registry)
-        from edgeopt.kernels.attention import record_hf_dispatch, restore_hf_attention, use_hf_attention
+        from edgeopt.kernels.attention import record_hf_dispatch, restore_hf_attention, use_hf_attention  # lazy: imports torch
 
         cfg = self.config
         blocks = {"q_block": cfg.q_block, "k_block": cfg.k_block}
@@ -77,7 +76,7 @@ class AttentionPass(Pass):
         captured: dict[str, tuple[tuple, dict]] = {}
         if example is not None:
             # torch-backed: imported when the pass runs (pass modules load with the registry)
-            from edgeopt.kernels.layer_stats import capture_inputs
+            from edgeopt.kernels.layer_stats import capture_inputs  # lazy: imports torch
 
             with record_hf_dispatch() as dispatched:
                 captured = capture_inputs(module, list(layers), example)
@@ -117,8 +116,7 @@ class AttentionPass(Pass):
 def rebuild_attention(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with each layer of `args["layers"]` set to its recorded implementation and blocks, as
     `AttentionPass.run` leaves them (Hugging Face layers: the model switched to the "edgeopt" attention)."""
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.attention import use_hf_attention
+    from edgeopt.kernels.attention import use_hf_attention  # lazy: imports torch
 
     module = torch_module_copy(parent, "kernels.attention")
     layers = args["layers"]
@@ -199,8 +197,7 @@ def find_attention_layers(module: Any) -> tuple[dict[str, str], dict[str, str]]:
     """({name: "module" | "hf" | "diffusers"} of the layers this pass can swap, {name: reason} of those it cannot)."""
     from torch import nn
 
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.attention import (DIFFUSERS_PROCESSORS, HF_SWAPPABLE, EdgeoptAttnProcessor,
+    from edgeopt.kernels.attention import (DIFFUSERS_PROCESSORS, HF_SWAPPABLE, EdgeoptAttnProcessor,  # lazy: imports torch
                                            MultiHeadSelfAttention)
 
     layers: dict[str, str] = {}
@@ -248,8 +245,7 @@ def _label(kind: str, original: Any) -> str:
 def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int], original: Any = None,
               final: bool = False) -> None:
     """Point one layer at `impl`; None: back to the untouched computation (`original`, from `_original`)."""
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.attention import HF_SPEC_ATTR, diffusers_processor_for
+    from edgeopt.kernels.attention import HF_SPEC_ATTR, diffusers_processor_for  # lazy: imports torch
 
     if kind == "module":
         if impl is None:
@@ -269,8 +265,7 @@ def _set_impl(layer: Any, kind: str, impl: str | None, blocks: dict[str, int], o
 
 
 def _first_tensor(out: Any) -> Any:
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.layer_stats import first_tensor
+    from edgeopt.kernels.layer_stats import first_tensor  # lazy: imports torch
 
     return first_tensor(out)
 
@@ -306,9 +301,8 @@ def _choose(module: Any, layers: dict[str, str], captured: dict[str, tuple[tuple
     """Per layer: time and check every candidate implementation on the inputs captured in the example run."""
     import torch
 
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.attention import peak_intermediate_bytes
-    from edgeopt.kernels.layer_stats import relative_error, time_interleaved
+    from edgeopt.kernels.attention import peak_intermediate_bytes  # lazy: imports torch
+    from edgeopt.kernels.layer_stats import relative_error, time_interleaved  # lazy: imports torch
 
     records: dict[str, dict[str, Any]] = {}
     errors: dict[str, dict[str, float]] = {}
@@ -362,8 +356,7 @@ def _choose(module: Any, layers: dict[str, str], captured: dict[str, tuple[tuple
 def _per_layer(module: Any, chosen: dict[str, dict], captured: dict[str, tuple[tuple, dict]],
                untouched: dict[str, Any], cfg: Any, blocks: dict[str, int]) -> dict[str, Any]:
     """Before (untouched) vs after (chosen impl) of every swapped layer reached by the example input."""
-    # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.layer_stats import compare_layers
+    from edgeopt.kernels.layer_stats import compare_layers  # lazy: imports torch
 
     items: dict[str, dict[str, Any]] = {}
     for name, rec in chosen.items():

@@ -7,8 +7,8 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from edgeopt.artifact import Artifact, register_builder
-from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.kernels._common import KernelSwapConfig, code_names, optional_example_inputs, torch_module_copy
+from edgeopt.passes.base import Pass, PassContext, register, torch_module_copy
+from edgeopt.passes.kernels._common import KernelSwapConfig, code_names, optional_example_inputs
 
 NORM_KINDS = ("group_norm", "layer_norm")
 
@@ -55,7 +55,7 @@ class FusedNormPass(Pass):
         captured: dict[str, tuple[tuple, dict]] = {}
         if example is not None:
             # torch-backed: imported when the pass runs (pass modules load with the registry)
-            from edgeopt.kernels.layer_stats import capture_inputs
+            from edgeopt.kernels.layer_stats import capture_inputs  # lazy: imports torch
 
             captured = capture_inputs(module, [n for n, m in module.named_modules() if isinstance(m, norm_types)],
                                       example)
@@ -65,7 +65,7 @@ class FusedNormPass(Pass):
         per_layer: dict[str, Any] = {}
         if cfg.measure:
             # torch-backed: imported when the pass runs (pass modules load with the registry)
-            from edgeopt.kernels.layer_stats import compare_layers
+            from edgeopt.kernels.layer_stats import compare_layers  # lazy: imports torch
 
             items = {}
             for name in (n for n in fused if n in captured):
@@ -139,7 +139,7 @@ def _fuse_sequential(seq: Any, prefix: str, norm_types: tuple[type, ...], backen
     from torch import nn
 
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.fused_norm import act_name, fuse_pair
+    from edgeopt.kernels.fused_norm import act_name, fuse_pair  # lazy: imports torch
 
     keys = list(seq._modules)
     i = 0
@@ -165,7 +165,7 @@ def _is_candidate_parent(m: Any, norm_types: tuple[type, ...]) -> bool:
     from torch import nn
 
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.fused_norm import act_name
+    from edgeopt.kernels.fused_norm import act_name  # lazy: imports torch
 
     if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or isinstance(m, norm_types):
         return False
@@ -184,7 +184,7 @@ def _act_of(node: Any, mods: dict[str, Any]) -> tuple[str, Any] | None:
     from torch import nn
 
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.fused_norm import act_name
+    from edgeopt.kernels.fused_norm import act_name  # lazy: imports torch
 
     if len(node.args) != 1:
         return None
@@ -264,7 +264,7 @@ def _fuse_traced(parent: Any, prefix: str, norm_types: tuple[type, ...], backend
     import torch.fx
 
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.fused_norm import fuse_pair
+    from edgeopt.kernels.fused_norm import fuse_pair  # lazy: imports torch
 
     norm_names = [n for n, c in parent.named_children() if isinstance(c, norm_types)]
     try:

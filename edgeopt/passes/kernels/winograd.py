@@ -8,8 +8,8 @@ from pydantic import Field
 
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.kernels.checks import ErrorBudget
-from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.kernels._common import LayerSwapConfig, example_inputs, optional_example_inputs, torch_module_copy
+from edgeopt.passes.base import Pass, PassContext, register, torch_module_copy
+from edgeopt.passes.kernels._common import LayerSwapConfig, example_inputs, optional_example_inputs
 
 
 @register("kernels.winograd")
@@ -38,7 +38,7 @@ class WinogradPass(Pass):
         from torch import nn
 
         # torch-backed: imported when the pass runs (pass modules load with the registry)
-        from edgeopt.kernels.winograd import WinogradConv2d, tune_model, winograd_supported
+        from edgeopt.kernels.winograd import WinogradConv2d, tune_model, winograd_supported  # lazy: imports torch
 
         cfg = self.config
         module = torch_module_copy(art, self.name)
@@ -76,7 +76,7 @@ class WinogradPass(Pass):
         captured: dict[str, tuple[tuple, dict]] = {}
         if cfg.measure and replaced and example is not None:
             # torch-backed: imported when the pass runs (pass modules load with the registry)
-            from edgeopt.kernels.layer_stats import capture_inputs
+            from edgeopt.kernels.layer_stats import capture_inputs  # lazy: imports torch
 
             captured = capture_inputs(module, list(replaced), example)
         for name, tile in replaced.items():
@@ -85,7 +85,7 @@ class WinogradPass(Pass):
         per_layer: dict[str, Any] = {}
         if cfg.measure:
             # torch-backed: imported when the pass runs (pass modules load with the registry)
-            from edgeopt.kernels.layer_stats import compare_layers
+            from edgeopt.kernels.layer_stats import compare_layers  # lazy: imports torch
 
             items = {name: {"before": originals[name], "after": module.get_submodule(name), "args": args,
                             "kwargs": kwargs, "label_before": "Conv2d (direct)", "label_after": f"F{replaced[name]}"}
@@ -109,7 +109,7 @@ class WinogradPass(Pass):
 def rebuild_winograd(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with each conv of `args["tiles"]` wrapped as WinogradConv2d with its recorded tile."""
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.winograd import WinogradConv2d
+    from edgeopt.kernels.winograd import WinogradConv2d  # lazy: imports torch
 
     module = torch_module_copy(parent, "kernels.winograd")
     for name, tile in args["tiles"].items():
@@ -125,8 +125,8 @@ def _fixed_tile_error(conv: Any, tile: int, size: int = 16) -> float:
     import torch
 
     # torch-backed: imported when the pass runs (pass modules load with the registry)
-    from edgeopt.kernels.layer_stats import relative_error
-    from edgeopt.kernels.winograd import WinogradConv2d
+    from edgeopt.kernels.layer_stats import relative_error  # lazy: imports torch
+    from edgeopt.kernels.winograd import WinogradConv2d  # lazy: imports torch
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, conv.in_channels, size, size, generator=g)

@@ -2,7 +2,7 @@
 
 `match_rule_sets` is the one place the rule sets run: graph.fuse rewrites with it, and analysis
 (`edgeopt.analyze.opportunities`) runs it on a copy to report which rules would fire and where, so the
-two cannot disagree. Of edgeopt it imports only `edgeopt.analyze.flops` (node names), so analysis can read it.
+two cannot disagree. Of edgeopt it imports only `edgeopt.artifact` (node names), so analysis can read it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from edgeopt.analyze.flops import node_name
+from edgeopt.artifact import node_name
 
 # rule-set name -> (module exporting `rules`, what it fuses), in the order graph.fuse applies them
 RULE_SETS: dict[str, tuple[str, str]] = {
