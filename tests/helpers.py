@@ -22,3 +22,20 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(a.shape[0], -1).astype(np.float64)
     b = b.reshape(b.shape[0], -1).astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def record_reused(monkeypatch) -> dict:
+    """Patch Pipeline._reuse to record {stage name: artifact} of every stage a resumed run takes from disk."""
+    from edgeopt.pipeline import Pipeline
+
+    reused: dict = {}
+    real = Pipeline._reuse
+
+    def reuse(self, old, name, key, *args):
+        got = real(self, old, name, key, *args)
+        if got is not None:
+            reused[name] = got[1]
+        return got
+
+    monkeypatch.setattr(Pipeline, "_reuse", reuse)
+    return reused

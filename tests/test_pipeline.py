@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import record_reused
 
 from edgeopt.errors import PassError
 from edgeopt.ledger import Ledger
@@ -120,7 +121,6 @@ def test_resume_rebuilds_torch_stages_without_running_their_passes(tmp_path, mon
 
     from edgeopt.load import load_model
     from edgeopt.passes.base import registry
-    from edgeopt.pipeline import Pipeline
 
     model = load_model(_conv_attention_net(), {"x": torch.randn(2, 3, 8, 8)})
     recipe = {"data": {"calibration": "random:4", "eval": "random:4"},
@@ -155,15 +155,7 @@ def test_resume_rebuilds_torch_stages_without_running_their_passes(tmp_path, mon
 
     ran.clear()
     interrupt["stage"] = None
-    reused = {}
-    real_reuse = Pipeline._reuse
-
-    def reuse(self, old, name, key, *args):
-        got = real_reuse(self, old, name, key, *args)
-        if got is not None:
-            reused[name] = got[1]
-        return got
-    monkeypatch.setattr(Pipeline, "_reuse", reuse)
+    reused = record_reused(monkeypatch)
     res = optimize(model, recipe=recipe, out=out, resume=True, progress=False)
     assert ran == ["last"], "finished torch stages were run again"
     assert [s.name for s in res.ledger.stages if s.notes.get("cached")] == ["wino", "fused", "attn", "sparse"]

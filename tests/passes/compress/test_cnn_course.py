@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from helpers import record_reused
 
 from edgeopt.recipe import load_recipe
 
@@ -52,7 +53,7 @@ def test_interrupted_course_resumes_its_torch_stages(tiny_digits_cnn, tmp_path, 
     from edgeopt.passes.compress.distill import Distill
     from edgeopt.passes.compress.prune_channels import PruneChannels
     from edgeopt.passes.convert.onnx import ConvertOnnx
-    from edgeopt.pipeline import Pipeline, optimize
+    from edgeopt.pipeline import optimize
     from edgeopt.zoo import digits as d
 
     recipe = _short_course()
@@ -89,15 +90,7 @@ def test_interrupted_course_resumes_its_torch_stages(tiny_digits_cnn, tmp_path, 
     spy(PruneChannels)
     calls.update({"distill": 0, "prune.channels": 0})
     before = dict(made)
-    reused = {}
-    real_reuse = Pipeline._reuse
-
-    def reuse(self, old, name, key, *args):
-        got = real_reuse(self, old, name, key, *args)
-        if got is not None:
-            reused[name] = got[1]
-        return got
-    monkeypatch.setattr(Pipeline, "_reuse", reuse)
+    reused = record_reused(monkeypatch)
     res = optimize(tiny_digits_cnn, recipe=recipe, out=out, resume=True, progress=False)
     assert calls == {"distill": 0, "prune.channels": 0}, "finished torch stages were run again"
     stages = {s.name: s for s in res.ledger.stages}
