@@ -105,13 +105,15 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
              as_json: bool = typer.Option(False, "--json", help="print the ledger as JSON")):
     """Run a recipe stage by stage, measure every stage, write OUT/ledger.json, report.md and OUT/best/."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
-    from edgeopt.report.table import render_table  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.report.table import choice_notes, render_table  # lazy: keeps `edgeopt --help` fast
 
     res = _guard(run, model, recipe=recipe, target=target_name, out=out, resume=resume,
                  console=err if as_json else console)
     if as_json:
         return _dump(res.ledger.to_json())
     console.print(render_table(res.ledger))
+    for note in choice_notes(res.ledger):
+        console.print(f"[dim]{note}[/dim]")
     console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.html'} ({out / 'report.md'})  "
                   f"best: {res.best or 'none passed its gate'}")
 
@@ -157,11 +159,13 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
          resume: bool = typer.Option(False, "--resume")):
     """The default CPU recipe on zoo:minilm, offline: prints the stage table and writes the report."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
-    from edgeopt.report.table import render_table  # lazy: keeps `edgeopt --help` fast
+    from edgeopt.report.table import choice_notes, render_table  # lazy: keeps `edgeopt --help` fast
 
     console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe cpu-int8, batch 1, sequence 128, 2 threads")
     res = _guard(run, None, recipe="cpu-int8", out=out, resume=resume, console=console)
     console.print(render_table(res.ledger, title="all-MiniLM-L6-v2 — every stage measured"))
+    for note in choice_notes(res.ledger):
+        console.print(f"[dim]{note}[/dim]")
     console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  ledger: {out / 'ledger.json'}  best model: {res.best}")
 
 

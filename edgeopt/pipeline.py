@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgeopt import data
 from edgeopt.analyze.flops import total_flops
@@ -55,6 +55,7 @@ class RunState:
     versions: dict[str, Any] = field(default_factory=dict)
     progress: Any = None  # a rich Progress, or None
     stages: list[tuple[Stage, Artifact]] = field(default_factory=list)
+    samples: dict[str, tuple[float, ...]] = field(default_factory=dict)  # timed calls (ms) per stage, round order
 
     def task(self, description: str, total: int) -> Any:
         """A progress task (None without a progress display)."""
@@ -201,7 +202,7 @@ class Pipeline:
                 run.ledger.save(self.ledger_path)
             by_name[step.name] = current
         self._measure(run)
-        best = self._choose_best(run.ledger, run.stages)
+        best = self._choose_best(run)
         run.ledger.save(self.ledger_path)
         self._write_outputs(run.ledger, run.stages, best)
         return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
@@ -371,6 +372,7 @@ class Pipeline:
         by_name = {s.name: s for s, _ in run.stages}
         for name, st in stats.items():
             stage, runner = by_name[name], timed[name]
+            run.samples[name] = tuple(st.samples)
             stage.latency_ms = Latency(**st.to_dict(), runtime=runner.name,
                                        threads=getattr(runner, "threads", m.threads), batch=m.batch,
                                        shapes={k: list(v.shape) for k, v in feed.items()})
@@ -395,15 +397,15 @@ class Pipeline:
                 stage.warnings.append(f"peak memory not measured: {e}")
             run.advance(task)
 
-    def _choose_best(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]]) -> Stage | None:
-        """The fastest finished ONNX stage that passed its gate (a failed gate is never chosen)."""
-        ok = [s for s, a in stages if s.status == "done" and s.gate and s.gate.passed
-              and a.kind in ("onnx", "openvino") and s.latency_ms is not None]
-        if not ok:
-            ledger.best = None
-            return None
-        best = min(ok, key=lambda s: s.latency_ms.p50)
-        ledger.best = best.name
+    def _choose_best(self, run: RunState) -> Stage | None:
+        """The stage `choose_best` picks (see there); the reasons it passed a faster stage over go to that
+        stage's warnings, so the table, report.md and the HTML report say why it was not chosen."""
+        m = self.recipe.measure
+        best, passed_over = choose_best([s for s, _ in run.stages], {s.name: a.kind for s, a in run.stages},
+                                        run.samples, per_turn=m.block - m.settle)
+        for stage, why in passed_over:
+            stage.warnings.append(why)
+        run.ledger.best = best.name if best else None
         return best
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
@@ -443,6 +445,36 @@ class Pipeline:
         except EdgeoptError as e:
             ledger.stages[0].warnings.append(f"per-layer profile not measured: {e}")
         build_report([(self.out_dir.name or "run", ledger)], self.out_dir / "report.html", profiles=profiles)
+
+
+def choose_best(stages: list[Stage], kinds: dict[str, str], samples: dict[str, Sequence[float]],
+                per_turn: int = 1) -> tuple[Stage | None, list[tuple[Stage, str]]]:
+    """The stage to ship, and the faster stages passed over with the reason.
+
+    Eligible: finished ONNX / OpenVINO stages that passed their gates and were timed. Start from the fastest
+    (p50); while its parent is eligible too and the paired speedup over the parent, measured in the same
+    interleaved session, has a 95% interval that does not exclude 1 (`measure.latency.paired_speedup`),
+    the simpler parent wins: a stage must beat its parent by more than the measurement's spread. A failed
+    gate is never chosen.
+    """
+    ok = {s.name: s for s in stages if s.status == "done" and s.gate and s.gate.passed
+          and kinds.get(s.name) in ("onnx", "openvino") and s.latency_ms is not None}
+    if not ok:
+        return None, []
+    best = min(ok.values(), key=lambda s: s.latency_ms.p50)
+    passed_over: list[tuple[Stage, str]] = []
+    while best.parent in ok:
+        parent = ok[best.parent]
+        a, b = samples.get(parent.name), samples.get(best.name)
+        if not a or not b or len(a) != len(b) or len(a) % per_turn:
+            break  # not timed side by side: nothing to compare the spread with
+        sp = latency.paired_speedup(a, b, per_turn=per_turn)
+        if sp.lo > 1:
+            break
+        passed_over.append((best, f"not chosen: {sp.ratio:.2f}× its parent {parent.name} (95% interval "
+                                  f"{sp.lo:.2f}–{sp.hi:.2f} includes 1), so the simpler stage wins"))
+        best = parent
+    return best, passed_over
 
 
 def stage_artifact(stage: Stage) -> Artifact:

@@ -225,3 +225,50 @@ def test_run_result_hands_back_every_stages_model(tmp_path, tiny_mlp_torch):
     assert res.artifacts["baseline"] is tiny_mlp_torch  # the torch stage, live (never written to OUT)
     onnx_art = res.artifacts["onnx"]
     assert onnx_art.kind == "onnx" and onnx_art.sha256 == res.ledger.stage("onnx").artifact["sha256"]
+
+
+def _stages_for_choice(passed_parent: bool = True):
+    from report.factory import make_stage
+
+    onnx = make_stage("onnx", "convert.onnx", "onnxruntime", 10.0, 100.0, 1000, 1.0, passed_parent)
+    fused = make_stage("fused", "graph.fuse", "onnxruntime", 9.9, 100.0, 1000, 1.0, True)
+    fused.parent = "onnx"
+    onnx.parent = "baseline"
+    base = make_stage("baseline", None, "torch", 20.0, 100.0, 1000, 1.0, True)
+    kinds = {"baseline": "torch", "onnx": "onnx", "fused": "onnx"}
+    return [base, onnx, fused], kinds
+
+
+def test_a_stage_must_beat_its_parent_beyond_the_spread():
+    """Swin: a stage its own timing called 1% faster was chosen, and an independent timing found it 5% slower.
+    A child whose paired interval includes 1 loses to its (simpler) parent; a clear win is kept."""
+    import numpy as np
+
+    from edgeopt.pipeline import choose_best
+
+    rng = np.random.default_rng(0)
+    stages, kinds = _stages_for_choice()
+    noise = rng.normal(0, 0.5, 200)
+    same = {"onnx": tuple(10.0 + noise), "fused": tuple(9.98 + rng.normal(0, 0.5, 200)),
+            "baseline": tuple([20.0] * 200)}
+    best, passed = choose_best(stages, kinds, same, per_turn=4)
+    assert best.name == "onnx" and [s.name for s, _ in passed] == ["fused"]
+    assert "includes 1" in passed[0][1] and "onnx" in passed[0][1]
+
+    clear = {**same, "fused": tuple(5.0 + rng.normal(0, 0.2, 200))}
+    stages[2].latency_ms = stages[2].latency_ms.model_copy(update={"p50": 5.0})
+    best, passed = choose_best(stages, kinds, clear, per_turn=4)
+    assert best.name == "fused" and passed == []
+
+
+def test_a_failed_parent_is_no_fallback():
+    import numpy as np
+
+    from edgeopt.pipeline import choose_best
+
+    stages, kinds = _stages_for_choice(passed_parent=False)
+    rng = np.random.default_rng(1)
+    samples = {"onnx": tuple(10.0 + rng.normal(0, 0.5, 40)), "fused": tuple(9.9 + rng.normal(0, 0.5, 40))}
+    best, passed = choose_best(stages, kinds, samples, per_turn=4)
+    assert best.name == "fused" and passed == []
+    assert choose_best(stages[:1], kinds, {}) == (None, [])

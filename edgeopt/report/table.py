@@ -39,6 +39,11 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
     return rows
 
 
+def choice_notes(ledger: Ledger) -> list[str]:
+    """Why a faster stage was not chosen (it did not beat its parent beyond the measurement's spread), one line each."""
+    return [f"{s.name}: {w}" for s in ledger.stages for w in s.warnings if w.startswith("not chosen:")]
+
+
 def render_table(ledger: Ledger, title: str | None = None):
     """A rich Table of the stages (the best gated stage is starred)."""
     from rich.table import Table
@@ -67,6 +72,8 @@ def to_markdown(ledger: Ledger) -> str:
     lines = ["# edgeopt run", ""]
     if ledger.best:
         lines += [f"Best stage that passed its gate: **{ledger.best}**", ""]
+        notes = choice_notes(ledger)
+        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     lines += ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "|".join("---" for _ in MD_COLUMNS) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in MD_COLUMNS) + " |")
