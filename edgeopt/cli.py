@@ -98,7 +98,10 @@ def profile(model: str = typer.Argument(...), threads: int = typer.Option(2), ru
 
 @app.command()
 def optimize(model: Optional[str] = typer.Argument(None, help="model (default: the recipe's model.source)"),
-             recipe: str = typer.Option("cpu-int8", "--recipe", "-r", help="a YAML file or a bundled recipe name"),
+             recipe: str = typer.Option("auto", "--recipe", "-r",
+                                        help="a YAML file or a bundled recipe name (auto: any model, no data needed)"),
+             data_spec: Optional[str] = typer.Option(None, "--data", help="calibration and evaluation data: an .npz "
+                                                     "(one array per input), a .txt (sentences), zoo:…, random:N"),
              target_name: Optional[str] = typer.Option(None, "--target", "-t"),
              out: Path = typer.Option(Path("runs/latest"), "--out", "-o"),
              resume: bool = typer.Option(False, "--resume", help="reuse finished stages of an earlier run in OUT"),
@@ -108,7 +111,7 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
     from edgeopt.report.table import choice_notes, render_table  # lazy: keeps `edgeopt --help` fast
 
     res = _guard(run, model, recipe=recipe, target=target_name, out=out, resume=resume,
-                 console=err if as_json else console)
+                 console=err if as_json else console, data=data_spec)
     if as_json:
         return _dump(res.ledger.to_json())
     console.print(render_table(res.ledger))

@@ -101,6 +101,18 @@ def check_feeds(feeds: list[Feed], spec: InputSpec, what: str) -> None:
             raise InputError(f"{what}: input {t.name!r} is {np.dtype(arr.dtype).name}, the model expects {t.dtype}")
 
 
+def effective_spec(spec: str | None, art: Artifact, default_slice: slice, count: int | None = None) -> str:
+    """The data spec `resolve` uses: `spec`, or for None the model's own data (the digits splits for the digits
+    zoo models, generated sentences for a model with a tokenizer) and random inputs for any other model."""
+    if spec is not None:
+        return spec
+    if art.meta.get("dataset") == "digits":
+        return "zoo:digits"  # calibration: the train split, eval: the test split
+    if art.meta.get("tokenizer") is not None:
+        return f"zoo:sentences[{default_slice.start or ''}:{default_slice.stop or ''}]"
+    return f"random:{count or 16}"
+
+
 def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: str,
             default_slice: slice, count: int | None = None) -> list[Feed]:
     """Feeds for `role` ("calibration" or "eval") from a data spec; None means the model's default data.
@@ -116,10 +128,7 @@ def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: 
         for i, d in enumerate(t.shape):
             if isinstance(d, str) and d not in dims:
                 dims[d] = batch if i == 0 else seq_len
-    if spec is None and art.meta.get("dataset") == "digits":
-        spec = "zoo:digits"  # calibration: the train split, eval: the test split
-    if spec is None:
-        spec = f"zoo:sentences[{default_slice.start or ''}:{default_slice.stop or ''}]" if is_text else f"random:{count or 16}"
+    spec = effective_spec(spec, art, default_slice, count)
     if spec.startswith("zoo:digits"):
         try:
             x, y = digits.samples(spec[len("zoo:digits"):], role)

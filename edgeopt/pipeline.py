@@ -56,6 +56,7 @@ class RunState:
     progress: Any = None  # a rich Progress, or None
     stages: list[tuple[Stage, Artifact]] = field(default_factory=list)
     samples: dict[str, tuple[float, ...]] = field(default_factory=dict)  # timed calls (ms) per stage, round order
+    random_eval: bool = False  # fidelity is measured on random inputs (no evaluation data given or known)
 
     def task(self, description: str, total: int) -> Any:
         """A progress task (None without a progress display)."""
@@ -106,7 +107,7 @@ def _json_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
     if recipe is None:
-        return load_recipe("cpu-int8")
+        return load_recipe("auto")
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
@@ -160,11 +161,12 @@ class Pipeline:
                           default_slice=slice(64, 320), count=m.fidelity_samples)
         cal, _ = data.split_labels(cal)
         ev, labels = data.split_labels(ev)
+        random_eval = data.effective_spec(r.data.eval, art, slice(64, 320), m.fidelity_samples).startswith("random:")
         self.out_dir.mkdir(parents=True, exist_ok=True)  # only once model and data are known to be good
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
         run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=_feeds_key(cal[:8]), ledger=ledger,
-                       old=old, versions=versions(), progress=self._progress())
+                       old=old, versions=versions(), progress=self._progress(), random_eval=random_eval)
         if run.progress is not None:
             run.progress.start()
         try:
@@ -177,6 +179,9 @@ class Pipeline:
         """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
         base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
                            notes={"meta": _json_meta(art.meta)})
+        if run.random_eval:
+            base_stage.warnings.append("fidelity measured on random inputs: no evaluation data was given and the "
+                                       "model has none of its own (pass --data, or data.eval in the recipe)")
         run.stages.append((base_stage, art))
         run.ledger.put(base_stage)
         current = art
@@ -186,6 +191,11 @@ class Pipeline:
                 if step.source not in by_name:
                     raise PassError(f"stage {step.name}: its input stage {step.source!r} did not finish")
                 current = by_name[step.source]
+            if step.when is not None and current.kind != step.when:
+                note = f"step {step.name} ({step.pass_name}) skipped: it runs on {step.when} models, this one is {current.kind}"
+                run.stages[0][0].notes.setdefault("skipped_steps", []).append(note)
+                self._say(f"[dim]{note}[/dim]")
+                continue
             parent = step.source or run.stages[-1][0].name
             stage_dir = stage_folder(self.out_dir, step.name)  # an unsafe stage name is refused, reused or not
             key = _cache_key(current.sha256, step.pass_name, step.config, run.data_key,
@@ -524,13 +534,17 @@ def environment(target: Any) -> dict[str, Any]:
 
 def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None, target: str | None = None,
              out: str | Path = "runs/latest", resume: bool = False, console: Any = None,
-             progress: bool = True) -> RunResult:
-    """Run `recipe` (a Recipe, a YAML path, a bundled recipe name or a dict) on `model` into `out`.
+             progress: bool = True, data: str | None = None) -> RunResult:
+    """Run `recipe` (a Recipe, a YAML path, a bundled recipe name or a dict; default: the `auto` recipe, which
+    needs no data) on `model` into `out`.
 
     `model` is anything edgeopt.load.load_model accepts, or None for the recipe's model.source;
-    `target` overrides the recipe's target. Returns the ledger and where the best model was copied.
+    `target` overrides the recipe's target; `data` (a data spec: an .npz, a .txt, zoo:…, random:N) overrides
+    the recipe's calibration and evaluation data. Returns the ledger and where the best model was copied.
     """
     r = _resolve_recipe(recipe)
+    if data is not None:
+        r = parse_recipe({**r.to_dict(), "data": {"calibration": data, "eval": data}})
     tgt = get_target(target or r.target)
     return Pipeline(r, Path(out), tgt, console=console, progress=progress).run(model, resume=resume)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,6 +83,8 @@ class PassStep(_Strict):
     pass_name: str
     config: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(default=None, description="the earlier stage whose model this step takes (default: the previous step's)")
+    when: Literal["torch", "onnx", "openvino"] | None = Field(
+        default=None, description="run the step only when its input model is of this kind (else it is skipped)")
 
     @field_validator("name")
     @classmethod
@@ -131,6 +133,7 @@ class Recipe(_Strict):
             earlier = ["baseline", *seen]
             stage = check_stage_name(cfg.pop("stage", pname), f"passes[{i}] {pname}: stage")
             source = cfg.pop("from", None)
+            when = cfg.pop("when", None)
             seen[stage] = seen.get(stage, 0) + 1
             if seen[stage] > 1:
                 stage = f"{stage}#{seen[stage]}"
@@ -138,7 +141,7 @@ class Recipe(_Strict):
                 raise ValueError(f"passes[{i}] {pname}: from {source!r} names no earlier stage "
                                  f"(earlier: {', '.join(earlier)})")
             steps.append({"name": stage, "pass_name": str(pname), "config": cfg,
-                          "source": None if source is None else str(source)})
+                          "source": None if source is None else str(source), "when": when})
         return {**data, "passes": steps}
 
     def validate_passes(self) -> None:
@@ -148,7 +151,8 @@ class Recipe(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
-        d["passes"] = [{s["pass_name"]: {**s["config"], "stage": s["name"], **({"from": s["source"]} if s["source"] else {})}}
+        d["passes"] = [{s["pass_name"]: {**s["config"], "stage": s["name"], **({"from": s["source"]} if s["source"] else {}),
+                                         **({"when": s["when"]} if s["when"] else {})}}
                        for s in d["passes"]]
         return d
 

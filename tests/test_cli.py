@@ -161,3 +161,15 @@ def test_analyze_refuses_inconsistent_models(tmp_path, name):
     for cmd in (["analyze", str(p)], ["optimize", str(p), "-o", str(tmp_path / "out")]):
         _one_line_error(runner.invoke(app, cmd), f"{name}.onnx", want)
     assert not (tmp_path / "out").exists()
+
+
+def test_optimize_any_onnx_without_a_recipe_or_data(tmp_path, tiny_mlp_onnx):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "int8" in res.output and (out / "ledger.json").exists()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 3), np.float32))
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(tmp_path / "o2"),
+                                        "--data", str(bad)]), "input 'x' has shape")
+    assert not (tmp_path / "o2").exists()

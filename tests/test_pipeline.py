@@ -272,3 +272,25 @@ def test_a_failed_parent_is_no_fallback():
     best, passed = choose_best(stages, kinds, samples, per_turn=4)
     assert best.name == "fused" and passed == []
     assert choose_best(stages[:1], kinds, {}) == (None, [])
+
+
+def test_auto_recipe_needs_no_data_and_skips_the_export_for_onnx(tmp_path, tiny_mlp_onnx):
+    """`edgeopt optimize model.onnx` used to stop at "zoo:sentences is text, but the model has no tokenizer"."""
+    res = optimize(tiny_mlp_onnx, out=tmp_path / "run", progress=False)  # the default recipe: auto
+    led = res.ledger
+    assert [s.name for s in led.stages] == ["baseline", "simplified", "fused", "int8"]
+    base = led.stage("baseline")
+    assert any("onnx (convert.onnx) skipped" in n for n in base.notes["skipped_steps"])
+    assert any("fidelity measured on random inputs" in w for w in base.warnings)
+    assert led.best is not None and all(s.fidelity for s in led.stages)
+
+
+def test_auto_recipe_exports_torch_models_and_takes_user_data(tmp_path, tiny_mlp_torch):
+    import numpy as np
+
+    feeds = tmp_path / "data.npz"
+    np.savez(feeds, x=np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32))
+    res = optimize(tiny_mlp_torch, out=tmp_path / "run", progress=False, data=str(feeds))
+    assert [s.name for s in res.ledger.stages][:2] == ["baseline", "onnx"]
+    assert res.ledger.recipe["data"] == {"calibration": str(feeds), "eval": str(feeds)}
+    assert not any("random inputs" in w for w in res.ledger.stage("baseline").warnings)

@@ -81,3 +81,12 @@ def test_from_naming_its_own_stage_refused():
         parse_recipe({"passes": [{"graph.simplify": {}}, {"graph.fuse": {"stage": "fused", "from": "fused"}}]})
     ok = parse_recipe({"passes": [{"graph.simplify": {"stage": "s"}}, {"graph.fuse": {"stage": "f", "from": "s"}}]})
     assert ok.passes[1].source == "s"
+
+
+def test_when_limits_a_step_to_a_model_kind():
+    r = parse_recipe({"passes": [{"convert.onnx": {"when": "torch"}}, "graph.simplify"]})
+    assert [s.when for s in r.passes] == ["torch", None]
+    assert parse_recipe(r.to_dict()).passes == r.passes
+    with pytest.raises(RecipeError, match="when"):
+        parse_recipe({"passes": [{"convert.onnx": {"when": "tflite-ish"}}]})
+    assert load_recipe("auto").passes[0].when == "torch"
