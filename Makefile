@@ -11,7 +11,7 @@ PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
-COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --all-extras -c constraints.txt --strip-extras \
+COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --all-extras --allow-unsafe -c constraints.txt --strip-extras \
 	--no-emit-index-url --no-emit-find-links --output-file $(LOCK)
 
 .PHONY: demo test install lock lock-upgrade bench clean chromium
