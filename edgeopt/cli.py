@@ -104,21 +104,41 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
                                                      "(one array per input), a .txt (sentences), zoo:…, random:N"),
              target_name: Optional[str] = typer.Option(None, "--target", "-t"),
              out: Path = typer.Option(Path("runs/latest"), "--out", "-o"),
-             resume: bool = typer.Option(False, "--resume", help="reuse finished stages of an earlier run in OUT"),
+             resume: bool = typer.Option(False, "--resume", help="reuse finished stages (and search trials) of an earlier run in OUT"),
+             trials: Optional[int] = typer.Option(None, "--trials", help="search budget: trials (default: the recipe's)"),
+             minutes: Optional[float] = typer.Option(None, "--minutes", help="search budget: wall-clock minutes"),
+             train_minutes: Optional[float] = typer.Option(None, "--train-minutes",
+                                                           help="training budget for structural candidates (0: none)"),
+             executor: str = typer.Option("local", "--executor", help="local, or ray (build tasks anywhere, timing "
+                                          "only on nodes with the target's resource)"),
+             ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster (HOST:PORT)"),
              as_json: bool = typer.Option(False, "--json", help="print the ledger as JSON")):
-    """Run a recipe stage by stage, measure every stage, write OUT/ledger.json, report.md and OUT/best/."""
+    """Run a recipe (default auto: a search over this target's candidates), measure every stage, write
+    OUT/ledger.json, report.md, report.html and OUT/best/."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
     from edgeopt.report.table import choice_notes, render_table  # lazy: keeps `edgeopt --help` fast
 
+    search = {"trials": trials, "minutes": minutes, "train_minutes": train_minutes}
     res = _guard(run, model, recipe=recipe, target=target_name, out=out, resume=resume,
-                 console=err if as_json else console, data=data_spec)
+                 console=err if as_json else console, data=data_spec,
+                 search={k: v for k, v in search.items() if v is not None} or None,
+                 executor=executor, ray_address=ray_address)
     if as_json:
         return _dump(res.ledger.to_json())
-    console.print(render_table(res.ledger))
-    for note in choice_notes(res.ledger):
-        console.print(f"[dim]{note}[/dim]")
+    _print_run(res.ledger)
     console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.html'} ({out / 'report.md'})  "
                   f"best: {res.best or 'none passed its gate'}")
+
+
+def _print_run(ledger) -> None:
+    """The stage table, the search's trials and front, and the notes on choices and missing speed-ups."""
+    from edgeopt.report.table import choice_notes, render_search, render_table  # lazy: keeps `edgeopt --help` fast
+
+    if ledger.search:
+        console.print(render_search(ledger))
+    console.print(render_table(ledger))
+    for note in choice_notes(ledger):
+        console.print(f"[dim]{note}[/dim]")
 
 
 @app.command()

@@ -77,6 +77,7 @@ class Ledger(BaseModel):
     environment: dict[str, Any] = Field(default_factory=dict)
     stages: list[Stage] = Field(default_factory=list)
     best: str | None = None
+    search: dict[str, Any] | None = None  # the candidate search: trials, front, families (edgeopt.search)
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -97,6 +98,7 @@ class Ledger(BaseModel):
             "environment": self.environment,
             "best": self.best,
             "stages": [s.to_json() for s in self.stages],
+            **({"search": self.search} if self.search is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:

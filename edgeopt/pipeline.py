@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -12,15 +11,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeopt import data
+from edgeopt.analyze.diagnose import diagnose
 from edgeopt.analyze.flops import total_flops
+from edgeopt.analyze.preflight import preflight
 from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
 from edgeopt.load import load_model
 from edgeopt.measure import fidelity, latency, runners, size
+from edgeopt.measure.latency import LatencyStats
 from edgeopt.measure.energy import energy_per_inference
 from edgeopt.measure.memory import peak_rss_mb
-from edgeopt.passes.base import PassContext, build_pass, registry
+from edgeopt.passes.base import PassContext
+from edgeopt.executor import make_executor
+from edgeopt.search.study import SearchInput, run_search
+from edgeopt.search.tasks import save_data, time_candidates
+from edgeopt.steps import (apply_pass, cache_key, feeds_key, file_artifact, first_line, json_meta,
+                           load_portable, portable, restore_torch)
 from edgeopt.recipe import PassStep, Recipe, load_recipe, parse_recipe
 from edgeopt.report.html import build_report, default_profile_stages, profile_stages
 from edgeopt.report.table import to_markdown
@@ -57,6 +64,7 @@ class RunState:
     stages: list[tuple[Stage, Artifact]] = field(default_factory=list)
     samples: dict[str, tuple[float, ...]] = field(default_factory=dict)  # timed calls (ms) per stage, round order
     random_eval: bool = False  # fidelity is measured on random inputs (no evaluation data given or known)
+    reference: list[Any] | None = None  # the baseline's first output on every evaluation feed, once computed
 
     def task(self, description: str, total: int) -> Any:
         """A progress task (None without a progress display)."""
@@ -78,31 +86,6 @@ def stage_folder(out_dir: Path, stage: str) -> Path:
     if name in (".", "..", "best") or name.startswith(".") or folder.resolve().parent != out_dir.resolve():
         raise InputError(f"stage {stage!r}: not a safe stage name (its folder would be {folder})")
     return folder
-
-
-def _cache_key(parent_sha: str, pass_name: str, config: dict[str, Any], data_key: str, target: str) -> str:
-    blob = json.dumps([parent_sha, pass_name, config, data_key, target], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _feeds_key(feeds: list[dict[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for f in feeds:
-        for k in sorted(f):
-            h.update(k.encode())
-            h.update(f[k].tobytes())
-    return h.hexdigest()[:16]
-
-
-def _json_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in meta.items():
-        try:
-            json.dumps(v)
-            out[k] = v
-        except TypeError:
-            continue
-    return out
 
 
 def _resolve_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
@@ -127,8 +110,10 @@ def _load_source(source: Any, recipe: Recipe) -> Artifact:
 class Pipeline:
     """One run of a recipe into `out_dir` (see `optimize`)."""
 
-    def __init__(self, recipe: Recipe, out_dir: Path, target: Any, console: Any = None, progress: bool = True):
+    def __init__(self, recipe: Recipe, out_dir: Path, target: Any, console: Any = None, progress: bool = True,
+                 executor: Any = None):
         self.recipe = recipe
+        self.executor = executor if executor is not None else make_executor("local")
         self.out_dir = out_dir
         self.target = target
         self.console = console
@@ -165,7 +150,7 @@ class Pipeline:
         self.out_dir.mkdir(parents=True, exist_ok=True)  # only once model and data are known to be good
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
-        run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=_feeds_key(cal[:8]), ledger=ledger,
+        run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=feeds_key(cal[:8]), ledger=ledger,
                        old=old, versions=versions(), progress=self._progress(), random_eval=random_eval)
         if run.progress is not None:
             run.progress.start()
@@ -178,7 +163,7 @@ class Pipeline:
     def _run_stages(self, art: Artifact, run: RunState) -> RunResult:
         """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
         base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
-                           notes={"meta": _json_meta(art.meta)})
+                           notes={"meta": json_meta(art.meta)})
         if run.random_eval:
             base_stage.warnings.append("fidelity measured on random inputs: no evaluation data was given and the "
                                        "model has none of its own (pass --data, or data.eval in the recipe)")
@@ -198,7 +183,7 @@ class Pipeline:
                 continue
             parent = step.source or run.stages[-1][0].name
             stage_dir = stage_folder(self.out_dir, step.name)  # an unsafe stage name is refused, reused or not
-            key = _cache_key(current.sha256, step.pass_name, step.config, run.data_key,
+            key = cache_key(current.sha256, step.pass_name, step.config, run.data_key,
                              getattr(self.target, "name", ""))
             reused = self._reuse(run.old, step.name, key, current, run.calibration)
             if reused is not None:
@@ -211,8 +196,11 @@ class Pipeline:
             if reused is None:
                 run.ledger.save(self.ledger_path)
             by_name[step.name] = current
+        if self.recipe.search is not None:
+            self._search(current, run)
         self._measure(run)
         best = self._choose_best(run)
+        self._diagnose(run)
         run.ledger.save(self.ledger_path)
         self._write_outputs(run.ledger, run.stages, best)
         return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
@@ -222,9 +210,6 @@ class Pipeline:
                   stage_dir: Path) -> tuple[Stage, Artifact]:
         """Run one recipe step's pass on `current` into `stage_dir`: (its finished Stage, its model).
         A failure is recorded in the ledger and raised as PassError (an interrupt is recorded and re-raised)."""
-        p = build_pass(step.pass_name, step.config)
-        if stage_dir.exists():
-            shutil.rmtree(stage_dir)
         ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=run.calibration,
                           evaluation=run.evaluation, progress=run.progress, baseline=run.stages[0][1],
                           measure=self.recipe.measure, gates=self.recipe.gates)
@@ -233,7 +218,7 @@ class Pipeline:
         t0 = time.perf_counter()
         self._say(f"stage {step.name}: {step.pass_name} …")
         try:
-            out = p(current, ctx)
+            out = apply_pass(step.pass_name, step.config, current, ctx)
         except KeyboardInterrupt:
             stage.status, stage.error = "interrupted", "interrupted by the user"
             stage.duration_s = time.perf_counter() - t0
@@ -243,15 +228,9 @@ class Pipeline:
         except EdgeoptError as e:
             self._fail(run.ledger, stage, t0, str(e))
             raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e}") from None
-        except Exception as e:  # a library's error inside a pass: keep the first line
-            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
-            self._fail(run.ledger, stage, t0, f"{e.__class__.__name__}: {first}")
-            raise PassError(f"stage {step.name} ({step.pass_name}) failed: {e.__class__.__name__}: {first}") from None
-        if out.kind == "torch":
-            out = self._save_torch(out, current, ctx)
         stage.duration_s = time.perf_counter() - t0
         stage.artifact = out.describe()
-        stage.notes = {**ctx.notes, "meta": _json_meta(out.meta)}
+        stage.notes = {**ctx.notes, "meta": json_meta(out.meta)}
         stage.warnings = list(ctx.warnings)
         return stage, out
 
@@ -260,19 +239,6 @@ class Pipeline:
         stage.duration_s = time.perf_counter() - t0
         ledger.put(stage)
         ledger.save(self.ledger_path)
-
-    def _save_torch(self, out: Artifact, parent: Artifact, ctx: Any) -> Artifact:
-        """Write a torch stage's weights (model.safetensors) and rebuild recipe (rebuild.json) to its folder,
-        so --resume can reuse it; a model that cannot be saved only costs that (a warning says why)."""
-        if out.rebuild is None:
-            ctx.warnings.append("not resumable: the pass gives no rebuild recipe for its torch model")
-            return out
-        try:
-            return out.save_weights(ctx.stage_dir, parent.sha256)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            ctx.warnings.append(f"not resumable: weights not saved ({e.__class__.__name__}: {first})")
-            return out
 
     def _reuse(self, old: Ledger | None, name: str, key: str, parent: Artifact | None = None,
                calibration: list[dict[str, Any]] = ()) -> tuple[Stage, Artifact] | None:
@@ -303,19 +269,66 @@ class Pipeline:
     def _restore_torch(self, prev: Stage, path: Path, parent: Artifact | None,
                        calibration: list[dict[str, Any]]) -> Artifact | None:
         """The torch model a finished stage saved (see Artifact.from_weights), or None (the pass runs again)."""
-        if parent is None or parent.kind != "torch" or parent.module is None:
+        if parent is None:
             return None
         ctx = PassContext(stage_dir=path.parent, target=self.target, calibration=list(calibration),
                           measure=self.recipe.measure, gates=self.recipe.gates)
-        spec = InputSpec.from_dict(prev.artifact["inputs"]) if prev.artifact.get("inputs") else None
-        registry()  # the pass modules register the builders that rebuild their torch models
         try:
-            return Artifact.from_weights(path, parent, ctx, input_spec=spec,
-                                         meta={**parent.meta, **prev.notes.get("meta", {})})
+            return restore_torch(path, parent, ctx, prev.artifact.get("inputs"),
+                                 {**parent.meta, **prev.notes.get("meta", {})})
         except Exception as e:  # any failure to rebuild (a builder, torch-pruning, a torn file): run the pass again
-            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-            self._say(f"[dim]stage {prev.name}: saved weights not reused ({first})[/dim]")
+            self._say(f"[dim]stage {prev.name}: saved weights not reused ({first_line(e, 200)})[/dim]")
             return None
+
+    # -- the candidate search -------------------------------------------------------------------
+    def _search(self, root: Artifact, run: RunState) -> None:
+        """Search the target's candidates from `root` (the fixed steps' last model); the trials on the front
+        become stages (parent: the root's stage), measured with the others; the whole search goes to the ledger."""
+        if root.kind != "onnx":
+            raise InputError(f"search: starts from an ONNX model, but the recipe's steps end with a {root.kind} "
+                             "model (add convert.onnx before it)")
+        base_art = run.stages[0][1]
+        root_name = next(s.name for s, a in reversed(run.stages) if a is root)
+        inp = SearchInput(root=root, root_name=root_name, baseline=base_art, calibration=run.calibration,
+                          evaluation=run.evaluation, labels=run.labels, reference=self._reference(run),
+                          data_key=run.data_key, target=self.target, measure=self.recipe.measure,
+                          gates=self.recipe.gates, spec=self.recipe.search, out_dir=self.out_dir,
+                          executor=self.executor, console=self.console, progress=run.progress,
+                          resume=run.old is not None)
+        self._say(f"search: {len(inp.spec.families) or 'all'} famil{'y' if len(inp.spec.families) == 1 else 'ies'}, "
+                  f"budget {inp.spec.trials} trials"
+                  + (f" / {inp.spec.minutes:g} min" if inp.spec.minutes else "")
+                  + f", executor {getattr(self.executor, 'name', 'local')}")
+        try:
+            result = run_search(inp)
+        finally:
+            run.ledger.save(self.ledger_path)
+        taken = {s.name for s, _ in run.stages}
+        for rec in result.front:
+            name = rec["label"] if rec["label"] not in taken else f"{rec['label']}-t{rec['number']}"
+            art = load_portable(rec["artifact"], seq_len=self.recipe.measure.seq_len, batch=self.recipe.measure.batch)
+            last_pass, last_cfg = rec["chain"][-1]
+            stage = Stage(name=name, **{"pass": last_pass}, config=last_cfg, parent=root_name,
+                          artifact=art.describe(), versions=run.versions, cache_key=rec["steps"][-1]["key"],
+                          duration_s=rec.get("duration_s", 0.0),
+                          notes={"meta": json_meta(art.meta), "search": {k: rec[k] for k in (
+                              "number", "family", "params", "chain", "speedup", "fidelity_value")}},
+                          warnings=[w for st in rec.get("steps", []) for w in st.get("warnings", [])])
+            taken.add(name)
+            run.stages.append((stage, art))
+            run.ledger.put(stage)
+        run.ledger.search = result.summary
+
+    def _reference(self, run: RunState) -> list[Any]:
+        """The baseline's first output on every evaluation feed (computed once per run)."""
+        if run.reference is None:
+            runner = runners.make_runner(run.stages[0][1], threads=self.recipe.measure.threads,
+                                         spinning=self.recipe.measure.spinning)
+            try:
+                run.reference = self._outputs(runner, run, "fidelity (baseline)")
+            finally:
+                runner.close()
+        return run.reference
 
     # -- measurement -----------------------------------------------------------------------------
     def _measure(self, run: RunState) -> None:
@@ -325,6 +338,10 @@ class Pipeline:
         stage_runners = self._measure_fidelity(run)
         self._measure_size(run)
         timed = {s.name: stage_runners[s.name] for s, a in run.stages if a.kind != "torch" or m.torch_latency}
+        self._preflight(run)
+        if getattr(self.executor, "name", "local") != "local":
+            self._measure_remote(run, timed)
+            return
         self._measure_latency(run, timed)
         if m.memory:
             self._measure_memory(run)
@@ -335,7 +352,8 @@ class Pipeline:
         m, gates = self.recipe.measure, self.recipe.gates
         base_stage, base_art = run.stages[0]
         base_runner = runners.make_runner(base_art, threads=m.threads, spinning=m.spinning)
-        ref = self._outputs(base_runner, run, "fidelity (baseline)")
+        ref = run.reference if run.reference is not None else self._outputs(base_runner, run, "fidelity (baseline)")
+        run.reference = ref
         base_acc = _accuracy(ref, run.labels)
         base_stage.fidelity = fidelity.compare(ref, ref)
         if base_acc is not None:
@@ -393,6 +411,48 @@ class Pipeline:
             if hasattr(r, "close"):
                 r.close()
 
+    def _measure_remote(self, run: RunState, timed: dict[str, Any]) -> None:
+        """Latency (interleaved) and peak memory of the stages as one measure task of the executor: it runs only
+        on a node that offers the target's resource, one measurement at a time per node."""
+        m = self.recipe.measure
+        for r in timed.values():  # the local runners served fidelity; timing happens on the target's node
+            r.close()
+        arts = {s.name: a for s, a in run.stages if s.name in timed}
+        data_file = (Path(self.recipe.search.cache) if self.recipe.search and self.recipe.search.cache
+                     else self.out_dir / "cas") / f"data-{run.data_key}.npz"
+        if not data_file.exists():
+            save_data(data_file, {"evaluation": run.evaluation[:1]})
+        job = {"data": str(data_file), "threads": m.threads, "warmup": m.warmup, "runs": m.runs, "block": m.block,
+               "settle": m.settle, "pause_ms": m.pause_ms, "spinning": m.spinning, "memory": m.memory,
+               "seq_len": m.seq_len, "batch": m.batch, "models": {n: portable(a) for n, a in arts.items()}}
+        res = self.executor.measure(time_candidates, job).result()
+        by_name = {s.name: s for s, _ in run.stages}
+        feed = run.evaluation[0]
+        for name, samples in res["samples"].items():
+            st = LatencyStats.from_samples(samples)
+            stage = by_name[name]
+            run.samples[name] = tuple(st.samples)
+            stage.latency_ms = Latency(**st.to_dict(), runtime=timed[name].name, threads=m.threads, batch=m.batch,
+                                       shapes={k: list(v.shape) for k, v in feed.items()})
+            if name in res["peak_mb"]:
+                stage.peak_rss_mb = res["peak_mb"][name]
+        for name, why in res["errors"].items():
+            by_name[name].warnings.append(why)
+
+    def _preflight(self, run: RunState) -> None:
+        """Benchmark conditions that would inflate or hide gains (edgeopt.analyze.preflight), checked on the
+        baseline and the first file-backed stage, recorded on the baseline."""
+        m = self.recipe.measure
+        lines: list[str] = []
+        firsts = [run.stages[0][1]] + [a for _, a in run.stages[1:] if a.kind in ("onnx", "openvino")][:1]
+        for art in firsts:
+            for w in preflight(art, feed=run.evaluation[0], target=self.target, threads=m.threads,
+                               warmup=m.warmup, runs=m.runs, spinning=m.spinning):
+                if w not in lines:
+                    lines.append(w)
+        if lines:
+            run.stages[0][0].notes["preflight"] = lines
+
     def _measure_memory(self, run: RunState) -> None:
         """Peak RSS of each stage in a child process that loads it and runs the first evaluation feed."""
         threads, feed = self.recipe.measure.threads, run.evaluation[0]
@@ -417,6 +477,32 @@ class Pipeline:
             stage.warnings.append(why)
         run.ledger.best = best.name if best else None
         return best
+
+    def _diagnose(self, run: RunState) -> None:
+        """A diagnosis (edgeopt.analyze.diagnose) for every ONNX / OpenVINO stage that is not faster than its
+        parent beyond the measurement's spread: what changed per op, what ran in which precision, and the
+        hardware facts that explain it."""
+        m = self.recipe.measure
+        by = {s.name: (s, a) for s, a in run.stages}
+        per_turn = m.block - m.settle
+        profiles: dict[str, Any] = {}
+        for stage, art in run.stages[1:]:
+            if stage.status != "done" or stage.parent not in by:
+                continue
+            pstage, part = by[stage.parent]
+            a, b = run.samples.get(pstage.name), run.samples.get(stage.name)
+            if (not a or not b or len(a) != len(b) or len(a) % per_turn
+                    or {art.kind, part.kind} - {"onnx", "openvino"}):
+                continue
+            sp = latency.paired_speedup(a, b, per_turn=per_turn)
+            if sp.lo > 1:
+                continue
+            task = run.task(f"diagnosis ({stage.name} vs {pstage.name})", 1)
+            d = diagnose(part, art, self.target, feed=run.evaluation[0], threads=m.threads,
+                         speedup=(sp.ratio, sp.lo, sp.hi), spinning=m.spinning, stage_name=stage.name,
+                         parent_name=pstage.name, profile_cache=profiles)
+            stage.notes["diagnosis"] = d.to_dict()
+            run.advance(task)
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
         if best is not None:
@@ -491,12 +577,7 @@ def stage_artifact(stage: Stage) -> Artifact:
     """The model a finished file-backed stage (onnx / openvino) wrote, with the meta it ran with."""
     if not stage.artifact or stage.artifact.get("kind") not in ("onnx", "openvino") or not stage.artifact.get("path"):
         raise InputError(f"stage {stage.name}: no model file recorded")
-    path = Path(stage.artifact["path"])
-    if not path.exists():
-        raise InputError(f"stage {stage.name}: {path}: no such file")
-    meta = dict(stage.notes.get("meta", {}))
-    load = Artifact.from_onnx if stage.artifact["kind"] == "onnx" else Artifact.from_openvino
-    return load(path, meta=meta)
+    return file_artifact(stage.artifact, stage.notes.get("meta", {}))
 
 
 def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
@@ -534,19 +615,32 @@ def environment(target: Any) -> dict[str, Any]:
 
 def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None, target: str | None = None,
              out: str | Path = "runs/latest", resume: bool = False, console: Any = None,
-             progress: bool = True, data: str | None = None) -> RunResult:
+             progress: bool = True, data: str | None = None, search: dict[str, Any] | None = None,
+             executor: str = "local", ray_address: str | None = None) -> RunResult:
     """Run `recipe` (a Recipe, a YAML path, a bundled recipe name or a dict; default: the `auto` recipe, which
-    needs no data) on `model` into `out`.
+    searches the target's candidates and needs no data) on `model` into `out`.
 
     `model` is anything edgeopt.load.load_model accepts, or None for the recipe's model.source;
     `target` overrides the recipe's target; `data` (a data spec: an .npz, a .txt, zoo:…, random:N) overrides
-    the recipe's calibration and evaluation data. Returns the ledger and where the best model was copied.
+    the recipe's calibration and evaluation data; `search` overrides fields of the recipe's search section
+    (trials, minutes, train_minutes, families, …; a recipe without one gets one). `executor` is "local" or
+    "ray" (`ray_address`: an existing cluster; none starts a local one). Returns the ledger and where the best
+    model was copied.
     """
     r = _resolve_recipe(recipe)
-    if data is not None:
-        r = parse_recipe({**r.to_dict(), "data": {"calibration": data, "eval": data}})
+    if data is not None or search:
+        d = r.to_dict()
+        if data is not None:
+            d["data"] = {"calibration": data, "eval": data}
+        if search:
+            d["search"] = {**(d.get("search") or {}), **{k: v for k, v in search.items() if v is not None}}
+        r = parse_recipe(d)
     tgt = get_target(target or r.target)
-    return Pipeline(r, Path(out), tgt, console=console, progress=progress).run(model, resume=resume)
+    ex = make_executor(executor, address=ray_address, target=tgt.name)
+    try:
+        return Pipeline(r, Path(out), tgt, console=console, progress=progress, executor=ex).run(model, resume=resume)
+    finally:
+        ex.close()
 
 
 run_pipeline = optimize

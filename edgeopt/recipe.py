@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeopt.errors import RecipeError
 from edgeopt.measure.fidelity import GateSpec  # the gates' schema lives with the check that reads it
 from edgeopt.passes.base import build_pass
+from edgeopt.search.candidates import check_space
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -99,6 +100,26 @@ class PassStep(_Strict):
         return self
 
 
+class SearchSpec(_Strict):
+    """A recipe's `search:` section: which candidate families to explore and the budget (see edgeopt.search)."""
+
+    families: tuple[str, ...] = Field(default=(), description="candidate families; empty: every family the target allows")
+    trials: int = Field(default=16, ge=1, description="budget: trials measured (built, judged and timed)")
+    minutes: float | None = Field(default=None, gt=0, description="budget: wall-clock minutes for the search")
+    train_minutes: float = Field(default=0, ge=0, description="training budget: 0 leaves out structural candidates")
+    runs: int = Field(default=30, ge=6, description="timed calls per trial, interleaved with the root's")
+    space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict, description="per family: setting -> choices")
+    seed: int = 0
+    drop: bool = Field(default=True, description="drop a family after its first trial measures no gain")
+    cache: str | None = Field(default=None, description="the content-addressed stage cache (default OUT/cas): a "
+                                                        "folder every worker shares")
+
+    @model_validator(mode="after")
+    def _known_space(self) -> "SearchSpec":
+        check_space(self.families, self.space)
+        return self
+
+
 class Recipe(_Strict):
     model: ModelSpec | None = None
     target: str = "auto"
@@ -106,12 +127,13 @@ class Recipe(_Strict):
     passes: tuple[PassStep, ...] = ()
     measure: MeasureSpec = MeasureSpec()
     gates: GateSpec = GateSpec()
+    search: SearchSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _normalize_passes(cls, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise ValueError("a recipe is a mapping with keys model, target, data, passes, measure, gates")
+            raise ValueError("a recipe is a mapping with keys model, target, data, passes, measure, gates, search")
         raw = data.get("passes") or []
         if not isinstance(raw, (list, tuple)):
             raise ValueError("passes: expected a list of {pass.name: {config}} entries")

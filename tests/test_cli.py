@@ -165,11 +165,24 @@ def test_analyze_refuses_inconsistent_models(tmp_path, name):
 
 def test_optimize_any_onnx_without_a_recipe_or_data(tmp_path, tiny_mlp_onnx):
     out = tmp_path / "out"
-    res = runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(out)])
+    res = runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(out), "--trials", "2"])
     assert res.exit_code == 0, res.output
-    assert "int8" in res.output and (out / "ledger.json").exists()
+    assert "search from baseline: 2 trials" in res.output and "◆" in res.output
+    assert "ort-fp32" in res.output and (out / "ledger.json").exists()
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 3), np.float32))
     _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(tmp_path / "o2"),
                                         "--data", str(bad)]), "input 'x' has shape")
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--trials", "0"], "trials"),
+    (["--minutes", "0"], "minutes"),
+    (["--executor", "slurm"], "slurm"),
+    (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "127.0.0.1:1"),
+])
+def test_optimize_refuses_a_bad_budget_or_executor_in_one_line(tmp_path, tiny_mlp_onnx, args, match):
+    out = tmp_path / "out"
+    _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(out), *args]), match)
+    assert not out.exists()

@@ -274,15 +274,35 @@ def test_a_failed_parent_is_no_fallback():
     assert choose_best(stages[:1], kinds, {}) == (None, [])
 
 
+def _small_auto(**search):
+    """The bundled auto recipe with a small search and short timing (the test's budget)."""
+    from edgeopt.recipe import load_recipe
+
+    d = load_recipe("auto").to_dict()
+    d["measure"] = {"threads": 1, "warmup": 1, "runs": 6, "block": 3, "settle": 1, "pause_ms": 0, "memory": False,
+                    "energy": False, "fidelity_samples": 16}
+    d["search"] = {**d["search"], "families": ["ort-fp32", "ort-int8-dynamic"], "trials": 2, "runs": 6, **search}
+    return d
+
+
 def test_auto_recipe_needs_no_data_and_skips_the_export_for_onnx(tmp_path, tiny_mlp_onnx):
     """`edgeopt optimize model.onnx` used to stop at "zoo:sentences is text, but the model has no tokenizer"."""
-    res = optimize(tiny_mlp_onnx, out=tmp_path / "run", progress=False)  # the default recipe: auto
+    res = optimize(tiny_mlp_onnx, recipe=_small_auto(), out=tmp_path / "run", progress=False)
     led = res.ledger
-    assert [s.name for s in led.stages] == ["baseline", "simplified", "fused", "int8"]
     base = led.stage("baseline")
     assert any("onnx (convert.onnx) skipped" in n for n in base.notes["skipped_steps"])
     assert any("fidelity measured on random inputs" in w for w in base.warnings)
+    assert led.search["root"] == "baseline" and len(led.search["trials"]) == 2
+    front = led.search["front"]
+    assert front and [s.name for s in led.stages] == ["baseline", *front]
+    for name in front:  # the front's trials became stages, measured with the baseline
+        st = led.stage(name)
+        assert st.parent == "baseline" and st.latency_ms is not None and st.fidelity and st.notes["search"]["chain"]
     assert led.best is not None and all(s.fidelity for s in led.stages)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Search (2 trials from baseline" in md and "◆ front" in md
+    again = Ledger.load(tmp_path / "run")
+    assert again.search["front"] == front
 
 
 def test_auto_recipe_exports_torch_models_and_takes_user_data(tmp_path, tiny_mlp_torch):
@@ -290,7 +310,40 @@ def test_auto_recipe_exports_torch_models_and_takes_user_data(tmp_path, tiny_mlp
 
     feeds = tmp_path / "data.npz"
     np.savez(feeds, x=np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32))
-    res = optimize(tiny_mlp_torch, out=tmp_path / "run", progress=False, data=str(feeds))
+    res = optimize(tiny_mlp_torch, recipe=_small_auto(trials=1), out=tmp_path / "run", progress=False,
+                   data=str(feeds))
     assert [s.name for s in res.ledger.stages][:2] == ["baseline", "onnx"]
+    assert res.ledger.search["root"] == "onnx"
     assert res.ledger.recipe["data"] == {"calibration": str(feeds), "eval": str(feeds)}
     assert not any("random inputs" in w for w in res.ledger.stage("baseline").warnings)
+
+
+@pytest.mark.parametrize("measured, diagnosed", [((0.97, 0.9, 1.05), True), ((1.5, 1.4, 1.6), False)])
+def test_a_stage_not_faster_than_its_parent_gets_a_diagnosis(tmp_path, tiny_mlp_onnx, monkeypatch, measured, diagnosed):
+    import edgeopt.pipeline as pl
+    from edgeopt.measure.latency import Speedup
+
+    recipe = {"target": "auto", "data": {"calibration": "random:4", "eval": "random:4"},
+              "passes": [{"graph.quantize_dynamic": {"stage": "int8"}}],
+              "measure": {"threads": 1, "warmup": 1, "runs": 6, "block": 3, "settle": 1, "pause_ms": 0,
+                          "memory": False, "energy": False}}
+    monkeypatch.setattr(pl.latency, "paired_speedup", lambda *a, **k: Speedup(*measured))
+    res = optimize(tiny_mlp_onnx, recipe=recipe, out=tmp_path / "run", progress=False)
+    d = res.ledger.stage("int8").notes.get("diagnosis")
+    md = (tmp_path / "run" / "report.md").read_text()
+    if diagnosed:
+        assert d["parent"] == "baseline" and "0.97×" in d["summary"] and d["lines"]
+        assert any("int8" in x.lower() for x in d["lines"])  # what ran in which precision
+        assert "### Why int8 is not faster than baseline" in md
+    else:
+        assert d is None and "### Why" not in md
+
+
+def test_search_budget_and_families_are_checked_before_anything_is_written(tmp_path, tiny_mlp_onnx):
+    from edgeopt.errors import RecipeError
+
+    for bad, match in (({"trials": 0}, "trials"), ({"minutes": -1}, "minutes"),
+                       ({"families": ["ort-int9"]}, "unknown candidate family 'ort-int9'")):
+        with pytest.raises(RecipeError, match=match):
+            optimize(tiny_mlp_onnx, recipe=_small_auto(), search=bad, out=tmp_path / "bad", progress=False)
+        assert not (tmp_path / "bad").exists()

@@ -40,8 +40,71 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
 
 
 def choice_notes(ledger: Ledger) -> list[str]:
-    """Why a faster stage was not chosen (it did not beat its parent beyond the measurement's spread), one line each."""
-    return [f"{s.name}: {w}" for s in ledger.stages for w in s.warnings if w.startswith("not chosen:")]
+    """Why a faster stage was not chosen (it did not beat its parent beyond the measurement's spread) and why a
+    stage is not faster than its parent (its diagnosis), one line each."""
+    notes = [f"{s.name}: {w}" for s in ledger.stages for w in s.warnings if w.startswith("not chosen:")]
+    for s in ledger.stages:
+        d = s.notes.get("diagnosis")
+        if d:
+            notes.append(f"{s.name}: why no speed-up over {d.get('parent', s.parent)}: {d.get('summary', '')}")
+    for s in ledger.stages:
+        notes += [f"preflight: {w}" for w in s.notes.get("preflight", [])]
+    return notes
+
+
+SEARCH_COLUMNS = ("#", "candidate", "settings", "speedup", "95% interval", "fidelity", "size MB", "peak MB", "gate", "")
+
+
+def _settings(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
+
+
+def search_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """One dict per search trial: its figures against the search root, and whether it is on the front."""
+    rows = []
+    for r in (ledger.search or {}).get("trials", []):
+        done = r.get("status") == "done"
+        sp = r.get("speedup") or {}
+        gate = r.get("gate") or {}
+        rows.append({
+            "#": str(r["number"]), "candidate": r["label"], "settings": _settings(r.get("params", {})),
+            "speedup": f"{sp['ratio']:.2f}×" if done else "—",
+            "95% interval": f"{sp['lo']:.2f}–{sp['hi']:.2f}" if done else "—",
+            "fidelity": f"{r['fidelity_value']:.4f}" if done else "—",
+            "size MB": f"{r['size_mb']:.1f}" if done else "—",
+            "peak MB": f"{r['peak_mb']:.0f}" if done and r["peak_mb"] < 1e8 else "—",
+            "gate": ("pass" if gate.get("passed") else "FAIL") if done else "failed: " + str(r.get("error") or ""),
+            "": "◆ front" if r.get("front") else "",
+        })
+    return rows
+
+
+def search_notes(ledger: Ledger) -> list[str]:
+    """Families skipped for this target or dropped after measuring no gain, one line each."""
+    fams = (ledger.search or {}).get("families", {})
+    return [f"{name}: {why}" for name, why in fams.items() if why != "searched"]
+
+
+def render_search(ledger: Ledger):
+    """A rich Table of the search's trials (the front marked), with skipped/dropped families as its caption."""
+    from rich.table import Table
+
+    from rich import box
+
+    srch = ledger.search or {}
+    fid = "accuracy" if any(r.get("accuracy") for r in srch.get("trials", [])) else "mean cosine"
+    t = Table(title=f"search from {srch.get('root', '?')}: {len(srch.get('trials', []))} trials, front "
+                    f"{', '.join(srch.get('front', [])) or 'empty'}", title_justify="left", box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False, padding=(0, 1),
+              caption="\n".join([f"speedup over the search root, timed interleaved with it; fidelity = {fid}",
+                                  *search_notes(ledger)]), caption_justify="left")
+    for c in SEARCH_COLUMNS:
+        t.add_column(c, justify="right" if c in ("#", "speedup", "fidelity", "size MB", "peak MB") else "left",
+                     no_wrap=c not in ("settings", "gate"))
+    for row in search_rows(ledger):
+        style = "green" if row[""] else ("red" if row["gate"].startswith(("FAIL", "failed")) else "dim")
+        t.add_row(*[row[c] if len(row[c]) < 70 else row[c][:67] + "…" for c in SEARCH_COLUMNS], style=style)
+    return t
 
 
 def render_table(ledger: Ledger, title: str | None = None):
@@ -77,6 +140,21 @@ def to_markdown(ledger: Ledger) -> str:
     lines += ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "|".join("---" for _ in MD_COLUMNS) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in MD_COLUMNS) + " |")
+    for s in ledger.stages:
+        d = s.notes.get("diagnosis")
+        if d:
+            lines += ["", f"### Why {s.name} is not faster than {d.get('parent', s.parent)}", "", d.get("summary", "")]
+            lines += [f"- {x}" for x in d.get("lines", [])]
+    if ledger.search:
+        srch = ledger.search
+        lines += ["", f"## Search ({len(srch.get('trials', []))} trials from {srch.get('root')}; "
+                      f"front: {', '.join(srch.get('front', [])) or 'empty'})", "",
+                  "| " + " | ".join(c or "front" for c in SEARCH_COLUMNS) + " |",
+                  "|" + "|".join("---" for _ in SEARCH_COLUMNS) + "|"]
+        for r in search_rows(ledger):
+            lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in SEARCH_COLUMNS) + " |")
+        notes = search_notes(ledger)
+        lines += [""] + [f"- {n}" for n in notes]
     m = ledger.recipe.get("measure", {})
     env = ledger.environment
     lines += ["", f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "

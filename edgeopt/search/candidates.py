@@ -1,0 +1,239 @@
+"""Candidate families for a target: each a chain of passes with a small space of settings, or a recorded reason to skip it.
+
+A family is one way to make the model faster on the target (ONNX Runtime fp32 with fusions, its dynamic,
+static and mixed INT8, fp16, OpenVINO fp32 / bf16 / INT8, tuned sessions, and structural candidates that
+train). Its `space` maps each setting to its choices, the first choice being the default that the search
+tries first; `chain(params, info)` turns chosen settings into the (pass, config) steps that build it from
+the search's root model. `skip_reason(target, info, train_minutes)` says why the target's facts or the
+model rule the family out (bf16 without bf16 units, fp16 without fp16 arithmetic, a structural family
+without a training budget or for the wrong kind of model); a skipped family is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Chain = list[tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the families need to know about the model being searched."""
+
+    kind: str                    # the search root's kind: onnx (torch baselines are exported first)
+    baseline_kind: str           # torch or onnx: structural families need a torch baseline
+    transformer: bool = False    # attention (MatMul + Softmax) in the graph
+    conv: bool = False           # convolutions in the graph
+    labelled: bool = False       # the evaluation data has labels (a classifier)
+    source: str | None = None    # how the torch baseline was loaded (zoo:…, a folder)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One candidate family: its name, relative cost (cheap first), runtime, settings space and chain."""
+
+    name: str
+    cost: int
+    runtime: str
+    doc: str
+    space: dict[str, tuple[Any, ...]]
+    chain: Callable[[dict[str, Any], ModelInfo], Chain]
+    skip: Callable[[Any, ModelInfo, float], str | None] = lambda t, i, m: None
+    structural: bool = False
+    from_baseline: bool = False  # built from the torch baseline instead of the ONNX root
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.space.items()}
+
+    def size(self, space: dict[str, tuple[Any, ...]] | None = None) -> int:
+        n = 1
+        for v in (space or self.space).values():
+            n *= len(v)
+        return n
+
+    def combos(self, space: dict[str, tuple[Any, ...]] | None = None) -> list[dict[str, Any]]:
+        sp = space or self.space
+        keys = list(sp)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(sp[k] for k in keys))]
+
+
+def _isa(target: Any) -> set[str]:
+    return set(getattr(target, "isa", ()) or ())
+
+
+def _fuse(info: ModelInfo) -> dict[str, Any]:
+    return {"rules": "auto"}
+
+
+def _prefix(info: ModelInfo) -> Chain:
+    return [("graph.simplify", {}), ("graph.fuse", _fuse(info))]
+
+
+def _q(params: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: params[k] for k in keys if params.get(k) is not None}
+
+
+def _no_fp16(target: Any, info: ModelInfo, train: float) -> str | None:
+    isa = _isa(target)
+    if getattr(target, "device", "cpu") != "cpu":
+        return None
+    if "avx512_fp16" in isa or "fp16" in isa and getattr(target, "arch", "") == "arm64":
+        return None
+    return ("no fp16 arithmetic on this CPU (no AVX512-FP16 / ARM FP16): ONNX Runtime's CPU kernels would cast "
+            "every fp16 op back to fp32")
+
+
+def _no_bf16(target: Any, info: ModelInfo, train: float) -> str | None:
+    isa = _isa(target)
+    if {"avx512_bf16", "amx_bf16"} & isa or "bf16" in isa:
+        return None
+    return "no bf16 units (no AVX512-BF16 / AMX-BF16): OpenVINO would emulate bf16 in fp32, slower than fp32"
+
+
+def _no_openvino(target: Any, info: ModelInfo, train: float) -> str | None:
+    runtimes = getattr(target, "runtimes", {}) or {}
+    if "openvino" not in runtimes:
+        return "OpenVINO is not installed (pip install edgeopt[openvino])"
+    if getattr(target, "arch", "x86_64") not in ("x86_64", "arm64"):
+        return f"OpenVINO's CPU plugin does not run on {getattr(target, 'arch', '?')}"
+    return None
+
+
+def _ov_bf16_skip(target: Any, info: ModelInfo, train: float) -> str | None:
+    return _no_openvino(target, info, train) or _no_bf16(target, info, train)
+
+
+def _structural_skip(kind: str) -> Callable[[Any, ModelInfo, float], str | None]:
+    def skip(target: Any, info: ModelInfo, train: float) -> str | None:
+        if train <= 0:
+            return "needs a training budget (search.train_minutes > 0 in the recipe, --train-minutes)"
+        if info.baseline_kind != "torch" or not info.source:
+            return "needs the PyTorch model (a zoo: name or a Hugging Face folder), not an ONNX file"
+        if kind == "transformer" and not info.transformer:
+            return "the model has no attention layers"
+        if kind == "cnn" and not (info.conv and info.labelled):
+            return "needs a convolutional classifier with labelled data"
+        return None
+    return skip
+
+
+def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
+    """Attention heads and FFN neurons pruned, then distilled from the original on generated sentences."""
+    prune: dict[str, Any] = {"sparsity": params["heads"], "recover": "none"}
+    if params.get("ffn"):
+        prune["ffn_sparsity"] = params["ffn"]
+    return [("prune.heads", prune),
+            ("distill", {"loss": "cosine", "train": {"epochs": params["epochs"]}}),
+            ("convert.onnx", {}), *_prefix(info)]
+
+
+def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
+    return [("prune.channels", {"sparsity": params["sparsity"], "train": {"epochs": params["epochs"]}}),
+            ("convert.onnx", {}), ("graph.simplify", {})]
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("ort-fp32", 1, "onnxruntime", "ONNX Runtime fp32: onnxslim simplification, then the fusion rules and "
+           "ORT's transformer optimizer", {"ort_transformer": ("auto", False)},
+           lambda p, i: [("graph.simplify", {}), ("graph.fuse", {"rules": "auto",
+                                                                  "ort_transformer": p["ort_transformer"]})]),
+    Family("ort-int8-dynamic", 2, "onnxruntime", "ONNX Runtime dynamic INT8 (weights int8, activations "
+           "quantized at run time) in the target's format; optionally the most sensitive layers kept float",
+           {"per_channel": (None, True, False), "exclude_sensitive": (None, 0.998, 0.999)},
+           lambda p, i: [*_prefix(i), ("graph.quantize_dynamic", _q(p, "per_channel", "exclude_sensitive"))]),
+    Family("ort-int8-static", 3, "onnxruntime", "ONNX Runtime static INT8 (QDQ, activation scales calibrated on "
+           "the calibration data)", {"method": ("minmax", "percentile", "entropy"), "per_channel": (None, True)},
+           lambda p, i: [("graph.simplify", {}), ("graph.quantize_static", _q(p, "method", "per_channel"))]),
+    Family("ort-int8-mixed", 4, "onnxruntime", "ONNX Runtime INT8 with the layers that most hurt fidelity kept in "
+           "float until a fidelity target holds", {"min_mean_cosine": (0.996, 0.999)},
+           lambda p, i: [*_prefix(i), ("graph.quantize_mixed", {"min_mean_cosine": p["min_mean_cosine"]})]),
+    Family("ort-fp16", 2, "onnxruntime", "ONNX Runtime fp16 (inputs and outputs kept fp32)", {"keep_io_types": (True,)},
+           lambda p, i: [*_prefix(i), ("graph.fp16", {"keep_io_types": True})], skip=_no_fp16),
+    Family("ort-tuned", 5, "onnxruntime", "ONNX Runtime fp32 with intra-op threads and graph optimization level "
+           "chosen by timing (session.tune)", {"levels": ("extended,all", "basic,extended,all")},
+           lambda p, i: [*_prefix(i), ("session.tune", {"levels": p["levels"].split(",")})]),
+    Family("ov-fp32", 2, "openvino", "OpenVINO fp32 (static shapes compile to specialized kernels)",
+           {"static_shapes": (True, False)},
+           lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "f32",
+                                                                        "static_shapes": p["static_shapes"]})],
+           skip=_no_openvino),
+    Family("ov-bf16", 2, "openvino", "OpenVINO bf16 inference precision", {"static_shapes": (True,)},
+           lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "bf16",
+                                                                        "static_shapes": p["static_shapes"]})],
+           skip=_ov_bf16_skip),
+    Family("ov-int8", 3, "openvino", "OpenVINO INT8 through NNCF post-training quantization (transformer model "
+           "type for transformers)", {"preset": ("mixed", "performance")},
+           lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "auto", "static_shapes": True}),
+                         ("openvino.quantize", {"preset": p["preset"], "model_type": "auto"})],
+           skip=_no_openvino),
+    Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
+           "distilled from the original on the calibration data, then exported and fused",
+           {"heads": (0.25, 0.5), "ffn": (0.0, 0.25), "epochs": (3,)}, _heads_chain,
+           skip=_structural_skip("transformer"), structural=True, from_baseline=True),
+    Family("structural-channels", 20, "onnxruntime", "channels pruned from the PyTorch CNN and fine-tuned, then exported",
+           {"sparsity": (0.3, 0.5), "epochs": (3,)}, _channels_chain,
+           skip=_structural_skip("cnn"), structural=True, from_baseline=True),
+)}
+
+
+def model_info(root: Any, baseline: Any, labelled: bool) -> ModelInfo:
+    """ModelInfo of the search root (an ONNX artifact) and the baseline it came from."""
+    ops: set[str] = set()
+    if getattr(root, "kind", None) == "onnx" and root.path is not None:
+        import onnx  # lazy: keeps the family table importable without onnx
+
+        m = onnx.load(str(root.path), load_external_data=False)
+        ops = {n.op_type for n in m.graph.node}
+    transformer = bool({"Attention", "MultiHeadAttention"} & ops) or ({"Softmax"} <= ops and bool({"MatMul", "Einsum"} & ops))
+    return ModelInfo(kind=getattr(root, "kind", "onnx"), baseline_kind=getattr(baseline, "kind", "onnx"),
+                     transformer=transformer, conv=bool({"Conv", "ConvInteger", "QLinearConv"} & ops),
+                     labelled=labelled, source=(getattr(baseline, "meta", {}) or {}).get("source"))
+
+
+@dataclass
+class Plan:
+    """The families a search will explore on this target and model, and those skipped with the reason."""
+
+    families: list[Family]
+    spaces: dict[str, dict[str, tuple[Any, ...]]]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def plan(target: Any, info: ModelInfo, names: tuple[str, ...] = (), space: dict[str, dict[str, list[Any]]] | None = None,
+         train_minutes: float = 0) -> Plan:
+    """The families to search (all, or `names`), cheapest first, with `space` overriding their settings."""
+    chosen = [FAMILIES[n] for n in names] if names else list(FAMILIES.values())
+    keep, skipped, spaces = [], {}, {}
+    for fam in sorted(chosen, key=lambda f: (f.cost, f.name)):
+        why = fam.skip(target, info, train_minutes)
+        if why:
+            skipped[fam.name] = why
+            continue
+        keep.append(fam)
+        spaces[fam.name] = {**fam.space, **{k: tuple(v) for k, v in (space or {}).get(fam.name, {}).items()}}
+    return Plan(keep, spaces, skipped)
+
+
+def check_space(names: tuple[str, ...], space: dict[str, dict[str, list[Any]]]) -> None:
+    """ValueError naming the first unknown family, unknown setting or setting value no pass config accepts."""
+    from edgeopt.passes.base import build_pass  # lazy: the pass registry imports every pass module
+
+    for n in [*names, *space]:
+        if n not in FAMILIES:
+            raise ValueError(f"unknown candidate family {n!r}; known: {', '.join(FAMILIES)}")
+    info = ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, conv=True, labelled=True, source="zoo:x")
+    for n, settings in space.items():
+        fam = FAMILIES[n]
+        for k, choices in settings.items():
+            if k not in fam.space:
+                raise ValueError(f"family {n}: unknown setting {k!r}; known: {', '.join(fam.space) or 'none'}")
+            if not isinstance(choices, (list, tuple)) or not choices:
+                raise ValueError(f"family {n}: setting {k!r} needs a non-empty list of choices")
+            for c in choices:
+                for pname, cfg in fam.chain({**fam.defaults(), k: c}, info):
+                    try:
+                        build_pass(pname, cfg)
+                    except Exception as e:
+                        raise ValueError(f"family {n}: {k}={c!r} is not a valid {pname} config ({e})") from None

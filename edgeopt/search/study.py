@@ -1,0 +1,340 @@
+"""The candidate search: an Optuna study over the target's candidate families, with gates as constraints and a front.
+
+Each trial picks a family and its settings (Optuna's multi-objective TPE sampler, seeded; every family's
+default settings are enqueued first, cheapest family first), builds the candidate through the executor's
+build tasks, times it interleaved against the search root on a node of the target (a measure task), and
+tells the study four objectives: latency (ms, from the paired speedup over the root), fidelity (accuracy
+with labels, else mean cosine; maximized), size (MB) and peak memory (MB). A trial that fails its gates is
+infeasible (Optuna's constraints). A family whose first trial measures no gain on this target (not faster
+beyond the spread, not ≥10 % smaller, not ≥10 % less memory) is dropped: its later proposals are pruned
+without building anything. A trial that crashes is recorded as failed with its error and the search goes
+on. Trials live in an Optuna journal file in OUT/search/, so an interrupted search keeps its finished
+trials and `--resume` continues it; built stages live in the content-addressed stage cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt.artifact import Artifact
+from edgeopt.errors import EdgeoptError, InputError
+from edgeopt.extras import require
+from edgeopt.measure.latency import paired_speedup
+from edgeopt.search import candidates
+from edgeopt.search.tasks import build_candidate, save_data, time_candidates
+from edgeopt.steps import first_line, portable
+
+STUDY = "edgeopt-search"
+OBJECTIVES = ("latency_ms", "fidelity", "size_mb", "peak_mb")
+DIRECTIONS = ("minimize", "maximize", "minimize", "minimize")
+NO_GAIN_SHARE = 0.9  # a family gains when it is faster beyond the spread, or this share of the root's size/memory or less
+UNMEASURED = 1e9     # the objective value of a figure that could not be measured (never on the front by it)
+
+
+@dataclass
+class SearchInput:
+    """What the pipeline hands the search: the root model (ONNX, after the recipe's fixed steps), the baseline,
+    the run's data with the baseline's reference outputs, and the settings."""
+
+    root: Artifact
+    root_name: str
+    baseline: Artifact
+    calibration: list[dict[str, Any]]
+    evaluation: list[dict[str, Any]]
+    labels: list[Any] | None
+    reference: list[Any]
+    data_key: str
+    target: Any
+    measure: Any     # recipe MeasureSpec
+    gates: Any       # GateSpec
+    spec: Any        # recipe SearchSpec
+    out_dir: Path
+    executor: Any
+    console: Any = None
+    progress: Any = None
+    resume: bool = False
+
+
+@dataclass
+class SearchResult:
+    """Every trial's record, the front (feasible and not dominated), and each family's fate."""
+
+    trials: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    families: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """`a` is no worse than `b` in every objective (all minimized) and better in one."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def front_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feasible records no other feasible record dominates over OBJECTIVES (fidelity maximized).
+
+    Written here (a few lines) rather than read from `study.best_trials` so that the same rule applies to
+    the final stages' measurements, which Optuna never sees."""
+    ok = [r for r in records if r.get("status") == "done" and (r.get("gate") or {}).get("passed")]
+    key = {id(r): objective_key(r) for r in ok}
+    return [r for r in ok if not any(dominates(key[id(o)], key[id(r)]) for o in ok if o is not r)]
+
+
+def objective_key(r: dict[str, Any]) -> tuple[float, ...]:
+    return (r["latency_ms"], -r["fidelity_value"], r["size_mb"], r["peak_mb"])
+
+
+def _sampler(optuna: Any, seed: int, startup: int) -> Any:
+    """Optuna's multi-objective TPE sampler, seeded; `group` models each family's settings apart (they are
+    conditional on the family). Trials set their gates as a constraint (Trial.set_constraint)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
+
+
+class Search:
+    """One search run (see the module docstring)."""
+
+    def __init__(self, inp: SearchInput):
+        self.inp = inp
+        spec = inp.spec
+        self.info = candidates.model_info(inp.root, inp.baseline, labelled=bool(inp.labels))
+        self.plan = candidates.plan(inp.target, self.info, tuple(spec.families), dict(spec.space), spec.train_minutes)
+        self.cache = Path(spec.cache) if spec.cache else inp.out_dir / "cas"
+        self.folder = inp.out_dir / "search"
+        self.data_file = self.cache / f"data-{inp.data_key}.npz"
+        self.families = {n: f"skipped: {why}" for n, why in self.plan.skipped.items()}
+        self.dropped: dict[str, str] = {}
+        self.records: list[dict[str, Any]] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.inp.console is not None:
+            self.inp.console.print(msg)
+
+    def _job_base(self) -> dict[str, Any]:
+        m = self.inp.measure
+        return {"cache": str(self.cache), "data": str(self.data_file), "data_key": self.inp.data_key,
+                "target": self.inp.target.to_dict(), "measure": m.model_dump(mode="json"),
+                "gates": self.inp.gates.model_dump(exclude_none=True), "threads": m.threads,
+                "seq_len": m.seq_len, "batch": m.batch}
+
+    def _study(self, optuna: Any) -> Any:
+        """The Optuna study in OUT/search/journal.log: continued with --resume when it searched the same root,
+        data and families; otherwise started afresh."""
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        journal = self.folder / "journal.log"
+        identity = {"root": self.inp.root.sha256, "data": self.inp.data_key,
+                    "families": [f.name for f in self.plan.families],
+                    "spaces": json.dumps(self.plan.spaces, sort_keys=True, default=str)}
+        if journal.exists() and self.inp.resume:
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+            try:
+                study = optuna.load_study(study_name=STUDY, storage=storage)
+                if study.user_attrs.get("identity") == identity:
+                    return study
+                self._say("[dim]search: the earlier search used another model, data or space; starting afresh[/dim]")
+            except KeyError:
+                pass
+        if journal.exists():
+            journal.unlink()
+        for lock in self.folder.glob("journal.log*"):
+            lock.unlink() if lock.is_file() else shutil.rmtree(lock, ignore_errors=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        sampler = _sampler(optuna, self.inp.spec.seed, len(self.plan.families))
+        study = optuna.create_study(study_name=STUDY, storage=storage, directions=list(DIRECTIONS), sampler=sampler)
+        study.set_user_attr("identity", identity)
+        for fam in self.plan.families:  # cheapest first: every family's defaults before any sampled setting
+            study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in fam.defaults().items()}})
+        return study
+
+    def _sampler_of(self, optuna: Any, study: Any) -> None:
+        """A loaded study gets the same seeded sampler (samplers are not stored in the journal)."""
+        study.sampler = _sampler(optuna, self.inp.spec.seed, len(self.plan.families))
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        optuna = require("optuna", "the candidate search")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        spec = self.inp.spec
+        if not self.plan.families:
+            return self._result()
+        if not self.data_file.exists():
+            save_data(self.data_file, {"calibration": self.inp.calibration, "evaluation": self.inp.evaluation,
+                                       "reference": self.inp.reference, "labels": self.inp.labels or []})
+        study = self._study(optuna)
+        self._sampler_of(optuna, study)
+        self._restore(optuna, study)
+        names = [f.name for f in self.plan.families]
+        t0, asks, cap = time.monotonic(), 0, 4 * spec.trials + 40
+        task = self.inp.progress.add_task("search", total=spec.trials) if self.inp.progress else None
+        self._progress(task)
+        seen = {(r["family"], json.dumps(r["params"], sort_keys=True)) for r in self.records}
+        while self._counted() < spec.trials and asks < cap and not self._exhausted(seen):
+            if spec.minutes is not None and time.monotonic() - t0 > spec.minutes * 60:
+                self._say(f"search: time budget of {spec.minutes:g} min reached")
+                break
+            asks += 1
+            trial = study.ask()
+            family = trial.suggest_categorical("family", names)
+            params = {k: trial.suggest_categorical(f"{family}.{k}", list(v))
+                      for k, v in self.plan.spaces[family].items()}
+            sig = (family, json.dumps(params, sort_keys=True))
+            if family in self.dropped or sig in seen:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            seen.add(sig)
+            try:
+                rec = self._evaluate(trial.number, family, params)
+            except KeyboardInterrupt:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            trial.set_user_attr("record", rec)
+            if rec["status"] == "done":
+                trial.set_constraint("gates", 0.0 if rec["gate"]["passed"] else 1.0)
+                study.tell(trial, [rec[k] if k != "fidelity" else rec["fidelity_value"] for k in OBJECTIVES])
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.records.append(rec)
+            self._after(rec)
+            self._progress(task)
+        if task is not None:
+            self.inp.progress.update(task, visible=False)
+        return self._result()
+
+    def _restore(self, optuna: Any, study: Any) -> None:
+        """Records of an earlier run's finished trials; trials it left running (interrupted) become failed."""
+        for t in study.trials:
+            if t.state == optuna.trial.TrialState.RUNNING:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            rec = t.user_attrs.get("record")
+            if rec and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
+                self.records.append(rec)
+                self._after(rec, quiet=True)
+        if self.records:
+            self._say(f"search: resumed with {len(self.records)} finished trial(s)")
+
+    def _counted(self) -> int:
+        return sum(1 for r in self.records if r["status"] in ("done", "failed"))
+
+    def _exhausted(self, seen: set[tuple[str, str]]) -> bool:
+        for fam in self.plan.families:
+            if fam.name in self.dropped:
+                continue
+            if sum(1 for f, _ in seen if f == fam.name) < fam.size(self.plan.spaces[fam.name]):
+                return False
+        return True
+
+    def _progress(self, task: Any) -> None:
+        if task is None:
+            return
+        front = front_of(self.records)
+        best = min(front, key=lambda r: r["latency_ms"], default=None)
+        desc = f"search: {self._counted()}/{self.inp.spec.trials} trials · front {len(front)}"
+        if best:
+            desc += f" · best {best['speedup']['ratio']:.2f}× ({best['label']})"
+        self.inp.progress.update(task, completed=self._counted(), description=desc)
+
+    def _evaluate(self, number: int, family: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Build, judge and time one candidate; any error becomes a failed record."""
+        fam = candidates.FAMILIES[family]
+        chain = fam.chain(params, self.info)
+        label = family if not any(r["family"] == family for r in self.records) else f"{family}-{number}"
+        rec: dict[str, Any] = {"number": number, "family": family, "label": label, "params": params,
+                               "chain": [[p, c] for p, c in chain], "status": "failed", "error": None}
+        t0 = time.perf_counter()
+        start = self.inp.baseline if fam.from_baseline else self.inp.root
+        try:
+            job = {**self._job_base(), "start": portable(start), "chain": chain}
+            built = self.inp.executor.build(build_candidate, job).result()
+            rec.update(artifact=built["artifact"], steps=built["steps"], fidelity=built["fidelity"],
+                       gate=built["gate"], accuracy=built.get("accuracy"))
+            m, s = self.inp.measure, self.inp.spec
+            tjob = {"data": str(self.data_file), "cache": str(self.cache), "threads": m.threads, "warmup": m.warmup,
+                    "runs": s.runs, "block": m.block, "settle": m.settle, "pause_ms": m.pause_ms,
+                    "spinning": m.spinning, "memory": m.memory, "seq_len": m.seq_len, "batch": m.batch,
+                    "models": {"root": portable(self.inp.root), "candidate": built["artifact"]}}
+            timed = self.inp.executor.measure(time_candidates, tjob).result()
+            if "candidate" in timed["errors"] and "candidate" not in timed["samples"]:
+                raise InputError(timed["errors"]["candidate"])
+            sp = paired_speedup(timed["samples"]["root"], timed["samples"]["candidate"], per_turn=timed["per_turn"])
+            root_ms = float(sorted(timed["samples"]["root"])[len(timed["samples"]["root"]) // 2])
+            if not self._root():
+                self._root_figures(root_ms, timed["peak_mb"].get("root"))
+            fid = rec["fidelity"]
+            rec.update(status="done", speedup={"ratio": sp.ratio, "lo": sp.lo, "hi": sp.hi},
+                       latency_ms=self._root()["latency_ms"] / sp.ratio,
+                       size_mb=built["artifact"]["size_bytes"] / 1e6,
+                       peak_mb=timed["peak_mb"].get("candidate", UNMEASURED),
+                       fidelity_value=(rec["accuracy"] or {}).get("top1", fid["mean_cosine"]) if rec.get("accuracy")
+                       else fid["mean_cosine"])
+            if "candidate" in timed["errors"]:
+                rec.setdefault("warnings", []).append(timed["errors"]["candidate"])
+        except KeyboardInterrupt:
+            raise
+        except EdgeoptError as e:
+            rec["error"] = str(e)
+        except Exception as e:  # a crash inside a trial is recorded and the search goes on
+            rec["error"] = f"{e.__class__.__name__}: {first_line(e)}"
+        rec["duration_s"] = round(time.perf_counter() - t0, 2)
+        return rec
+
+    def _root(self) -> dict[str, Any]:
+        return getattr(self, "_root_fig", {}) or {}
+
+    def _root_figures(self, latency_ms: float, peak_mb: float | None) -> None:
+        self._root_fig = {"latency_ms": latency_ms, "size_mb": self.inp.root.size_bytes / 1e6,
+                          "peak_mb": peak_mb if peak_mb is not None else UNMEASURED}
+
+    def _after(self, rec: dict[str, Any], quiet: bool = False) -> None:
+        """Print the trial, and drop its family when it was the family's first and measured no gain."""
+        if rec["status"] == "done" and not self._root():
+            self._root_figures(rec["latency_ms"] * rec["speedup"]["ratio"], None)
+        fam = rec["family"]
+        first = sum(1 for r in self.records if r["family"] == fam) == 1
+        if rec["status"] == "done":
+            sp, root = rec["speedup"], self._root()
+            faster = sp["lo"] > 1.0
+            smaller = rec["size_mb"] <= NO_GAIN_SHARE * root["size_mb"]
+            leaner = rec["peak_mb"] <= NO_GAIN_SHARE * root["peak_mb"] if root["peak_mb"] < UNMEASURED else False
+            if first and self.inp.spec.drop and not (faster or smaller or leaner) and fam not in self.dropped:
+                self.dropped[fam] = (f"dropped after trial {rec['number']}: {sp['ratio']:.2f}× the root "
+                                     f"(95% {sp['lo']:.2f}–{sp['hi']:.2f}), size {rec['size_mb'] / root['size_mb']:.2f}×, "
+                                     "no gain on this target")
+            if not quiet:
+                gate = "pass" if rec["gate"]["passed"] else "FAIL"
+                self._say(f"  trial {rec['number']:>2} {rec['label']:<22} {sp['ratio']:.2f}× ({sp['lo']:.2f}–{sp['hi']:.2f})"
+                          f"  fidelity {rec['fidelity_value']:.4f} {gate}  {rec['size_mb']:.1f} MB"
+                          + (f"  [dim]{self.dropped[fam]}[/dim]" if fam in self.dropped and first else ""))
+        elif not quiet:
+            self._say(f"  trial {rec['number']:>2} {rec['label']:<22} [red]failed[/red]: {rec['error']}")
+
+    def _result(self) -> SearchResult:
+        front = front_of(self.records)
+        for fam in self.plan.families:
+            self.families[fam.name] = self.dropped.get(fam.name, "searched")
+        on_front = {r["number"] for r in front}
+        for r in self.records:
+            r["front"] = r["number"] in on_front
+        summary = {"trials": self.records, "front": [r["label"] for r in front], "families": self.families,
+                   "budget": {"trials": self.inp.spec.trials, "minutes": self.inp.spec.minutes,
+                              "train_minutes": self.inp.spec.train_minutes},
+                   "seed": self.inp.spec.seed, "root": self.inp.root_name, "root_figures": self._root(),
+                   "executor": getattr(self.inp.executor, "name", "local"),
+                   "objectives": list(OBJECTIVES), "cache": str(self.cache)}
+        return SearchResult(trials=self.records, front=front, families=self.families, summary=summary)
+
+
+def run_search(inp: SearchInput) -> SearchResult:
+    """Search the candidates for `inp.target` from `inp.root` (see the module docstring)."""
+    return Search(inp).run()

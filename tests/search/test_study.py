@@ -1,0 +1,143 @@
+"""The search: trials built, judged and timed, the front, dropped families, crashes recorded, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeopt.recipe import MeasureSpec, SearchSpec
+from edgeopt.measure.fidelity import GateSpec
+from edgeopt.search import study as study_mod
+from edgeopt.search.study import SearchInput, dominates, front_of, run_search
+from edgeopt.target import get_target
+
+
+class Inline:
+    """Runs tasks in this process (the local executor's behaviour), counting them."""
+
+    name, slots = "inline", 1
+
+    def __init__(self):
+        self.log = []
+
+    def _run(self, kind, fn, *a, **k):
+        self.log.append((kind, fn.__name__))
+
+        class Done:
+            def __init__(self, fn, a, k):
+                try:
+                    self.value, self.exc = fn(*a, **k), None
+                except BaseException as e:  # noqa: BLE001 - re-raised by result()
+                    self.value, self.exc = None, e
+
+            def result(self, timeout=None):
+                if self.exc:
+                    raise self.exc
+                return self.value
+
+            def done(self):
+                return True
+
+        return Done(fn, a, k)
+
+    def build(self, fn, *a, **k):
+        return self._run("build", fn, *a, **k)
+
+    def measure(self, fn, *a, **k):
+        return self._run("measure", fn, *a, **k)
+
+    def close(self):
+        pass
+
+
+def _input(tmp_path, art, feeds, spec, executor=None, resume=False):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(art.path))
+    ref = [sess.run(None, f)[0] for f in feeds]
+    return SearchInput(root=art, root_name="baseline", baseline=art, calibration=feeds, evaluation=feeds, labels=None,
+                       reference=ref, data_key="k" + str(len(feeds)), target=get_target("auto"),
+                       measure=MeasureSpec(threads=1, warmup=1, runs=6, memory=False, block=3, settle=1, pause_ms=0),
+                       gates=GateSpec(mean_cosine=0.9), spec=spec, out_dir=tmp_path, executor=executor or Inline(),
+                       resume=resume)
+
+
+def test_search_builds_judges_and_times_each_trial_and_keeps_a_front(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=3, runs=6, drop=False)
+    ex = Inline()
+    res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, ex))
+    assert 1 <= len(res.trials) <= 3
+    first = [r["family"] for r in res.trials[:2]]
+    assert first == ["ort-fp32", "ort-int8-dynamic"]  # every family's defaults first, cheapest first
+    for r in res.trials:
+        assert r["status"] == "done", r.get("error")
+        assert r["speedup"]["lo"] <= r["speedup"]["ratio"] <= r["speedup"]["hi"]
+        assert 0.9 < r["fidelity_value"] <= 1.0 + 1e-6
+        assert Path(r["artifact"]["path"]).is_file()
+    int8 = next(r for r in res.trials if r["family"] == "ort-int8-dynamic")
+    fp32 = next(r for r in res.trials if r["family"] == "ort-fp32")
+    assert int8["size_mb"] < fp32["size_mb"]
+    assert any(op in json.dumps(int8["steps"]) for op in ("quantize_dynamic",))
+    assert res.front and all(r["gate"]["passed"] for r in res.front)
+    assert any(r["family"] == "ort-int8-dynamic" for r in res.front)  # only an int8 trial can dominate an int8 trial
+    kinds = [k for k, _ in ex.log]
+    assert kinds.count("build") == len(res.trials) and kinds.count("measure") == len(res.trials)
+    assert (tmp_path / "search" / "journal.log").is_file() and (tmp_path / "cas").is_dir()
+
+
+def test_a_crashing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, monkeypatch):
+    real = study_mod.build_candidate
+
+    def flaky(job):
+        if any(p == "graph.quantize_dynamic" for p, _ in job["chain"]):
+            raise RuntimeError("kernel exploded\nsecond line")
+        return real(job)
+
+    monkeypatch.setattr(study_mod, "build_candidate", flaky)
+    spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+    res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec))
+    failed = [r for r in res.trials if r["status"] == "failed"]
+    assert failed and failed[0]["error"] == "RuntimeError: kernel exploded"
+    assert any(r["status"] == "done" for r in res.trials)
+    assert all(r["status"] == "done" for r in res.front)
+
+
+def test_resume_keeps_finished_trials_and_builds_nothing_twice(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+    run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec))
+    ex = Inline()
+    more = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=3, runs=6, drop=False)
+    res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, more, ex, resume=True))
+    assert [r["number"] for r in res.trials[:2]] == [0, 1]
+    assert len(res.trials) == 3 and len([k for k, _ in ex.log if k == "build"]) == 1  # only the new trial ran
+    fresh = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, Inline(), resume=False))
+    assert all(st["cached"] for r in fresh.trials for st in r["steps"])  # the stage cache already holds them
+
+
+def test_a_family_without_gain_is_dropped_after_its_first_trial(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    s = study_mod.Search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds,
+                                SearchSpec(families=("ort-fp32",), trials=2, runs=6)))
+    s._root_figures(10.0, 100.0)
+    rec = {"number": 0, "family": "ort-fp32", "label": "ort-fp32", "status": "done", "params": {},
+           "speedup": {"ratio": 1.01, "lo": 0.97, "hi": 1.05}, "latency_ms": 9.9, "size_mb": 1.0 * s._root()["size_mb"],
+           "peak_mb": 100.0, "fidelity_value": 1.0, "gate": {"passed": True}}
+    s.records.append(rec)
+    s._after(rec)
+    assert "no gain on this target" in s.dropped["ort-fp32"] and "0.97–1.05" in s.dropped["ort-fp32"]
+    faster = {**rec, "family": "ort-int8-dynamic", "speedup": {"ratio": 1.4, "lo": 1.3, "hi": 1.5}}
+    s.records.append(faster)
+    s._after(faster)
+    assert "ort-int8-dynamic" not in s.dropped
+
+
+def test_front_keeps_only_feasible_undominated_trials():
+    def r(n, lat, fid, size, passed=True):
+        return {"number": n, "status": "done", "gate": {"passed": passed}, "latency_ms": lat, "fidelity_value": fid,
+                "size_mb": size, "peak_mb": 10.0}
+
+    recs = [r(0, 10, 1.0, 90), r(1, 5, 0.99, 25), r(2, 6, 0.98, 30), r(3, 1, 0.5, 1, passed=False)]
+    assert [x["number"] for x in front_of(recs)] == [0, 1]
+    assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (2, 1)) and not dominates((1, 1), (1, 1))
