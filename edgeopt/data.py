@@ -252,13 +252,24 @@ def _fixed(d: int | str, default: int) -> int:
     return d if isinstance(d, int) else int(default)
 
 
-def image_feeds(rest: str, art: Artifact, batch: int, default_slice: slice, seed: int, what: str) -> list[Feed]:
-    """`zoo:images<rest>` as feeds of the model's image input: sized and normalized as its folder's
-    preprocessor says (else 224×224, ImageNet's mean/std), its other inputs filled."""
+@dataclass(frozen=True)
+class ImagePlan:
+    """How zoo:images fills a model's image input: its name, layout, size and the preprocessor's settings."""
+
+    name: str
+    layout: str
+    channels: int
+    height: int
+    width: int
+    settings: dict[str, Any]
+
+
+def image_plan(art: Artifact) -> ImagePlan | None:
+    """The pictures a model's image input takes (fixed dims as they are; dynamic ones from its folder's
+    preprocessor or config, else 224×224 and 3 channels); None without an image input."""
     md = model_data(art)
-    if md.kind != "image":
-        raise InputError(f"{what}: zoo:images is pictures, but the model has no image input "
-                         "(a float input of rank 4 with 1 or 3 channels)")
+    if md.kind != "image" or md.name is None or md.layout is None:
+        return None
     t = next(x for x in art.input_spec.inputs if x.name == md.name)
     st = images.preprocessor(model_folder(art))
     h0, w0 = st.get("size", (images.DEFAULT_SIZE, images.DEFAULT_SIZE))
@@ -266,57 +277,120 @@ def image_feeds(rest: str, art: Artifact, batch: int, default_slice: slice, seed
         c, h, w = _fixed(t.shape[1], st.get("channels", 3)), _fixed(t.shape[2], h0), _fixed(t.shape[3], w0)
     else:
         h, w, c = _fixed(t.shape[1], h0), _fixed(t.shape[2], w0), _fixed(t.shape[3], st.get("channels", 3))
+    return ImagePlan(t.name, md.layout, c, h, w, st)
+
+
+def image_feeds(rest: str, art: Artifact, batch: int, default_slice: slice, seed: int, what: str) -> list[Feed]:
+    """`zoo:images<rest>` as feeds of the model's image input: sized and normalized as its folder's
+    preprocessor says (else 224×224, ImageNet's mean/std), its other inputs filled."""
+    plan = image_plan(art)
+    if plan is None:
+        raise InputError(f"{what}: zoo:images is pictures, but the model has no image input "
+                         "(a float input of rank 4 with 1 or 3 channels)")
     try:
-        x = images.samples(rest, default_slice, h, w, c, st, md.layout)
+        x = images.samples(rest, default_slice, plan.height, plan.width, plan.channels, plan.settings, plan.layout)
     except ValueError as e:
         raise InputError(f"{what}: {e}") from None
-    b = _fixed(t.shape[0], batch)
-    return _batches({t.name: x}, art, b, seed, int(art.meta.get("vocab_size") or 100))
+    t = next(x for x in art.input_spec.inputs if x.name == plan.name)
+    return _batches({t.name: x}, art, _fixed(t.shape[0], batch), seed, int(art.meta.get("vocab_size") or 100))
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    """How zoo:speech fills a model's audio input: waveform length, or mel bins × frames, and the extractor."""
+
+    name: str
+    layout: str  # "wave" or "features"
+    sampling_rate: int
+    n_samples: int  # the audio behind one sample
+    bins: int | None
+    frames: int | None
+    folder: Path | None
+    extractor: str | None  # the folder's feature extractor type, None: raw waveform or edgeopt's log-mel
+
+
+def speech_plan(art: Artifact) -> SpeechPlan | None:
+    """The audio a model's audio input takes: a waveform of its fixed length (else the loader's, else 1 s), or
+    log-mel features of its bins × frames (dynamic: the folder's settings, else Whisper's 80 × 3000)."""
+    md = model_data(art)
+    if md.kind != "audio" or md.name is None:
+        return None
+    t = next(x for x in art.input_spec.inputs if x.name == md.name)
+    folder = model_folder(art)
+    st = speech.audio_settings(folder)
+    sr = int(st.get("sampling_rate") or speech.SAMPLE_RATE)
+    fe_type = st.get("feature_extractor_type") if isinstance(st.get("feature_extractor_type"), str) else None
+    if md.layout == "wave":
+        n = _fixed(t.shape[1], art.meta.get("audio_samples") or speech.DEFAULT_SECONDS * sr)
+        return SpeechPlan(t.name, "wave", sr, n, None, None, folder, fe_type)
+    bins = _fixed(t.shape[1], st.get("num_mel_bins") or st.get("feature_size") or 80)
+    frames = _fixed(t.shape[2], st.get("nb_max_frames") or 2 * int(st.get("max_source_positions") or 1500))
+    hop = int(st.get("hop_length") or 160)
+    return SpeechPlan(t.name, "features", sr, frames * hop, bins, frames, folder, fe_type)
 
 
 def speech_feeds(rest: str, art: Artifact, batch: int, default_slice: slice, seed: int, what: str) -> list[Feed]:
     """`zoo:speech<rest>` as feeds of the model's audio input: through its folder's feature extractor when it has
     one, else raw 16 kHz waveforms (or Whisper-style log-mel features for a features input)."""
-    md = model_data(art)
-    if md.kind != "audio":
+    plan = speech_plan(art)
+    if plan is None:
         raise InputError(f"{what}: zoo:speech is audio, but the model has no audio input "
                          "(a float waveform [batch, samples] or log-mel input_features)")
-    t = next(x for x in art.input_spec.inputs if x.name == md.name)
-    folder = model_folder(art)
-    st = speech.audio_settings(folder)
-    sr = int(st.get("sampling_rate") or speech.SAMPLE_RATE)
     try:
         sl = images.parse_slice(rest, default_slice, "zoo:speech")
     except ValueError as e:
         raise InputError(f"{what}: {e}") from None
-    idx = range(speech.N_UTTERANCES)[sl]
-    fe = speech.feature_extractor(folder)
-    hop = int(getattr(fe, "hop_length", 0) or 160)
-    if md.layout == "wave":
-        n_samples = _fixed(t.shape[1], art.meta.get("audio_samples") or speech.DEFAULT_SECONDS * sr)
-    else:
-        default_frames = st.get("nb_max_frames") or 2 * int(st.get("max_source_positions") or 1500)
-        bins = _fixed(t.shape[1], st.get("num_mel_bins") or st.get("feature_size") or 80)
-        frames = _fixed(t.shape[2], default_frames)
-        n_samples = frames * hop
-    x = speech.waves(idx, n_samples, sr)
+    x = speech.waves(range(speech.N_UTTERANCES)[sl], plan.n_samples, plan.sampling_rate)
+    fe = speech.feature_extractor(plan.folder) if plan.extractor else None
     main: dict[str, np.ndarray] = {}
     if fe is not None:
         try:
-            out = speech.extract(fe, x, n_samples)
+            out = speech.extract(fe, x, plan.n_samples)
         except Exception as e:  # a feature extractor that refuses these settings: say which, in one line
-            raise InputError(f"{what}: the model's feature extractor failed on zoo:speech "
-                             f"({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
-        for name, arr in out.items():
-            if name in art.input_spec.names:
-                spec_t = next(s for s in art.input_spec.inputs if s.name == name)
-                if arr.ndim == 3 and len(spec_t.shape) == 3 and isinstance(spec_t.shape[2], int):
-                    arr = speech.fit_frames(arr, spec_t.shape[2])
-                main[name] = arr
-    if t.name not in main:  # no extractor, or one whose outputs carry other names
-        main[t.name] = x if md.layout == "wave" else speech.log_mel(x, bins, frames, sr)
-    b = _fixed(t.shape[0], batch)
-    return _batches(main, art, b, seed, int(art.meta.get("vocab_size") or 100))
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise InputError(f"{what}: the model's feature extractor ({plan.extractor}) failed on zoo:speech "
+                             f"({e.__class__.__name__}: {first})") from None
+        for t in art.input_spec.inputs:
+            arr = out.get(t.name)
+            if arr is not None:
+                if arr.ndim == 3 and len(t.shape) == 3 and isinstance(t.shape[2], int):
+                    arr = speech.fit_frames(arr, t.shape[2])
+                main[t.name] = arr
+    if plan.name not in main:  # no extractor, or one whose outputs carry other names
+        main[plan.name] = x if plan.layout == "wave" else speech.log_mel(x, plan.bins or 80, plan.frames or 3000,
+                                                                          plan.sampling_rate)
+    t = next(x for x in art.input_spec.inputs if x.name == plan.name)
+    return _batches(main, art, _fixed(t.shape[0], batch), seed, int(art.meta.get("vocab_size") or 100))
+
+
+def describe(spec: str, art: Artifact) -> str:
+    """One line saying what data a spec (as `effective_spec` gives it) feeds this model, for the ledger and
+    the report: which data set, at what size, normalized or featurized how."""
+    if spec.startswith("zoo:images"):
+        p = image_plan(art)
+        if p is None:
+            return spec
+        st = p.settings
+        norm = ("not normalized (the model's preprocessor says so)" if st.get("do_normalize") is False else
+                "normalized with the model's preprocessor mean/std" if st.get("image_mean") else
+                "normalized with ImageNet's mean/std")
+        return (f"{spec}: scikit-learn's digits tiled into pictures, {p.channels}×{p.height}×{p.width} "
+                f"({p.layout}), {norm}")
+    if spec.startswith("zoo:speech"):
+        p = speech_plan(art)
+        if p is None:
+            return spec
+        src = "spoken by espeak-ng" if speech.espeak_available() else "synthesized speech-like audio"
+        how = (f"through the model's {p.extractor}" if p.extractor else
+               "as raw waveforms" if p.layout == "wave" else f"as log-mel features ({p.bins}×{p.frames})")
+        return f"{spec}: {src}, {p.n_samples / p.sampling_rate:g} s at {p.sampling_rate} Hz, {how}"
+    if spec.startswith("zoo:sentences"):
+        return f"{spec}: generated English sentences, tokenized by the model's tokenizer"
+    if spec.startswith("zoo:digits"):
+        return f"{spec}: scikit-learn's digits (labelled)"
+    if spec.startswith("random:"):
+        return f"{spec}: random inputs (fidelity on random inputs says little about real data)"
+    return f"{spec}: the user's data"
 
 
 def resolve(spec: str | None, art: Artifact, *, seq_len: int, batch: int, role: str,

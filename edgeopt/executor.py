@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -29,6 +30,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edgeopt.errors import InputError, PassError
 from edgeopt.extras import require
+from edgeopt.target import detect_target
 
 T = TypeVar("T")
 
@@ -83,8 +85,6 @@ def target_resource(target_name: str) -> str:
     """
     name = str(target_name).strip().lower()
     if name == "auto":
-        from edgeopt.target import detect_target
-
         name = detect_target().name
     name = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-")
     if not name:
@@ -141,7 +141,7 @@ class LocalExecutor:
         t0 = time.perf_counter()
         try:
             value, error = fn(*args, **kwargs), None
-        except Exception as e:     # noqa: BLE001 — handed back through result(), like a Ray task's
+        except Exception as e:     # handed back through result(), like a Ray task's
             value, error = None, e
         self.log.append(TaskRecord(kind, _fn_name(fn), self._node, "127.0.0.1", {}, time.perf_counter() - t0,
                                    error is None, "" if error is None else _first_line(error)))
@@ -152,6 +152,10 @@ class LocalExecutor:
 
     def measure(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
         return self._run("measure", fn, args, kwargs)
+
+    def check_target(self) -> list[dict[str, Any]]:
+        """Nothing to check: this machine is where measure tasks run."""
+        return []
 
     def close(self) -> None:
         pass
@@ -173,7 +177,7 @@ def _remote_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
     exception is returned, not raised, so the driver re-raises the original type; one that cannot make
     the trip (it does not pickle) becomes a PassError with its first line.
     """
-    import ray  # lazy: runs inside a Ray worker, where ray is imported already
+    import ray  # lazy: ray is an optional extra (this runs inside a Ray worker, where it is loaded)
     from ray import cloudpickle  # lazy: as above
 
     ctx = ray.get_runtime_context()
@@ -181,12 +185,12 @@ def _remote_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
     t0 = time.perf_counter()
     try:
         return True, fn(*args, **kwargs), "", node_id, node_ip, time.perf_counter() - t0
-    except Exception as e:     # noqa: BLE001 — sent back to the driver, which raises it
+    except Exception as e:     # sent back to the driver, which raises it
         seconds, tb = time.perf_counter() - t0, traceback.format_exc()
         try:
             cloudpickle.loads(cloudpickle.dumps(e))
             err: Exception = e
-        except Exception:      # noqa: BLE001 — an exception that cannot cross processes
+        except Exception:      # an exception that cannot cross processes
             err = PassError(f"{type(e).__name__}: {_first_line(e)}")
         return False, err, tb, node_id, node_ip, seconds
 
@@ -261,15 +265,34 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None when HOST:PORT accepts a TCP connection within `timeout`, else why not (one line)."""
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])   # + an empty SETTINGS frame
+
+
+def _reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S, *, grpc: bool = False) -> str | None:
+    """None when HOST:PORT accepts a TCP connection within `timeout`, else why not ("unreachable (…)").
+
+    `grpc`: also ask that it speak HTTP/2, as Ray's GCS (a gRPC server) does: it must answer the HTTP/2
+    preface with a SETTINGS frame. Ray itself would retry a port that is open but no GCS for many minutes.
+    Skipped under RAY_USE_TLS (the handshake is TLS first).
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if not grpc or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return None
+            sock.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+            if len(head) == 9 and head[3] == 4:            # frame type 4: SETTINGS
+                return None
+            return "answers, but is not a Ray cluster (no gRPC server there)"
     except socket.timeout:
-        return f"no answer within {timeout:g} s"
+        return f"unreachable (no answer within {timeout:g} s)"
     except OSError as e:
-        return e.strerror or type(e).__name__
+        return f"unreachable ({e.strerror or type(e).__name__})"
 
 
 def _is_loopback(host: str) -> bool:
@@ -314,7 +337,8 @@ class RayExecutor:
     """Build tasks as Ray tasks anywhere (`num_cpus_per_build` CPUs each); measure tasks only on nodes with
     the target's custom resource, one at a time per node, holding the CPUs of the smallest such node.
 
-    `address` None starts a local single-node Ray on 127.0.0.1 that offers the target's resource (or uses
+    `address` None starts a private single-node Ray on 127.0.0.1 (RAY_ADDRESS is not consulted) that offers
+    the target's resource (or uses
     the Ray this process already runs); else it connects to the cluster at HOST:PORT, after checking the
     address answers at all (an unreachable one is an InputError within seconds, not Ray's minutes of
     retries). `close()` shuts Ray down only if this executor started it or connected to it.
@@ -325,9 +349,9 @@ class RayExecutor:
     def __init__(self, *, address: str | None = None, target: str = "auto", num_cpus_per_build: float = 1):
         if address is not None:        # before importing ray: an unreachable address fails in seconds
             host, port = _split_address(address)
-            why = _reachable(host, port)
+            why = _reachable(host, port, grpc=True)
             if why is not None:
-                raise InputError(f"ray address {address}: unreachable ({why})")
+                raise InputError(f"ray address {address}: {why}")
         self._ray = require("ray", "--executor ray")
         self.resource = target_resource(target)
         self.num_cpus_per_build = float(num_cpus_per_build)
@@ -343,8 +367,6 @@ class RayExecutor:
         self.slots = max(1, int(total // self.num_cpus_per_build)) if self.num_cpus_per_build > 0 else 1
 
     def _connect(self, address: str | None) -> None:
-        import logging
-
         ray = self._ray
         if ray.is_initialized():                 # someone in this process set Ray up already: use it
             return
@@ -362,7 +384,7 @@ class RayExecutor:
         try:
             with ray_on_loopback() if loop else contextlib.nullcontext():
                 ray.init(address=address, **common)
-        except Exception as e:     # noqa: BLE001 — Ray's errors here are many; the user needs one line
+        except Exception as e:     # Ray's errors here are many; the user needs one line
             raise InputError(f"ray address {address}: cannot join the cluster ({type(e).__name__}: "
                              f"{_first_line(e)})") from None
         self._owns = True
@@ -381,7 +403,7 @@ class RayExecutor:
             try:
                 for n in self._ray.nodes():
                     self._nodes[n["NodeID"]] = _custom(n.get("Resources", {}))
-            except Exception:      # noqa: BLE001 — the record is still useful without them
+            except Exception:      # the record is still useful without them
                 pass
         return dict(self._nodes.get(node_id, {}))
 
@@ -400,12 +422,17 @@ class RayExecutor:
     def build(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
         return self._submit("build", fn, args, kwargs, num_cpus=self.num_cpus_per_build)
 
-    def measure(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
+    def check_target(self) -> list[dict[str, Any]]:
+        """The live nodes that offer the target's resource (ray.nodes() entries); InputError if none does.
+        `measure` checks this on every call; a search may call it once before its first trial."""
         nodes = self._target_nodes()
         if not nodes:
             raise InputError(f"no Ray node offers resource {self.resource} — start one with "
                              f"`ray start --address HEAD:PORT --resources '{{\"{self.resource}\": 1}}'`")
-        cpus = min(float(n["Resources"].get("CPU", 0.0)) for n in nodes)
+        return nodes
+
+    def measure(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        cpus = min(float(n["Resources"].get("CPU", 0.0)) for n in self.check_target())
         return self._submit("measure", fn, args, kwargs, num_cpus=cpus, resources={self.resource: 1})
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dashboard": ("streamlit",),
     "diffusion": ("diffusers",),
     "pruning": ("torch_pruning",),
+    "ray": ("ray",),
 }
 _EXTRA_OF = {mod: extra for extra, mods in EXTRAS.items() for mod in mods}
 

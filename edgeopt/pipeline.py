@@ -419,7 +419,7 @@ class Pipeline:
             r.close()
         arts = {s.name: a for s, a in run.stages if s.name in timed}
         data_file = (Path(self.recipe.search.cache) if self.recipe.search and self.recipe.search.cache
-                     else self.out_dir / "cas") / f"data-{run.data_key}.npz"
+                     else self.out_dir / "cas").resolve() / f"data-{run.data_key}.npz"
         if not data_file.exists():
             save_data(data_file, {"evaluation": run.evaluation[:1]})
         job = {"data": str(data_file), "threads": m.threads, "warmup": m.warmup, "runs": m.runs, "block": m.block,
@@ -638,6 +638,7 @@ def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None
     tgt = get_target(target or r.target)
     ex = make_executor(executor, address=ray_address, target=tgt.name)
     try:
+        ex.check_target()  # a cluster with no node of this target stops here, before anything is written
         return Pipeline(r, Path(out), tgt, console=console, progress=progress, executor=ex).run(model, resume=resume)
     finally:
         ex.close()

@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from edgeopt.data import effective_spec, resolve
+from edgeopt.data import describe, effective_spec
 from edgeopt.load import load_model
 from edgeopt.pipeline import optimize
 from edgeopt.recipe import load_recipe
@@ -160,7 +159,10 @@ CASES = [
 def test_auto_recipe_runs_with_the_right_data(tmp_path, arch, saved, data):
     model = make(arch, saved, tmp_path)
     art = load_model(str(model), seq_len=16)
-    assert effective_spec(None, art, slice(64, 320)).startswith(data)
+    spec = effective_spec(None, art, slice(64, 320))
+    assert spec.startswith(data)
+    if arch in PREPROCESSORS and data == "zoo:images":
+        assert "the model's preprocessor" in describe(spec, art) or "ImageNet" in describe(spec, art)
     led, base, random_note = _run(model, tmp_path / "run")
     names = [s.name for s in led.stages]
     assert names[:1] == ["baseline"] and names[-1] == "int8", names

@@ -83,7 +83,7 @@ def test_effective_spec_by_input_kind(tiny_mlp_onnx):
     img = _art(("pixel_values", "float32", ("batch", 3, 32, 32)))
     assert effective_spec(None, img, slice(64, 320)) == "zoo:images[64:320]"
     wav = _art(("input_values", "float32", ("batch", 4000)))
-    assert effective_spec(None, wav, slice(0, 64)) == "zoo:speech[0:64]"
+    assert effective_spec(None, wav, slice(0, 64)) == "zoo:speech[:64]"
     assert effective_spec("random:3", img, slice(0, 64)) == "random:3"
 
 
@@ -148,7 +148,7 @@ def test_tokenizer_beside_an_onnx_file_and_its_fixed_length(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     art = _art(("input_ids", "int64", ("batch", 12)), ("attention_mask", "int64", ("batch", 12)),
                meta={"source": str(tmp_path / "model.onnx")})
-    assert effective_spec(None, art, slice(0, 8)) == "zoo:sentences[0:8]"
+    assert effective_spec(None, art, slice(0, 8)) == "zoo:sentences[:8]"
     feeds = resolve(None, art, seq_len=128, batch=2, role="calibration", default_slice=slice(0, 8))
     assert len(feeds) == 4 and feeds[0]["input_ids"].shape == (2, 12)  # the model's length, not seq_len
     ints = _art(("ids", "int64", ("batch", 12)), meta={"source": str(tmp_path / "model.onnx")})
@@ -161,3 +161,18 @@ def test_random_position_ids_count_up():
     art = _art(("input_ids", "int64", ("batch", "sequence")), ("position_ids", "int64", ("batch", "sequence")))
     f = random_feeds(art.input_spec, 1, {"batch": 2, "sequence": 5})[0]
     assert f["position_ids"].tolist() == [[0, 1, 2, 3, 4]] * 2 and f["input_ids"].shape == (2, 5)
+
+
+def test_describe_says_what_the_model_is_fed(tmp_path, tiny_mlp_onnx):
+    import json
+
+    from edgeopt.data import describe
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    img = _art(("pixel_values", "float32", ("batch", 3, "h", "w")), meta={"source": str(tmp_path / "model.onnx")})
+    assert describe("zoo:images[0:8]", img) == ("zoo:images[0:8]: scikit-learn's digits tiled into pictures, "
+                                                "3×224×224 (NCHW), normalized with the model's preprocessor mean/std")
+    mel = _art(("input_features", "float32", ("batch", 80, 3000)))
+    assert describe("zoo:speech", mel).endswith("30 s at 16000 Hz, as log-mel features (80×3000)")
+    assert "random inputs" in describe(effective_spec(None, tiny_mlp_onnx, slice(0, 4)), tiny_mlp_onnx)

@@ -303,6 +303,8 @@ def test_auto_recipe_needs_no_data_and_skips_the_export_for_onnx(tmp_path, tiny_
     assert "## Search (2 trials from baseline" in md and "◆ front" in md
     again = Ledger.load(tmp_path / "run")
     assert again.search["front"] == front
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Search: every trial, the front in large diamonds" in html and "search-fig-" in html
 
 
 def test_auto_recipe_exports_torch_models_and_takes_user_data(tmp_path, tiny_mlp_torch):

@@ -362,6 +362,49 @@ def pareto_figure(ledgers: list[tuple[str, Ledger]], x: Literal["latency_ms", "s
     return _layout(fig, f"Pareto front: {qtitle.split(' (')[0]} vs {what}", sub, 440)
 
 
+def search_points(ledger: Ledger) -> list[dict[str, Any]]:
+    """The search's finished trials: label, family, latency (ms, from the paired speedup over the root),
+    fidelity, size, gate and whether the trial is on the front."""
+    out = []
+    for r in (ledger.search or {}).get("trials", []):
+        if r.get("status") != "done":
+            continue
+        out.append({"label": r["label"], "family": r["family"], "latency_ms": r["latency_ms"],
+                    "fidelity": r["fidelity_value"], "size_mb": r["size_mb"], "front": bool(r.get("front")),
+                    "passed": bool((r.get("gate") or {}).get("passed")),
+                    "speedup": r["speedup"]["ratio"]})
+    return out
+
+
+def search_figure(ledger: Ledger) -> Any:
+    """Every search trial, fidelity against latency, one colour per family; the front's trials are large
+    diamonds joined by a line, gate failures crosses."""
+    import plotly.graph_objects as go
+
+    pts = search_points(ledger)
+    fig = go.Figure()
+    front = sorted((p for p in pts if p["front"]), key=lambda p: p["latency_ms"])
+    if front:
+        fig.add_trace(go.Scatter(x=[p["latency_ms"] for p in front], y=[p["fidelity"] for p in front], mode="lines",
+                                 line={"color": FRONT, "shape": "hv", "width": 1.5}, name="front", hoverinfo="skip"))
+    for fam in dict.fromkeys(p["family"] for p in pts):
+        sel = [p for p in pts if p["family"] == fam]
+        fig.add_trace(go.Scatter(
+            x=[p["latency_ms"] for p in sel], y=[p["fidelity"] for p in sel], mode="markers", name=fam,
+            text=[f"{p['label']}: {p['speedup']:.2f}×, {p['size_mb']:.1f} MB" + ("" if p["passed"] else " (gate failed)")
+                  for p in sel],
+            marker={"size": [15 if p["front"] else 9 for p in sel],
+                    "symbol": ["x" if not p["passed"] else ("diamond" if p["front"] else "circle") for p in sel],
+                    "line": {"width": [2 if p["front"] else 0 for p in sel], "color": "#222"}},
+            hovertemplate="%{text}<br>latency %{x:.3g} ms<br>fidelity %{y:.5f}<extra></extra>"))
+    srch = ledger.search or {}
+    sub = (f"{len(srch.get('trials', []))} trials from {srch.get('root')}; latency = the root's p50 / the paired "
+           "speedup measured in each trial · " + caption(ledger))
+    fig.update_xaxes(title_text="latency p50 (ms)")
+    fig.update_yaxes(title_text="fidelity (accuracy, else mean cosine)")
+    return _layout(fig, "Search: every trial, the front in large diamonds", sub, 440)
+
+
 def layers_figure(profiles: dict[str, dict[str, Any]], top: int = TOP_LAYERS) -> Any:
     """The `top` slowest layers of each profiled stage, one panel per stage (horizontal bars in ms)."""
     import plotly.graph_objects as go

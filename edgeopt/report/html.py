@@ -19,7 +19,7 @@ from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
 from edgeopt.ledger import SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
-from edgeopt.report.table import MD_COLUMNS, stage_rows
+from edgeopt.report.table import MD_COLUMNS, SEARCH_COLUMNS, search_notes, search_rows, stage_rows
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -262,6 +262,37 @@ def environment_html(ledger: Ledger) -> str:
     return "<dl class='env'>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
 
 
+def search_html(ledger: Ledger, sid: str) -> str:
+    """The search's trials (front marked), the families skipped or dropped with the reason, and its figure."""
+    rows = search_rows(ledger)
+    out = ["<table class='stages'><tr>" + "".join(f"<th class='l'>{_e(c or 'front')}</th>" for c in SEARCH_COLUMNS)
+           + "</tr>"]
+    for r in rows:
+        cls = "best" if r[""] else ("fail" if r["gate"].startswith(("FAIL", "failed")) else "")
+        out.append(f"<tr class='{cls}'>" + "".join(f"<td class='l'>{_e(r[c])}</td>" for c in SEARCH_COLUMNS) + "</tr>")
+    out.append("</table>")
+    notes = search_notes(ledger)
+    if notes:
+        out.append("<ul class='note'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    out.append(_fig_html(figures.search_figure(ledger), f"search-fig-{sid}"))
+    return "\n".join(out)
+
+
+def diagnosis_html(ledger: Ledger) -> str:
+    """Each diagnosed stage: the one-line summary and its evidence; the preflight warnings."""
+    out = []
+    for s in ledger.stages:
+        d = s.notes.get("diagnosis")
+        if d:
+            out.append(f"<h3>{_e(s.name)} vs {_e(d.get('parent', s.parent))}</h3><p>{_e(d.get('summary', ''))}</p>"
+                       "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in d.get("lines", [])) + "</ul>")
+    pre = [w for s in ledger.stages for w in s.notes.get("preflight", [])]
+    if pre:
+        out.append("<h3>Preflight: benchmark conditions</h3><ul class='note'>"
+                   + "".join(f"<li>{_e(w)}</li>" for w in pre) + "</ul>")
+    return "\n".join(out)
+
+
 def _warnings_html(ledger: Ledger) -> str:
     items = [f"<li><b>{_e(s.name)}</b>: {_e(s.error)}</li>" for s in ledger.stages if s.error]
     items += [f"<li><b>{_e(s.name)}</b>: {_e(w)}</li>" for s in ledger.stages for w in s.warnings]
@@ -285,6 +316,11 @@ def report_html(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, An
                 "<h3>What each step bought</h3>", incremental_table_html(led),
                 _fig_html(figures.waterfall_figure(led, label if many else ""), f"waterfall-{sid}")]
         sections.append((f"run-{sid}", f"Run {label}" if many else "Stages and what each step bought", "\n".join(body)))
+        if led.search:
+            sections.append((f"search-{sid}", f"Search{': ' + label if many else ''}", search_html(led, sid)))
+        diag = diagnosis_html(led)
+        if diag:
+            sections.append((f"why-{sid}", f"Why no speed-up{': ' + label if many else ''}", diag))
     pareto = [_fig_html(figures.pareto_figure(runs, "latency_ms"), "pareto-latency"),
               _fig_html(figures.pareto_figure(runs, "size_mb"), "pareto-size"),
               "<p class='note'>Front points in colour and joined; dominated points grey; a cross marks a stage "

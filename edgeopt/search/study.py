@@ -107,7 +107,7 @@ class Search:
         spec = inp.spec
         self.info = candidates.model_info(inp.root, inp.baseline, labelled=bool(inp.labels))
         self.plan = candidates.plan(inp.target, self.info, tuple(spec.families), dict(spec.space), spec.train_minutes)
-        self.cache = Path(spec.cache) if spec.cache else inp.out_dir / "cas"
+        self.cache = (Path(spec.cache) if spec.cache else inp.out_dir / "cas").resolve()  # workers see absolute paths
         self.folder = inp.out_dir / "search"
         self.data_file = self.cache / f"data-{inp.data_key}.npz"
         self.families = {n: f"skipped: {why}" for n, why in self.plan.skipped.items()}
@@ -331,6 +331,8 @@ class Search:
                               "train_minutes": self.inp.spec.train_minutes},
                    "seed": self.inp.spec.seed, "root": self.inp.root_name, "root_figures": self._root(),
                    "executor": getattr(self.inp.executor, "name", "local"),
+                   "executor_log": [r.to_dict() if hasattr(r, "to_dict") else dict(r)
+                                    for r in getattr(self.inp.executor, "log", []) if not isinstance(r, tuple)],
                    "objectives": list(OBJECTIVES), "cache": str(self.cache)}
         return SearchResult(trials=self.records, front=front, families=self.families, summary=summary)
 

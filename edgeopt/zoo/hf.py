@@ -4,11 +4,13 @@ feature extractors (pooled output where the model has one, else the last hidden 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.errors import InputError
 from edgeopt.load import register_format
+from edgeopt.zoo import images, speech
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -47,8 +49,6 @@ def _embedder_class():
 
 
 def _forward_params(module) -> set[str]:
-    import inspect
-
     try:
         return set(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
@@ -112,8 +112,6 @@ def wrap_features(backbone, folder: Path | str | None, batch: int = 1, source: s
     preprocessor or config names (else 224), waveforms (batch, 1 s at its sampling rate), log-mel features
     (batch, mel bins, 2 × max_source_positions frames, Whisper's fixed window)."""
     import torch
-
-    from edgeopt.zoo import images, speech
 
     cfg = backbone.config
     name = backbone.main_input_name
@@ -192,9 +190,9 @@ def load_hf_folder(path: Path, seq_len: int = 128, batch: int = 1) -> Artifact:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise InputError(f"{path}: cannot load model: {first[:200]}") from None
     enc.eval()
+    if getattr(enc.config, "is_encoder_decoder", False) and hasattr(enc, "get_encoder"):
+        enc = enc.get_encoder().eval()  # T5, BART, Whisper: the encoder alone (the decoder needs generated tokens)
     if getattr(enc, "main_input_name", "input_ids") != "input_ids":
-        if getattr(enc.config, "is_encoder_decoder", False) and hasattr(enc, "get_encoder"):
-            enc = enc.get_encoder().eval()  # Whisper: the encoder alone (the decoder needs generated tokens)
         return wrap_features(enc, path, batch=batch, source=str(path))
     tok = path if (path / "tokenizer.json").exists() or (path / "vocab.txt").exists() else None
     return wrap_encoder(enc, tok, seq_len=seq_len, batch=batch, source=str(path))

@@ -40,7 +40,7 @@ def parse_slice(spec: str | None, default: slice, what: str) -> slice:
 @lru_cache(maxsize=1)
 def _digits() -> np.ndarray:
     """scikit-learn's 1797 digits, (N, 8, 8) float32 in [0, 1]."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn loads only when pictures are drawn
 
     d = load_digits().images.astype(np.float32) / 16.0
     d.setflags(write=False)

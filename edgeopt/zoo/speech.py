@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.zoo.sentences import sentences
+
 SAMPLE_RATE = 16000
 N_UTTERANCES = 640
 DEFAULT_SECONDS = 1.0  # the window of a waveform model whose input length is not fixed
@@ -109,10 +111,8 @@ def synthesize(i: int, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 def _espeak(i: int, sr: int) -> np.ndarray | None:
     """Utterance `i` spoken by espeak-ng (a generated sentence, resampled to `sr`), or None when it fails."""
-    from scipy.io import wavfile
+    from scipy.io import wavfile  # lazy: scipy loads only where espeak-ng speaks
     from scipy.signal import resample_poly
-
-    from edgeopt.zoo.sentences import sentences
 
     text = sentences()[i % N_UTTERANCES]
     with tempfile.TemporaryDirectory() as d:

@@ -141,3 +141,37 @@ def test_front_keeps_only_feasible_undominated_trials():
     recs = [r(0, 10, 1.0, 90), r(1, 5, 0.99, 25), r(2, 6, 0.98, 30), r(3, 1, 0.5, 1, passed=False)]
     assert [x["number"] for x in front_of(recs)] == [0, 1]
     assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (2, 1)) and not dominates((1, 1), (1, 1))
+
+
+@pytest.mark.slow
+def test_the_search_on_a_two_node_ray_cluster_times_only_on_the_target_node(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from edgeopt.executor import make_executor, ray_on_loopback, target_resource
+
+    target = get_target("auto")
+    res_name = target_resource(target.name)
+    try:
+        with ray_on_loopback():
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "resources": {res_name: 1}, "include_dashboard": False})
+            cluster.add_node(num_cpus=1, resources={"builder": 2})
+            cluster.wait_for_nodes()
+    except Exception as e:
+        pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
+    try:
+        ex = make_executor("ray", address=cluster.address, target=target.name)
+        try:
+            spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+            res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, ex))
+        finally:
+            ex.close()
+    finally:
+        cluster.shutdown()
+    assert [r["status"] for r in res.trials] == ["done", "done"], [r.get("error") for r in res.trials]
+    log = res.summary["executor_log"]
+    timing = [r for r in log if r["kind"] == "measure"]
+    assert len(timing) == 2 and all(res_name in r["resources"] for r in timing)
+    assert sum(1 for r in log if r["kind"] == "build") == 2
+    assert res.front

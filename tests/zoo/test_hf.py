@@ -50,3 +50,40 @@ def test_minilm_zoo_embeddings_are_real():
         e = [art.module(*(torch.from_numpy(f[n]) for n in names))[0] for f in feeds[:3]]
     sim = lambda a, b: float((a * b).sum())  # noqa: E731 - embeddings are unit vectors
     assert sim(e[0], e[1]) > sim(e[0], e[2]) + 0.2  # a trained model: paraphrases are closer than unrelated text
+
+
+def test_vision_folder_loads_as_a_feature_model(tmp_path):
+    import json
+
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 32, "width": 32}}))
+    art = load_model(tmp_path)
+    assert art.input_spec.to_dict() == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert art.meta["task"] == "image-features" and art.meta["family"] == "vit" and art.meta["num_heads"] == 2
+    out = art.module(art.meta["example_inputs"]["pixel_values"])
+    assert out.shape == (1, 16)  # the pooled output
+
+
+def test_text_folder_without_token_types_and_whisper_encoder(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel, WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=32)
+    DistilBertModel(cfg).save_pretrained(tmp_path / "d", safe_serialization=True)
+    art = load_model(tmp_path / "d", seq_len=8)
+    assert art.input_spec.names == ["input_ids", "attention_mask"]  # DistilBERT takes no token types
+    ids = torch.randint(0, 50, (2, 8))
+    assert art.module(ids, torch.ones_like(ids)).shape == (2, 16)
+    WhisperModel(WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=16, encoder_layers=1, encoder_attention_heads=2,
+                               decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                               max_source_positions=20, max_target_positions=16, pad_token_id=1, bos_token_id=2,
+                               eos_token_id=2, decoder_start_token_id=3)).save_pretrained(tmp_path / "w",
+                                                                                         safe_serialization=True)
+    w = load_model(tmp_path / "w")
+    assert w.input_spec.to_dict() == [{"name": "input_features", "dtype": "float32", "shape": ["batch", 80, 40]}]
+    assert type(w.module.backbone).__name__ == "WhisperEncoder"  # the encoder alone: no generated tokens needed
+    assert w.module(w.meta["example_inputs"]["input_features"]).shape == (1, 20, 16)
