@@ -180,15 +180,13 @@ def passes(as_json: bool = typer.Option(False, "--json")):
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
          resume: bool = typer.Option(False, "--resume")):
-    """The default CPU recipe on zoo:minilm, offline: prints the stage table and writes the report."""
+    """The search on zoo:minilm (recipe minilm-auto), offline: prints the trials, the stage table and writes the report."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
-    from edgeopt.report.table import choice_notes, render_table  # lazy: keeps `edgeopt --help` fast
 
-    console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe cpu-int8, batch 1, sequence 128, 2 threads")
-    res = _guard(run, None, recipe="cpu-int8", out=out, resume=resume, console=console)
-    console.print(render_table(res.ledger, title="all-MiniLM-L6-v2 — every stage measured"))
-    for note in choice_notes(res.ledger):
-        console.print(f"[dim]{note}[/dim]")
+    console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe minilm-auto (a search over this "
+                  "CPU's candidates), batch 1, sequence 128, 2 threads")
+    res = _guard(run, None, recipe="minilm-auto", out=out, resume=resume, console=console)
+    _print_run(res.ledger)
     console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  ledger: {out / 'ledger.json'}  best model: {res.best}")
 
 

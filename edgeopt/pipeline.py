@@ -443,15 +443,14 @@ class Pipeline:
         """Benchmark conditions that would inflate or hide gains (edgeopt.analyze.preflight), checked on the
         baseline and the first file-backed stage, recorded on the baseline."""
         m = self.recipe.measure
-        lines: list[str] = []
+        lines: dict[str, str] = {}  # one line per condition ("shapes", "load", …): the first model's
         firsts = [run.stages[0][1]] + [a for _, a in run.stages[1:] if a.kind in ("onnx", "openvino")][:1]
         for art in firsts:
             for w in preflight(art, feed=run.evaluation[0], target=self.target, threads=m.threads,
                                warmup=m.warmup, runs=m.runs, spinning=m.spinning):
-                if w not in lines:
-                    lines.append(w)
+                lines.setdefault(w.split(":", 1)[0], w)
         if lines:
-            run.stages[0][0].notes["preflight"] = lines
+            run.stages[0][0].notes["preflight"] = list(lines.values())
 
     def _measure_memory(self, run: RunState) -> None:
         """Peak RSS of each stage in a child process that loads it and runs the first evaluation feed."""

@@ -70,19 +70,37 @@ class SearchResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """`a` is no worse than `b` in every objective (all minimized) and better in one."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+# What counts as a real difference per objective (latency, -fidelity, size, peak memory): relative for the
+# measured amounts, absolute for fidelity. Differences inside these are ties, so a candidate is not kept on the
+# front by a 0.2 % smaller file or a cosine that differs in the fifth decimal.
+TOLERANCE = ((0.03, "rel"), (1e-4, "abs"), (0.02, "rel"), (0.05, "rel"))
+
+
+def _better(a: float, b: float, tol: tuple[float, str]) -> int:
+    """1 when `a` is lower than `b` beyond the tolerance, -1 when higher beyond it, 0 for a tie."""
+    t = tol[0] * max(abs(a), abs(b)) if tol[1] == "rel" else tol[0]
+    return 1 if a < b - t else (-1 if a > b + t else 0)
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...], tolerance: tuple = TOLERANCE) -> bool:
+    """`a` is no worse than `b` in every objective (all minimized) and better in one, beyond `tolerance`."""
+    cmp = [_better(x, y, t) for x, y, t in zip(a, b, tolerance)]
+    return all(c >= 0 for c in cmp) and any(c > 0 for c in cmp)
 
 
 def front_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The feasible records no other feasible record dominates over OBJECTIVES (fidelity maximized).
 
-    Written here (a few lines) rather than read from `study.best_trials` so that the same rule applies to
-    the final stages' measurements, which Optuna never sees."""
+    Written here (a few lines) rather than read from `study.best_trials` so that ties within the measurement's
+    resolution (TOLERANCE) do not count as trade-offs, and so that the same rule can judge other figures."""
     ok = [r for r in records if r.get("status") == "done" and (r.get("gate") or {}).get("passed")]
     key = {id(r): objective_key(r) for r in ok}
-    return [r for r in ok if not any(dominates(key[id(o)], key[id(r)]) for o in ok if o is not r)]
+    front = [r for r in ok if not any(dominates(key[id(o)], key[id(r)]) for o in ok if o is not r)]
+    unique: list[dict[str, Any]] = []  # of candidates tied on every objective, the first (cheapest) stays
+    for r in front:
+        if not any(all(_better(x, y, t) == 0 for x, y, t in zip(key[id(u)], key[id(r)], TOLERANCE)) for u in unique):
+            unique.append(r)
+    return unique
 
 
 def objective_key(r: dict[str, Any]) -> tuple[float, ...]:
