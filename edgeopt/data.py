@@ -34,7 +34,11 @@ def tokenize(texts: list[str], tokenizer_path: str, seq_len: int, batch: int, na
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    except Exception as e:  # a missing tokenizer library, a broken file: one line naming the folder
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise InputError(f"{tokenizer_path}: cannot load the tokenizer ({first})") from None
     if tok.pad_token is None:  # decoder tokenizers (GPT-2) have none: pad with the end-of-text token
         tok.pad_token = tok.eos_token or tok.unk_token or tok.convert_ids_to_tokens(0)
     feeds = []
@@ -106,7 +110,7 @@ def check_feeds(feeds: list[Feed], spec: InputSpec, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- what a model takes
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # as edgeopt.zoo.hf decides for a Hugging Face folder
 AUDIO_NAMES = ("input_values", "audio", "wave", "speech", "pcm", "signal", "sound")  # name hints of waveforms
 FEATURE_NAMES = ("input_features", "mel", "fbank", "spectrogram")  # name hints of log-mel features
 MIN_SPATIAL = 8

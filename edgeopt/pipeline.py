@@ -65,6 +65,7 @@ class RunState:
     samples: dict[str, tuple[float, ...]] = field(default_factory=dict)  # timed calls (ms) per stage, round order
     random_eval: bool = False  # fidelity is measured on random inputs (no evaluation data given or known)
     reference: list[Any] | None = None  # the baseline's first output on every evaluation feed, once computed
+    data_used: dict[str, str] = field(default_factory=dict)  # what each role was fed, one line each (data.describe)
 
     def task(self, description: str, total: int) -> Any:
         """A progress task (None without a progress display)."""
@@ -146,12 +147,15 @@ class Pipeline:
                           default_slice=slice(64, 320), count=m.fidelity_samples)
         cal, _ = data.split_labels(cal)
         ev, labels = data.split_labels(ev)
-        random_eval = data.effective_spec(r.data.eval, art, slice(64, 320), m.fidelity_samples).startswith("random:")
+        eval_spec = data.effective_spec(r.data.eval, art, slice(64, 320), m.fidelity_samples)
+        cal_spec = data.effective_spec(r.data.calibration, art, slice(0, 64))
+        random_eval = eval_spec.startswith("random:")
         self.out_dir.mkdir(parents=True, exist_ok=True)  # only once model and data are known to be good
         ledger = Ledger(recipe=r.to_dict(), target=self.target.to_dict() if hasattr(self.target, "to_dict") else {},
                         environment=environment(self.target))
         run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=feeds_key(cal[:8]), ledger=ledger,
                        old=old, versions=versions(), progress=self._progress(), random_eval=random_eval)
+        run.data_used = {"calibration": data.describe(cal_spec, art), "evaluation": data.describe(eval_spec, art)}
         if run.progress is not None:
             run.progress.start()
         try:
@@ -163,7 +167,7 @@ class Pipeline:
     def _run_stages(self, art: Artifact, run: RunState) -> RunResult:
         """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
         base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
-                           notes={"meta": json_meta(art.meta)})
+                           notes={"meta": json_meta(art.meta), "data": run.data_used})
         if run.random_eval:
             base_stage.warnings.append("fidelity measured on random inputs: no evaluation data was given and the "
                                        "model has none of its own (pass --data, or data.eval in the recipe)")

@@ -176,3 +176,11 @@ def test_describe_says_what_the_model_is_fed(tmp_path, tiny_mlp_onnx):
     mel = _art(("input_features", "float32", ("batch", 80, 3000)))
     assert describe("zoo:speech", mel).endswith("30 s at 16000 Hz, as log-mel features (80×3000)")
     assert "random inputs" in describe(effective_spec(None, tiny_mlp_onnx, slice(0, 4)), tiny_mlp_onnx)
+
+
+def test_broken_tokenizer_is_one_line(tmp_path):
+    from edgeopt.data import tokenize
+
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot load the tokenizer"):
+        tokenize(["A sentence."], str(tmp_path), 8, 1, ["input_ids"])

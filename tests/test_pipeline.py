@@ -301,6 +301,7 @@ def test_auto_recipe_needs_no_data_and_skips_the_export_for_onnx(tmp_path, tiny_
     assert led.best is not None and all(s.fidelity for s in led.stages)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "## Search (2 trials from baseline" in md and "◆ front" in md
+    assert "Data (evaluation): " in md and "random" in base.notes["data"]["evaluation"]
     again = Ledger.load(tmp_path / "run")
     assert again.search["front"] == front
     html = (tmp_path / "run" / "report.html").read_text()

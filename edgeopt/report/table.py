@@ -160,6 +160,8 @@ def to_markdown(ledger: Ledger) -> str:
     lines += ["", f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
               f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
               f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs (cosine per sample).",
+              *[f"Data ({role}): {what}" for role, what in
+                ((ledger.stages[0].notes.get("data") or {}) if ledger.stages else {}).items()],
               f"Machine: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores; ISA: {', '.join(env.get('isa', []) or [])}.",
               ""]
     for s in ledger.stages:

@@ -87,3 +87,15 @@ def test_text_folder_without_token_types_and_whisper_encoder(tmp_path):
     assert w.input_spec.to_dict() == [{"name": "input_features", "dtype": "float32", "shape": ["batch", 80, 40]}]
     assert type(w.module.backbone).__name__ == "WhisperEncoder"  # the encoder alone: no generated tokens needed
     assert w.module(w.meta["example_inputs"]["input_features"]).shape == (1, 20, 16)
+
+
+def test_encoder_decoder_text_folder_loads_its_encoder(tmp_path):
+    from transformers import T5Config, T5Model
+
+    torch.manual_seed(0)
+    T5Model(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                     decoder_start_token_id=0)).save_pretrained(tmp_path, safe_serialization=True)
+    art = load_model(tmp_path, seq_len=8)
+    assert art.input_spec.names == ["input_ids", "attention_mask"]  # no decoder inputs to invent
+    ids = torch.randint(0, 64, (2, 8))
+    assert art.module(ids, torch.ones_like(ids)).shape == (2, 16)
