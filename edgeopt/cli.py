@@ -101,7 +101,8 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
              recipe: str = typer.Option("auto", "--recipe", "-r",
                                         help="a YAML file or a bundled recipe name (auto: any model, no data needed)"),
              data_spec: Optional[str] = typer.Option(None, "--data", help="calibration and evaluation data: an .npz "
-                                                     "(one array per input), a .txt (sentences), zoo:…, random:N"),
+                                                     "(one array per input), a .txt (sentences), zoo:images, zoo:speech, "
+                                                     "zoo:sentences, random:N (default: picked from the model's inputs)"),
              target_name: Optional[str] = typer.Option(None, "--target", "-t"),
              out: Path = typer.Option(Path("runs/latest"), "--out", "-o"),
              resume: bool = typer.Option(False, "--resume", help="reuse finished stages (and search trials) of an earlier run in OUT"),

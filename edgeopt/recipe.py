@@ -41,7 +41,9 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    calibration: str | None = Field(default=None, description="zoo:sentences[:64], a .txt (one sentence a line) or .npz")
+    calibration: str | None = Field(default=None, description="zoo:sentences[:64], zoo:images[:64] (pictures), zoo:speech[:64] (synthesized speech), "
+                                                                "a .txt (one sentence a line), an .npz or random:N; "
+                                                                "none: the model's own kind of data")
     eval: str | None = None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.artifact import Artifact, InputSpec
-from edgeopt.errors import EdgeoptError, InputError, PassError
+from edgeopt.errors import EdgeoptError, InputError, PassError, first_line
 from edgeopt.load import load_model
 from edgeopt.measure.size import model_files
 from edgeopt.passes.base import PassContext, build_pass, registry
@@ -53,10 +53,6 @@ def json_meta(meta: dict[str, Any]) -> dict[str, Any]:
         except TypeError:
             continue
     return out
-
-
-def first_line(e: BaseException, limit: int = 300) -> str:
-    return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:limit]
 
 
 def apply_pass(pass_name: str, config: dict[str, Any], art: Artifact, ctx: PassContext) -> Artifact:

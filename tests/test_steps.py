@@ -44,3 +44,13 @@ def test_portable_descriptions_load_in_another_process_by_path(tiny_mlp_onnx):
     desc = portable(tiny_mlp_onnx)
     assert json.loads(json.dumps(desc)) == desc
     assert load_portable(desc).sha256 == tiny_mlp_onnx.sha256
+
+
+def test_first_line_skips_lines_that_only_introduce_the_reason():
+    from edgeopt.errors import first_line
+
+    e = RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
+                     "Check 'is_dynamic' failed at src/plugins/intel_cpu/src/infer_request.cpp:669:\n"
+                     "The input tensor size is not equal to the model input type: got [8,1] expecting [16,1].\n\n")
+    assert first_line(e) == "The input tensor size is not equal to the model input type: got [8,1] expecting [16,1]."
+    assert first_line(ValueError("plain\nsecond")) == "plain" and first_line(KeyError()) == "KeyError"

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeopt.artifact import Artifact
 from edgeopt.data import to_torch_args
-from edgeopt.errors import InputError
+from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
 
 Feed = dict[str, np.ndarray]
@@ -46,8 +46,7 @@ class Runner(Protocol):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else e.__class__.__name__)[:300]
+    return first_line(e)
 
 
 class OrtRunner:
@@ -189,7 +188,8 @@ class OvRunner:
     """An OpenVINO compiled model on the CPU (latency hint, one stream, `threads` inference threads).
 
     The artifact's meta["openvino"] carries what its passes chose: the inference precision hint
-    (f32 / bf16 / f16) and whether the inputs were fixed to static shapes.
+    (f32 / bf16 / f16) and whether the inputs were fixed to static shapes. A feed of another shape (the last,
+    shorter batch of a data set) runs on a second compilation for that shape, made on first use.
     """
 
     name = "openvino"
@@ -212,21 +212,41 @@ class OvRunner:
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise InputError(f"{path}: OpenVINO cannot load the model: {_first_line(e)}") from None
+        self._core, self._config = core, config
+        self._static = {k: tuple(v) for k, v in static.items()} if static else None
+        self._other: dict[tuple, Any] = {}  # feed shapes -> (compiled model, request) for non-static feeds
         self._request = self._compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self._compiled.inputs]
+
+    def _request_for(self, feed: Feed) -> tuple[Any, Any]:
+        """The compiled model and request that take `feed`: the static one, or one compiled for its shapes."""
+        if self._static is None:
+            return self._compiled, self._request
+        shapes = {k: tuple(np.shape(feed[k])) for k in self.input_names if k in feed}
+        if all(shapes.get(k) == v for k, v in self._static.items()):
+            return self._compiled, self._request
+        key = tuple(sorted(shapes.items()))
+        if key not in self._other:
+            model = self._core.read_model(str(self.path))
+            model.reshape({k: list(v) for k, v in shapes.items()})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            self._other[key] = (compiled, compiled.create_infer_request())
+        return self._other[key]
 
     def run(self, feed: Feed) -> list[np.ndarray]:
         if self._request is None:
             raise InputError(f"{self.path}: runner is closed")
         try:
-            res = self._request.infer({k: feed[k] for k in self.input_names})
+            compiled, request = self._request_for(feed)
+            res = request.infer({k: feed[k] for k in self.input_names})
         except KeyError as e:
             raise InputError(f"{self.path}: feed has no input {e.args[0]!r}") from None
-        return [np.array(res[o]) for o in self._compiled.outputs]
+        return [np.array(res[o]) for o in compiled.outputs]
 
     def close(self) -> None:
         self._request = None
         self._compiled = None
+        self._other = {}
 
 
 def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = None,

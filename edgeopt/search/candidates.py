@@ -130,8 +130,13 @@ def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
 
 
 def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
-    return [("prune.channels", {"sparsity": params["sparsity"], "train": {"epochs": params["epochs"]}}),
-            ("convert.onnx", {}), ("graph.simplify", {})]
+    """Channels pruned with fine-tuning (distilled from the unpruned model), exported, optionally static INT8."""
+    chain: Chain = [("prune.channels", {"sparsity": params["sparsity"], "loss": "distill",
+                                        "train": {"epochs": params["epochs"]}}),
+                    ("convert.onnx", {}), ("graph.simplify", {})]
+    if params.get("int8"):
+        chain.append(("graph.quantize_static", {}))
+    return chain
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -173,7 +178,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"heads": (0.25, 0.5), "ffn": (0.0, 0.25), "epochs": (3,)}, _heads_chain,
            skip=_structural_skip("transformer"), structural=True, from_baseline=True),
     Family("structural-channels", 20, "onnxruntime", "channels pruned from the PyTorch CNN and fine-tuned, then exported",
-           {"sparsity": (0.3, 0.5), "epochs": (3,)}, _channels_chain,
+           {"sparsity": (0.5, 0.3, 0.7), "int8": (True, False), "epochs": (4, 8)}, _channels_chain,
            skip=_structural_skip("cnn"), structural=True, from_baseline=True),
 )}
 

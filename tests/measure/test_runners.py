@@ -145,3 +145,21 @@ def test_wrong_dtype_is_one_line_input_error(tiny_mlp_onnx):
     with pytest.raises(InputError, match="run failed") as e:
         make_runner(tiny_mlp_onnx, 1).run({"x": np.zeros((1, 16), np.int64)})
     assert "\n" not in str(e.value)
+
+
+def test_openvino_static_shapes_still_run_a_shorter_last_batch(tmp_path, tiny_cnn_onnx):
+    pytest.importorskip("openvino")
+    from edgeopt.passes.base import PassContext, build_pass
+    from edgeopt.recipe import MeasureSpec
+
+    ov_art = build_pass("convert.openvino", {"static_shapes": True, "precision": "f32"})(
+        tiny_cnn_onnx, PassContext(stage_dir=tmp_path / "ov", measure=MeasureSpec(batch=4)))
+    ref = make_runner(tiny_cnn_onnx, threads=1)
+    r = make_runner(ov_art, threads=1)
+    rng = np.random.default_rng(0)
+    for n in (4, 3, 4):  # the static batch, a shorter last batch, the static batch again
+        feed = {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
+        np.testing.assert_allclose(r.run(feed)[0], ref.run(feed)[0], rtol=1e-3, atol=1e-4)
+    assert ov_art.meta["openvino"]["static_shapes"]["x"][0] == 4
+    r.close()
+    ref.close()
