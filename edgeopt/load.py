@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,12 @@ from edgeopt.errors import InputError
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training",
                  "com.ms.internal.nhwc", "pkg.onnxscript.torch_lib.common"}
 MIN_OPSET, MAX_OPSET = 7, 23
+# A Hugging Face config.json beside an .onnx file (optimum exports write one): meta key -> its config keys, first
+# found wins (GPT-2 names them n_head / n_embd, encoder-decoders encoder_attention_heads / d_model)
+HF_CONFIG_INTS = {"num_heads": ("num_attention_heads", "n_head", "encoder_attention_heads"),
+                  "hidden_size": ("hidden_size", "n_embd", "d_model"),
+                  "vocab_size": ("vocab_size",)}
+MAX_HF_CONFIG_BYTES = 1 << 20
 
 
 def load_onnx_checked(path: str | Path, load_external_data: bool = False):
@@ -208,10 +215,35 @@ def load_model(source: str | Path | Any, example_inputs: Any = None, *, seq_len:
                      "a zoo: name or a Hugging Face folder")
 
 
+def hf_config_meta(model_path: Path) -> dict[str, Any]:
+    """The model facts a Hugging Face `config.json` beside `model_path` gives, under the meta keys the Hugging Face
+    folder loader sets: `family` (model_type), `num_heads`, `hidden_size`, `vocab_size` ({} without a readable
+    config). Plain JSON, read only; values of the wrong type are left out (the model file still loads)."""
+    f = Path(model_path).parent / "config.json"
+    try:
+        if not f.is_file() or f.stat().st_size > MAX_HF_CONFIG_BYTES:
+            return {}
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, nested too deep
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    meta: dict[str, Any] = {}
+    if isinstance(cfg.get("model_type"), str) and cfg["model_type"].strip():
+        meta["family"] = cfg["model_type"].strip()
+    for key, names in HF_CONFIG_INTS.items():
+        v = next((cfg[n] for n in names if n in cfg), None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            meta[key] = v
+    return meta
+
+
 @register_format("onnx", lambda p: p.is_file() and p.suffix.lower() == ".onnx")
 def _from_onnx(path: Path, *, seq_len: int, batch: int) -> Artifact:
+    """An ONNX file (checked), with the family, heads and width of a Hugging Face config.json beside it, so
+    graph.fuse can run ONNX Runtime's transformer optimizer on it."""
     load_onnx_checked(path)
-    return Artifact.from_onnx(path, meta={"source": str(path)})
+    return Artifact.from_onnx(path, meta={"source": str(path), **hf_config_meta(path)})
 
 
 @register_format("openvino", lambda p: p.is_file() and p.suffix.lower() == ".xml" and p.with_suffix(".bin").exists())

@@ -121,3 +121,53 @@ def test_loader_never_imports_the_zoo():
     code = "import sys, edgeopt.load; print(any(m.startswith('edgeopt.zoo') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False", "the zoo is imported on the first zoo: or folder lookup, not with edgeopt.load"
+
+
+def _onnx_export_folder(folder, onnx_model, config: dict | str | None):
+    """`folder/model.onnx` (a copy of `onnx_model`), with `config` written beside it as config.json."""
+    import json
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(onnx_model.path, folder / "model.onnx")
+    if config is not None:
+        (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return folder / "model.onnx"
+
+
+def test_onnx_with_hf_config_beside_it_gets_fused(tmp_path, tiny_bert_torch, tiny_bert_onnx, tiny_bert_feeds):
+    """An optimum-style export (model.onnx + config.json) carries its family, so graph.fuse runs ONNX Runtime's
+    transformer optimizer on it (without the config it has no family and gets the rule sets only)."""
+    from helpers import cosine_rows, run_onnx
+
+    from edgeopt.passes.base import PassContext, build_pass
+
+    cfg = tiny_bert_torch.module.encoder.config.to_dict()
+    p = _onnx_export_folder(tmp_path / "export", tiny_bert_onnx, cfg)
+    before = sha256_file(p)
+    art = load_model(p)
+    assert {k: art.meta[k] for k in ("family", "num_heads", "hidden_size", "vocab_size")} == {
+        "family": "bert", "num_heads": 4, "hidden_size": 32, "vocab_size": 120}
+    ctx = PassContext(stage_dir=tmp_path / "fuse")
+    out = build_pass("graph.fuse", {})(art, ctx)
+    ops = {n.op_type for n in onnx.load(str(out.path)).graph.node}
+    assert ctx.notes["fuse"]["ort_transformer"] == "bert"
+    assert ctx.notes["fusions"]["ort.Attention"] == 2 and ctx.notes["fusions"]["ort.SkipLayerNormalization"] == 4
+    assert {"Attention", "SkipLayerNormalization"} <= ops and "Softmax" not in ops
+    ref, got = run_onnx(p, tiny_bert_feeds), run_onnx(out.path, tiny_bert_feeds)
+    assert min(float(cosine_rows(r, g).min()) for r, g in zip(ref, got)) > 0.9999
+    assert sha256_file(p) == before
+
+    bare = load_model(_onnx_export_folder(tmp_path / "bare", tiny_bert_onnx, None))
+    assert "family" not in bare.meta
+    ctx = PassContext(stage_dir=tmp_path / "fuse-bare")
+    build_pass("graph.fuse", {})(bare, ctx)
+    assert ctx.notes["fuse"]["ort_transformer"] is None and "ort.Attention" not in ctx.notes["fusions"]
+
+
+@pytest.mark.parametrize("config", ["{not json", "[1, 2]", '{"model_type": 3, "num_attention_heads": "4", '
+                                    '"hidden_size": true}', '{"model_type": "gpt2", "n_head": 4, "n_embd": 32}'])
+def test_onnx_hf_config_keeps_only_well_typed_values(tmp_path, tiny_mlp_onnx, config):
+    art = load_model(_onnx_export_folder(tmp_path / "m", tiny_mlp_onnx, config))
+    got = {k: art.meta[k] for k in ("family", "num_heads", "hidden_size") if k in art.meta}
+    assert got == ({"family": "gpt2", "num_heads": 4, "hidden_size": 32} if "gpt2" in config else {})

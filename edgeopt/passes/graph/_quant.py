@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from edgeopt.passes.base import PassConfig
+from edgeopt.passes.graph._io import save_onnx_atomic
 
 FLOAT_DEFAULT = {"DefaultTensorType": 1}  # contrib ops (Attention, ...) defeat shape inference: assume float
+# Ops whose input at this index ONNX Runtime's static quantizer turns into an int32 bias (scale = input x weight scale)
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 
 
 def quantizable_nodes(model_path, op_types: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
@@ -31,6 +35,83 @@ def quantizable_nodes(model_path, op_types: tuple[str, ...] | None = None) -> li
             continue
         out.append((n.name, n.op_type))
     return out
+
+
+def _reads(graph: Any) -> dict[str, int]:
+    """How many times each tensor name is read: node inputs (subgraphs included) and graph outputs."""
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for name, n in _reads(sub).items():
+                    counts[name] = counts.get(name, 0) + n
+    for out in graph.output:
+        counts[out.name] = counts.get(out.name, 0) + 1
+    return counts
+
+
+def shared_biases(model: Any) -> list[tuple[int, str]]:
+    """(node index, bias name) of every Conv/ConvTranspose/Gemm whose bias initializer is also read elsewhere."""
+    inits = {i.name for i in model.graph.initializer}
+    reads = _reads(model.graph)
+    out = []
+    for k, node in enumerate(model.graph.node):
+        i = BIAS_INPUT.get(node.op_type)
+        if i is not None and node.domain in ("", "ai.onnx") and len(node.input) > i:
+            name = node.input[i]
+            if name in inits and reads.get(name, 0) > 1:
+                out.append((k, name))
+    return out
+
+
+def unshare_biases(model: Any) -> int:
+    """Give each Conv/ConvTranspose/Gemm bias initializer that another node (or output) also reads its own copy,
+    in place; returns how many copies were made.
+
+    ONNX Runtime's static quantizer quantizes a bias once, to int32 at the first node's input x weight
+    scale, and hands that same tensor to every other reader: in QOperator format an Add sharing it gets an
+    int32 input and the model no longer loads (QLinearAdd takes 8-bit inputs); a second Conv/Gemm sharing
+    it gets the first one's scale (wrong numbers). Exporters merge identical initializers (all-zero
+    biases of freshly initialized layers), so this happens on real models. Written here because the
+    quantizer has no option for it.
+    """
+    from onnx import numpy_helper  # lazy: onnx is heavy, the pass registry imports this module
+
+    found = shared_biases(model)
+    if not found:
+        return 0
+    by_name = {i.name: i for i in model.graph.initializer}
+    taken = set(by_name) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for k, name in found:
+        node = model.graph.node[k]
+        base = f"{name}__{node.name or node.op_type + str(k)}"
+        new, j = base, 1
+        while new in taken:
+            new, j = f"{base}_{j}", j + 1
+        taken.add(new)
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(by_name[name]), new))
+        node.input[BIAS_INPUT[node.op_type]] = new
+    reads = _reads(model.graph)
+    for name in {name for _, name in found} - set(reads):  # every reader now has its own copy
+        model.graph.initializer.remove(by_name[name])
+    return len(found)
+
+
+def with_unshared_biases(src: Path, work: Path) -> tuple[Path, int]:
+    """(`src`, 0) when no Conv/Gemm bias is shared, else (a copy of the model in `work` whose shared biases
+    were copied, how many): the input file is never modified."""
+    import onnx  # lazy: onnx is heavy, the pass registry imports this module
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not shared_biases(model):
+        return src, 0
+    load_external_data_for_model(model, str(Path(src).parent))
+    n = unshare_biases(model)
+    return save_onnx_atomic(model, Path(work) / "model.onnx"), n
 
 
 @contextlib.contextmanager

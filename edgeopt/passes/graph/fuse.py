@@ -19,9 +19,15 @@ from `edgeopt.analyze.patterns`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import io
 import logging
-from typing import Any
+import os
+import sys
+import tempfile
+from typing import Any, Iterator
 
 from pydantic import field_validator
 
@@ -32,6 +38,8 @@ from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
 from edgeopt.passes.graph._io import save_onnx_atomic
 from edgeopt.passes.graph.rules import RULE_SETS, apply_rule_sets
+
+log = logging.getLogger(__name__)
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "transformer": ("layernorm", "gelu", "matmul_add"),
@@ -66,22 +74,68 @@ def resolve_rule_sets(rules: str | tuple[str, ...] | list[str]) -> list[str]:
     return [n for n in RULE_SETS if n in chosen]
 
 
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Everything written to stdout and stderr while open, kept out of the terminal: Python's `sys.stdout` /
+    `sys.stderr` and the process's file descriptors 1 and 2 (C/C++ output). The yielded list receives the
+    captured text on exit.
+
+    For that span, output of other threads of this process is captured too (the descriptors are the
+    process's); it is kept short (one library call).
+    """
+    captured: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile() as sink:
+        buf = io.StringIO()
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                except OSError:  # no such descriptor (a detached process): nothing to capture there
+                    continue
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield captured
+        finally:
+            with contextlib.suppress(Exception):  # C stdio buffers, before the descriptors go back
+                ctypes.CDLL(None).fflush(None)
+            for fd, dup in saved:
+                os.dup2(dup, fd)
+                os.close(dup)
+            sink.seek(0)
+            captured.extend(t for t in (buf.getvalue(), sink.read().decode(errors="replace")) if t.strip())
+
+
 def _ort_optimize(model: Any, model_type: str, num_heads: int, hidden_size: int) -> tuple[Any, dict[str, int]]:
     """ONNX Runtime's transformer optimizer (opt_level=0: its Python fusions only); (model, fused-op statistics).
 
-    It rewrites the ModelProto it is given in place, so it gets a copy: a failure leaves `model` whole.
+    It rewrites the ModelProto it is given in place, so it gets a copy: a failure leaves `model` whole. What
+    it prints (e.g. "failed in shape inference" on GPT-2) goes to this module's debug log, not the terminal;
+    a failure is the caller's one warning or error. The com.microsoft opset import its fused ops need is
+    added here (ONNX Runtime adds it only in its own `save`), so later shape inference reads the model.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # its fusions log every pattern they do not find
+    printed: list[str] = []
     try:
-        opt = optimize_model(copy.deepcopy(model), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                             opt_level=0)
-        stats = opt.get_fused_operator_statistics()
+        with captured_output() as printed:
+            opt = optimize_model(copy.deepcopy(model), model_type=model_type, num_heads=num_heads,
+                                 hidden_size=hidden_size, opt_level=0)
+            stats = opt.get_fused_operator_statistics()
     finally:
         logging.disable(previous)
-    return opt.model, {k: int(v) for k, v in stats.items()}
+        if printed:
+            log.debug("ONNX Runtime transformer optimizer (%s) printed: %s", model_type, " ".join(printed)[:2000])
+    out = opt.model
+    if any(n.domain == "com.microsoft" for n in out.graph.node) and not any(
+            o.domain == "com.microsoft" for o in out.opset_import):
+        out.opset_import.add(domain="com.microsoft", version=1)
+    return out, {k: int(v) for k, v in stats.items()}
 
 
 @register("graph.fuse")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -12,7 +14,7 @@ from edgeopt.errors import PassError
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.graph._io import finish, stage_output, target_of
 from edgeopt.passes.graph._quant import (FLOAT_DEFAULT, QuantConfig, quant_type, quiet_root_logger,
-                                         resolved_settings, run_quantize_dynamic)
+                                         resolved_settings, run_quantize_dynamic, with_unshared_biases)
 from edgeopt.passes.graph.mixed import mixed_quantize
 
 
@@ -63,7 +65,12 @@ class _Reader:
 
 @register("graph.quantize_static")
 class QuantizeStatic(Pass):
-    """INT8 weights and activations with scales calibrated on the recipe's calibration data."""
+    """INT8 weights and activations with scales calibrated on the recipe's calibration data.
+
+    A Conv/Gemm bias initializer that another node also reads (exporters merge identical ones) is given
+    its own copy first, on a copy of the model (`_quant.unshare_biases` says why); the count is recorded
+    in `notes["quantization"]["unshared_biases"]`.
+    """
 
     class Config(QuantConfig):
         method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -92,9 +99,11 @@ class QuantizeStatic(Pass):
             extra["CalibPercentile"] = cfg.percentile
         out, tmp = stage_output(ctx)
         advance = ctx.task(f"calibrating ({cfg.method})", total=len(feeds))
+        unshared = 0
         try:
-            with quiet_root_logger():
-                quantize_static(str(art.path), str(tmp), _Reader(feeds, advance),
+            with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".unshared.") as work, quiet_root_logger():
+                src, unshared = with_unshared_biases(Path(art.path), Path(work))
+                quantize_static(str(src), str(tmp), _Reader(feeds, advance),
                                 quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
                                 op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
                                 per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
@@ -105,5 +114,6 @@ class QuantizeStatic(Pass):
             tmp.unlink(missing_ok=True)
             raise PassError(f"graph.quantize_static failed: {str(e).splitlines()[0][:300]}") from None
         ctx.notes["quantization"] = {"mode": "static", "method": cfg.method, "format": fmt, "activation_type": act,
-                                     "samples": len(feeds), **settings, "excluded": list(cfg.exclude)}
+                                     "samples": len(feeds), **settings, "excluded": list(cfg.exclude),
+                                     "unshared_biases": unshared}
         return finish(tmp, out, art, quantized=f"static-int8-{fmt}")

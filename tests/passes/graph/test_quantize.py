@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 from helpers import cosine_rows, run_onnx
@@ -92,3 +93,60 @@ def test_fp16_keeps_io_float32(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
     assert out.size_bytes < 0.7 * tiny_mlp_onnx.size_bytes
     ref, got = run_onnx(tiny_mlp_onnx.path, tiny_mlp_feeds), run_onnx(out.path, tiny_mlp_feeds)
     assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > 0.999
+
+
+def _shared_bias_model(path, second: str, bias: float):
+    """x -> Conv(W1, B) -> `second`, where B (the Conv's bias initializer) is read again by `second`: an Add
+    ("add": y = conv + B) or a second Conv ("conv": y = Conv(Relu(conv), W2, B)); opset 13, 8 channels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.artifact import Artifact
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal((8, 4, 3, 3))).astype(np.float32), "W1"),
+             numpy_helper.from_array((0.3 * rng.standard_normal((8, 8, 3, 3))).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.full(8, bias, np.float32), "B")]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B"], ["c"], pads=[1, 1, 1, 1], name="conv1")]
+    if second == "add":  # B (8,) broadcasts over the last axis (width 8)
+        nodes.append(helper.make_node("Add", ["c", "B"], ["y"], name="add"))
+        inits.pop(1)
+    else:
+        nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                  helper.make_node("Conv", ["r", "W2", "B"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return Artifact.from_onnx(path)
+
+
+@pytest.mark.parametrize("second, bias", [("add", 0.0), ("conv", 3.0)])
+def test_static_qoperator_with_shared_conv_bias(tmp_path, second, bias):
+    """A Conv bias initializer also read by another node: ONNX Runtime's quantizer used to hand its int32
+    bias to the Add (QLinearAdd: the model did not load) or to the second Conv at the first one's scale."""
+    from edgeopt.data import random_feeds
+    from edgeopt.passes.base import get_pass
+
+    art = _shared_bias_model(tmp_path / "in.onnx", second, bias)
+    before = sha256_file(art.path)
+    feeds = random_feeds(art.input_spec, 8, {"batch": 1}, seed=1)
+    ctx = PassContext(stage_dir=tmp_path / "q", calibration=feeds, target=get_target("auto"))
+    out = build_pass("graph.quantize_static", {"format": "QOperator"})(art, ctx)
+    c = ops(out.path)
+    assert c["QLinearConv"] == 2 if second == "conv" else c["QLinearConv"] == 1 and c["QLinearAdd"] == 1
+    assert ctx.notes["quantization"]["unshared_biases"] == (1 if second == "add" else 2)
+    assert sha256_file(art.path) == before, "the input file is never modified"
+    assert not [p for p in (tmp_path / "q").iterdir() if p.name != "model.onnx"], "the working copy is removed"
+    ref, got = run_onnx(art.path, feeds), run_onnx(out.path, feeds)  # loads in ONNX Runtime
+    assert min(cosine_rows(r, g).min() for r, g in zip(ref, got)) > get_pass("graph.quantize_static").tolerance
+
+
+def test_unshare_biases_copies_only_shared_conv_gemm_biases(tmp_path):
+    from edgeopt.passes.graph._quant import shared_biases, unshare_biases
+
+    model = onnx.load(str(_shared_bias_model(tmp_path / "m.onnx", "conv", 1.0).path))
+    assert [name for _, name in shared_biases(model)] == ["B", "B"]
+    assert unshare_biases(model) == 2 and shared_biases(model) == []
+    biases = [n.input[2] for n in model.graph.node if n.op_type == "Conv"]
+    assert len(set(biases)) == 2 and "B" not in {i.name for i in model.graph.initializer}, "no reader left"
+    onnx.checker.check_model(model)
+    assert unshare_biases(onnx.load(str(_shared_bias_model(tmp_path / "a.onnx", "add", 0.0).path))) == 1
