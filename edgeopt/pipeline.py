@@ -25,7 +25,7 @@ from edgeopt.measure.memory import peak_rss_mb
 from edgeopt.passes.base import PassContext
 from edgeopt.executor import make_executor
 from edgeopt.search.study import SearchInput, run_search
-from edgeopt.search.tasks import save_data, time_candidates
+from edgeopt.search.tasks import accuracy, save_data, time_candidates
 from edgeopt.steps import (apply_pass, cache_key, feeds_key, file_artifact, first_line, json_meta,
                            load_portable, portable, restore_torch)
 from edgeopt.recipe import PassStep, Recipe, load_recipe, parse_recipe
@@ -358,7 +358,7 @@ class Pipeline:
         base_runner = runners.make_runner(base_art, threads=m.threads, spinning=m.spinning)
         ref = run.reference if run.reference is not None else self._outputs(base_runner, run, "fidelity (baseline)")
         run.reference = ref
-        base_acc = _accuracy(ref, run.labels)
+        base_acc = accuracy(ref, run.labels)
         base_stage.fidelity = fidelity.compare(ref, ref)
         if base_acc is not None:
             base_stage.accuracy = {"top1": base_acc}
@@ -369,7 +369,7 @@ class Pipeline:
             runner = made[stage.name] = runners.make_runner(art, threads=m.threads, spinning=m.spinning)
             outs = self._outputs(runner, run, f"fidelity ({stage.name})")
             stage.fidelity = fidelity.compare(ref, outs)
-            acc = _accuracy(outs, run.labels)
+            acc = accuracy(outs, run.labels)
             if acc is not None:
                 stage.accuracy = {"top1": acc}
                 stage.fidelity["accuracy_drop"] = 100.0 * (base_acc - acc)
@@ -581,17 +581,6 @@ def stage_artifact(stage: Stage) -> Artifact:
     if not stage.artifact or stage.artifact.get("kind") not in ("onnx", "openvino") or not stage.artifact.get("path"):
         raise InputError(f"stage {stage.name}: no model file recorded")
     return file_artifact(stage.artifact, stage.notes.get("meta", {}))
-
-
-def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
-    """Top-1 accuracy of classifier outputs (argmax over the last axis) against labels, or None."""
-    if not labels:
-        return None
-    import numpy as np
-
-    hits = sum(int((np.asarray(o).reshape(len(np.atleast_1d(y)), -1).argmax(-1) == np.atleast_1d(y)).sum())
-               for o, y in zip(outputs, labels))
-    return hits / sum(len(np.atleast_1d(y)) for y in labels)
 
 
 def _flops(art: Artifact, m: Any) -> int | None:

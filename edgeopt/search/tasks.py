@@ -62,7 +62,8 @@ def load_data(path: str | Path) -> dict[str, list[Any]]:
     return {role: [items[i] for i in sorted(items)] for role, items in out.items()}
 
 
-def _accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
+def accuracy(outputs: list[Any], labels: list[Any] | None) -> float | None:
+    """Top-1 accuracy of classifier outputs (argmax over the last axis) against labels, or None without labels."""
     if not labels:
         return None
     hits = sum(int((np.asarray(o).reshape(len(np.atleast_1d(y)), -1).argmax(-1) == np.atleast_1d(y)).sum())
@@ -79,10 +80,10 @@ def judge(art: Any, data: dict[str, list[Any]], gates: dict[str, Any], threads: 
         runner.close()
     ref = data["reference"]
     fid = fidelity.compare(ref, outs)
-    acc = _accuracy(outs, data.get("labels"))
+    acc = accuracy(outs, data.get("labels"))
     result: dict[str, Any] = {"fidelity": fid}
     if acc is not None:
-        base = _accuracy(ref, data.get("labels"))
+        base = accuracy(ref, data.get("labels"))
         result["accuracy"] = {"top1": acc}
         fid["accuracy_drop"] = 100.0 * ((base or 0.0) - acc)
     passed, why = fidelity.gate(fid, gates)
