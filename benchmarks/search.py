@@ -32,17 +32,18 @@ def cpu_flags() -> tuple[str, list[str]]:
     return t.cpu_model, list(t.isa)
 
 
-def references(fp32: Path, out: Path) -> dict[str, Path]:
+def references(fp32_art, out: Path) -> dict[str, Path]:
     """The models a user gets from the runtimes' own tools, built from the same fp32 ONNX file."""
     import numpy as np
 
     from onnxruntime.transformers import optimizer
 
     out.mkdir(parents=True, exist_ok=True)
+    fp32 = Path(fp32_art.path)
     refs = {"ort fp32": fp32}
     opt = out / "ort_transformer_optimizer.onnx"
     if not opt.exists():
-        m = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=None)
+        m = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=12, hidden_size=384, opt_level=None)
         m.save_model_to_file(str(opt))
     refs["ort transformer optimizer"] = opt
     try:
@@ -53,10 +54,8 @@ def references(fp32: Path, out: Path) -> dict[str, Path]:
     ov_fp32, ov_int8 = out / "ov_fp32" / "model.xml", out / "ov_nncf_int8" / "model.xml"
     if not ov_fp32.exists() or not ov_int8.exists():
         from edgeopt.data import resolve
-        from edgeopt.load import load_model
 
-        art = load_model(str(fp32), seq_len=128, batch=1)
-        cal = resolve("zoo:sentences[:64]", art, seq_len=128, batch=1, role="calibration", default_slice=slice(0, 64))
+        cal = resolve("zoo:sentences[:64]", fp32_art, seq_len=128, batch=1, role="calibration", default_slice=slice(0, 64))
         model = ov.convert_model(str(fp32))
         ov_fp32.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(ov_fp32))
@@ -69,7 +68,7 @@ def references(fp32: Path, out: Path) -> dict[str, Path]:
     return refs
 
 
-def fidelity_of(path: Path, kind_hint: str = "") -> float:
+def fidelity_of(art) -> float:
     """Mean cosine of the model's embeddings to PyTorch fp32 on zoo:sentences[64:320]."""
     from edgeopt.data import resolve
     from edgeopt.load import load_model
@@ -77,7 +76,6 @@ def fidelity_of(path: Path, kind_hint: str = "") -> float:
     from edgeopt.measure.runners import make_runner
 
     base = load_model("zoo:minilm", seq_len=128, batch=1)
-    art = load_model(str(path), seq_len=128, batch=1)
     feeds = resolve("zoo:sentences[64:320]", base, seq_len=128, batch=1, role="eval", default_slice=slice(64, 320))
     rb, ra = make_runner(base, threads=2), make_runner(art, threads=2)
     try:
@@ -113,19 +111,23 @@ def minilm(args: argparse.Namespace, has_vnni: bool, claims: list[Claim], execut
         console.print(f"[dim]{n}[/dim]")
     if tag:
         return {"front": led.search["front"], "ledger": led}
-    fp32 = Path(stage_artifact(led.stage("onnx")).path)
-    refs = references(fp32, Path(args.out) / "refs")
-    chosen = stage_artifact(led.stage(led.best))
-    models = {**refs, f"edgeopt chosen ({led.best})": chosen.path}
+    from edgeopt.artifact import Artifact
+
+    fp32_art = stage_artifact(led.stage("onnx"))
+    refs = references(fp32_art, Path(args.out) / "refs")
+    meta = {k: v for k, v in fp32_art.meta.items() if k not in ("openvino", "session")}  # the tokenizer, names
+    models = {n: (Artifact.from_onnx(p, meta=meta) if p.suffix == ".onnx" else Artifact.from_openvino(p, meta=meta))
+              for n, p in refs.items()}
+    models[f"edgeopt chosen ({led.best})"] = stage_artifact(led.stage(led.best))
     structural = [r for r in led.search["trials"] if r["family"].startswith("structural") and r["status"] == "done"]
     best_struct = max(structural, key=lambda r: (r["fidelity_value"] >= 0.99, r["speedup"]["ratio"]), default=None)
     if best_struct:
-        models[f"structural ({best_struct['label']})"] = Path(best_struct["artifact"]["path"])
+        models[f"structural ({best_struct['label']})"] = Artifact.from_onnx(best_struct["artifact"]["path"], meta=meta)
     b = bench(list(models.values()), threads=2, runs=args.runs, warmup=10, data="zoo:sentences[64:72]", seq_len=128)
     console.print(render(b))
     names = list(models)
     rows = dict(zip(names, b.rows))
-    fid = {n: fidelity_of(Path(p)) for n, p in models.items()}
+    fid = {n: fidelity_of(a) for n, a in models.items()}
     for n in names:
         console.print(f"  {n}: p50 {rows[n].p50:.2f} ms, mean cosine {fid[n]:.4f}")
     from edgeopt.measure.latency import paired_speedup

@@ -120,13 +120,14 @@ def _structural_skip(kind: str) -> Callable[[Any, ModelInfo, float], str | None]
 
 
 def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
-    """Attention heads and FFN neurons pruned, then distilled from the original on generated sentences."""
-    prune: dict[str, Any] = {"sparsity": params["heads"], "recover": "none"}
+    """Feed-forward neurons pruned (structured OBS with refit, then distilled from the original on the
+    calibration data) and optionally attention heads first; then exported and fused."""
+    chain: Chain = []
+    if params.get("heads"):
+        chain.append(("prune.heads", {"sparsity": params["heads"], "recover": "none" if params.get("ffn") else "distill"}))
     if params.get("ffn"):
-        prune["ffn_sparsity"] = params["ffn"]
-    return [("prune.heads", prune),
-            ("distill", {"loss": "cosine", "train": {"epochs": params["epochs"]}}),
-            ("convert.onnx", {}), *_prefix(info)]
+        chain.append(("prune.ffn", {"sparsity": params["ffn"], "recover": "distill"}))
+    return [*chain, ("convert.onnx", {}), *_prefix(info)]
 
 
 def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
@@ -175,7 +176,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            skip=_no_openvino),
     Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
            "distilled from the original on the calibration data, then exported and fused",
-           {"heads": (0.25, 0.5), "ffn": (0.0, 0.25), "epochs": (3,)}, _heads_chain,
+           {"ffn": (0.5, 0.25), "heads": (0.0, 0.25)}, _heads_chain,
            skip=_structural_skip("transformer"), structural=True, from_baseline=True),
     Family("structural-channels", 20, "onnxruntime", "channels pruned from the PyTorch CNN and fine-tuned, then exported",
            {"sparsity": (0.5, 0.3, 0.7), "int8": (True, False), "epochs": (4, 8)}, _channels_chain,
