@@ -48,6 +48,7 @@ CASES: dict[str, Case] = {
     "prune.magnitude": Case("tiny_convnet_torch", "tiny_convnet_feeds", {"sparsity": 0.5}),
     "prune.channels": Case("tiny_convnet_torch", "tiny_convnet_feeds", {"floor": 0.8}),  # 0.98 keeps round 0 here
     "prune.heads": BERT_TORCH,
+    "prune.ffn": Case("tiny_bert_torch", "tiny_bert_feeds", {"sparsity": 0.5, "round_to": 8}),
     "arch.depthwise": CNN,
     "distill": CNN,
     "quant.qat": CNN,
@@ -228,7 +229,8 @@ CHANGED: dict[str, Callable[..., None]] = {
     "graph.quantize_static": _onnx_quantized, "graph.quantize_mixed": _onnx_quantized,
     "session.tune": _session_tuned, "openvino.quantize": _ov_quantized, "kernels.attention": _attention_swapped,
     "kernels.winograd": _winograd, "kernels.fused_norm": _fused_norm, "prune.magnitude": _zeroed,
-    "prune.channels": _fewer_channels, "prune.heads": _fewer_params, "arch.depthwise": _depthwise,
+    "prune.channels": _fewer_channels, "prune.heads": _fewer_params, "prune.ffn": _fewer_params,
+    "arch.depthwise": _depthwise,
     "distill": _fewer_params, "quant.qat": _qdq_onnx,
 }
 
@@ -263,6 +265,7 @@ REASON_CHECKS: dict[str, Callable[..., None]] = {
     "prune.magnitude": _sparsity_reached,
     "prune.channels": _scored("score", "floor_score", 0.8),
     "prune.heads": _scored("score", "score_before_recovery", 0.9),
+    "prune.ffn": _scored("score", "score_before_recovery", 0.9),
     "arch.depthwise": _scored("score_after_recovery", "score_before_recovery", 0.75),
     "distill": _scored("student_score", "student_score_before", 0.9),
     "quant.qat": _scored("score_qat_onnx", 0.9, 0.9),

@@ -4,6 +4,7 @@ embedding losses (cosine / MSE), feature distillation with learned adapters, and
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -13,12 +14,13 @@ from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError, RecipeError
 from edgeopt.load import load_model
 from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.passes.compress import policy
-from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
+from edgeopt.passes.compress import padding, policy
+from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count
 from edgeopt.passes.compress.channels import PruneStep, prune_to
 from edgeopt.passes.compress.depgraph import probe_groups
 from edgeopt.passes.compress.losses import DistillLoss, FeatureDistiller, freeze, make_loss
-from edgeopt.train import TrainConfig
+from edgeopt.passes.compress.padding import BucketedData, art_mask_index, load_inputs, with_reference
+from edgeopt.train import TensorData, TrainConfig
 from edgeopt.zoo import digits
 
 
@@ -49,8 +51,14 @@ class Distill(Pass):
         temperature: float = Field(default=4.0, gt=0)
         alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the soft (teacher) term")
         features: tuple[tuple[str, str], ...] = Field(default=(), description="(student module, teacher module) pairs")
-        layer_map: Literal["none", "pkd-skip", "pkd-last"] = "none"
+        layer_map: Literal["none", "pkd-skip", "pkd-last", "same"] = "none"
         beta: float = Field(default=10.0, ge=0, description="weight of the feature loss")
+        feature_tokens: Literal["first", "all"] = Field(
+            default="first", description="sequence features: compare the first token, or every valid token")
+        trim_padding: bool = Field(default=True, description="text models with an attention mask: train on "
+                                   "length-bucketed batches cut to their longest sequence (same outputs, less work)")
+        dropout: bool = Field(default=True, description="False: the student trains in eval mode (no dropout, "
+                              "BatchNorm statistics frozen)")
         train: TrainConfig = TrainConfig(epochs=5, patience=3, lr=1e-3)
 
         @model_validator(mode="after")
@@ -72,6 +80,7 @@ class Distill(Pass):
         import torch
 
         cfg = self.config
+        cpu0 = time.process_time()
         example = example_args(art, ctx, self.name)
         if cfg.teacher is not None:
             teacher = load_teacher(cfg.teacher)
@@ -86,33 +95,62 @@ class Distill(Pass):
         if tuple(t_out.shape) != tuple(s_out.shape):
             raise PassError(f"{self.name}: student output shape {tuple(s_out.shape)} does not match the teacher's "
                             f"{tuple(t_out.shape)} (student: {type(student).__name__}, teacher: {type(teacher).__name__})")
-        data = task_data(art, ctx, cfg, teacher, self.name)
+        mask_at = art_mask_index(art) if cfg.trim_padding else None
+        data = load_inputs(art, ctx, cfg, self.name)
         fit_data, val = data.split(cfg.val_fraction, seed=cfg.train.seed)
+        val = with_reference(val, teacher, mask_at)
         kind = cfg.loss if cfg.loss != "auto" else ("kd" if data.labelled or _looks_like_logits(t_out) else "cosine")
         pairs = list(cfg.features) or layer_pairs(student, teacher, cfg.layer_map)
-        feat = FeatureDistiller(student, teacher, pairs, example) if pairs and cfg.beta > 0 else None
-        loss_fn = make_loss(teacher, DistillLoss(kind, cfg.temperature, cfg.alpha, cfg.beta), feat)
-        params = list(student.parameters()) + (list(feat.adapters.parameters()) if feat else [])
-        score_before = tr.evaluate(student, val) if val.targets is not None else None
-        try:
-            result = tr.fit(student, fit_data, cfg.train, loss_fn=loss_fn, val=val, params=params,
-                            progress=ctx.progress, description=f"{self.name} ({kind})")
-        finally:
-            if feat is not None:
-                feat.remove()
-        teacher_score = tr.evaluate(teacher, val)
+        score_before = padding.evaluate(student, val, mask_at) if val.targets is not None else None
+        result = distill_fit(student, teacher, fit_data, val, DistillLoss(kind, cfg.temperature, cfg.alpha, cfg.beta),
+                             cfg.train, pairs=pairs, example=example, tokens=cfg.feature_tokens, mask_at=mask_at,
+                             dropout=cfg.dropout, progress=ctx.progress, description=f"{self.name} ({kind})")
+        teacher_score = padding.evaluate(teacher, val, mask_at)
         ctx.notes[self.name] = {
             "student": how, "loss": kind, "temperature": cfg.temperature, "alpha": cfg.alpha,
             "feature_pairs": [list(p) for p in pairs], "beta": cfg.beta if pairs else 0.0,
+            "feature_tokens": cfg.feature_tokens, "trim_padding": mask_at is not None,
+            "samples": len(data), "cpu_seconds": round(time.process_time() - cpu0, 1),
             "metric": "accuracy" if data.labelled else "cosine_to_teacher",
             "teacher_params": param_count(teacher), "student_params": param_count(student),
             "teacher_score": teacher_score, "student_score_before": score_before,
-            "student_score": tr.evaluate(student, val), "fit": result.to_dict(),
+            "student_score": padding.evaluate(student, val, mask_at), "fit": result.to_dict(),
         }
         meta = {"distilled_from": art.meta.get("source") if cfg.teacher is None else cfg.teacher}
         if how.startswith("layers:"):
             meta["num_layers"] = int(how.split(":")[1].split()[0])
         return derived(student, art, rebuild, **meta)
+
+
+def distill_fit(student: Any, teacher: Any, fit_data: TensorData, val: TensorData | None, spec: DistillLoss,
+                train: TrainConfig, *, pairs: list[tuple[str, str]] = (), example: tuple[Any, ...] = (),
+                tokens: Literal["first", "all"] = "first", mask_at: int | None = None, dropout: bool = True,
+                progress: Any = None, description: str = "distill") -> tr.FitResult:
+    """Train `student` in place to match the frozen `teacher` (edgeopt.train.fit): the loss `spec` on the
+    outputs, plus spec.beta × the feature loss of the (student, teacher) module `pairs` (`tokens` as
+    FeatureDistiller takes it). With `mask_at` (the attention-mask input), batches are length-bucketed and cut
+    to their longest sequence, and `val` (targets: the teacher's outputs or labels) is scored the same way.
+    `dropout=False` trains the student in eval mode. Used by distill and by the pruning passes' recovery."""
+    feat = FeatureDistiller(student, teacher, list(pairs), example, tokens, mask_at) if pairs and spec.beta > 0 else None
+    base = make_loss(teacher, spec, feat)
+
+    def loss_fn(model: Any, x: Any, y: Any) -> Any:
+        if not dropout:
+            model.eval()
+        return base(model, x, y)
+
+    params = list(student.parameters()) + (list(feat.adapters.parameters()) if feat else [])
+    if mask_at is not None:
+        fit_data = BucketedData(fit_data.inputs, fit_data.targets, mask_at=mask_at)
+    score_fn = None
+    if val is not None and val.targets is not None:
+        score_fn = lambda m: padding.evaluate(m, val, mask_at)  # noqa: E731
+    try:
+        return tr.fit(student, fit_data, train, loss_fn=loss_fn, score_fn=score_fn, params=params,
+                      progress=progress, description=description)
+    finally:
+        if feat is not None:
+            feat.remove()
 
 
 # ---------------------------------------------------------------------------------------------- students
@@ -257,5 +295,10 @@ def layer_pairs(student: Any, teacher: Any, layer_map: str) -> list[tuple[str, s
     s, t = layer_stack(student), layer_stack(teacher)
     if s is None or t is None:
         raise RecipeError("distill: field 'layer_map': the student or the teacher has no stack of layers")
+    if layer_map == "same":
+        if len(s[1]) != len(t[1]):
+            raise RecipeError(f"distill: field 'layer_map': 'same' needs as many student layers as teacher layers "
+                              f"({len(s[1])} vs {len(t[1])})")
+        return [(f"{s[0]}.{i}", f"{t[0]}.{i}") for i in range(len(s[1]))]
     idx = pick_layers(len(t[1]), len(s[1]), layer_map)
     return [(f"{s[0]}.{i}", f"{t[0]}.{j}") for i, j in enumerate(idx)]

@@ -57,13 +57,24 @@ def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> Any
 
 class FeatureDistiller:
     """Captures the outputs of (student, teacher) module pairs with forward hooks and turns them into a loss
-    through learned adapters (Linear on the last axis, 1×1 Conv2d for feature maps) where widths differ."""
+    through learned adapters (Linear on the last axis, 1×1 Conv2d for feature maps) where widths differ.
 
-    def __init__(self, student: Any, teacher: Any, pairs: list[tuple[str, str]], example: tuple[Any, ...]):
+    Sequence features (B, T, H) are compared on the first token (`tokens="first"`, as patient KD does: MSE of
+    the L2-normalized vectors) or on every valid token (`tokens="all"`: MSE over the tokens `mask` marks valid,
+    divided by the teacher's mean square, so each pair weighs about 1 whatever its scale — the signal a
+    mean-pooled sentence embedding needs). `mask` is set per batch by the loss (see make_loss)."""
+
+    def __init__(self, student: Any, teacher: Any, pairs: list[tuple[str, str]], example: tuple[Any, ...],
+                 tokens: Literal["first", "all"] = "first", mask_at: int | None = None):
         import torch
         from torch import nn
 
+        if tokens not in ("first", "all"):
+            raise ValueError(f"FeatureDistiller: field 'tokens': expected first or all, got {tokens!r}")
         self.pairs = pairs
+        self.tokens = tokens
+        self.mask_at = mask_at
+        self.mask: Any = None
         self.store: dict[str, Any] = {}
         self.handles = []
         for i, (sn, tn) in enumerate(pairs):
@@ -102,6 +113,12 @@ class FeatureDistiller:
             s, t = adapter(self.store[f"s{i}"]), self.store[f"t{i}"].detach()
             if s.dim() == 4 and s.shape[-2:] != t.shape[-2:]:
                 s = F.adaptive_avg_pool2d(s, t.shape[-2:])
+            if s.dim() == 3 and self.tokens == "all":
+                m = self.mask
+                if m is not None and tuple(m.shape) == tuple(s.shape[:2]):
+                    s, t = s[m.bool()], t[m.bool()]
+                total = total + F.mse_loss(s, t) / t.pow(2).mean().clamp(min=1e-12)
+                continue
             if s.dim() == 3:  # (B, T, H): the first token, as patient KD does
                 s, t = s[:, 0], t[:, 0]
             s, t = F.normalize(s.flatten(1), dim=1), F.normalize(t.flatten(1), dim=1)
@@ -120,6 +137,8 @@ def make_loss(teacher: Any, spec: DistillLoss, feat: FeatureDistiller | None = N
     import torch.nn.functional as F
 
     def loss_fn(student, x, y):
+        if feat is not None and feat.mask_at is not None:
+            feat.mask = x[feat.mask_at]
         with torch.no_grad():
             t_out = teacher(*x)
         s_out = student(*x)
