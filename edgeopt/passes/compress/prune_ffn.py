@@ -91,8 +91,9 @@ def allocate(full: list[int], sparsity: float, sensitivity: list[float] | None, 
              power: float = 0.5) -> list[float]:
     """Per-block sparsities whose neuron-weighted mean is `sparsity`: all equal without `sensitivity`, else
     proportional to sensitivity^-power (the output loss each block caused alone, pruned at `sparsity`), each at
-    most `max_sparsity`. power 0.5 was measured on all-MiniLM-L6-v2 (cosine 0.9873 → 0.9887 at half the neurons,
-    one-shot, against equal widths)."""
+    most `max_sparsity`. On all-MiniLM-L6-v2 (half the neurons, one-shot, 256 calibration sentences) widths shaped
+    like this gave mean cosine 0.9887 against 0.9873 for equal widths; the sensitivities ran 0.0013 (first
+    layer) to 0.0041 (last), so power 1 would have emptied the first layers."""
     n = len(full)
     if sensitivity is None or n == 0:
         return [sparsity] * n
@@ -144,7 +145,7 @@ class PruneFFN(Pass):
         round_to: int = Field(default=32, ge=1, description="widths are multiples of this")
         refit: bool = True
         damp: float = Field(default=0.01, gt=0, description="ridge of the least-squares fits, × mean diagonal")
-        samples: int = Field(default=256, ge=2, description="calibration samples for the Gram matrices")
+        samples: int = Field(default=1024, ge=2, description="calibration samples for the Gram matrices (at most)")
         recover: Literal["distill", "none"] = "none"
         hidden: float = Field(default=1.0, ge=0, description="weight of the hidden-state loss in recovery")
         dropout: bool = Field(default=False, description="keep dropout on while recovering")
@@ -179,7 +180,7 @@ class PruneFFN(Pass):
         widths = [round_width(w * (1 - s), w, cfg.round_to) for w, s in zip(full, spars)]
         refitted = 0
         for b, w in zip(blocks, widths):
-            if w == b.width and not cfg.refit:
+            if w == b.width and not (cfg.refit and cfg.sparsity > 0):
                 continue
             down = model.get_submodule(b.down)
             stats = layer_stats(model, down, calib, mask_at, teacher=original if cfg.refit else None,

@@ -173,3 +173,69 @@ def test_bad_input_is_refused(tmp_path):
     art = load_model(conv, {"x": torch.randn(1, 1, 8, 8)})
     with pytest.raises(PassError, match="no feed-forward block"):
         build_pass("prune.ffn", {})(art, PassContext(stage_dir=tmp_path))
+
+
+def test_structural_chain_resumes_its_torch_stages(tiny_bert_torch, tmp_path, monkeypatch):
+    """prune.heads (obs) → prune.ffn → convert.onnx, interrupted at the export: on --resume both torch stages are
+    rebuilt from their saved weights (not pruned again) and compute what they computed before; the fused ONNX of
+    the head-pruned model loads (graph.fuse gets the new head count from the meta)."""
+    from helpers import record_reused
+
+    from edgeopt.passes.compress.prune_ffn import PruneFFN
+    from edgeopt.passes.compress.prune_heads import PruneHeads
+    from edgeopt.passes.convert.onnx import ConvertOnnx
+    from edgeopt.pipeline import optimize, stage_artifact
+
+    recipe = {"data": {"calibration": "random:32", "eval": "random:6"},
+              "passes": [{"prune.heads": {"stage": "heads", "sparsity": 0.5, "importance": "obs", "recover": "none"}},
+                         {"prune.ffn": {"stage": "ffn", "sparsity": 0.5, "round_to": 8}},
+                         {"convert.onnx": {"stage": "onnx"}}, {"graph.fuse": {"stage": "fused"}}],
+              "measure": {"threads": 1, "seq_len": 16, "warmup": 0, "runs": 3, "memory": False, "energy": False},
+              "gates": {"min_cosine": 0.0}}
+    out = tmp_path / "run"
+    made, calls = {}, {"prune.heads": 0, "prune.ffn": 0}
+
+    def spy(cls):
+        real = cls.run
+
+        def run(self, art, ctx):
+            calls[self.name] += 1
+            made[self.name] = real(self, art, ctx)
+            return made[self.name]
+        monkeypatch.setattr(cls, "run", run)
+
+    def interrupted(self, art, ctx):
+        raise KeyboardInterrupt
+
+    spy(PruneHeads)
+    spy(PruneFFN)
+    monkeypatch.setattr(ConvertOnnx, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(tiny_bert_torch, recipe=recipe, out=out, progress=False)
+    assert calls == {"prune.heads": 1, "prune.ffn": 1}
+    assert made["prune.heads"].meta["num_heads"] == 2 and made["prune.heads"].meta["hidden_size"] == 16
+
+    monkeypatch.undo()
+    spy(PruneHeads)
+    spy(PruneFFN)
+    calls.update({"prune.heads": 0, "prune.ffn": 0})
+    before = dict(made)
+    reused = record_reused(monkeypatch)
+    res = optimize(tiny_bert_torch, recipe=recipe, out=out, resume=True, progress=False)
+    assert calls == {"prune.heads": 0, "prune.ffn": 0}, "finished torch stages were pruned again"
+    stages = {s.name: s for s in res.ledger.stages}
+    assert stages["heads"].notes.get("cached") and stages["ffn"].notes.get("cached")
+    ids = tiny_bert_torch.meta["example_inputs"]
+    with torch.no_grad():
+        for stage, name in (("heads", "prune.heads"), ("ffn", "prune.ffn")):
+            assert reused[stage].sha256 == before[name].sha256
+            assert torch.equal(reused[stage].module(**ids), before[name].module(**ids))
+    assert stages["fused"].status == "done" and stages["fused"].fidelity["mean_cosine"] > 0.5
+    assert stages["fused"].notes["fuse"]["ort_transformer"] == "bert"
+    assert stages["fused"].notes["fusions"].get("ort.Attention") == 2, "2-head attention fused"
+    fused = stage_artifact(stages["fused"])
+    feeds = _padded_feeds(3, seed=2)
+    with torch.no_grad():
+        want = [reused["ffn"].module(*(torch.from_numpy(f[n]) for n in fused.input_spec.names)).numpy() for f in feeds]
+    # with the unpruned head count (4) in the meta the fused attention splits 16 columns into 4 heads: 1e-5 off
+    assert max(float(abs(g - w).max()) for g, w in zip(run_onnx(fused.path, feeds), want)) < 2e-6
