@@ -82,12 +82,10 @@ def _resolve_feeds(spec: str, art: Artifact, ctx: PassContext) -> list[dict[str,
     return data_mod.resolve(spec, art, seq_len=seq_len, batch=32, role="calibration", default_slice=slice(None))
 
 
-def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pass_name: str) -> TensorData:
-    """The samples a pass fine-tunes and scores on, as TensorData.
-
-    Targets are the labels when the data has them; otherwise `reference`'s outputs on the inputs (the
-    pass then recovers agreement with the model it started from, and scores by cosine to it).
-    """
+def load_inputs(art: Artifact, ctx: PassContext, cfg: FineTune, pass_name: str) -> TensorData:
+    """The samples a pass trains or calibrates on (`cfg.data`, else the model's training data, else the
+    calibration data; at most `cfg.limit`), with their labels as targets when the data has labels, else none
+    (see `with_reference`)."""
     spec = cfg.data or art.meta.get("train_data")
     try:
         feeds = _resolve_feeds(spec, art, ctx) if spec else list(ctx.calibration)
@@ -99,6 +97,16 @@ def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pa
     data = TensorData(xs, labels)
     if cfg.limit is not None and len(data) > cfg.limit:
         data = data.subset(slice(0, cfg.limit))
+    return data
+
+
+def task_data(art: Artifact, ctx: PassContext, cfg: FineTune, reference: Any, pass_name: str) -> TensorData:
+    """The samples a pass fine-tunes and scores on, as TensorData.
+
+    Targets are the labels when the data has them; otherwise `reference`'s outputs on the inputs (the
+    pass then recovers agreement with the model it started from, and scores by cosine to it).
+    """
+    data = load_inputs(art, ctx, cfg, pass_name)
     if data.targets is None:
         data = TensorData(data.inputs, tr.predict(reference, data).detach())
     return data

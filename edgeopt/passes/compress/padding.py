@@ -17,7 +17,7 @@ from edgeopt import train as tr
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError, PassError
 from edgeopt.passes.base import PassContext
-from edgeopt.passes.compress._common import FineTune, _resolve_feeds, feeds_to_tensors, input_names
+from edgeopt.passes.compress._common import FineTune, _resolve_feeds, feeds_to_tensors, input_names, load_inputs
 from edgeopt.train import TensorData
 
 
@@ -113,24 +113,6 @@ def evaluate(model: Any, data: TensorData, mask_at: int | None) -> float:
     if data.targets is None:
         raise ValueError("evaluate needs data with targets (labels or reference outputs)")
     return tr.score(predict(model, data, mask_at), data.targets)
-
-
-def load_inputs(art: Artifact, ctx: PassContext, cfg: FineTune, pass_name: str) -> TensorData:
-    """The samples a pass trains or calibrates on (`cfg.data`, else the model's training data, else the
-    calibration data; at most `cfg.limit`), with their labels as targets when the data has labels, else none
-    (see `with_reference`)."""
-    spec = cfg.data or art.meta.get("train_data")
-    try:
-        feeds = _resolve_feeds(spec, art, ctx) if spec else list(ctx.calibration)
-    except InputError as e:
-        raise PassError(f"{pass_name}: field 'data': {e}") from None
-    if not feeds:
-        raise PassError(f"{pass_name}: no training data: set 'data' or give calibration data")
-    xs, labels = feeds_to_tensors(feeds, input_names(art))
-    data = TensorData(xs, labels)
-    if cfg.limit is not None and len(data) > cfg.limit:
-        data = data.subset(slice(0, cfg.limit))
-    return data
 
 
 def with_reference(data: TensorData, reference: Any, mask_at: int | None) -> TensorData:
