@@ -92,3 +92,56 @@ def test_two_students_or_unknown_arch_are_refused(tiny_digits_resnet, ctx):
         build_pass("distill", {"student_arch": "resnet-999"})(tiny_digits_resnet, ctx)
     with pytest.raises(RecipeError, match="alpha"):
         build_pass("distill", {"alpha": 1.5})
+
+
+def _padded(n: int, seed: int) -> list:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        ids = np.zeros((1, 16), np.int64)
+        length = int(rng.integers(4, 17))
+        ids[0, :length] = rng.integers(1, 120, length)
+        feeds.append({"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": 0 * ids})
+    return feeds
+
+
+def test_token_level_features_on_cut_batches(tmp_path):
+    """feature_tokens all + trim_padding (the structural MiniLM recipe's distillation) on right-padded text."""
+    teacher = _bert(4)
+    ctx = PassContext(stage_dir=tmp_path, calibration=_padded(48, 5))
+    build_pass("distill", {"student_layers": 2, "layer_map": "pkd-skip", "loss": "cosine", "beta": 1.0,
+                           "feature_tokens": "all", "dropout": False,
+                           "train": {"epochs": 2, "lr": 1e-3, "batch_size": 8}})(teacher, ctx)
+    notes = ctx.notes["distill"]
+    assert notes["trim_padding"] and notes["feature_tokens"] == "all" and notes["samples"] == 48
+    assert notes["student_score"] >= notes["student_score_before"] and notes["cpu_seconds"] >= 0
+    assert ds.layer_pairs(teacher.module, teacher.module, "same") == [
+        (f"encoder.encoder.layer.{i}", f"encoder.encoder.layer.{i}") for i in range(4)]
+    with pytest.raises(RecipeError, match="'same' needs as many student layers"):
+        ds.layer_pairs(_bert(2).module, teacher.module, "same")
+
+
+def test_all_token_feature_loss_ignores_padding():
+    """tokens=all compares only the tokens the mask marks valid: garbage at padded positions changes nothing."""
+    import numpy as np
+
+    a, b = _bert(2).module, _bert(2).module
+    with torch.no_grad():
+        b.encoder.encoder.layer[0].output.dense.weight.mul_(1.1)
+    feeds = _padded(4, 9)
+    xs = tuple(torch.from_numpy(np.concatenate([f[n] for f in feeds])) for n in ("input_ids", "attention_mask",
+                                                                               "token_type_ids"))
+    assert not bool(xs[1].all()), "some padding"
+    feat = losses.FeatureDistiller(a, b, [("encoder.encoder.layer.0", "encoder.encoder.layer.0")], xs, "all", 1)
+    loss_fn = losses.make_loss(b, losses.DistillLoss("cosine", beta=1.0), feat)
+    loss_fn(a, xs, None)  # fills the hooks' store and the mask
+    clean = float(feat.loss().detach())
+    valid = xs[1].bool()[..., None]
+    s0 = feat.store["s0"]
+    feat.store["s0"] = torch.where(valid, s0, s0 + 100.0)
+    assert float(feat.loss().detach()) == pytest.approx(clean, rel=1e-6)
+    feat.store["s0"] = torch.where(valid, s0 + 1.0, s0)
+    assert float(feat.loss().detach()) > clean + 1e-3
+    feat.remove()

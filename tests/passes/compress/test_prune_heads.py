@@ -116,3 +116,49 @@ def test_model_without_attention_and_bad_sparsity(tiny_mlp_torch, tmp_path):
         build_pass("prune.heads", {})(tiny_mlp_torch, PassContext(stage_dir=tmp_path))
     with pytest.raises(RecipeError, match="sparsity"):
         build_pass("prune.heads", {"sparsity": 1.0})
+
+
+def test_obs_heads_equal_per_layer_and_compensated(tiny_bert_torch, tmp_path):
+    """importance obs: every layer loses the same number of heads, the meta tells graph.fuse the new head count,
+    and the compensated output projection keeps the output closer than cutting the same heads uncompensated."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    feeds = []
+    for _ in range(64):
+        ids = np.zeros((1, 16), np.int64)
+        n = int(rng.integers(4, 17))
+        ids[0, :n] = rng.integers(1, 120, n)
+        feeds.append({"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": 0 * ids})
+    ctx = PassContext(stage_dir=tmp_path / "obs", calibration=feeds)
+    out = build_pass("prune.heads", {"sparsity": 0.5, "importance": "obs", "recover": "none"})(tiny_bert_torch, ctx)
+    notes = ctx.notes["prune.heads"]
+    assert list(notes["per_layer"].values()) == [2, 2]
+    assert out.meta["num_heads"] == 2 and out.meta["hidden_size"] == 16
+    # the same heads cut without compensation: original weights, masked
+    units, _ = ph.find_attention(tiny_bert_torch.module)
+    mask = torch.zeros(len(units), 4)
+    for i, u in enumerate(units):
+        mask[i, notes["kept"][u.name]] = 1.0
+    x = tuple(torch.from_numpy(np.concatenate([f[k] for f in feeds[:32]])) for k in tiny_bert_torch.input_spec.names)
+    with torch.no_grad():
+        ref = tiny_bert_torch.module(*x)
+        handles = ph._mask_hooks(units, mask)
+        try:
+            masked = tiny_bert_torch.module(*x)
+        finally:
+            for h in handles:
+                h.remove()
+        pruned = out.module(*x)
+    cos = torch.nn.functional.cosine_similarity
+    assert float(cos(pruned, ref).mean()) > float(cos(masked, ref).mean())
+
+
+def test_unequal_heads_turn_attention_fusion_off(tiny_bert_torch, bert_ctx, monkeypatch):
+    """Head counts that differ per layer cannot be one Attention num_heads: the meta says 0 (ORT leaves attention
+    unfused, the model stays correct) and a warning names scope: layer."""
+    monkeypatch.setattr(ph, "choose_heads", lambda *a, **k: [[0, 1, 2], [3]])
+    out = build_pass("prune.heads", {"sparsity": 0.5, "recover": "none"})(tiny_bert_torch, bert_ctx)
+    assert list(bert_ctx.notes["prune.heads"]["per_layer"].values()) == [3, 1]
+    assert out.meta["num_heads"] == 0 and out.meta["hidden_size"] == 0
+    assert any("scope: layer" in w for w in bert_ctx.warnings)
