@@ -13,6 +13,7 @@ local two-node Ray cluster and compares fronts and where timing tasks ran.
 Prints the CPU flags and every check with its numbers; the exit status is 1 when a check does not hold.
 
     .venv/bin/python benchmarks/search.py [--trials 12] [--train-minutes 0] [--runs 100] [--cnn] [--ray]
+        [--families ort-fp32,ov-int8,structural-heads] [--space '{"structural-heads": {"heads": [0.0]}}']
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def minilm(args: argparse.Namespace, has_vnni: bool, claims: list[Claim], execut
     recipe["gates"] = {"mean_cosine": 0.995}
     recipe["data"] = {"calibration": "zoo:sentences[:64]", "eval": "zoo:sentences[64:320]"}
     search = {"trials": args.trials, "train_minutes": args.train_minutes}
+    if args.families:
+        search["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
+    if args.space:
+        search["space"] = json.loads(args.space)
     res = optimize("zoo:minilm", recipe=recipe, out=out, console=console, resume=True, search=search,
                    executor=executor, ray_address=ray_address)
     led = res.ledger
@@ -224,6 +229,8 @@ def main() -> int:
     ap.add_argument("--train-minutes", type=float, default=0.0)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--out", default="runs/bench-search")
+    ap.add_argument("--families", default="", help="comma-separated candidate families (default: all)")
+    ap.add_argument("--space", default="", help='JSON overriding families\' settings, e.g. {"structural-heads": {"heads": [0.0]}}')
     ap.add_argument("--cnn", action="store_true", help="also the digits-cnn comparison with the cnn-course recipe")
     ap.add_argument("--ray", action="store_true", help="also the MiniLM search through a local two-node Ray cluster")
     args = ap.parse_args()

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from edgeopt.versions import __version__
+
+
+def _quiet_third_party() -> None:
+    """torchao (installed with litert-torch, imported by transformers whenever present) tries to load CUDA kernels
+    and registers enums with torch's pytree on import: both print warnings into every command's output. Its CPU
+    code needs neither; the user's own setting of the variable wins."""
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").addFilter(lambda r: "register_constant" not in r.getMessage())
+
+
+_quiet_third_party()
 
 _API = {
     "Artifact": "edgeopt.artifact",

@@ -11,8 +11,9 @@ from typing import Any, Callable, Literal
 
 from edgeopt.extras import require
 
-Kind = Literal["torch", "onnx", "tflite", "openvino"]
-KINDS: tuple[str, ...] = ("torch", "onnx", "tflite", "openvino")
+Kind = Literal["torch", "onnx", "tflite", "openvino", "ncnn", "coreml"]
+KINDS: tuple[str, ...] = ("torch", "onnx", "tflite", "openvino", "ncnn", "coreml")
+FILE_KINDS: tuple[str, ...] = ("onnx", "openvino", "tflite", "ncnn", "coreml")  # kinds stored as files on disk
 WEIGHTS_FILE = "model.safetensors"  # a saved torch stage: its state dict ...
 REBUILD_FILE = "rebuild.json"  # ... and how to rebuild its architecture from the model it started from
 REBUILD_FORMAT = 1
@@ -125,10 +126,66 @@ def sha256_files(*paths: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(folder: Path) -> str:
+    """One content hash over every file under a folder (relative paths included), e.g. a Core ML .mlpackage."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _companions(kind: str, path: Path) -> tuple[Path, ...]:
+    """The files a model of `kind` at `path` consists of (an OpenVINO .xml and its .bin, ncnn .param and .bin)."""
+    if kind in ("openvino", "ncnn"):
+        return (path, path.with_suffix(".bin"))
+    return (path,)
+
+
 def content_sha256(kind: str, path: str | Path) -> str:
     """The content hash an artifact of `kind` stored at `path` is recorded with."""
     path = Path(path)
-    return sha256_files(path, path.with_suffix(".bin")) if kind == "openvino" else sha256_file(path)
+    if kind == "coreml":
+        return sha256_tree(path)
+    return sha256_files(*_companions(kind, path)) if kind in ("openvino", "ncnn") else sha256_file(path)
+
+
+def file_size(kind: str, path: str | Path) -> int:
+    """Bytes on disk of a model of `kind` at `path` (with its weight files; a Core ML package's whole folder)."""
+    path = Path(path)
+    if kind == "coreml":
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in _companions(kind, path) if p.exists())
+
+
+def tflite_input_spec(path: str | Path) -> InputSpec:
+    """The inputs of a .tflite model's first signature (else of its graph), read by LiteRT's interpreter."""
+    interp_mod = require("ai_edge_litert.interpreter", "reading a .tflite model")
+    try:
+        it = interp_mod.Interpreter(model_path=str(path))
+    except Exception as e:
+        raise ValueError(f"{Path(path).name}: not a valid .tflite file ({(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    sigs = it.get_signature_list()
+    if sigs:
+        name = next(iter(sigs))
+        details = it.get_signature_runner(name).get_input_details()
+        # the file keeps a signature's inputs sorted by name; the graph's tensor index is the model's own order
+        items = sorted(details.items(), key=lambda kv: int(kv[1].get("index", 0)))
+    else:
+        items = [(d["name"], d) for d in it.get_input_details()]
+    specs = []
+    for k, d in items:
+        shape = tuple(int(x) for x in d["shape"])
+        specs.append(TensorSpec(k, np_dtype_name(d["dtype"]), shape))
+    return InputSpec(tuple(specs))
+
+
+def np_dtype_name(dtype: Any) -> str:
+    import numpy as np  # lazy: the artifact module stays light
+
+    return np.dtype(dtype).name
 
 
 def sha256_module(module: Any) -> str:
@@ -239,6 +296,31 @@ class Artifact:
         size = path.stat().st_size + (weights.stat().st_size if weights.exists() else 0)
         return cls(kind="openvino", path=path, input_spec=InputSpec(tuple(specs)), sha256=sha256_files(path, weights),
                    size_bytes=size, meta=dict(meta or {}))
+
+    @classmethod
+    def from_file(cls, kind: str, path: str | Path, input_spec: InputSpec | None = None,
+                  meta: dict[str, Any] | None = None) -> Artifact:
+        """A file-backed artifact of any kind: onnx (.onnx), openvino (.xml + .bin), tflite (.tflite; its inputs
+        are read from its first signature when `input_spec` is not given), ncnn (.param + .bin beside it) or
+        coreml (a .mlpackage folder). ncnn and coreml need `input_spec` (their files do not hold the shapes).
+        Raises ValueError for an unknown kind, a missing file or a missing input_spec."""
+        path = Path(path)
+        if kind == "onnx":
+            return cls.from_onnx(path, meta=meta)
+        if kind == "openvino":
+            return cls.from_openvino(path, meta=meta)
+        if kind not in FILE_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; file kinds: {', '.join(FILE_KINDS)}")
+        if not path.exists():
+            raise ValueError(f"{path}: no such {kind} model")
+        if kind == "ncnn" and not path.with_suffix(".bin").exists():
+            raise ValueError(f"{path}: its weights {path.with_suffix('.bin').name} are missing")
+        if input_spec is None:
+            if kind != "tflite":
+                raise ValueError(f"a {kind} model needs its input spec (the file does not record shapes)")
+            input_spec = tflite_input_spec(path)
+        return cls(kind=kind, path=path, input_spec=input_spec, sha256=content_sha256(kind, path),  # type: ignore[arg-type]
+                   size_bytes=file_size(kind, path), meta=dict(meta or {}))
 
     @classmethod
     def from_module(cls, module: Any, input_spec: InputSpec, meta: dict[str, Any] | None = None,

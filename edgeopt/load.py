@@ -212,7 +212,7 @@ def load_model(source: str | Path | Any, example_inputs: Any = None, *, seq_len:
     if p.is_dir():
         raise InputError(f"{p}: a folder without config.json is not a Hugging Face model folder")
     raise InputError(f"{p}: unsupported model file type {p.suffix or '(none)'!r}; expected .onnx, OpenVINO .xml, "
-                     "a zoo: name or a Hugging Face folder")
+                     ".tflite, a zoo: name or a Hugging Face folder")
 
 
 def hf_config_meta(model_path: Path) -> dict[str, Any]:
@@ -256,6 +256,18 @@ def _from_openvino(path: Path, *, seq_len: int, batch: int) -> Artifact:
         raise InputError(f"{path}: OpenVINO IR needs the openvino package") from None
     except Exception as e:
         raise InputError(f"{path}: not a readable OpenVINO IR ({e.__class__.__name__})") from None
+
+
+@register_format("tflite", lambda p: p.is_file() and p.suffix.lower() == ".tflite")
+def _from_tflite(path: Path, *, seq_len: int, batch: int) -> Artifact:
+    """A LiteRT (.tflite) flatbuffer; its inputs come from its first signature (read by LiteRT's interpreter)."""
+    try:
+        return Artifact.from_file("tflite", path, meta={"source": str(path)})
+    except InputError:  # ai-edge-litert not installed: the message names the extra
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
 
 def eval_copy(module: Any) -> Any:
     """`module` in eval mode without touching the caller's: a deep copy if any submodule is in training mode."""

@@ -14,14 +14,15 @@ from edgeopt import data
 from edgeopt.analyze.diagnose import diagnose
 from edgeopt.analyze.flops import total_flops
 from edgeopt.analyze.preflight import preflight
-from edgeopt.artifact import Artifact, InputSpec
+from edgeopt.artifact import FILE_KINDS, Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
 from edgeopt.load import load_model
 from edgeopt.measure import fidelity, latency, runners, size
 from edgeopt.measure.latency import LatencyStats
 from edgeopt.measure.energy import energy_per_inference
-from edgeopt.measure.memory import peak_rss_mb
+from edgeopt.measure import mobile
+from edgeopt.measure.memory import MemoryBudgetExceeded, peak_rss_mb
 from edgeopt.passes.base import PassContext
 from edgeopt.executor import make_executor
 from edgeopt.search.study import SearchInput, run_search
@@ -66,6 +67,8 @@ class RunState:
     random_eval: bool = False  # fidelity is measured on random inputs (no evaluation data given or known)
     reference: list[Any] | None = None  # the baseline's first output on every evaluation feed, once computed
     data_used: dict[str, str] = field(default_factory=dict)  # what each role was fed, one line each (data.describe)
+    calibration_spec: str | None = None  # the calibration data spec in effect
+    limits: Any = None  # measure.mobile.MobileLimits on a simulated mobile target (pinned cores, memory budget)
 
     def task(self, description: str, total: int) -> Any:
         """A progress task (None without a progress display)."""
@@ -156,6 +159,10 @@ class Pipeline:
         run = RunState(calibration=cal, evaluation=ev, labels=labels, data_key=feeds_key(cal[:8]), ledger=ledger,
                        old=old, versions=versions(), progress=self._progress(), random_eval=random_eval)
         run.data_used = {"calibration": data.describe(cal_spec, art), "evaluation": data.describe(eval_spec, art)}
+        run.calibration_spec = cal_spec
+        run.limits = mobile.limits_for(self.target, threads=m.threads, memory_mb=m.memory_budget_mb)
+        if run.limits is not None:
+            ledger.environment["simulation"] = run.limits.to_dict()
         if run.progress is not None:
             run.progress.start()
         try:
@@ -259,7 +266,7 @@ class Pipeline:
             return None
         if kind == "torch":
             art = self._restore_torch(prev, Path(path), parent, calibration)
-        elif kind in ("onnx", "openvino"):
+        elif kind in FILE_KINDS:
             art = stage_artifact(prev)
         else:
             return None
@@ -298,7 +305,7 @@ class Pipeline:
                           data_key=run.data_key, target=self.target, measure=self.recipe.measure,
                           gates=self.recipe.gates, spec=self.recipe.search, out_dir=self.out_dir,
                           executor=self.executor, console=self.console, progress=run.progress,
-                          resume=run.old is not None)
+                          resume=run.old is not None, calibration_spec=run.calibration_spec)
         self._say(f"search: {len(inp.spec.families) or 'all'} famil{'y' if len(inp.spec.families) == 1 else 'ies'}, "
                   f"budget {inp.spec.trials} trials"
                   + (f" / {inp.spec.minutes:g} min" if inp.spec.minutes else "")
@@ -326,7 +333,7 @@ class Pipeline:
     def _reference(self, run: RunState) -> list[Any]:
         """The baseline's first output on every evaluation feed (computed once per run)."""
         if run.reference is None:
-            runner = runners.make_runner(run.stages[0][1], threads=self.recipe.measure.threads,
+            runner = runners.make_runner(run.stages[0][1], threads=self._threads(run),
                                          spinning=self.recipe.measure.spinning)
             try:
                 run.reference = self._outputs(runner, run, "fidelity (baseline)")
@@ -339,23 +346,35 @@ class Pipeline:
         """Fidelity against the baseline, size, then latency of all stages interleaved in one process,
         then peak memory per stage in a child process."""
         m = self.recipe.measure
-        stage_runners = self._measure_fidelity(run)
+        with mobile.pinned(run.limits):  # a simulated mobile target: runners (and their thread pools) made pinned
+            stage_runners = self._measure_fidelity(run)
         self._measure_size(run)
-        timed = {s.name: stage_runners[s.name] for s, a in run.stages if a.kind != "torch" or m.torch_latency}
+        timed = {s.name: stage_runners[s.name] for s, a in run.stages
+                 if s.name in stage_runners and (a.kind != "torch" or m.torch_latency)}
         self._preflight(run)
         if getattr(self.executor, "name", "local") != "local":
             self._measure_remote(run, timed)
             return
-        self._measure_latency(run, timed)
+        with mobile.pinned(run.limits):
+            self._measure_latency(run, timed)
+        if run.limits is not None:
+            stray = mobile.stray_threads(run.limits)
+            if stray:
+                run.stages[0][0].warnings.append(f"simulated mobile: {len(stray)} thread(s) created before pinning "
+                                                 "could run outside the simulated cores")
         if m.memory:
             self._measure_memory(run)
+
+    def _threads(self, run: RunState) -> int:
+        """The intra-op threads every runner gets: the recipe's, or the simulated mobile target's (at most its cores)."""
+        return run.limits.threads if run.limits is not None else self.recipe.measure.threads
 
     def _measure_fidelity(self, run: RunState) -> dict[str, Any]:
         """Each stage's outputs on the evaluation data against the baseline's: fidelity, accuracy (labelled
         data) and the gates. Returns the runner made for each stage, by stage name."""
         m, gates = self.recipe.measure, self.recipe.gates
         base_stage, base_art = run.stages[0]
-        base_runner = runners.make_runner(base_art, threads=m.threads, spinning=m.spinning)
+        base_runner = runners.make_runner(base_art, threads=self._threads(run), spinning=m.spinning)
         ref = run.reference if run.reference is not None else self._outputs(base_runner, run, "fidelity (baseline)")
         run.reference = ref
         base_acc = accuracy(ref, run.labels)
@@ -366,7 +385,11 @@ class Pipeline:
         base_stage.gate = Gate(passed=True, why="baseline")
         made = {base_stage.name: base_runner}
         for stage, art in run.stages[1:]:
-            runner = made[stage.name] = runners.make_runner(art, threads=m.threads, spinning=m.spinning)
+            try:
+                runner = made[stage.name] = runners.make_runner(art, threads=self._threads(run), spinning=m.spinning)
+            except runners.NotMeasurableHere as e:  # Core ML off Apple: kept, checked structurally, never timed
+                stage.notes["not_measured"] = str(e).split(": ", 1)[-1]
+                continue
             outs = self._outputs(runner, run, f"fidelity ({stage.name})")
             stage.fidelity = fidelity.compare(ref, outs)
             acc = accuracy(outs, run.labels)
@@ -448,7 +471,7 @@ class Pipeline:
         baseline and the first file-backed stage, recorded on the baseline."""
         m = self.recipe.measure
         lines: dict[str, str] = {}  # one line per condition ("shapes", "load", …): the first model's
-        firsts = [run.stages[0][1]] + [a for _, a in run.stages[1:] if a.kind in ("onnx", "openvino")][:1]
+        firsts = [run.stages[0][1]] + [a for _, a in run.stages[1:] if a.kind in FILE_KINDS and a.kind != "coreml"][:1]
         for art in firsts:
             for w in preflight(art, feed=run.evaluation[0], target=self.target, threads=m.threads,
                                warmup=m.warmup, runs=m.runs, spinning=m.spinning):
@@ -458,14 +481,25 @@ class Pipeline:
 
     def _measure_memory(self, run: RunState) -> None:
         """Peak RSS of each stage in a child process that loads it and runs the first evaluation feed."""
-        threads, feed = self.recipe.measure.threads, run.evaluation[0]
+        threads, feed = self._threads(run), run.evaluation[0]
         task = run.task("peak memory (child process per stage)", len(run.stages))
         for stage, art in run.stages:
+            if stage.notes.get("not_measured"):
+                run.advance(task)
+                continue
             try:
-                res = peak_rss_mb(art, feed, threads=threads)
+                if run.limits is not None:  # pinned child under the simulated memory budget
+                    res = mobile.peak_memory(art, feed, run.limits)
+                    stage.notes["memory_budget"] = {"budget_mb": res.budget_mb, "charged_mb": res.charged_mb}
+                else:
+                    res = peak_rss_mb(art, feed, threads=threads, budget_mb=self.recipe.measure.memory_budget_mb)
                 stage.peak_rss_mb = getattr(res, "peak_mb", res)
                 if hasattr(res, "import_mb"):
                     stage.notes["rss_import_mb"] = res.import_mb
+            except MemoryBudgetExceeded as e:  # over the simulated device's memory: the stage fails
+                stage.status, stage.error = "failed", str(e)
+                if run.stages[0][0] is stage:
+                    stage.warnings.append(f"the baseline itself is over the simulated memory budget: {e}")
             except EdgeoptError as e:
                 stage.warnings.append(f"peak memory not measured: {e}")
             run.advance(task)
@@ -550,14 +584,14 @@ def choose_best(stages: list[Stage], kinds: dict[str, str], samples: dict[str, S
                 per_turn: int = 1) -> tuple[Stage | None, list[tuple[Stage, str]]]:
     """The stage to ship, and the faster stages passed over with the reason.
 
-    Eligible: finished ONNX / OpenVINO stages that passed their gates and were timed. Start from the fastest
+    Eligible: finished file-backed stages (ONNX, OpenVINO, LiteRT, ncnn) that passed their gates and were timed. Start from the fastest
     (p50); while its parent is eligible too and the paired speedup over the parent, measured in the same
     interleaved session, has a 95% interval that does not exclude 1 (`measure.latency.paired_speedup`),
     the simpler parent wins: a stage must beat its parent by more than the measurement's spread. A failed
     gate is never chosen.
     """
     ok = {s.name: s for s in stages if s.status == "done" and s.gate and s.gate.passed
-          and kinds.get(s.name) in ("onnx", "openvino") and s.latency_ms is not None}
+          and kinds.get(s.name) in FILE_KINDS and s.latency_ms is not None}
     if not ok:
         return None, []
     best = min(ok.values(), key=lambda s: s.latency_ms.p50)
@@ -577,8 +611,8 @@ def choose_best(stages: list[Stage], kinds: dict[str, str], samples: dict[str, S
 
 
 def stage_artifact(stage: Stage) -> Artifact:
-    """The model a finished file-backed stage (onnx / openvino) wrote, with the meta it ran with."""
-    if not stage.artifact or stage.artifact.get("kind") not in ("onnx", "openvino") or not stage.artifact.get("path"):
+    """The model a finished file-backed stage (onnx, openvino, tflite, ncnn, coreml) wrote, with its meta."""
+    if not stage.artifact or stage.artifact.get("kind") not in FILE_KINDS or not stage.artifact.get("path"):
         raise InputError(f"stage {stage.name}: no model file recorded")
     return file_artifact(stage.artifact, stage.notes.get("meta", {}))
 

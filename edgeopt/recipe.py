@@ -59,6 +59,9 @@ class MeasureSpec(_Strict):
     pause_ms: float = Field(default=50, ge=0, description="untimed sleep before each block: spinning threads park")
     spinning: bool = Field(default=True, description="ONNX Runtime worker threads spin between ops, as deployed")
     memory: bool = True
+    memory_budget_mb: int | None = Field(
+        default=None, gt=0, description="cap the measuring child's memory: a stage over it fails with "
+        "'needs N MB, budget M MB' (default: the mobile-cpu target's 4 GB, else no cap)")
     energy: bool = True
     fidelity_samples: int = Field(default=256, ge=1)
     torch_latency: bool = True
@@ -72,7 +75,7 @@ class MeasureSpec(_Strict):
     @field_validator("runtimes")
     @classmethod
     def _known_runtimes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        known = {"onnxruntime", "torch", "openvino"}
+        known = {"onnxruntime", "torch", "openvino", "litert", "ncnn"}
         bad = [r for r in v if r not in known]
         if bad:
             raise ValueError(f"unknown runtime {bad[0]!r}; known: {', '.join(sorted(known))}")
@@ -86,7 +89,7 @@ class PassStep(_Strict):
     pass_name: str
     config: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(default=None, description="the earlier stage whose model this step takes (default: the previous step's)")
-    when: Literal["torch", "onnx", "openvino"] | None = Field(
+    when: Literal["torch", "onnx", "openvino", "tflite", "ncnn", "coreml"] | None = Field(
         default=None, description="run the step only when its input model is of this kind (else it is skipped)")
 
     @field_validator("name")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeopt.artifact import Artifact, InputSpec
+from edgeopt.artifact import FILE_KINDS, Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError, first_line
 from edgeopt.load import load_model
 from edgeopt.measure.size import model_files
@@ -87,14 +87,18 @@ def save_torch(out: Artifact, parent: Artifact, ctx: PassContext) -> Artifact:
 
 
 def file_artifact(desc: dict[str, Any], meta: dict[str, Any] | None = None) -> Artifact:
-    """The ONNX / OpenVINO model a description (Artifact.describe()) points at, with `meta`."""
+    """The file-backed model (ONNX, OpenVINO, LiteRT, ncnn, Core ML) a description (Artifact.describe()) points
+    at, with `meta`."""
     kind, path = desc.get("kind"), desc.get("path")
-    if kind not in ("onnx", "openvino") or not path:
+    if kind not in FILE_KINDS or not path:
         raise InputError(f"not a file-backed model description: kind {kind!r}, path {path!r}")
     if not Path(path).exists():
         raise InputError(f"{path}: no such file")
-    load = Artifact.from_onnx if kind == "onnx" else Artifact.from_openvino
-    return load(path, meta=dict(meta or {}))
+    spec = InputSpec.from_dict(desc["inputs"]) if desc.get("inputs") else None
+    try:
+        return Artifact.from_file(kind, path, input_spec=spec, meta=dict(meta or {}))
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def restore_torch(path: Path, parent: Artifact, ctx: PassContext, inputs: list[dict[str, Any]] | None,

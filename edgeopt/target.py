@@ -45,6 +45,8 @@ CUDA_W = 70.0              # an edge/inference GPU board (NVIDIA T4: 70 W TDP); 
 NPU_W = 3.0                # a client NPU (Hexagon, Intel/AMD laptop NPUs: a few W)
 
 MAX_DEFAULT_THREADS = 16   # intra-op threads beyond this rarely help edge-sized models; sync costs grow
+MOBILE_MAX_CORES = 4       # mobile-cpu: a phone's big-core cluster (1-4 cores; edgeopt.measure.mobile pins to them)
+MOBILE_MEMORY_GB = 4.0     # mobile-cpu: the memory budget of one app on a mid-range phone (the measuring child's cap)
 
 KNOWN_TARGETS = ("auto", "cpu", "cpu-avx2", "cpu-avx512-vnni", "arm64", "mobile-cpu", "cuda", "npu-qdq")
 
@@ -345,6 +347,7 @@ _RUNTIMES = {
     "openvino": ("openvino", ("openvino",)),
     "ai_edge_litert": ("ai_edge_litert", ("ai-edge-litert", "ai_edge_litert")),
     "tflite_runtime": ("tflite_runtime", ("tflite-runtime", "tflite_runtime")),
+    "ncnn": ("ncnn", ("ncnn",)),
 }
 
 
@@ -453,6 +456,7 @@ def get_target(name: str | Target = "auto") -> Target:
     else:
         arch = "x86_64"
     if key == "mobile-cpu":
-        cores, physical, memory = min(cores, 4), min(physical, 4), min(memory, 4.0) if memory else 4.0
+        cores, physical = min(cores, MOBILE_MAX_CORES), min(physical, MOBILE_MAX_CORES)
+        memory = min(memory, MOBILE_MEMORY_GB) if memory else MOBILE_MEMORY_GB
     return _build(key, arch, _DECLARED_ISA[key], cores=cores, physical=physical, memory_gb=memory,
                   cpu_model=f"declared {key}", runtimes=runtimes, detected=False)

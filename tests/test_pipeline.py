@@ -350,3 +350,60 @@ def test_search_budget_and_families_are_checked_before_anything_is_written(tmp_p
         with pytest.raises(RecipeError, match=match):
             optimize(tiny_mlp_onnx, recipe=_small_auto(), search=bad, out=tmp_path / "bad", progress=False)
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_search_learns_the_calibration_spec_its_structural_families_fit_on(tmp_path, tiny_mlp_onnx, monkeypatch):
+    import edgeopt.pipeline as pl
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_search(inp):
+        seen["spec"] = inp.calibration_spec
+        raise Stop
+
+    monkeypatch.setattr(pl, "run_search", fake_search)
+    with pytest.raises(Stop):
+        optimize(tiny_mlp_onnx, recipe=_small_auto(), out=tmp_path / "run", progress=False)
+    assert seen["spec"].startswith("random:")
+
+
+def _big_matmul_onnx(path, n=2048):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32) / n, "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_simulated_mobile_pins_threads_caps_memory_and_fails_an_over_budget_stage(tmp_path):
+    """mobile-cpu: the ledger records the simulated limits; a model over the memory budget fails its stage with
+    'needs N MB, budget M MB' while its INT8 version (a quarter of the weights) fits and is chosen."""
+    model = _big_matmul_onnx(tmp_path / "big.onnx")  # 16 MiB of fp32 weights
+    recipe = {"target": "mobile-cpu", "data": {"calibration": "random:2", "eval": "random:2"},
+              "passes": [{"graph.quantize_dynamic": {"stage": "int8"}}],
+              "measure": {"threads": 1, "runs": 6, "warmup": 1, "memory": True, "memory_budget_mb": 1,
+                          "energy": False}}
+    # first find what the int8 stage needs, then give a budget between the two models' needs
+    led = optimize(str(model), recipe=recipe, out=tmp_path / "probe", progress=False).ledger
+    sim = led.environment["simulation"]
+    assert sim["memory_budget_mb" if "memory_budget_mb" in sim else "memory_mb"] == 1 and sim["threads"] == 1
+    assert sim["cores"] and "simulat" in sim["note"]
+    base, q = led.stage("baseline"), led.stage("int8")
+    assert base.status == "failed" and "budget 1 MB" in base.error and "needs" in base.error
+    need_base = float(base.error.split("needs ")[1].split(" MB")[0].lstrip("at least "))
+    need_q = float(q.error.split("needs ")[1].split(" MB")[0].lstrip("at least "))
+    assert need_q < need_base
+    recipe["measure"]["memory_budget_mb"] = int((need_q + need_base) / 2)
+    led = optimize(str(model), recipe=recipe, out=tmp_path / "run", progress=False).ledger
+    base, q = led.stage("baseline"), led.stage("int8")
+    assert base.status == "failed" and f"budget {int((need_q + need_base) / 2)} MB" in base.error
+    assert q.status == "done" and q.notes["memory_budget"]["budget_mb"] == int((need_q + need_base) / 2)
+    assert led.best == "int8"

@@ -71,6 +71,21 @@ def parse_trace(events: list[dict[str, Any]], runs: int) -> tuple[dict[str, dict
     return nodes, [float(e.get("dur", 0)) for e in timed]
 
 
+def tflite_profile(path: Path, top: int = 20) -> dict[str, Any]:
+    """A LiteRT model's report: LiteRT has no per-op profiler in Python, so its op census (from the flatbuffer,
+    read with the schema package LiteRT ships) and what the file declares, with `note` saying so."""
+    from edgeopt.analyze.tflite import NO_PROFILER, op_census, tflite_info  # lazy: LiteRT is the [mobile] extra
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    census = op_census(path)
+    info = tflite_info(path)
+    total = sum(census.values()) or 1
+    return {"schema": 1, "model": str(path), "runtime": "litert", "note": NO_PROFILER,
+            "op_census": [{"op_type": k, "count": v, "share": v / total} for k, v in list(census.items())[:top]],
+            "n_ops": sum(census.values()), "info": info}
+
+
 def profile(source: Any, threads: int = 2, runs: int = 20, warmup: int = 5, seq_len: int = 128, batch: int = 1,
             data: Any = None, *, top: int = 20, graph_optimization: str = "all",
             dims: dict[str, int] | None = None) -> dict[str, Any]:
@@ -86,6 +101,8 @@ def profile(source: Any, threads: int = 2, runs: int = 20, warmup: int = 5, seq_
     `model_run_ms`, `node_total_ms`, `n_nodes`, `nodes` (top entries: name, op_type, provider, ms, share,
     in_model), `other` (the rest: nodes, ms, share), `op_types` (op_type, nodes, ms, share).
     """
+    if isinstance(source, (str, Path)) and str(source).lower().endswith(".tflite"):
+        return tflite_profile(Path(source), top=top)
     import onnxruntime as ort
 
     if graph_optimization not in _LEVELS:

@@ -130,6 +130,17 @@ def render_profile(report: dict[str, Any], top: int = 15):
     from rich.panel import Panel
     from rich.table import Table
 
+    if report.get("op_census") is not None:  # a LiteRT model: no per-op timings, its op census instead
+        census = Table(title="Op census", title_justify="left")
+        for c in ("op", "count", "share"):
+            census.add_column(c, justify="left" if c == "op" else "right")
+        for row in report["op_census"][:top]:
+            census.add_row(row["op_type"], str(row["count"]), f"{100 * row['share']:.1f}%")
+        info = report.get("info") or {}
+        facts = (f"{report.get('n_ops')} ops; inputs "
+                 + ", ".join(f"{t['name']} {'×'.join(map(str, t['shape']))} {t['dtype']}" for t in info.get("inputs", []))
+                 + f"; weights {info.get('weight_dtypes', {})}")
+        return Group(f"{report.get('model')}: {report.get('note')}", census, facts)
     wall = report.get("wall_ms", {})
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")

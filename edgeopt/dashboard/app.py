@@ -307,6 +307,21 @@ def _live_job(bench: L.LiveBench, settings: dict[str, Any], runs: int, memory: b
     return fn
 
 
+def runtime_picker(kind: str) -> str:
+    """The runtime radio: the runtimes this model can be measured on; the others listed with the reason."""
+    offered = L.runtime_availability(kind)
+    usable = [r for r in L.RUNTIMES if offered[r.key] is None]
+    names = {r.key: r.label for r in L.RUNTIMES}
+    choice = st.radio("Runtime", [r.key for r in usable], index=0, key="live-runtime", horizontal=True,
+                      format_func=lambda k: names[k], captions=[r.caption for r in usable],
+                      help="Where the converted model runs (the plain model it is timed against stays the same). "
+                           + " ".join(f"{r.label}: {r.help}" for r in usable))
+    blocked = [f"{r.label} ({offered[r.key]})" for r in L.RUNTIMES if offered[r.key]]
+    if blocked:
+        st.caption("Not offered for this model: " + "; ".join(blocked))
+    return choice or L.DEFAULT_RUNTIME
+
+
 def tab_live(sess: S.Session) -> None:
     ss = st.session_state
     st.markdown("Toggle optimizations on one model; each change is built (once) and timed against the plain "
@@ -329,7 +344,8 @@ def tab_live(sess: S.Session) -> None:
     runs = int(c3.number_input("runs", 3, 2000, 30, key="live-runs"))
     memory = c4.checkbox("peak memory", value=True, key="live-memory", help="child process per measurement")
     bench = live_bench(sess, source, threads)
-    reasons = L.availability(bench.kind)
+    runtime = runtime_picker(bench.kind)
+    reasons = L.availability(bench.kind, runtime)
     settings: dict[str, Any] = {}
     cols = [c for _ in range(0, len(L.TOGGLES), 3) for c in st.columns(3)]
     for col, t in zip(cols, L.TOGGLES):
@@ -340,6 +356,7 @@ def tab_live(sess: S.Session) -> None:
             settings[t.key] = None if v == "off" else v
         else:
             settings[t.key] = col.toggle(t.label, key=f"tg-{t.key}", disabled=why is not None, help=why or t.help)
+    settings["runtime"] = runtime
     now = L.normalize(settings, bench.kind)
     now_label = L.label(now, bench.kind)
     measure_now = st.button(f"Measure “{now_label}”", key="live-go")

@@ -7,6 +7,13 @@ environment, and adds peak memory (a child process, as edgeopt.measure.memory do
 size and the cosine of the outputs against the plain model.
 
 New toggles are one `Toggle` entry: a registered pass, the level it works at, and its config.
+
+The runtime the converted model runs on is one more setting ("runtime", a `Runtime` entry): ONNX Runtime
+runs the ONNX export as it is; OpenVINO converts that export (after fusion and quantization) with
+`convert.openvino`; LiteRT and ncnn convert the PyTorch model (after the kernel swaps) with `convert.litert`
+and `convert.ncnn`, so they need a PyTorch source and leave out the ONNX-level toggles. Each is offered
+only when its modules import (`runtime_availability` says why not) and measured through
+`edgeopt.measure.runners.make_runner`, like every other variant.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import numpy as np
 from edgeopt.analyze.flops import dim_bindings
 from edgeopt.data import random_feeds
 from edgeopt.errors import EdgeoptError, InputError
+from edgeopt.extras import available, install_hint
 from edgeopt.load import load_model, load_onnx_checked
 from edgeopt.measure.latency import LatencyStats, measure_interleaved
 from edgeopt.measure.memory import peak_rss_mb
 from edgeopt.measure.runners import make_runner
 from edgeopt.passes.base import PassContext, build_pass, registry
+from edgeopt.recipe import MeasureSpec
 from edgeopt.zoo.hf import wrap_encoder
 
 Level = Literal["torch", "export", "onnx"]
@@ -60,14 +69,49 @@ TOGGLES: tuple[Toggle, ...] = (
            help="Replace eligible 3×3 convolutions with Winograd F(4×4, 3×3) (PyTorch level)."),
     Toggle("fused_norm", "Fused norm + activation", "kernels.fused_norm", "torch", {},
            help="Fuse GroupNorm/LayerNorm with the SiLU/GELU after it (PyTorch level)."),
-    Toggle("onnx", "ONNX Runtime", "convert.onnx", "export", {},
-           help="Export to ONNX and run with ONNX Runtime (needed by fusion and quantization)."),
+    Toggle("onnx", "ONNX export", "convert.onnx", "export", {},
+           help="Export to ONNX and run it on the runtime chosen above (needed by fusion, quantization, OpenVINO)."),
     Toggle("fuse", "Graph fusion", "graph.fuse", "onnx", {},
            help="Fuse LayerNorm, GELU, attention, MatMul+Add, Conv+BN patterns in the ONNX graph."),
     Toggle("quantize", "INT8 quantization", "graph.quantize_dynamic", "onnx", {},
            help="Dynamic INT8: int8 weights, activations quantized at run time."),
 )
 TOGGLE_BY_KEY = {t.key: t for t in TOGGLES}
+
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime the live mode can measure on: the pass that converts to its format (None: ONNX Runtime runs
+    the ONNX export itself), what that pass reads ("onnx": the export after the ONNX-level toggles; "torch":
+    the PyTorch model after the kernel swaps) and the modules that must import."""
+
+    key: str
+    label: str
+    pass_name: str | None
+    source: Literal["onnx", "torch"]
+    modules: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    caption: str = ""
+    help: str = ""
+
+
+RUNTIMES: tuple[Runtime, ...] = (
+    Runtime("onnxruntime", "ONNX Runtime", None, "onnx", caption="the ONNX export as it is",
+            help="Run the ONNX export with ONNX Runtime (turn on the export, fusion or INT8 below; with every "
+                 "toggle off the model runs in PyTorch eager)."),
+    Runtime("openvino", "OpenVINO", "convert.openvino", "onnx", ("openvino",), caption="IR from the ONNX export",
+            help="Convert the ONNX export (after fusion and INT8) to OpenVINO IR and run it on OpenVINO's CPU plugin."),
+    Runtime("litert", "LiteRT", "convert.litert", "torch", ("litert_torch", "ai_edge_litert"),
+            caption=".tflite from PyTorch, XNNPACK",
+            help="Convert the PyTorch model (after the kernel swaps) to .tflite with litert-torch and run it with "
+                 "LiteRT's XNNPACK delegate."),
+    Runtime("ncnn", "ncnn", "convert.ncnn", "torch", ("pnnx", "ncnn"), caption="param/bin from PyTorch via pnnx",
+            help="Convert the PyTorch model (after the kernel swaps) to ncnn with pnnx and run it with ncnn on the "
+                 "CPU."),
+)
+RUNTIME_BY_KEY = {r.key: r for r in RUNTIMES}
+DEFAULT_RUNTIME = "onnxruntime"
 
 DEMO_MODELS = {
     "demo:tiny-bert": "a 2-layer, 64-wide BERT encoder (random weights, sequence 32): fast, with attention, LayerNorm, GELU",
@@ -117,8 +161,29 @@ def registered(pass_name: str) -> bool:
     return pass_name in registry()
 
 
-def availability(kind: str) -> dict[str, str | None]:
-    """{toggle key: None when usable on a model of this kind, else the reason it is not}."""
+def runtime_availability(kind: str) -> dict[str, str | None]:
+    """{runtime key: None when the live mode can measure a model of this kind on it, else the reason not}."""
+    out: dict[str, str | None] = {}
+    for r in RUNTIMES:
+        missing = next((m for m in r.modules if not available(m)), None)
+        if r.source == "torch" and kind != "torch":
+            what = "an ONNX file" if kind == "onnx" else f"a {kind} model"
+            out[r.key] = f"needs the PyTorch model: {r.label} converts from PyTorch, and this model is {what}"
+        elif r.source == "onnx" and kind not in ("torch", "onnx"):
+            out[r.key] = f"needs a PyTorch or ONNX model; this one is {kind}"
+        elif missing:
+            out[r.key] = f"needs {missing}, which is not installed: {install_hint(missing)}"
+        elif r.pass_name and not registered(r.pass_name):
+            out[r.key] = f"pass {r.pass_name} is not available in this edgeopt"
+        else:
+            out[r.key] = None
+    return out
+
+
+def availability(kind: str, runtime: str = DEFAULT_RUNTIME) -> dict[str, str | None]:
+    """{toggle key: None when usable on a model of this kind with this runtime, else the reason it is not}."""
+    rt = RUNTIME_BY_KEY.get(runtime, RUNTIME_BY_KEY[DEFAULT_RUNTIME])
+    from_torch = rt.source == "torch" and kind == "torch"
     out: dict[str, str | None] = {}
     for t in TOGGLES:
         if not registered(t.pass_name):
@@ -127,44 +192,71 @@ def availability(kind: str) -> dict[str, str | None]:
             out[t.key] = "works on PyTorch models; this model is already ONNX"
         elif t.level == "export" and kind == "onnx":
             out[t.key] = "always on: the model is an ONNX file"
+        elif t.level != "torch" and from_torch:
+            out[t.key] = f"not used with {rt.label}: it converts the PyTorch model, not the ONNX export"
+        elif t.level == "export" and rt.key == "openvino":
+            out[t.key] = "always on: OpenVINO converts the ONNX export"
         else:
             out[t.key] = None
     return out
 
 
+def runtime_of(settings: Settings) -> str:
+    """The runtime key of `settings` (the default, ONNX Runtime, when none or an unknown one is given)."""
+    rt = settings.get("runtime")
+    return rt if rt in RUNTIME_BY_KEY else DEFAULT_RUNTIME
+
+
 def normalize(settings: Settings, kind: str) -> Settings:
     """The settings that will actually run: unknown keys dropped, fusion or quantization imply the ONNX
-    export, and an ONNX model is always in ONNX Runtime with no PyTorch-level toggles."""
+    export, and an ONNX model is always in ONNX Runtime with no PyTorch-level toggles.
+
+    A runtime other than ONNX Runtime is kept under "runtime" (last): OpenVINO implies the ONNX export;
+    LiteRT and ncnn convert the PyTorch model, so the ONNX-level toggles are dropped with them, and they are
+    dropped (back to ONNX Runtime) on a model that is not PyTorch."""
+    rt = RUNTIME_BY_KEY[runtime_of(settings)]
     s = {k: v for k, v in settings.items() if k in TOGGLE_BY_KEY and v not in (False, None, "off", "")}
+    if rt.source == "torch" and kind != "torch":
+        rt = RUNTIME_BY_KEY[DEFAULT_RUNTIME]
     if kind == "onnx":
         s = {k: v for k, v in s.items() if TOGGLE_BY_KEY[k].level == "onnx"}
         s["onnx"] = True
-    elif any(TOGGLE_BY_KEY[k].level == "onnx" for k in s):
+    elif rt.source == "torch":
+        s = {k: v for k, v in s.items() if TOGGLE_BY_KEY[k].level == "torch"}
+    elif rt.key != DEFAULT_RUNTIME or any(TOGGLE_BY_KEY[k].level == "onnx" for k in s):
         s["onnx"] = True
-    return {t.key: s[t.key] for t in TOGGLES if t.key in s}  # canonical order
+    out: Settings = {t.key: s[t.key] for t in TOGGLES if t.key in s}  # canonical order
+    if rt.key != DEFAULT_RUNTIME:
+        out["runtime"] = rt.key
+    return out
 
 
 def steps(settings: Settings) -> list[tuple[str, str, dict[str, Any]]]:
-    """(toggle key, pass name, config) in pipeline order for normalized `settings`."""
+    """(toggle key, pass name, config) in pipeline order for normalized `settings`; the runtime's convert
+    pass, if any, comes last (as ("runtime", pass name, config))."""
     out = []
-    for t in sorted((TOGGLE_BY_KEY[k] for k in settings), key=lambda t: LEVEL_ORDER[t.level]):
+    toggles = [TOGGLE_BY_KEY[k] for k in settings if k in TOGGLE_BY_KEY]
+    for t in sorted(toggles, key=lambda t: LEVEL_ORDER[t.level]):
         cfg = dict(t.config)
         if t.choices and t.choice_field:
             v = settings[t.key]
             cfg[t.choice_field] = v if v in t.choices else t.choices[0]
         out.append((t.key, t.pass_name, cfg))
+    rt = RUNTIME_BY_KEY[runtime_of(settings)]
+    if rt.pass_name:
+        out.append(("runtime", rt.pass_name, dict(rt.config)))
     return out
 
 
 def label(settings: Settings, kind: str = "torch") -> str:
-    """A short name of a combination, e.g. "onnx + fuse + int8" or "torch eager"."""
+    """A short name of a combination, e.g. "onnx + fuse + int8", "onnx + openvino", "litert" or "torch eager"."""
     s = normalize(settings, kind)
     if not s:
         return "torch eager"
     names = {"onnx": "onnx", "fuse": "fuse", "quantize": "int8", "winograd": "winograd", "fused_norm": "fused-norm"}
     parts = []
     for k, v in s.items():
-        parts.append(f"attention={v}" if k == "attention" else names.get(k, k))
+        parts.append(f"attention={v}" if k == "attention" else v if k == "runtime" else names.get(k, k))
     return " + ".join(parts)
 
 
@@ -265,6 +357,10 @@ class LiveBench:
         """The artifact for `settings` (normalized), built from the longest cached prefix."""
         base = self.load(progress)
         s = normalize(settings, base.kind)
+        rt = runtime_of(s)
+        why = runtime_availability(base.kind).get(rt)
+        if why:
+            raise InputError(f"{RUNTIME_BY_KEY[rt].label}: {why}")
         plan = steps(s) if base.kind == "torch" else [x for x in steps(s) if x[0] != "onnx"]
         art, done = base, ()
         for i, (key, pass_name, cfg) in enumerate(plan):
@@ -277,10 +373,16 @@ class LiveBench:
             stage_dir = self.workdir / "-".join(f"{k}={v}" for k, v in done).replace("/", "_")
             if stage_dir.exists():
                 shutil.rmtree(stage_dir)
-            ctx = PassContext(stage_dir=stage_dir, calibration=[self.feed] if self.feed else [])
+            ctx = PassContext(stage_dir=stage_dir, calibration=[self.feed] if self.feed else [],
+                              measure=self._measure_spec())
             art = build_pass(pass_name, cfg)(art, ctx)
             self._variants[done] = art
         return art
+
+    def _measure_spec(self) -> MeasureSpec:
+        """The shapes a conversion fixes (batch and sequence of the live feed) and the thread count."""
+        batch = int(next(iter(self.feed.values())).shape[0]) if self.feed else 1
+        return MeasureSpec(threads=self.threads, batch=batch, seq_len=self.seq_len)
 
     def _runner(self, art: Any) -> Any:
         return make_runner(art, threads=self.threads)
@@ -336,5 +438,6 @@ class LiveBench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-__all__ = ["TOGGLES", "Toggle", "LiveBench", "Measurement", "normalize", "steps", "label", "availability",
-           "DEMO_MODELS", "DEFAULT_MODEL", "demo_model"]
+__all__ = ["TOGGLES", "Toggle", "RUNTIMES", "Runtime", "DEFAULT_RUNTIME", "LiveBench", "Measurement", "normalize",
+           "steps", "label", "availability", "runtime_availability", "runtime_of", "DEMO_MODELS", "DEFAULT_MODEL",
+           "demo_model"]

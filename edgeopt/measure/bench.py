@@ -148,6 +148,14 @@ def _versions(kinds: set[str]) -> dict[str, str]:
         import torch
 
         v["torch"] = torch.__version__
+    import importlib.metadata as md
+
+    for kind, dist in (("openvino", "openvino"), ("tflite", "ai-edge-litert"), ("ncnn", "ncnn")):
+        if kind in kinds:
+            try:
+                v[dist] = md.version(dist)
+            except md.PackageNotFoundError:
+                pass
     return v
 
 

@@ -249,6 +249,20 @@ class OvRunner:
         self._other = {}
 
 
+def _named(runner: Any, name: str) -> Any:
+    """`runner` with `.name` (the runtime the ledger records) set when its class does not set one."""
+    if not getattr(runner, "name", None):
+        runner.name = name
+    return runner
+
+
+COREML_NOT_HERE = "Core ML runs only on Apple platforms: not measured on this host"
+
+
+class NotMeasurableHere(InputError):
+    """The model's runtime does not exist on this host (Core ML off Apple): the stage is kept, not timed."""
+
+
 def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = None,
                 spinning: bool = False) -> Runner:
     """A runner for `art` with `threads` intra-op threads.
@@ -271,4 +285,18 @@ def make_runner(art: Artifact, threads: int, session: dict[str, Any] | None = No
         if art.path is None:
             raise InputError("openvino artifact has no file path")
         return OvRunner(art.path, threads, settings=art.meta.get("openvino"))
-    raise InputError(f"{art.path or art.kind}: no runner for {art.kind!r} models (runners: onnx, torch, openvino)")
+    if art.kind == "tflite" and art.path is not None:
+        from edgeopt.measure.litert import LiteRtRunner  # lazy: LiteRT is the optional [mobile] extra
+
+        return _named(LiteRtRunner(art.path, threads, signature=(art.meta.get("litert") or {}).get("signature")),
+                      "litert")
+    if art.kind == "ncnn" and art.path is not None:
+        from edgeopt.measure.ncnn import NcnnRunner  # lazy: ncnn is the optional [mobile] extra
+
+        nc = art.meta.get("ncnn") or {}
+        return _named(NcnnRunner(art.path, threads, input_names=art.input_spec.names, output_names=nc.get("outputs"),
+                                 fp16=bool(nc.get("fp16")), output_shapes=nc.get("output_shapes")), "ncnn")
+    if art.kind == "coreml":
+        raise NotMeasurableHere(f"{art.path or 'Core ML model'}: {COREML_NOT_HERE}")
+    raise InputError(f"{art.path or art.kind}: no runner for {art.kind!r} models "
+                     "(runners: onnx, torch, openvino, tflite, ncnn)")

@@ -20,12 +20,15 @@ _CHUNK = 4 << 20  # chunks compress independently (as pigz does): sizes match on
 
 
 def model_files(art: Artifact) -> list[Path]:
-    """The files that make up `art` on disk: the model file plus ONNX external data or an OpenVINO .bin."""
+    """The files that make up `art` on disk: the model file plus ONNX external data, an OpenVINO / ncnn .bin,
+    or every file of a Core ML package folder."""
     if art.path is None:
         return []
     path = Path(art.path)
     if not path.exists():
         raise InputError(f"{path}: no such model file")
+    if art.kind == "coreml":
+        return sorted(p for p in path.rglob("*") if p.is_file())
     files = [path]
     if art.kind == "onnx":
         import onnx
@@ -39,7 +42,7 @@ def model_files(art: Artifact) -> list[Path]:
                     f = path.parent / kv.value
                     if f.exists():
                         files.append(f)
-    elif art.kind == "openvino":
+    elif art.kind in ("openvino", "ncnn"):
         weights = path.with_suffix(".bin")
         if weights.exists():
             files.append(weights)

@@ -121,7 +121,10 @@ def step_text(step: Step, unit: str) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One stage as a point of the Pareto plots."""
+    """One stage as a point of the Pareto plots.
+
+    `runtime` is the runtime that timed it (else the one its artifact kind runs on); `not_measured` is the
+    stage's reason when it could not be timed on this host (a Core ML model off Apple)."""
 
     label: str
     run: str
@@ -130,6 +133,40 @@ class Point:
     size_mb: float | None
     quality: float | None
     gate_passed: bool | None
+    runtime: str | None = None
+    not_measured: str | None = None
+
+
+# the runtime an artifact kind runs on, for a stage that was not timed (a timed stage records its runtime)
+KIND_RUNTIME = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert",
+                "ncnn": "ncnn", "coreml": "coreml"}
+RUNTIME_ORDER = ("torch", "onnxruntime", "openvino", "litert", "ncnn", "coreml")
+RUNTIME_COLORS = {"torch": "#6d4c41", "onnxruntime": "#1565c0", "openvino": "#6a1b9a", "litert": "#00897b",
+                  "ncnn": "#c2185b", "coreml": "#757575"}
+OTHER_COLORS = ("#f9a825", "#283593", "#558b2f", "#4e342e", "#00acc1")
+
+
+def stage_runtime(stage: Stage) -> str | None:
+    """The runtime a stage was timed on (its latency record), else the one its artifact kind runs on."""
+    if stage.latency_ms is not None:
+        return stage.latency_ms.runtime
+    return KIND_RUNTIME.get(str((stage.artifact or {}).get("kind") or ""))
+
+
+def runtimes_of(points: list[Point]) -> list[str]:
+    """The runtimes of `points`, known ones in a fixed order (torch, onnxruntime, openvino, litert, ncnn,
+    coreml), then any other alphabetically."""
+    present = {p.runtime for p in points if p.runtime}
+    return [r for r in RUNTIME_ORDER if r in present] + sorted(present - set(RUNTIME_ORDER))
+
+
+def runtime_color(runtime: str, order: list[str] | None = None) -> str:
+    """A fixed colour per known runtime; others take the next colour of a small palette."""
+    if runtime in RUNTIME_COLORS:
+        return RUNTIME_COLORS[runtime]
+    others = [r for r in (order or [runtime]) if r not in RUNTIME_COLORS]
+    i = others.index(runtime) if runtime in others else 0
+    return OTHER_COLORS[i % len(OTHER_COLORS)]
 
 
 def quality_metric(ledgers: list[tuple[str, Ledger]]) -> tuple[str, str]:
@@ -150,13 +187,15 @@ def _quality(stage: Stage, key: str) -> float | None:
 
 
 def pareto_points(ledgers: list[tuple[str, Ledger]]) -> tuple[list[Point], str]:
-    """Every finished stage of every run as a Point (labelled "run: stage" when there are several runs)."""
+    """Every finished stage of every run as a Point (labelled "run: stage" when there are several runs),
+    plus the stages that could not be timed on this host (`not_measured` set, no latency)."""
     key, title = quality_metric(ledgers)
     many = len(ledgers) > 1
     pts = []
     for run, led in ledgers:
         for s in led.stages:
-            if s.status != "done":
+            why = s.notes.get("not_measured") if s.status != "failed" else None
+            if s.status != "done" and not why:
                 continue
             size = (s.artifact or {}).get("size_bytes")
             pts.append(Point(
@@ -165,6 +204,8 @@ def pareto_points(ledgers: list[tuple[str, Ledger]]) -> tuple[list[Point], str]:
                 size_mb=size / 1e6 if size else None,
                 quality=_quality(s, key),
                 gate_passed=s.gate.passed if s.gate else None,
+                runtime=stage_runtime(s),
+                not_measured=str(why) if why and s.latency_ms is None else None,
             ))
     return pts, title
 
@@ -324,34 +365,79 @@ def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
     return _layout(fig, title, caption(ledger), 460)
 
 
+def _front_line(go: Any, pts: list[Point], x: str, name: str, color: str, visible: bool) -> Any:
+    """The front as a step line; a per-runtime line (hidden until its runtime is picked) stays out of the
+    legend and out of the runtime's legend group, so a legend click in the "all" view cannot reveal it."""
+    pts = sorted(pts, key=lambda p: getattr(p, x))
+    return go.Scatter(x=[getattr(p, x) for p in pts], y=[p.quality for p in pts], mode="lines", name=name,
+                      line={"color": color, "shape": "hv", "width": 1.5}, hoverinfo="skip", visible=visible,
+                      showlegend=visible)
+
+
+def runtime_buttons(traces: list[tuple[str | None, str]], runtimes: list[str]) -> list[dict[str, Any]]:
+    """The runtime dropdown's buttons. `traces` is each trace's (runtime, role): role "front" (the overall
+    front line, runtime None), "points" or "runtime front" (the front among one runtime's points). "all"
+    shows every runtime's points and the overall front; a runtime shows only its points and its own front."""
+    buttons = [{"label": "runtime: all", "method": "restyle",
+                "args": [{"visible": [role in ("front", "points") for _, role in traces]}]}]
+    for r in runtimes:
+        buttons.append({"label": f"runtime: {r}", "method": "restyle",
+                        "args": [{"visible": [g == r for g, _ in traces]}]})
+    return buttons
+
+
 def pareto_figure(ledgers: list[tuple[str, Ledger]], x: Literal["latency_ms", "size_mb"]) -> Any:
-    """Quality against latency or size; the front in colour and joined, dominated points grey, gate failures marked."""
+    """Quality against latency or size, one trace group per runtime (its legend entry toggles the runtime)
+    and a "runtime" dropdown that shows one runtime at a time with the front recomputed among its points.
+
+    Points on the front are large with a dark outline and dark label, dominated ones small and faded, gate
+    failures crosses; the overall front is the joined line. Stages not timed on this host (Core ML) are
+    named in the subtitle, as are other stages without a value.
+    """
     import plotly.graph_objects as go
 
     points, qtitle = pareto_points(ledgers)
     pairs = front_of(points, x)
+    runtimes = runtimes_of([p for p, _ in pairs])
     xtitle = "latency p50 (ms)" if x == "latency_ms" else "model size (MB)"
     fig = go.Figure()
-    front = sorted((p for p, on in pairs if on), key=lambda p: getattr(p, x))
+    traces: list[tuple[str | None, str]] = []  # (runtime, role) of each trace, for the dropdown
+    front = [p for p, on in pairs if on]
     if front:
-        fig.add_trace(go.Scatter(x=[getattr(p, x) for p in front], y=[p.quality for p in front], mode="lines",
-                                 line={"color": FRONT, "shape": "hv", "width": 1.5}, name="Pareto front",
-                                 hoverinfo="skip"))
-    for on_front, name, color in ((True, "on the front", FRONT), (False, "dominated", GREY)):
-        sel = [p for p, on in pairs if on == on_front]
-        if not sel:
-            continue
+        fig.add_trace(_front_line(go, front, x, "Pareto front", FRONT, True))
+        traces.append((None, "front"))
+    hover = ("%{text} (%{customdata[0]}, %{customdata[1]})<br>" + xtitle + " %{x:.4g}<br>" + qtitle
+             + " %{y:.5f}<extra></extra>")
+    for r in runtimes:
+        # front points first: the legend draws a trace's icon from its first point
+        sel = sorted(((p, on) for p, on in pairs if p.runtime == r), key=lambda po: not po[1])
+        color = runtime_color(r, runtimes)
         fig.add_trace(go.Scatter(
-            x=[getattr(p, x) for p in sel], y=[p.quality for p in sel], mode="markers+text", name=name,
-            text=[p.label for p in sel], textposition="top center",
-            marker={"size": 11, "color": [FAILED if p.gate_passed is False else color for p in sel],
-                    "symbol": ["x" if p.gate_passed is False else "circle" for p in sel],
-                    "line": {"width": 1, "color": "#333" if on_front else GREY}},
-            textfont={"color": "#222" if on_front else "#999"},
-            hovertemplate="%{text}<br>" + xtitle + " %{x:.4g}<br>" + qtitle + " %{y:.5f}<extra></extra>"))
+            x=[getattr(p, x) for p, _ in sel], y=[p.quality for p, _ in sel], mode="markers+text", name=r,
+            legendgroup=r, text=[p.label for p, _ in sel], textposition="top center",
+            customdata=[[r, "gate failed" if p.gate_passed is False else "on the front" if on else "dominated"]
+                        for p, on in sel],
+            marker={"size": [12 if on else 9 for _, on in sel], "color": color,
+                    "opacity": [1.0 if on else 0.45 for _, on in sel],
+                    "symbol": ["x" if p.gate_passed is False else "circle" for p, _ in sel],
+                    "line": {"width": [1.5 if on else 0 for _, on in sel], "color": "#222"}},
+            textfont={"color": ["#222" if on else "#999" for _, on in sel]}, hovertemplate=hover))
+        traces.append((r, "points"))
+        if len(runtimes) > 1:  # the front among this runtime's points alone, shown when it is picked
+            own = front_of([p for p, _ in sel], x)
+            fig.add_trace(_front_line(go, [p for p, on in own if on], x, f"front ({r})", color, False))
+            traces.append((r, "runtime front"))
+    if len(runtimes) > 1:
+        fig.update_layout(  # the dropdown heads the legend column, right of the plot
+            updatemenus=[{"type": "dropdown", "name": "runtime", "buttons": runtime_buttons(traces, runtimes),
+                          "active": 0, "showactive": True, "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top"}],
+            legend={"y": 0.86, "yanchor": "top"})
     plotted = {id(p) for p, _ in pairs}
-    missing = [p.label for p in points if id(p) not in plotted]
+    unmeasured = [p.label for p in points if id(p) not in plotted and p.not_measured]
+    missing = [p.label for p in points if id(p) not in plotted and not p.not_measured]
     sub = caption(ledgers[0][1]) if len(ledgers) == 1 else f"{len(ledgers)} runs"
+    if unmeasured:
+        sub += " · not measured on this host: " + ", ".join(unmeasured)
     if missing:
         sub += " · not plotted (no value): " + ", ".join(missing)
     xs = [getattr(p, x) for p, _ in pairs if getattr(p, x) and getattr(p, x) > 0]

@@ -192,7 +192,7 @@ h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:1
 table{border-collapse:collapse;font-size:13px;background:#fff;margin:6px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#eceff1}td.l,th.l{text-align:left}tr.best td{background:#e8f5e9;font-weight:600}
-tr.fail td{color:#b71c1c}.good{color:#2e7d32}.bad{color:#c62828}.note{color:#666;font-size:12px}
+tr.fail td{color:#b71c1c}tr.unmeasured td{color:#9e9e9e;background:#f5f5f5}.good{color:#2e7d32}.bad{color:#c62828}.note{color:#666;font-size:12px}
 .fig{background:#fff;border:1px solid #e0e0e0;margin:8px 0;padding:4px}
 dl.env{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px;background:#fff;
 padding:8px 12px;border:1px solid #e0e0e0}dl.env dt{font-weight:600}dl.env dd{margin:0}
@@ -220,7 +220,8 @@ def stage_table_html(ledger: Ledger) -> str:
     out = ["<table class='stages'><tr>" + "".join(
         f"<th class='{'l' if c in left else ''}'>{_e(c)}</th>" for c in MD_COLUMNS) + "</tr>"]
     for s, r in zip(ledger.stages, rows):
-        cls = "best" if ledger.best == s.name else ("fail" if s.status != "done" or (s.gate and not s.gate.passed) else "")
+        cls = ("best" if ledger.best == s.name else "fail" if s.status != "done" or (s.gate and not s.gate.passed) else
+               "unmeasured" if s.notes.get("not_measured") else "")
         out.append(f"<tr class='{cls}'>" + "".join(
             f"<td class='{'l' if c in left else ''}'>{_e(r.get(c, '—'))}</td>" for c in MD_COLUMNS) + "</tr>")
     out.append("</table>")

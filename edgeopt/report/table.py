@@ -10,6 +10,10 @@ COLUMNS = ("stage", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak M
 MD_COLUMNS = ("stage", "pass", *COLUMNS[1:])
 
 
+RUNTIME_SHORT = {"onnxruntime": "ort", "openvino": "ov", "litert": "litert", "ncnn": "ncnn", "torch": "torch"}
+KIND_RUNTIME = {"coreml": "coreml", "tflite": "litert", "ncnn": "ncnn"}  # an untimed stage: its runtime by kind
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
@@ -22,11 +26,13 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
         lat = s.latency_ms
         fid = s.fidelity or {}
         gate = "failed: " + (s.error or "") if s.status == "failed" else (
+            f"not measured on this host ({s.notes['not_measured']})" if s.notes.get("not_measured") else
             "—" if s.gate is None else ("pass" if s.gate.passed else f"FAIL ({s.gate.why})"))
         rows.append({
             "stage": s.name + (" ★" if ledger.best == s.name else ""),
             "pass": s.pass_ or "—",
-            "runtime": {"onnxruntime": "ort", "openvino": "ov"}.get(lat.runtime, lat.runtime) if lat else "—",
+            "runtime": (RUNTIME_SHORT.get(lat.runtime, lat.runtime) if lat else
+                        KIND_RUNTIME.get((s.artifact or {}).get("kind", ""), "—")),
             "p50 ms": _fmt(lat.p50 if lat else None, ".2f"),
             "p90 ms": _fmt(lat.p90 if lat else None, ".2f"),
             "speedup": _fmt(base / lat.p50 if (lat and base) else None, ".2f") + ("×" if lat and base else ""),
@@ -122,7 +128,8 @@ def render_table(ledger: Ledger, title: str | None = None):
                      justify="left" if c in ("stage", "runtime", "gate") else "right",
                      no_wrap=True)
     for row in stage_rows(ledger):
-        style = "red" if row["gate"].startswith(("FAIL", "failed")) else ("bold green" if "★" in row["stage"] else None)
+        style = ("red" if row["gate"].startswith(("FAIL", "failed")) else "bold green" if "★" in row["stage"] else
+                 "dim" if row["gate"].startswith("not measured") else None)
         cells = [row[c] for c in shown]
         cells[-1] = cells[-1].split(" (")[0].split(":")[0]  # the terminal shows pass/FAIL; report.md says why
         t.add_row(*cells, style=style)

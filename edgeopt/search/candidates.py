@@ -28,6 +28,7 @@ class ModelInfo:
     conv: bool = False           # convolutions in the graph
     labelled: bool = False       # the evaluation data has labels (a classifier)
     source: str | None = None    # how the torch baseline was loaded (zoo:…, a folder)
+    train_data: str | None = None  # what structural families calibrate/train on (None: the calibration data)
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,50 @@ def _structural_skip(kind: str) -> Callable[[Any, ModelInfo, float], str | None]
     return skip
 
 
+TRAIN_SENTENCES = "zoo:sentences[640:1640]"  # 1000 generated sentences after the bundled 640 (no eval overlap)
+TRAIN_SAMPLES = 1000
+
+
+def train_data(calibration_spec: str | None) -> str | None:
+    """The data structural families fit on: for generated sentences, 1000 more of them past the bundled set
+    (64 calibration sentences left MiniLM's refit at mean cosine 0.977, 1000 at 0.9905); else None, the
+    calibration data itself."""
+    if calibration_spec and calibration_spec.startswith("zoo:sentences"):
+        return TRAIN_SENTENCES
+    return None
+
+
+def _fit_data(info: ModelInfo) -> dict[str, Any]:
+    if info.train_data:
+        return {"data": info.train_data, "limit": TRAIN_SAMPLES}
+    return {}
+
+
+def _int8_tail(kind: str | None, info: ModelInfo) -> Chain:
+    """What follows a structural step's export: ONNX Runtime fp32 fusions, its dynamic INT8, or OpenVINO INT8."""
+    if kind == "ov":
+        return [("graph.simplify", {}), ("convert.openvino", {"precision": "auto", "static_shapes": True}),
+                ("openvino.quantize", {"preset": "performance", "model_type": "auto"})]
+    if kind == "ort":
+        return [*_prefix(info), ("graph.quantize_dynamic", {})]
+    return _prefix(info)
+
+
 def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
-    """Feed-forward neurons pruned (structured OBS with a least-squares refit on the calibration data: in
-    benchmarks/structural_minilm.py this alone kept MiniLM at mean cosine 0.9905 for 1.35×, better than adding
-    distillation) and optionally attention heads first; then exported and fused."""
+    """Feed-forward neurons pruned (structured OBS with a least-squares refit on generated data: in
+    benchmarks/structural_minilm.py this alone kept MiniLM at mean cosine 0.9905 for 1.35× on 1000 sentences,
+    better than adding distillation) and optionally attention heads first; then exported, fused and optionally
+    quantized (ONNX Runtime dynamic INT8 or OpenVINO INT8)."""
+    fit = _fit_data(info)
     chain: Chain = []
     if params.get("heads"):
-        chain.append(("prune.heads", {"sparsity": params["heads"], "recover": "none" if params.get("ffn") else "distill"}))
+        chain.append(("prune.heads", {"sparsity": params["heads"], "importance": "obs",
+                                      "recover": "none" if params.get("ffn") else "distill", **fit,
+                                      **({"samples": TRAIN_SAMPLES} if fit else {})}))
     if params.get("ffn"):
-        chain.append(("prune.ffn", {"sparsity": params["ffn"], "recover": "none"}))
-    return [*chain, ("convert.onnx", {}), *_prefix(info)]
+        chain.append(("prune.ffn", {"sparsity": params["ffn"], "recover": "none", **fit,
+                                    **({"samples": TRAIN_SAMPLES} if fit else {})}))
+    return [*chain, ("convert.onnx", {}), *_int8_tail(params.get("int8"), info)]
 
 
 def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
@@ -136,6 +171,23 @@ def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
     chain: Chain = [("prune.channels", {"sparsity": params["sparsity"], "loss": "distill",
                                         "train": {"epochs": params["epochs"]}}),
                     ("convert.onnx", {}), ("graph.simplify", {})]
+    if params.get("int8"):
+        chain.append(("graph.quantize_static", {}))
+    return chain
+
+
+def _student_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
+    """A narrower student distilled from the CNN (knowledge distillation, T = 4), optionally channel-pruned
+    further with distilled fine-tuning, exported and optionally quantized to static INT8 — the cnn-course
+    recipe's chain as a searchable family."""
+    chain: Chain = [("distill", {"student_width": params["width"], "temperature": 4.0, "alpha": 0.7,
+                                 "train": {"epochs": params["epochs"], "lr": 0.002, "patience": 4,
+                                           "augment_shift": 0.08}})]
+    if params.get("prune"):
+        chain.append(("prune.channels", {"sparsity": params["prune"], "importance": "l1", "scope": "layer",
+                                         "rounds": 3, "loss": "distill",
+                                         "train": {"epochs": 8, "lr": 0.001, "patience": 4, "augment_shift": 0.08}}))
+    chain += [("convert.onnx", {}), ("graph.simplify", {})]
     if params.get("int8"):
         chain.append(("graph.quantize_static", {}))
     return chain
@@ -177,16 +229,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            skip=_no_openvino),
     Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
            "refitted on the calibration data (structured OBS), then exported and fused",
-           {"ffn": (0.5, 0.25), "heads": (0.0, 0.25)}, _heads_chain,
+           {"ffn": (0.5, 0.25), "heads": (0.0, 0.25), "int8": (None, "ov", "ort")}, _heads_chain,
            skip=_structural_skip("transformer"), structural=True, from_baseline=True),
     Family("structural-channels", 20, "onnxruntime", "channels pruned from the PyTorch CNN and fine-tuned, then exported",
            {"sparsity": (0.5, 0.3, 0.7), "int8": (True, False), "epochs": (4, 8)}, _channels_chain,
            skip=_structural_skip("cnn"), structural=True, from_baseline=True),
+    Family("structural-student", 30, "onnxruntime", "a narrower student distilled from the CNN, optionally "
+           "channel-pruned further, exported and quantized to static INT8",
+           {"width": (0.5, 0.35, 0.75), "prune": (0.5, 0.0), "int8": (True, False), "epochs": (10,)}, _student_chain,
+           skip=_structural_skip("cnn"), structural=True, from_baseline=True),
 )}
 
 
-def model_info(root: Any, baseline: Any, labelled: bool) -> ModelInfo:
-    """ModelInfo of the search root (an ONNX artifact) and the baseline it came from."""
+def model_info(root: Any, baseline: Any, labelled: bool, calibration_spec: str | None = None) -> ModelInfo:
+    """ModelInfo of the search root (an ONNX artifact) and the baseline it came from; `calibration_spec` is the
+    run's calibration data spec (it decides what structural families fit on, see `train_data`)."""
     ops: set[str] = set()
     if getattr(root, "kind", None) == "onnx" and root.path is not None:
         import onnx  # lazy: keeps the family table importable without onnx
@@ -196,7 +253,8 @@ def model_info(root: Any, baseline: Any, labelled: bool) -> ModelInfo:
     transformer = bool({"Attention", "MultiHeadAttention"} & ops) or ({"Softmax"} <= ops and bool({"MatMul", "Einsum"} & ops))
     return ModelInfo(kind=getattr(root, "kind", "onnx"), baseline_kind=getattr(baseline, "kind", "onnx"),
                      transformer=transformer, conv=bool({"Conv", "ConvInteger", "QLinearConv"} & ops),
-                     labelled=labelled, source=(getattr(baseline, "meta", {}) or {}).get("source"))
+                     labelled=labelled, source=(getattr(baseline, "meta", {}) or {}).get("source"),
+                     train_data=train_data(calibration_spec))
 
 
 @dataclass
@@ -219,7 +277,10 @@ def plan(target: Any, info: ModelInfo, names: tuple[str, ...] = (), space: dict[
             skipped[fam.name] = why
             continue
         keep.append(fam)
-        spaces[fam.name] = {**fam.space, **{k: tuple(v) for k, v in (space or {}).get(fam.name, {}).items()}}
+        sp = {**fam.space, **{k: tuple(v) for k, v in (space or {}).get(fam.name, {}).items()}}
+        if "int8" in sp and "ov" in sp["int8"] and _no_openvino(target, info, train_minutes):
+            sp["int8"] = tuple(c for c in sp["int8"] if c != "ov") or (None,)  # OpenVINO INT8 needs OpenVINO
+        spaces[fam.name] = sp
     return Plan(keep, spaces, skipped)
 
 

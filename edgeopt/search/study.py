@@ -58,6 +58,7 @@ class SearchInput:
     console: Any = None
     progress: Any = None
     resume: bool = False
+    calibration_spec: str | None = None  # the run's calibration data spec (structural families' fit data)
 
 
 @dataclass
@@ -123,7 +124,8 @@ class Search:
     def __init__(self, inp: SearchInput):
         self.inp = inp
         spec = inp.spec
-        self.info = candidates.model_info(inp.root, inp.baseline, labelled=bool(inp.labels))
+        self.info = candidates.model_info(inp.root, inp.baseline, labelled=bool(inp.labels),
+                                            calibration_spec=inp.calibration_spec)
         self.plan = candidates.plan(inp.target, self.info, tuple(spec.families), dict(spec.space), spec.train_minutes)
         self.cache = (Path(spec.cache) if spec.cache else inp.out_dir / "cas").resolve()  # workers see absolute paths
         self.folder = inp.out_dir / "search"
@@ -173,7 +175,8 @@ class Search:
         study = optuna.create_study(study_name=STUDY, storage=storage, directions=list(DIRECTIONS), sampler=sampler)
         study.set_user_attr("identity", identity)
         for fam in self.plan.families:  # cheapest first: every family's defaults before any sampled setting
-            study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in fam.defaults().items()}})
+            first = {k: v[0] for k, v in self.plan.spaces[fam.name].items()}  # the recipe's space may reorder choices
+            study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in first.items()}})
         return study
 
     def _sampler_of(self, optuna: Any, study: Any) -> None:

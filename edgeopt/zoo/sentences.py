@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
-N_SENTENCES = 640
+N_SENTENCES = 640  # the bundled set (calibration / eval slices of the recipes); a slice past it generates more
+MAX_SENTENCES = 100_000
 
 _SUBJECTS = [
     "the engineer", "a small robot", "my grandmother", "the city council", "our team", "a curious student",
@@ -57,7 +59,16 @@ _FACTS = [
 
 
 def sentences(n: int = N_SENTENCES, seed: int = 1234) -> list[str]:
-    """`n` distinct sentences; the number of appended clauses spreads their length from ~8 to ~128 tokens."""
+    """`n` distinct sentences; the number of appended clauses spreads their length from ~8 to ~128 tokens.
+
+    The generator is sequential, so `sentences(m)[:n] == sentences(n)` for m > n: slices past the bundled 640
+    (e.g. 1000 calibration sentences at [640:1640]) never overlap the recipes' eval slices.
+    """
+    return list(_generate(n, seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _generate(n: int, seed: int) -> tuple[str, ...]:
     rng = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
@@ -84,11 +95,12 @@ def sentences(n: int = N_SENTENCES, seed: int = 1234) -> list[str]:
         if s not in seen:
             seen.add(s)
             out.append(s)
-    return out
+    return tuple(out)
 
 
 def split(spec: str | None, default: slice) -> list[str]:
-    """Sentences selected by a slice written like `[64:320]` (the part after `zoo:sentences`)."""
+    """Sentences selected by a slice written like `[64:320]` (the part after `zoo:sentences`); a stop past the
+    bundled 640 generates that many (at most MAX_SENTENCES)."""
     sl = default
     if spec:
         body = spec.strip()
@@ -98,5 +110,9 @@ def split(spec: str | None, default: slice) -> list[str]:
         if len(parts) != 2:
             raise ValueError(f"expected a slice like [0:64], got {spec!r}")
         a, b = (int(p) if p.strip() else None for p in parts)
+        if (a is not None and a < 0) or (b is not None and b < 0):
+            raise ValueError(f"expected a slice with non-negative bounds, got {spec!r}")
+        if b is not None and b > MAX_SENTENCES:
+            raise ValueError(f"at most {MAX_SENTENCES} sentences can be generated, got {spec!r}")
         sl = slice(a, b)
-    return sentences()[sl]
+    return sentences(max(N_SENTENCES, sl.stop or 0))[sl]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -96,3 +98,34 @@ def test_torch_artifact_is_rebuilt_from_its_hf_folder(tmp_path):
     changed = Artifact.from_module(changed.module, changed.input_spec, meta=changed.meta)
     with pytest.raises(MemoryNotMeasurable, match="weights changed"):
         peak_rss_mb(changed, feed)
+
+
+# ------------------------------------------------------------------ simulated limits (edgeopt.measure.mobile)
+
+
+def test_budget_below_the_runtime_fails_before_loading(tmp_path):
+    from edgeopt.measure.memory import MemoryBudgetExceeded
+
+    art = _square_matmul(tmp_path / "m.onnx", 16)
+    with pytest.raises(MemoryBudgetExceeded) as e:
+        peak_rss_mb(art, {"x": np.ones((1, 16), np.float32)}, budget_mb=10)
+    # measured by the uncapped child: the interpreter + runtime alone hold more than 10 MB
+    assert e.value.measured and e.value.needed_mb > 10 and e.value.budget_mb == 10
+    assert "budget 10 MB" in str(e.value) and str(art.path) in str(e.value)
+
+
+def test_openvino_child_under_a_budget_charges_the_model_not_the_plugin(tmp_path):
+    import openvino
+
+    onnx_art = _square_matmul(tmp_path / "m.onnx", 16)
+    xml = tmp_path / "m.xml"
+    openvino.save_model(openvino.convert_model(str(onnx_art.path)), str(xml))
+    art = Artifact.from_openvino(xml)
+    feed = {"x": np.ones((1, 16), np.float32)}
+    free = peak_rss_mb(art, feed)
+    cores = [min(os.sched_getaffinity(0))] if hasattr(os, "sched_getaffinity") else None
+    capped = peak_rss_mb(art, feed, budget_mb=4096, cores=cores)
+    assert capped.budget_mb == 4096 and capped.charged_mb is not None
+    # the plugin's and glibc arenas' reservations are not charged: a tiny model stays far below the budget
+    assert capped.charged_mb < 4096 / 4
+    assert abs(capped.peak_mb - free.peak_mb) < 32  # the cap and affinity do not change what is measured

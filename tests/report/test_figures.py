@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from report.factory import make_ledger
+from report.factory import DEFAULT_STAGES, make_ledger, make_stage
 
 from edgeopt.ledger import Gate
 from edgeopt.report import figures as F
@@ -56,17 +56,20 @@ def test_accuracy_is_preferred_over_fidelity_when_recorded():
     assert title == "accuracy (top1)" and points[0].quality == pytest.approx(0.9)
 
 
-def test_pareto_figure_greys_dominated_and_crosses_failed_gates():
+def test_pareto_figure_fades_dominated_and_crosses_failed_gates():
     led = make_ledger()
     led.stages[4].gate = Gate(passed=False, why="too far")
     fig = F.pareto_figure([("demo", led)], "latency_ms")
     by_name = {t.name: t for t in fig.data}
-    assert set(by_name) == {"Pareto front", "on the front", "dominated"}
-    assert list(by_name["dominated"].text) == ["baseline", "onnx"]
-    assert set(by_name["dominated"].marker.color) == {F.GREY}
-    front = by_name["on the front"]
-    assert list(front.text) == ["fused", "int8", "int8-aggressive"]
-    assert list(front.marker.symbol) == ["circle", "circle", "x"]
+    # the overall front, then one trace group per runtime (its points, then its own front, hidden)
+    assert list(by_name) == ["Pareto front", "torch", "front (torch)", "onnxruntime", "front (onnxruntime)"]
+    ort = by_name["onnxruntime"]
+    assert list(ort.text) == ["fused", "int8", "int8-aggressive", "onnx"]  # the front first (the legend icon)
+    assert list(ort.marker.opacity) == [1.0, 1.0, 1.0, 0.45]  # onnx is dominated by fused
+    assert list(ort.marker.symbol) == ["circle", "circle", "x", "circle"]
+    assert [c[1] for c in ort.customdata] == ["on the front", "on the front", "gate failed", "dominated"]
+    assert ort.marker.color == F.RUNTIME_COLORS["onnxruntime"] != by_name["torch"].marker.color
+    assert list(by_name["Pareto front"].x) == [7.0, 8.0, 16.0]
     assert fig.layout.xaxis.type == "linear"  # 7..40 ms: no log axis needed
 
 
@@ -116,3 +119,69 @@ def test_waterfall_follows_the_branch_to_the_best_stage():
     assert [s.name for s in lineage(led)] == ["baseline", "onnx", "ov", "ov-int8"]
     steps = waterfall_steps(led, "latency")
     assert [s.delta for s in steps[1:]] == [-2, -4, -2]  # "ov" is measured against its parent, not "fused"
+
+
+def _runtime_ledger():
+    """Stages on three runtimes, plus a Core ML stage that this host cannot time."""
+    led = make_ledger(stages=(
+        ("onnx", "convert.onnx", "onnxruntime", 20.0, 200.0, 9_000_000, 0.99999, True),
+        ("int8", "graph.quantize_dynamic", "onnxruntime", 9.0, 120.0, 2_300_000, 0.992, True),
+        ("litert", "convert.litert", "litert", 15.0, 150.0, 9_000_000, 0.99999, True),
+        ("litert-int8", "convert.litert", "litert", 8.0, 110.0, 2_400_000, 0.990, True),
+        ("ncnn", "convert.ncnn", "ncnn", 12.0, 100.0, 9_000_000, 0.99998, True),
+    ), best="litert-int8")
+    core = make_stage("coreml", "convert.coreml", "coreml", 1.0, None, 4_500_000, 1.0, True)
+    core.latency_ms, core.fidelity, core.gate, core.energy_mj = None, None, None, None
+    core.artifact["kind"] = "coreml"
+    core.notes["not_measured"] = "Core ML runs only on Apple platforms: not measured on this host"
+    led.put(core)
+    return led
+
+
+def test_pareto_points_keep_each_stage_runtime():
+    points, _ = F.pareto_points([("m", _runtime_ledger())])
+    by = {p.stage: p for p in points}
+    assert by["litert"].runtime == "litert" and by["ncnn"].runtime == "ncnn" and by["int8"].runtime == "onnxruntime"
+    assert by["coreml"].runtime == "coreml" and "Apple" in by["coreml"].not_measured
+    assert by["coreml"].latency_ms is None and by["litert"].not_measured is None
+    assert F.runtimes_of(points) == ["onnxruntime", "litert", "ncnn", "coreml"]
+
+
+@pytest.mark.parametrize("x", ["latency_ms", "size_mb"])
+def test_pareto_figure_runtime_dropdown_shows_one_runtime_at_a_time(x):
+    fig = F.pareto_figure([("m", _runtime_ledger())], x)
+    (menu,) = fig.layout.updatemenus
+    labels = [b.label for b in menu.buttons]
+    assert labels == ["runtime: all", "runtime: onnxruntime", "runtime: litert", "runtime: ncnn"]
+    names = [t.name for t in fig.data]
+    # the legend toggles runtimes: one legend entry per runtime, plus the overall front
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["Pareto front", "onnxruntime", "litert", "ncnn"]
+    vis = dict(zip(names, menu.buttons[2].args[0]["visible"]))  # "runtime: litert"
+    assert {n for n, v in vis.items() if v} == {"litert", "front (litert)"}
+    front = next(t for t in fig.data if t.name == "front (litert)")
+    assert list(front.x) == sorted(front.x) and set(front.x) <= set(next(t for t in fig.data if t.name == "litert").x)
+    shown_all = {n for n, v in zip(names, menu.buttons[0].args[0]["visible"]) if v}
+    assert shown_all == {"Pareto front", "onnxruntime", "litert", "ncnn"}
+    # every button's visibility list covers every trace
+    assert all(len(b.args[0]["visible"]) == len(fig.data) for b in menu.buttons)
+    # Core ML has no latency here: named in the subtitle, not dropped silently, and not a runtime to pick
+    assert "not measured on this host: coreml" in fig.layout.title.text
+    assert "coreml" not in names and "not plotted" not in fig.layout.title.text
+
+
+def test_pareto_figure_per_runtime_front_is_recomputed_among_its_points():
+    led = _runtime_ledger()
+    fig = F.pareto_figure([("m", led)], "latency_ms")
+    by = {t.name: t for t in fig.data}
+    # among ORT's own points its fp32 export is on the front; among all runtimes LiteRT fp32 (as faithful,
+    # faster) dominates it
+    assert list(by["front (onnxruntime)"].x) == [9.0, 20.0]
+    assert list(by["front (litert)"].x) == [8.0, 15.0]
+    assert list(by["Pareto front"].x) == [8.0, 9.0, 12.0, 15.0]
+
+
+def test_pareto_figure_with_one_runtime_has_no_dropdown():
+    led = make_ledger(stages=tuple(s for s in DEFAULT_STAGES if s[2] == "onnxruntime"))
+    fig = F.pareto_figure([("demo", led)], "latency_ms")
+    assert not fig.layout.updatemenus
+    assert [t.name for t in fig.data] == ["Pareto front", "onnxruntime"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeopt.passes.base import build_pass
-from edgeopt.search.candidates import FAMILIES, ModelInfo, check_space, plan
+from edgeopt.search.candidates import FAMILIES, TRAIN_SENTENCES, ModelInfo, check_space, model_info, plan, train_data
 from edgeopt.target import get_target
 
 INFO = ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, conv=False, labelled=False, source="zoo:minilm")
@@ -33,12 +33,14 @@ def test_structural_families_need_a_training_budget_and_the_torch_model():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_setting_of_every_family_builds_valid_pass_configs(name):
     fam = FAMILIES[name]
-    info = ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, conv=True, labelled=True, source="zoo:x")
-    for params in fam.combos():
-        chain = fam.chain(params, info)
-        assert chain, name
-        for pass_name, cfg in chain:
-            build_pass(pass_name, cfg)  # raises on an invalid config
+    for info in (ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, conv=True, labelled=True, source="zoo:x"),
+                 ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, source="zoo:x",
+                           train_data=TRAIN_SENTENCES)):
+        for params in fam.combos():
+            chain = fam.chain(params, info)
+            assert chain, name
+            for pass_name, cfg in chain:
+                build_pass(pass_name, cfg)  # raises on an invalid config
 
 
 def test_plan_restricts_to_named_families_and_overrides_their_space():
@@ -57,3 +59,34 @@ def test_plan_restricts_to_named_families_and_overrides_their_space():
 def test_bad_spaces_are_refused_with_the_reason(names, space, match):
     with pytest.raises(ValueError, match=match):
         check_space(names, space)
+
+
+def test_structural_fits_on_1000_generated_sentences_past_the_bundled_set():
+    assert train_data("zoo:sentences[0:64]") == TRAIN_SENTENCES and train_data("zoo:digits[train]") is None
+    info = ModelInfo(kind="onnx", baseline_kind="torch", transformer=True, source="zoo:minilm",
+                     train_data=TRAIN_SENTENCES)
+    chain = dict(FAMILIES["structural-heads"].chain({"ffn": 0.5, "heads": 0.25, "int8": None}, info))
+    assert chain["prune.ffn"]["data"] == TRAIN_SENTENCES and chain["prune.ffn"]["samples"] == 1000
+    assert chain["prune.heads"]["importance"] == "obs" and chain["prune.heads"]["limit"] == 1000
+    plain = dict(FAMILIES["structural-heads"].chain({"ffn": 0.5, "heads": 0.0, "int8": None}, INFO))
+    assert "data" not in plain["prune.ffn"]  # other data: the run's calibration data
+    assert model_info(None, None, False, "zoo:sentences").train_data == TRAIN_SENTENCES
+
+
+def test_structural_int8_tails_and_openvino_int8_only_with_openvino():
+    fam = FAMILIES["structural-heads"]
+    assert [p for p, _ in fam.chain({"ffn": 0.5, "int8": "ov"}, INFO)][-2:] == ["convert.openvino", "openvino.quantize"]
+    assert [p for p, _ in fam.chain({"ffn": 0.5, "int8": "ort"}, INFO)][-1] == "graph.quantize_dynamic"
+    t = get_target("cpu-avx2")
+    no_ov = type("T", (), {"isa": t.isa, "runtimes": {"onnxruntime": "1"}, "arch": "x86_64", "device": "cpu"})()
+    assert "ov" not in plan(no_ov, INFO, ("structural-heads",), train_minutes=5).spaces["structural-heads"]["int8"]
+
+
+def test_student_family_is_the_course_chain_for_labelled_cnns():
+    cnn = ModelInfo(kind="onnx", baseline_kind="torch", conv=True, labelled=True, source="zoo:digits-cnn")
+    p = plan(get_target("cpu-avx2"), cnn, train_minutes=5)
+    assert "structural-student" in [f.name for f in p.families]
+    chain = FAMILIES["structural-student"].chain(FAMILIES["structural-student"].defaults(), cnn)
+    assert [n for n, _ in chain] == ["distill", "prune.channels", "convert.onnx", "graph.simplify", "graph.quantize_static"]
+    assert chain[0][1]["student_width"] == 0.5
+    assert "convolutional classifier" in plan(get_target("cpu-avx2"), INFO, train_minutes=5).skipped["structural-student"]

@@ -200,3 +200,10 @@ def test_the_search_on_a_two_node_ray_cluster_times_only_on_the_target_node(tmp_
     assert len(timing) == 2 and all(res_name in r["resources"] for r in timing)
     assert sum(1 for r in log if r["kind"] == "build") == 2
     assert res.front
+
+
+def test_a_recipe_space_decides_which_settings_a_family_tries_first(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    spec = SearchSpec(families=("ort-int8-dynamic",), trials=1, runs=6, drop=False,
+                      space={"ort-int8-dynamic": {"per_channel": [False, True]}})
+    res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec))
+    assert res.trials[0]["params"]["per_channel"] is False  # the family's own default would be None

@@ -31,3 +31,17 @@ def test_calibration_and_eval_never_overlap():
 def test_bad_slice():
     with pytest.raises(ValueError, match="slice"):
         split("[1:2:3]", slice(0, 1))
+
+
+def test_slice_past_the_bundled_set_generates_more_without_overlap():
+    extra = split("[640:1640]", slice(0, 1))
+    assert len(extra) == 1000 and len(set(extra)) == 1000
+    assert sentences(1640)[:640] == sentences()  # the generator is sequential: the bundled set is a prefix
+    assert not set(extra) & set(sentences())
+
+
+def test_slice_bounds_checked():
+    with pytest.raises(ValueError, match="non-negative"):
+        split("[-5:]", slice(0, 1))
+    with pytest.raises(ValueError, match="at most"):
+        split("[0:10000000]", slice(0, 1))

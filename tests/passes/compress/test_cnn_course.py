@@ -15,13 +15,16 @@ from edgeopt.recipe import load_recipe
 
 def test_bundled_recipe_validates():
     r = load_recipe("cnn-course")
-    assert [s.pass_name for s in r.passes] == ["distill", "prune.channels", "convert.onnx", "graph.quantize_static"]
+    assert [s.pass_name for s in r.passes] == ["distill", "prune.channels", "convert.onnx", "graph.quantize_static",
+                                               "convert.litert", "convert.litert", "convert.ncnn"]
+    assert all(s.source == "pruned" for s in r.passes[4:])
     assert r.model.source == "zoo:digits-cnn" and r.gates.max_accuracy_drop == 1.5 and r.measure.batch == 16
 
 
 def _short_course() -> dict:
     recipe = load_recipe("cnn-course").to_dict()
     recipe["model"] = None
+    recipe["passes"] = recipe["passes"][:4]  # the phone runtimes' stages are tested with the mobile recipe
     recipe["passes"][0]["distill"]["train"] = {"epochs": 2, "lr": 0.01}
     # 3 fine-tuning epochs after pruning: with 1 the pruned model's accuracy depended on the CPU (0.38 here, enough
     # to fail the 50-point gate); with 3 it is 0.58-0.68 with AVX-512 and AVX2 kernels alike.

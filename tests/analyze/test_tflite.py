@@ -1,0 +1,81 @@
+"""analyze.tflite: the op census and the declared inputs, outputs and weight dtypes of a .tflite, read with LiteRT's
+flatbuffer schema; a truncated or foreign file is a one-line InputError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgeopt.analyze.tflite import NO_PROFILER, census_summary, op_census, tflite_info
+from edgeopt.errors import InputError
+
+litert_torch = pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_quantizer")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, image):
+        h = torch.relu(self.c2(torch.relu(self.c1(image))))
+        return self.fc(h.mean((2, 3))), h
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The net as fp32 .tflite and its dynamic-int8 version from the LiteRT quantizer."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    torch.manual_seed(0)
+    litert_torch.config.show_progress = False
+    d = tmp_path_factory.mktemp("tflite_info")
+    fp32 = d / "net.tflite"
+    model = litert_torch.convert(Net().eval(), sample_kwargs={"image": torch.randn(1, 3, 8, 8)})
+    model.export(str(fp32))
+    q = quantizer.Quantizer(model.model_content(), recipe.dynamic_wi8_afp32())
+    dyn = d / "net_dyn.tflite"
+    dyn.write_bytes(bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model))
+    return fp32, dyn
+
+
+def test_op_census_counts_the_graph(files):
+    census = op_census(files[0])
+    assert census["CONV_2D"] == 2 and census["FULLY_CONNECTED"] == 1, census
+    counts = list(census.values())
+    assert counts == sorted(counts, reverse=True), "most frequent first"
+    assert op_census(files[0], signature="serving_default") == census
+    assert census_summary(census, top=1).startswith("CONV_2D×2, +")
+
+
+def test_info_names_inputs_outputs_and_weight_dtypes(files):
+    fp32, dyn = (tflite_info(f) for f in files)
+    assert list(fp32["signatures"]) == ["serving_default"]
+    assert fp32["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 8, 8]}]
+    assert [o["shape"] for o in fp32["outputs"]] == [[1, 5], [1, 8, 8, 8]], "outputs in the model's order"
+    assert fp32["weight_dtypes"]["float32"] >= 3 and fp32["int8_weights"] == 0
+    assert dyn["int8_weights"] >= 3 and dyn["weight_bytes"] < fp32["weight_bytes"]
+    assert fp32["size_bytes"] == files[0].stat().st_size and fp32["ops"] == sum(op_census(files[0]).values())
+
+
+def test_bad_files_are_one_line(files, tmp_path):
+    data = files[0].read_bytes()
+    cases = {"cut.tflite": data[: len(data) // 2], "tiny.tflite": data[:40], "text.tflite": b"hello"}
+    for name, content in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(InputError) as e:
+            op_census(bad)
+        assert f"{name}: not a valid .tflite file (" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError, match="no such .tflite file"):
+        tflite_info(tmp_path / "missing.tflite")
+    with pytest.raises(InputError, match="no signature 'decode'"):
+        op_census(files[0], signature="decode")
+
+
+def test_the_profile_sentence():
+    assert NO_PROFILER == "LiteRT has no per-op profiler in Python; showing the op census instead"
