@@ -125,9 +125,12 @@ def minilm(args: argparse.Namespace, has_vnni: bool, claims: list[Claim], execut
               for n, p in refs.items()}
     models[f"edgeopt chosen ({led.best})"] = stage_artifact(led.stage(led.best))
     structural = [r for r in led.search["trials"] if r["family"].startswith("structural") and r["status"] == "done"]
-    best_struct = max(structural, key=lambda r: (r["fidelity_value"] >= 0.99, r["speedup"]["ratio"]), default=None)
+    # the claim: ≥ 1.25× at mean cosine ≥ 0.99 — the fastest structural trial that keeps 0.99, else the most faithful
+    best_struct = max(structural, key=lambda r: (r["fidelity_value"] >= 0.99, r["speedup"]["ratio"] if
+                                                 r["fidelity_value"] >= 0.99 else r["fidelity_value"]), default=None)
     if best_struct:
-        models[f"structural ({best_struct['label']})"] = Artifact.from_onnx(best_struct["artifact"]["path"], meta=meta)
+        sa = best_struct["artifact"]
+        models[f"structural ({best_struct['label']})"] = Artifact.from_file(sa["kind"], sa["path"], meta=meta)
     b = bench(list(models.values()), threads=2, runs=args.runs, warmup=10, data="zoo:sentences[64:72]", seq_len=128)
     console.print(render(b))
     names = list(models)

@@ -125,10 +125,15 @@ def optimize(model: Optional[str] = typer.Argument(None, help="model (default: t
                  search={k: v for k, v in search.items() if v is not None} or None,
                  executor=executor, ray_address=ray_address)
     if as_json:
-        return _dump(res.ledger.to_json())
-    _print_run(res.ledger)
-    console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.html'} ({out / 'report.md'})  "
-                  f"best: {res.best or 'none passed its gate'}")
+        _dump(res.ledger.to_json())
+    else:
+        _print_run(res.ledger)
+        console.print(f"ledger: {out / 'ledger.json'}  report: {out / 'report.html'} ({out / 'report.md'})  "
+                      f"best: {res.best or 'none passed its gate'}")
+    for why in res.failed.values():  # a failed branch: the others were measured and reported, the exit says so
+        err.print(f"[red]error:[/red] {why}", highlight=False, soft_wrap=True)
+    if res.failed:
+        raise typer.Exit(1)
 
 
 def _print_run(ledger) -> None:

@@ -47,6 +47,7 @@ class RunResult:
     out_dir: Path
     best: Path | None
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # each stage's model as its pass returned it
+    failed: dict[str, str] = field(default_factory=dict)  # stage -> "stage X (pass) failed: why", for passes that failed
 
 
 @dataclass
@@ -180,13 +181,23 @@ class Pipeline:
                                        "model has none of its own (pass --data, or data.eval in the recipe)")
         run.stages.append((base_stage, art))
         run.ledger.put(base_stage)
-        current = art
+        current: Artifact | None = art
         by_name: dict[str, Artifact] = {BASELINE: art}
+        failed: dict[str, str] = {}  # a failed step's branch stops; the other branches go on
+        last = BASELINE  # the step whose model the next step without `from:` takes
         for step in self.recipe.passes:
             if step.source is not None:
+                if step.source in failed or (step.source not in by_name and self._known_stage(step.source)):
+                    self._skip(run, step, step.source, failed)
+                    current, last = None, step.name
+                    continue
                 if step.source not in by_name:
                     raise PassError(f"stage {step.name}: its input stage {step.source!r} did not finish")
                 current = by_name[step.source]
+            elif current is None:  # the previous step failed or was skipped: this step would have taken its model
+                self._skip(run, step, last, failed)
+                last = step.name
+                continue
             if step.when is not None and current.kind != step.when:
                 note = f"step {step.name} ({step.pass_name}) skipped: it runs on {step.when} models, this one is {current.kind}"
                 run.stages[0][0].notes.setdefault("skipped_steps", []).append(note)
@@ -201,13 +212,22 @@ class Pipeline:
                 stage, current = reused
                 self._say(f"[dim]stage {step.name}: cached ({key[:12]})[/dim]")
             else:
-                stage, current = self._run_step(step, current, run, parent=parent, key=key, stage_dir=stage_dir)
+                try:
+                    stage, current = self._run_step(step, current, run, parent=parent, key=key, stage_dir=stage_dir)
+                except PassError as e:  # recorded as failed in the ledger; its branch stops, the others go on
+                    failed[step.name] = str(e)
+                    self._say(f"[red]{e}[/red]")
+                    current, last = None, step.name
+                    continue
             run.stages.append((stage, current))
             run.ledger.put(stage)
             if reused is None:
                 run.ledger.save(self.ledger_path)
             by_name[step.name] = current
+            last = step.name
         if self.recipe.search is not None:
+            if failed:
+                raise PassError(next(iter(failed.values())) + " (the search starts from the recipe's last stage)")
             self._search(current, run)
         self._measure(run)
         best = self._choose_best(run)
@@ -215,7 +235,19 @@ class Pipeline:
         run.ledger.save(self.ledger_path)
         self._write_outputs(run.ledger, run.stages, best)
         return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
-                         artifacts={s.name: a for s, a in run.stages})
+                         artifacts={s.name: a for s, a in run.stages}, failed=failed)
+
+    def _known_stage(self, name: str) -> bool:
+        return name == BASELINE or any(p.name == name for p in self.recipe.passes)
+
+    def _skip(self, run: RunState, step: PassStep, source: str, failed: dict[str, str]) -> None:
+        """Record `step` as skipped: the stage it takes its model from failed (or was skipped itself)."""
+        stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, versions=run.versions,
+                      parent=source, status="skipped", error=f"its input stage {source} did not finish")
+        failed[step.name] = f"stage {step.name} ({step.pass_name}) skipped: its input stage {source} did not finish"
+        run.ledger.put(stage)
+        run.ledger.save(self.ledger_path)
+        self._say(f"[dim]{failed[step.name]}[/dim]")
 
     def _run_step(self, step: PassStep, current: Artifact, run: RunState, *, parent: str, key: str,
                   stage_dir: Path) -> tuple[Stage, Artifact]:

@@ -186,3 +186,23 @@ def test_optimize_refuses_a_bad_budget_or_executor_in_one_line(tmp_path, tiny_ml
     out = tmp_path / "out"
     _one_line_error(runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-o", str(out), *args]), match)
     assert not out.exists()
+
+
+def test_a_failed_branch_is_reported_and_exits_nonzero(tmp_path, tiny_mlp_onnx, monkeypatch):
+    """A stage that fails: the other branch is measured and reported, one error line names the failed stage, and
+    the exit status is 1."""
+    from edgeopt.passes.graph import quantize
+
+    def boom(self, art, ctx):
+        raise RuntimeError("quantizer exploded")
+
+    monkeypatch.setattr(quantize.QuantizeDynamic, "run", boom)
+    r = tmp_path / "r.yaml"
+    r.write_text("data: {calibration: 'random:2', eval: 'random:2'}\npasses:\n  - graph.quantize_dynamic: {stage: int8}\n"
+                 "  - graph.simplify: {stage: simplified, from: baseline}\n"
+                 "measure: {threads: 1, warmup: 1, runs: 3, memory: false, energy: false}\n")
+    res = runner.invoke(app, ["optimize", str(tiny_mlp_onnx.path), "-r", str(r), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: stage int8 (graph.quantize_dynamic) failed: RuntimeError: quantizer exploded"], res.output
+    assert "simplified" in res.output and (tmp_path / "out" / "report.md").exists()

@@ -20,8 +20,12 @@ one padded), because XNNPACK cannot reshape a graph whose shapes were fixed at c
 
 from __future__ import annotations
 
+import atexit
 import keyword
+import os
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +42,54 @@ Api = Literal["interpreter", "compiled"]
 # process costs ~1.5 s (the LiteRT environment, shared by later loads).
 DEFAULT_API: Api = "compiled"
 _ENVIRONMENT: list[Any] = []  # the LiteRT environment compiled models share (made by the first one)
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Hold back what LiteRT's C++ runtime prints to stderr (tens of INFO lines on every compile and teardown, a
+    failed vendor-plugin load) while the block runs; an error raised inside gets the last line it printed.
+
+    Written by hand: LiteRT offers no log-level setting (TF_CPP_MIN_LOG_LEVEL does not reach it), so file
+    descriptor 2 is pointed at a temporary file for the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except Exception as e:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            lines = [ln for ln in tmp.read().decode(errors="replace").splitlines()
+                     if ln.strip() and not ln.startswith("INFO:")]
+            if lines and not str(e).strip():
+                raise type(e)(lines[-1][:300]) from None
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_USED: list[bool] = []  # set when a LiteRT runner was opened in this process
+
+
+@atexit.register
+def _quiet_teardown() -> None:
+    """LiteRT's accelerator registry prints INFO lines from C++ static destructors, after Python has finished: when
+    this process used LiteRT, stderr is pointed at /dev/null at exit (Python's own stderr is flushed first)."""
+    if not _USED:
+        return
+    import sys
+
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    except OSError:
+        pass
 
 
 def signature_name(name: str) -> str:
@@ -103,10 +155,12 @@ class LiteRtRunner:
             (f" · {self.signature}" if self.signature and len(sigs) > 1 else "")
         self._static = all(d >= 0 for t in self._inputs for d in t["shape"])
         try:
-            if self.api == "interpreter":
-                self._open_interpreter()
-            else:
-                self._open_compiled(weight_cache)
+            _USED.append(True)
+            with quiet_native_stderr():
+                if self.api == "interpreter":
+                    self._open_interpreter()
+                else:
+                    self._open_compiled(weight_cache)
         except InputError:
             raise
         except Exception as e:
@@ -216,6 +270,10 @@ class LiteRtRunner:
             elif self.api == "compiled" and not self._fits(arrays):
                 raise InputError(f"{self.path}: the compiled API runs dynamic-shape models only at their "
                                  "declared shapes; use api='interpreter'")
+            elif not getattr(self, "_warm", False):  # the first call registers accelerators, loudly
+                with quiet_native_stderr():
+                    outs = self._invoke(arrays)
+                self._warm = True
             else:
                 outs = self._invoke(arrays)
         except InputError:
@@ -240,7 +298,8 @@ class LiteRtRunner:
         cm = getattr(self, "_cm", None)
         self._cm = None
         if cm is not None:
-            cm.close()
+            with quiet_native_stderr():
+                cm.close()
 
     def __enter__(self) -> LiteRtRunner:
         return self

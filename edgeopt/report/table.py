@@ -25,7 +25,7 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
     for s in ledger.stages:
         lat = s.latency_ms
         fid = s.fidelity or {}
-        gate = "failed: " + (s.error or "") if s.status == "failed" else (
+        gate = "failed: " + (s.error or "") if s.status == "failed" else "skipped: " + (s.error or "") if s.status == "skipped" else (
             f"not measured on this host ({s.notes['not_measured']})" if s.notes.get("not_measured") else
             "—" if s.gate is None else ("pass" if s.gate.passed else f"FAIL ({s.gate.why})"))
         rows.append({
@@ -129,7 +129,7 @@ def render_table(ledger: Ledger, title: str | None = None):
                      no_wrap=True)
     for row in stage_rows(ledger):
         style = ("red" if row["gate"].startswith(("FAIL", "failed")) else "bold green" if "★" in row["stage"] else
-                 "dim" if row["gate"].startswith("not measured") else None)
+                 "dim" if row["gate"].startswith(("not measured", "skipped")) else None)
         cells = [row[c] for c in shown]
         cells[-1] = cells[-1].split(" (")[0].split(":")[0]  # the terminal shows pass/FAIL; report.md says why
         t.add_row(*cells, style=style)

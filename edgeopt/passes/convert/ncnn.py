@@ -87,7 +87,7 @@ class ConvertNcnn(Pass):
         module = torch_module_copy(art, self.name).eval()
         args = example_args(art, ctx, batch=1)
         ref = torch_outputs(module, args)
-        tmp = Path(tempfile.mkdtemp(prefix=".pnnx-", dir=ctx.stage_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=".pnnx-", dir=ctx.stage_dir)).resolve()  # pnnx runs with cwd=tmp
         try:
             pt = tmp / "model.pt"
             try:

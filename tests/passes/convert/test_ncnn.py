@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,11 @@ def test_digits_cnn_matches_torch(tmp_path):
         for b in (1, 3):
             (got,) = r.run({"image": x[:b]})
             assert got.shape == want[:b].shape and relative_error([want[:b]], [got]) <= 1e-4
+
+
+def test_a_relative_stage_folder_works(two_heads, tmp_path, monkeypatch):
+    """The pipeline's stage folders are relative to the working directory (runs/x/ncnn); pnnx runs in its own."""
+    monkeypatch.chdir(tmp_path)
+    out = build_pass("convert.ncnn", {})(two_heads, PassContext(stage_dir=Path("runs/stage"), evaluation=[_feed(2, 5)]))
+    assert out.path.exists() and sorted(p.name for p in (tmp_path / "runs/stage").iterdir()) == [
+        "model.ncnn.bin", "model.ncnn.param"]
