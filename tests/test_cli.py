@@ -206,3 +206,18 @@ def test_a_failed_branch_is_reported_and_exits_nonzero(tmp_path, tiny_mlp_onnx, 
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert errors == ["error: stage int8 (graph.quantize_dynamic) failed: RuntimeError: quantizer exploded"], res.output
     assert "simplified" in res.output and (tmp_path / "out" / "report.md").exists()
+
+
+def test_profile_of_a_tflite_shows_its_op_census_and_says_why(tmp_path, tiny_convnet_torch):
+    pytest.importorskip("ai_edge_litert")
+    from edgeopt.passes.base import PassContext, build_pass
+
+    art = build_pass("convert.litert", {})(tiny_convnet_torch, PassContext(stage_dir=tmp_path / "lt"))
+    res = runner.invoke(app, ["profile", str(art.path)])
+    assert res.exit_code == 0, res.output
+    assert "no per-op profiler" in res.output and "CONV_2D" in res.output
+    data = json.loads(runner.invoke(app, ["profile", str(art.path), "--json"]).output)
+    assert data["runtime"] == "litert" and {r["op_type"] for r in data["op_census"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(art.path.read_bytes()[:200])
+    _one_line_error(runner.invoke(app, ["profile", str(cut)]), "cut.tflite", "not a valid .tflite file")

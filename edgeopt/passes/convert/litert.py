@@ -21,7 +21,7 @@ from edgeopt.artifact import Artifact, InputSpec, TensorSpec
 from edgeopt.data import random_feeds
 from edgeopt.errors import EdgeoptError, PassError, first_line
 from edgeopt.extras import require
-from edgeopt.measure.litert import LiteRtRunner, signature_name
+from edgeopt.measure.litert import LiteRtRunner, quiet_native_stderr, signature_name
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register, torch_module_copy
 from edgeopt.passes.convert._export import FP32_REL_TOL, min_cosine, relative_error, torch_outputs
 
@@ -199,7 +199,8 @@ class ConvertLiteRT(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         import torch  # lazy: torch only when a conversion runs
 
-        litert_torch = require("litert_torch", "convert.litert")
+        with quiet_native_stderr():  # TensorFlow's and absl's start-up lines
+            litert_torch = require("litert_torch", "convert.litert")
         cfg = self.config
         litert_torch.config.show_progress = False
         names = art.input_spec.names
@@ -214,12 +215,16 @@ class ConvertLiteRT(Pass):
             converter.signature(s.name, wrapper, sample_kwargs=kwargs)
         held = io.StringIO()  # torch.export prints its partial graph to sys.stderr when it fails
         try:
-            with _group_norm_composite(cfg.composite_lowering), torch.no_grad(), redirect_stderr(held):
+            with _group_norm_composite(cfg.composite_lowering), torch.no_grad(), redirect_stderr(held), \
+                    quiet_native_stderr(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecations inside litert-torch
                 edge = converter.convert()
-            content = edge.model_content()
+                content = edge.model_content()
         except Exception as e:
             raise PassError(conversion_error(e, module)) from None
-        sys.stderr.write(held.getvalue())  # a conversion that worked keeps its warnings
+        kept = [ln for ln in held.getvalue().splitlines() if "FutureWarning" not in ln and "return cls.__new__" not in ln]
+        if kept:  # a conversion that worked keeps its own warnings
+            sys.stderr.write("\n".join(kept) + "\n")
         if cfg.quantize != "none":
             content = self._quantize(content, ctx, calibration)
         path = ctx.stage_dir / MODEL
@@ -278,13 +283,14 @@ class ConvertLiteRT(Pass):
         calibration = None
         if q.need_calibration:
             try:
-                with warnings.catch_warnings():  # the calibrator keeps every tensor on purpose and warns about it
-                    warnings.simplefilter("ignore", UserWarning)
+                with warnings.catch_warnings(), redirect_stderr(io.StringIO()):  # the calibrator keeps every
+                    warnings.simplefilter("ignore")  # tensor on purpose and warns about it; its tqdm bar
                     calibration = q.calibrate(data or {}, num_threads=max(1, getattr(ctx.measure, "threads", 0) or 1))
             except Exception as e:
                 raise PassError(f"convert.litert: calibration failed: {first_line(e, 200)}") from None
         try:
-            result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
+            with redirect_stderr(io.StringIO()), quiet_native_stderr():  # the quantizer's own tqdm bars
+                result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
             return bytes(result.quantized_model)
         except Exception as e:
             raise PassError(f"convert.litert: the LiteRT quantizer failed ({self.config.quantize}): "
