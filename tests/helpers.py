@@ -39,3 +39,19 @@ def record_reused(monkeypatch) -> dict:
 
     monkeypatch.setattr(Pipeline, "_reuse", reuse)
     return reused
+
+
+def square_matmul(path: Path | str, n: int):
+    """An ONNX model y = x @ W with a random n×n fp32 weight (4·n² bytes: n=2048 is 16 MiB), as an Artifact."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.artifact import Artifact
+
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+                              [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return Artifact.from_onnx(path)

@@ -370,23 +370,12 @@ def test_the_search_learns_the_calibration_spec_its_structural_families_fit_on(t
     assert seen["spec"].startswith("random:")
 
 
-def _big_matmul_onnx(path, n=2048):
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32) / n, "w")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], [w])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def test_simulated_mobile_pins_threads_caps_memory_and_fails_an_over_budget_stage(tmp_path):
     """mobile-cpu: the ledger records the simulated limits; a model over the memory budget fails its stage with
     'needs N MB, budget M MB' while its INT8 version (a quarter of the weights) fits and is chosen."""
-    model = _big_matmul_onnx(tmp_path / "big.onnx")  # 16 MiB of fp32 weights
+    from helpers import square_matmul
+
+    model = square_matmul(tmp_path / "big.onnx", 2048).path  # 16 MiB of fp32 weights
     recipe = {"target": "mobile-cpu", "data": {"calibration": "random:2", "eval": "random:2"},
               "passes": [{"graph.quantize_dynamic": {"stage": "int8"}}],
               "measure": {"threads": 1, "runs": 6, "warmup": 1, "memory": True, "memory_budget_mb": 1,

@@ -5,28 +5,17 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from helpers import square_matmul
 
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
 from edgeopt.measure.memory import MemoryNotMeasurable, PeakMemory, maxrss_mb, peak_rss_mb
 
 
-def _square_matmul(path, n: int) -> Artifact:
-    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
-                              [numpy_helper.from_array(w, "W")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
-    return Artifact.from_onnx(path)
-
-
 def test_child_peak_is_positive_and_grows_with_the_model(tmp_path):
-    small = _square_matmul(tmp_path / "small.onnx", 16)
-    big = _square_matmul(tmp_path / "big.onnx", 2048)  # a 16 MiB weight
+    small = square_matmul(tmp_path / "small.onnx", 16)
+    big = square_matmul(tmp_path / "big.onnx", 2048)  # a 16 MiB weight
     # a big parent must not leak into the child's figure (ru_maxrss would carry it across exec)
     ballast = np.ones(64 << 17)  # 64 MiB
     ms = peak_rss_mb(small, {"x": np.ones((1, 16), np.float32)})
@@ -43,7 +32,7 @@ def test_child_peak_is_positive_and_grows_with_the_model(tmp_path):
 
 
 def test_child_gets_the_feed_and_session(tmp_path):
-    art = _square_matmul(tmp_path / "m.onnx", 16)
+    art = square_matmul(tmp_path / "m.onnx", 16)
     tuned = Artifact.from_onnx(art.path, meta={"session": {"graph_optimization_level": "nope"}})
     with pytest.raises(InputError) as e:
         peak_rss_mb(tuned, {"x": np.ones((1, 16), np.float32)})
@@ -55,7 +44,7 @@ def test_child_gets_the_feed_and_session(tmp_path):
 
 def test_failing_child_names_model_and_last_stderr_line(tmp_path):
     bad = tmp_path / "corrupt.onnx"
-    art = _square_matmul(bad, 8)
+    art = square_matmul(bad, 8)
     bad.write_bytes(b"not a model at all" * 50)
     with pytest.raises(InputError) as e:
         peak_rss_mb(art, {"x": np.ones((1, 8), np.float32)})
@@ -65,7 +54,7 @@ def test_failing_child_names_model_and_last_stderr_line(tmp_path):
 
 
 def test_timeout_is_input_error(tmp_path):
-    art = _square_matmul(tmp_path / "m.onnx", 8)
+    art = square_matmul(tmp_path / "m.onnx", 8)
     with pytest.raises(InputError, match="timed out after 0.01 s"):
         peak_rss_mb(art, {"x": np.ones((1, 8), np.float32)}, timeout_s=0.01)
 
@@ -106,7 +95,7 @@ def test_torch_artifact_is_rebuilt_from_its_hf_folder(tmp_path):
 def test_budget_below_the_runtime_fails_before_loading(tmp_path):
     from edgeopt.measure.memory import MemoryBudgetExceeded
 
-    art = _square_matmul(tmp_path / "m.onnx", 16)
+    art = square_matmul(tmp_path / "m.onnx", 16)
     with pytest.raises(MemoryBudgetExceeded) as e:
         peak_rss_mb(art, {"x": np.ones((1, 16), np.float32)}, budget_mb=10)
     # measured by the uncapped child: the interpreter + runtime alone hold more than 10 MB
@@ -117,7 +106,7 @@ def test_budget_below_the_runtime_fails_before_loading(tmp_path):
 def test_openvino_child_under_a_budget_charges_the_model_not_the_plugin(tmp_path):
     import openvino
 
-    onnx_art = _square_matmul(tmp_path / "m.onnx", 16)
+    onnx_art = square_matmul(tmp_path / "m.onnx", 16)
     xml = tmp_path / "m.xml"
     openvino.save_model(openvino.convert_model(str(onnx_art.path)), str(xml))
     art = Artifact.from_openvino(xml)

@@ -8,11 +8,9 @@ import re
 import threading
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from helpers import square_matmul
 
-from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
 from edgeopt.measure.memory import _json_lines, _run_child
 from edgeopt.measure.mobile import (MemoryBudgetExceeded, MobileLimits, allowed_cpus, limits_for, peak_memory,
@@ -20,16 +18,6 @@ from edgeopt.measure.mobile import (MemoryBudgetExceeded, MobileLimits, allowed_
 from edgeopt.target import MOBILE_MAX_CORES, get_target
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity API on this OS")
-
-
-def _square_matmul(path, n: int) -> Artifact:
-    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
-                              [numpy_helper.from_array(w, "W")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
-    return Artifact.from_onnx(path)
 
 
 def test_limits_only_for_mobile_cpu():
@@ -100,7 +88,7 @@ def test_onnxruntime_pool_created_inside_is_pinned(tmp_path):
     here = os.sched_getaffinity(0)
     if len(here) < 2:
         pytest.skip("one CPU: a subset cannot differ from the full mask")
-    art = _square_matmul(tmp_path / "m.onnx", 32)
+    art = square_matmul(tmp_path / "m.onnx", 32)
     subset = {max(here)}
     tids_before = set(os.listdir("/proc/self/task"))
     so = ort.SessionOptions()
@@ -114,7 +102,7 @@ def test_onnxruntime_pool_created_inside_is_pinned(tmp_path):
 
 
 def test_small_model_passes_a_big_budget_pinned(tmp_path):
-    art = _square_matmul(tmp_path / "small.onnx", 16)
+    art = square_matmul(tmp_path / "small.onnx", 16)
     lim = limits_for(get_target("mobile-cpu"), memory_mb=4096)
     m = peak_memory(art, {"x": np.ones((1, 16), np.float32)}, lim)
     assert 0 < m.import_mb <= m.peak_mb < 4096
@@ -124,7 +112,7 @@ def test_small_model_passes_a_big_budget_pinned(tmp_path):
 
 @needs_affinity
 def test_memory_child_runs_every_thread_on_the_cores(tmp_path):
-    art = _square_matmul(tmp_path / "m.onnx", 16)
+    art = square_matmul(tmp_path / "m.onnx", 16)
     core = max(os.sched_getaffinity(0))
     args = ["--kind", "onnx", "--model", str(art.path), "--threads", "2", "--runs", "1", "--cores", str(core)]
     proc = _run_child(str(art.path), args, {"x": np.ones((1, 16), np.float32)}, 120)
@@ -134,10 +122,10 @@ def test_memory_child_runs_every_thread_on_the_cores(tmp_path):
 
 def test_over_budget_model_fails_with_needs_and_budget(tmp_path):
     feed_small = {"x": np.ones((1, 16), np.float32)}
-    small = peak_memory(_square_matmul(tmp_path / "small.onnx", 16), feed_small,
+    small = peak_memory(square_matmul(tmp_path / "small.onnx", 16), feed_small,
                         MobileLimits(cores=(), threads=1, memory_mb=4096))
     budget = int(small.charged_mb) + 30  # 30 MB over what the runtime and a trivial model hold
-    big = _square_matmul(tmp_path / "big.onnx", 3072)  # a 36 MiB weight
+    big = square_matmul(tmp_path / "big.onnx", 3072)  # a 36 MiB weight
     lim = MobileLimits(cores=allowed_cpus()[:1], threads=1, memory_mb=budget)
     with pytest.raises(MemoryBudgetExceeded) as e:
         peak_memory(big, {"x": np.ones((1, 3072), np.float32)}, lim)
@@ -164,7 +152,7 @@ def test_budget_error_message_forms():
 
 
 def test_non_memory_failure_under_a_budget_stays_a_plain_error(tmp_path):
-    art = _square_matmul(tmp_path / "m.onnx", 8)
+    art = square_matmul(tmp_path / "m.onnx", 8)
     lim = MobileLimits(cores=(), threads=1, memory_mb=4096)
     with pytest.raises(InputError) as e:
         peak_memory(art, {"other": np.ones((1, 8), np.float32)}, lim)
