@@ -47,14 +47,35 @@ FP32 = ("ORT fp32", "OpenVINO fp32", "LiteRT fp32", "ncnn fp32")
 
 
 def mobilenetv2(out: Path):
-    """A MobileNetV2 (transformers config, random weights, seeded) saved as a Hugging Face folder and loaded back."""
+    """A MobileNetV2 (transformers config, random weights, seeded) saved as a Hugging Face folder and loaded back.
+
+    With transformers' own initialization (normal, std 0.02) the activations of 52 random layers shrink to
+    ~1e-27 and INT8 has nothing to quantize; so the convolutions get He initialization (fan-out, as trained
+    MobileNets start) and the BatchNorm statistics are recomputed on 256 bundled pictures (train-mode
+    forward passes, cumulative averages): random weights with activations of a trained network's scale."""
     import torch
     import transformers
 
-    folder = out / "mobilenetv2-random"
+    from edgeopt.zoo.images import normalize, pictures
+
+    folder = out / "mobilenetv2-random-he-bn"
     if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        model = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(image_size=224)).eval()
+        model = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(image_size=224))
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(m.weight)
+                torch.nn.init.zeros_(m.bias)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over the calibration batches
+        pics = torch.from_numpy(normalize(pictures(range(256), 224, 224, 3)).astype("float32"))
+        model.train()
+        with torch.no_grad():
+            for batch in pics.split(32):
+                model(pixel_values=batch)
+        model.eval()
         model.save_pretrained(folder)
     return str(folder)
 

@@ -102,6 +102,16 @@ def _no_openvino(target: Any, info: ModelInfo, train: float) -> str | None:
     return None
 
 
+def _no_litert(target: Any, info: ModelInfo, train: float) -> str | None:
+    from edgeopt.extras import available  # lazy: keeps the family table light
+
+    if info.baseline_kind != "torch" or not info.source:
+        return "needs the PyTorch model (LiteRT converts from PyTorch: a zoo: name or a Hugging Face folder), not an ONNX file"
+    if not (available("litert_torch") and available("ai_edge_litert")):
+        return "LiteRT is not installed (pip install 'edgeopt[mobile]')"
+    return None
+
+
 def _ov_bf16_skip(target: Any, info: ModelInfo, train: float) -> str | None:
     return _no_openvino(target, info, train) or _no_bf16(target, info, train)
 
@@ -227,6 +237,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "auto", "static_shapes": True}),
                          ("openvino.quantize", {"preset": p["preset"], "model_type": "auto"})],
            skip=_no_openvino),
+    Family("litert", 3, "litert", "LiteRT (TFLite + XNNPACK) converted from the PyTorch model: dynamic INT8 "
+           "(int8 weights, activations quantized at run time), fp32, or static INT8 calibrated on the calibration data",
+           {"quantize": ("dynamic_int8", "none", "static_int8")},
+           lambda p, i: [("convert.litert", {"quantize": p["quantize"]})], skip=_no_litert, from_baseline=True),
     Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
            "refitted on the calibration data (structured OBS), then exported and fused",
            {"ffn": (0.5, 0.25), "heads": (0.0, 0.25), "int8": (None, "ov", "ort")}, _heads_chain,

@@ -90,3 +90,10 @@ def test_student_family_is_the_course_chain_for_labelled_cnns():
     assert [n for n, _ in chain] == ["distill", "prune.channels", "convert.onnx", "graph.simplify", "graph.quantize_static"]
     assert chain[0][1]["student_width"] == 0.5
     assert "convolutional classifier" in plan(get_target("cpu-avx2"), INFO, train_minutes=5).skipped["structural-student"]
+
+
+def test_litert_family_needs_the_pytorch_model():
+    onnx_only = ModelInfo(kind="onnx", baseline_kind="onnx", transformer=True)
+    assert "needs the PyTorch model" in plan(get_target("cpu-avx2"), onnx_only).skipped["litert"]
+    chain = FAMILIES["litert"].chain(FAMILIES["litert"].defaults(), INFO)
+    assert chain == [("convert.litert", {"quantize": "dynamic_int8"})] and FAMILIES["litert"].from_baseline

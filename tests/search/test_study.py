@@ -207,3 +207,25 @@ def test_a_recipe_space_decides_which_settings_a_family_tries_first(tmp_path, ti
                       space={"ort-int8-dynamic": {"per_channel": [False, True]}})
     res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec))
     assert res.trials[0]["params"]["per_channel"] is False  # the family's own default would be None
+
+
+@pytest.mark.slow
+def test_litert_family_converts_from_the_pytorch_model_and_is_timed_against_the_root(tmp_path):
+    """The litert family starts from the PyTorch baseline (not the ONNX root), builds a .tflite and is timed
+    interleaved with the root like every other candidate."""
+    pytest.importorskip("ai_edge_litert")
+    from edgeopt.pipeline import optimize
+
+    recipe = {"model": {"source": "zoo:digits-cnn"}, "target": "auto",
+              "data": {"calibration": "zoo:digits[train][:16]", "eval": "zoo:digits[test][:32]"},
+              "passes": [{"convert.onnx": {"stage": "onnx"}}],
+              "search": {"families": ["litert"], "trials": 1, "runs": 6},
+              "measure": {"threads": 1, "warmup": 1, "runs": 6, "memory": False, "energy": False},
+              "gates": {"max_accuracy_drop": 5.0}}
+    led = optimize(recipe=recipe, out=tmp_path / "run", progress=False).ledger
+    (trial,) = led.search["trials"]
+    assert trial["status"] == "done", trial.get("error")
+    assert trial["family"] == "litert" and trial["params"] == {"quantize": "dynamic_int8"}
+    assert trial["artifact"]["kind"] == "tflite" and trial["chain"] == [["convert.litert", {"quantize": "dynamic_int8"}]]
+    assert trial["speedup"]["lo"] <= trial["speedup"]["ratio"] <= trial["speedup"]["hi"]
+    assert abs(trial["fidelity_value"] - led.stage("baseline").accuracy["top1"]) < 0.05

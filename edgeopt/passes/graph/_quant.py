@@ -53,23 +53,33 @@ def _reads(graph: Any) -> dict[str, int]:
     return counts
 
 
-def shared_biases(model: Any) -> list[tuple[int, str]]:
-    """(node index, bias name) of every Conv/ConvTranspose/Gemm whose bias initializer is also read elsewhere."""
+def _identity_sources(model: Any) -> dict[str, str]:
+    """Output name -> initializer name for Identity nodes that pass an initializer on (how the TorchScript
+    exporter shares one deduplicated tensor, e.g. the all-zero biases of a freshly built MobileNetV2)."""
     inits = {i.name for i in model.graph.initializer}
+    return {n.output[0]: n.input[0] for n in model.graph.node
+            if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.input and n.input[0] in inits}
+
+
+def shared_biases(model: Any) -> list[tuple[int, str]]:
+    """(node index, bias name) of every Conv/ConvTranspose/Gemm whose bias initializer is also read elsewhere, or
+    reaches it through an Identity (ONNX Runtime's quantizer needs the bias as an initializer of its own)."""
+    inits = {i.name for i in model.graph.initializer}
+    via_identity = _identity_sources(model)
     reads = _reads(model.graph)
     out = []
     for k, node in enumerate(model.graph.node):
         i = BIAS_INPUT.get(node.op_type)
         if i is not None and node.domain in ("", "ai.onnx") and len(node.input) > i:
             name = node.input[i]
-            if name in inits and reads.get(name, 0) > 1:
+            if (name in inits and reads.get(name, 0) > 1) or name in via_identity:
                 out.append((k, name))
     return out
 
 
 def unshare_biases(model: Any) -> int:
-    """Give each Conv/ConvTranspose/Gemm bias initializer that another node (or output) also reads its own copy,
-    in place; returns how many copies were made.
+    """Give each Conv/ConvTranspose/Gemm bias initializer that another node (or output) also reads, or that
+    reaches it through an Identity, its own copy, in place; returns how many copies were made.
 
     ONNX Runtime's static quantizer quantizes a bias once, to int32 at the first node's input x weight
     scale, and hands that same tensor to every other reader: in QOperator format an Add sharing it gets an
@@ -83,6 +93,7 @@ def unshare_biases(model: Any) -> int:
     found = shared_biases(model)
     if not found:
         return 0
+    via_identity = _identity_sources(model)
     by_name = {i.name: i for i in model.graph.initializer}
     taken = set(by_name) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     for k, name in found:
@@ -92,11 +103,17 @@ def unshare_biases(model: Any) -> int:
         while new in taken:
             new, j = f"{base}_{j}", j + 1
         taken.add(new)
-        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(by_name[name]), new))
+        source = by_name[via_identity.get(name, name)]
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(source), new))
         node.input[BIAS_INPUT[node.op_type]] = new
     reads = _reads(model.graph)
-    for name in {name for _, name in found} - set(reads):  # every reader now has its own copy
-        model.graph.initializer.remove(by_name[name])
+    for node in [n for n in model.graph.node if n.op_type == "Identity" and n.output[0] in via_identity
+                 and n.output[0] not in reads]:  # Identities nobody reads any more
+        model.graph.node.remove(node)
+    reads = _reads(model.graph)
+    for name in ({name for _, name in found} | set(via_identity.values())) - set(reads):  # no reader left
+        if name in by_name:
+            model.graph.initializer.remove(by_name[name])
     return len(found)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Literal
 
 from pydantic import Field
@@ -59,9 +61,11 @@ class QuantizeOpenVINO(Pass):
         level = nncf_logger.level
         nncf_logger.setLevel(logging.ERROR)
         try:
-            q = nncf.quantize(model, nncf.Dataset([{k: f[k] for k in names} for f in feeds]),
-                              preset=nncf.QuantizationPreset(cfg.preset), subset_size=len(feeds),
-                              fast_bias_correction=cfg.fast_bias_correction, **kwargs)
+            # NNCF draws its own progress bars on rich's global console (stdout): held back, ours says "calibrating"
+            with contextlib.redirect_stdout(io.StringIO()):
+                q = nncf.quantize(model, nncf.Dataset([{k: f[k] for k in names} for f in feeds]),
+                                  preset=nncf.QuantizationPreset(cfg.preset), subset_size=len(feeds),
+                                  fast_bias_correction=cfg.fast_bias_correction, **kwargs)
         except Exception as e:
             raise PassError(f"openvino.quantize: NNCF failed: {(str(e).strip().splitlines() or [''])[0][:300]}") from None
         finally:

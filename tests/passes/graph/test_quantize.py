@@ -110,6 +110,11 @@ def _shared_bias_model(path, second: str, bias: float):
     if second == "add":  # B (8,) broadcasts over the last axis (width 8)
         nodes.append(helper.make_node("Add", ["c", "B"], ["y"], name="add"))
         inits.pop(1)
+    elif second == "identity":  # both Convs read B through Identity nodes (the TorchScript exporter's sharing)
+        nodes = [helper.make_node("Identity", ["B"], ["B1"], name="id1"), helper.make_node("Identity", ["B"], ["B2"], name="id2"),
+                 helper.make_node("Conv", ["x", "W1", "B1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
+                 helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                 helper.make_node("Conv", ["r", "W2", "B2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
     else:
         nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu"),
                   helper.make_node("Conv", ["r", "W2", "B"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
@@ -119,7 +124,7 @@ def _shared_bias_model(path, second: str, bias: float):
     return Artifact.from_onnx(path)
 
 
-@pytest.mark.parametrize("second, bias", [("add", 0.0), ("conv", 3.0)])
+@pytest.mark.parametrize("second, bias", [("add", 0.0), ("conv", 3.0), ("identity", 0.5)])
 def test_static_qoperator_with_shared_conv_bias(tmp_path, second, bias):
     """A Conv bias initializer also read by another node: ONNX Runtime's quantizer used to hand its int32
     bias to the Add (QLinearAdd: the model did not load) or to the second Conv at the first one's scale."""
@@ -132,8 +137,9 @@ def test_static_qoperator_with_shared_conv_bias(tmp_path, second, bias):
     ctx = PassContext(stage_dir=tmp_path / "q", calibration=feeds, target=get_target("auto"))
     out = build_pass("graph.quantize_static", {"format": "QOperator"})(art, ctx)
     c = ops(out.path)
-    assert c["QLinearConv"] == 2 if second == "conv" else c["QLinearConv"] == 1 and c["QLinearAdd"] == 1
+    assert c["QLinearConv"] == 2 if second != "add" else c["QLinearConv"] == 1 and c["QLinearAdd"] == 1
     assert ctx.notes["quantization"]["unshared_biases"] == (1 if second == "add" else 2)
+    assert c["Identity"] == 0
     assert sha256_file(art.path) == before, "the input file is never modified"
     assert not [p for p in (tmp_path / "q").iterdir() if p.name != "model.onnx"], "the working copy is removed"
     ref, got = run_onnx(art.path, feeds), run_onnx(out.path, feeds)  # loads in ONNX Runtime
@@ -150,3 +156,7 @@ def test_unshare_biases_copies_only_shared_conv_gemm_biases(tmp_path):
     assert len(set(biases)) == 2 and "B" not in {i.name for i in model.graph.initializer}, "no reader left"
     onnx.checker.check_model(model)
     assert unshare_biases(onnx.load(str(_shared_bias_model(tmp_path / "a.onnx", "add", 0.0).path))) == 1
+    via = onnx.load(str(_shared_bias_model(tmp_path / "i.onnx", "identity", 0.5).path))
+    assert unshare_biases(via) == 2 and shared_biases(via) == []
+    assert not [n for n in via.graph.node if n.op_type == "Identity"] and "B" not in {i.name for i in via.graph.initializer}
+    onnx.checker.check_model(via)
