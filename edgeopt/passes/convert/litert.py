@@ -179,6 +179,9 @@ class ConvertLiteRT(Pass):
         seq_len: int | None = Field(default=None, ge=1, description="traced sequence length (default: measure.seq_len)")
         signatures: list[SignatureSpec] | None = None
         composite_lowering: bool = False
+        min_cosine: float | None = Field(default=None, ge=0, le=1, description="a quantized export's lowest per-sample "
+                                         "cosine to PyTorch (default per variant: QUANT_MIN_COSINE); lower it to keep "
+                                         "and measure a model the recipe's gates then judge")
 
         @field_validator("signatures")
         @classmethod
@@ -333,10 +336,11 @@ class ConvertLiteRT(Pass):
             path.unlink(missing_ok=True)
             raise PassError(f"convert.litert: the LiteRT model differs from PyTorch by {worst_rel:.3g} relative "
                             f"(fp32 tolerance {FP32_REL_TOL})")
-        if quantize != "none" and not worst_cos >= QUANT_MIN_COSINE[quantize]:
+        floor = QUANT_MIN_COSINE.get(quantize, 0.0) if self.config.min_cosine is None else self.config.min_cosine
+        if quantize != "none" and not worst_cos >= floor:
             path.unlink(missing_ok=True)
             raise PassError(f"convert.litert: the {quantize} LiteRT model's cosine to PyTorch is {worst_cos:.5f} "
-                            f"(< {QUANT_MIN_COSINE[quantize]})")
+                            f"(< {floor}; set min_cosine to keep it)")
         return result
 
 

@@ -141,6 +141,14 @@ def test_dynamic_int8_shrinks_and_keeps_cosine(tokens_art, tmp_path):
         assert cosine_rows(_torch(tokens_art, feed)[0], runner.run(feed)[0]).min() >= 0.99
 
 
+def test_a_quantized_export_below_its_cosine_floor_is_refused_unless_the_floor_is_lowered(tokens_art, tmp_path):
+    with pytest.raises(PassError, match="set min_cosine to keep it"):
+        _convert(tokens_art, tmp_path / "strict", {"quantize": "dynamic_int8", "min_cosine": 1.0})
+    assert not (tmp_path / "strict" / "model.tflite").exists(), "a refused model is not left behind"
+    q, ctx = _convert(tokens_art, tmp_path / "kept", {"quantize": "dynamic_int8", "min_cosine": 0.0})
+    assert q.path.exists() and ctx.notes["litert"]["validation"]["min_cosine"] < 1.0
+
+
 @pytest.mark.parametrize("quantize, dtype", [("fp16", "float16"), ("weight_only_int8", "int8")])
 def test_weight_only_variants_store_small_weights(tokens_art, tmp_path, quantize, dtype):
     out, ctx = _convert(tokens_art, tmp_path, {"quantize": quantize})
