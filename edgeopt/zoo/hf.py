@@ -166,7 +166,8 @@ def is_hf_folder(path: Path) -> bool:
 @register_format("hf-folder", is_hf_folder)
 def load_hf_folder(path: Path, seq_len: int = 128, batch: int = 1) -> Artifact:
     """A local Hugging Face folder (config.json + safetensors weights) as a torch artifact: a text encoder as a
-    sentence embedder, a vision or audio backbone as a feature extractor (`wrap_features`)."""
+    sentence embedder, a vision or audio backbone as a feature extractor (`wrap_features`), a decoder-only LM
+    (*ForCausalLM) as its logits (`edgeopt.zoo.llm.load_causal_lm`)."""
     import warnings
 
     from transformers import AutoConfig, AutoModel
@@ -175,12 +176,16 @@ def load_hf_folder(path: Path, seq_len: int = 128, batch: int = 1) -> Artifact:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
         raise InputError(f"{path}: unreadable Hugging Face config ({e.__class__.__name__})") from None
     weights = [p for p in path.iterdir() if p.suffix == ".safetensors"] if path.is_dir() else []
     if not weights:
         raise InputError(f"{path}: no .safetensors weights (pickled .bin weights are refused: they can run code)")
+    from edgeopt.zoo.llm import is_causal_lm_config, load_causal_lm  # a decoder-only LM: its logits
+
+    if is_causal_lm_config(config):
+        return load_causal_lm(path, seq_len=seq_len, batch=batch)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
