@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 from edgeopt.versions import __version__
@@ -12,8 +13,11 @@ from edgeopt.versions import __version__
 def _quiet_third_party() -> None:
     """torchao (installed with litert-torch, imported by transformers whenever present) tries to load CUDA kernels
     and registers enums with torch's pytree on import: both print warnings into every command's output. Its CPU
-    code needs neither; the user's own setting of the variable wins."""
+    code needs neither; the user's own setting of the variable wins. JAX's fork warning: see below."""
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    # JAX (imported by litert-torch's converter) warns on every later fork (NNCF's and the quantizers' workers,
+    # our measuring children); edgeopt never runs JAX code after a conversion, so the warning says nothing here
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").addFilter(lambda r: "register_constant" not in r.getMessage())
 
