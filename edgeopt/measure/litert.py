@@ -155,7 +155,8 @@ class LiteRtRunner:
             (f" · {self.signature}" if self.signature and len(sigs) > 1 else "")
         self._static = all(d >= 0 for t in self._inputs for d in t["shape"])
         try:
-            _USED.append(True)
+            if not _USED:
+                _USED.append(True)
             with quiet_native_stderr():
                 if self.api == "interpreter":
                     self._open_interpreter()
