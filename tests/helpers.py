@@ -55,3 +55,25 @@ def square_matmul(path: Path | str, n: int):
                               [numpy_helper.from_array(w, "W")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     return Artifact.from_onnx(path)
+
+
+def spy_runs(monkeypatch, classes, calls: dict, made: dict) -> None:
+    """Patch each pass class's `run` to count its calls in `calls` and keep its output in `made` (by pass name)."""
+    for cls in classes:
+        real = cls.run
+
+        def run(self, art, ctx, real=real):
+            calls[self.name] += 1
+            made[self.name] = real(self, art, ctx)
+            return made[self.name]
+
+        monkeypatch.setattr(cls, "run", run)
+
+
+def interrupt_run(monkeypatch, cls) -> None:
+    """Patch a pass class's `run` to raise KeyboardInterrupt, as Ctrl-C during that stage would."""
+
+    def interrupted(self, art, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, "run", interrupted)

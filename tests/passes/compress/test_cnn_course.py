@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import record_reused
+from helpers import interrupt_run, record_reused, spy_runs
 
 from edgeopt.recipe import load_recipe
 
@@ -64,21 +64,8 @@ def test_interrupted_course_resumes_its_torch_stages(tiny_digits_cnn, tmp_path, 
     out = tmp_path / "run"
     made, calls = {}, {"distill": 0, "prune.channels": 0}
 
-    def spy(cls):
-        real = cls.run
-
-        def run(self, art, ctx):
-            calls[self.name] += 1
-            made[self.name] = real(self, art, ctx)
-            return made[self.name]
-        monkeypatch.setattr(cls, "run", run)
-
-    def interrupted(self, art, ctx):
-        raise KeyboardInterrupt
-
-    spy(Distill)
-    spy(PruneChannels)
-    monkeypatch.setattr(ConvertOnnx, "run", interrupted)
+    spy_runs(monkeypatch, (Distill, PruneChannels), calls, made)
+    interrupt_run(monkeypatch, ConvertOnnx)
     with pytest.raises(KeyboardInterrupt):
         optimize(tiny_digits_cnn, recipe=recipe, out=out, progress=False)
     assert calls == {"distill": 1, "prune.channels": 1}
@@ -89,8 +76,7 @@ def test_interrupted_course_resumes_its_torch_stages(tiny_digits_cnn, tmp_path, 
     assert min(saved["args"]["counts"].values()) > 0
 
     monkeypatch.undo()
-    spy(Distill)
-    spy(PruneChannels)
+    spy_runs(monkeypatch, (Distill, PruneChannels), calls, made)
     calls.update({"distill": 0, "prune.channels": 0})
     before = dict(made)
     reused = record_reused(monkeypatch)

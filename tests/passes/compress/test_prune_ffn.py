@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_onnx
+from helpers import interrupt_run, run_onnx, spy_runs
 
 from edgeopt.artifact import get_builder
 from edgeopt.errors import PassError, RecipeError
@@ -195,29 +195,15 @@ def test_structural_chain_resumes_its_torch_stages(tiny_bert_torch, tmp_path, mo
     out = tmp_path / "run"
     made, calls = {}, {"prune.heads": 0, "prune.ffn": 0}
 
-    def spy(cls):
-        real = cls.run
-
-        def run(self, art, ctx):
-            calls[self.name] += 1
-            made[self.name] = real(self, art, ctx)
-            return made[self.name]
-        monkeypatch.setattr(cls, "run", run)
-
-    def interrupted(self, art, ctx):
-        raise KeyboardInterrupt
-
-    spy(PruneHeads)
-    spy(PruneFFN)
-    monkeypatch.setattr(ConvertOnnx, "run", interrupted)
+    spy_runs(monkeypatch, (PruneHeads, PruneFFN), calls, made)
+    interrupt_run(monkeypatch, ConvertOnnx)
     with pytest.raises(KeyboardInterrupt):
         optimize(tiny_bert_torch, recipe=recipe, out=out, progress=False)
     assert calls == {"prune.heads": 1, "prune.ffn": 1}
     assert made["prune.heads"].meta["num_heads"] == 2 and made["prune.heads"].meta["hidden_size"] == 16
 
     monkeypatch.undo()
-    spy(PruneHeads)
-    spy(PruneFFN)
+    spy_runs(monkeypatch, (PruneHeads, PruneFFN), calls, made)
     calls.update({"prune.heads": 0, "prune.ffn": 0})
     before = dict(made)
     reused = record_reused(monkeypatch)
