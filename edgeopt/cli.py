@@ -184,16 +184,86 @@ def passes(as_json: bool = typer.Option(False, "--json")):
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
+def demo(which: str = typer.Argument("minilm", help="minilm (the search on all-MiniLM-L6-v2) or llm (SmolLM2-135M "
+                                     "on LiteRT: export, quantize, generate, measure)"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/demo, runs/demo-llm)"),
          resume: bool = typer.Option(False, "--resume")):
-    """The search on zoo:minilm (recipe minilm-auto), offline: prints the trials, the stage table and writes the report."""
+    """The search on zoo:minilm (recipe minilm-auto), or `demo llm` (recipe llm-litert on zoo:smollm2-135m), offline:
+    prints the stage table and writes the report."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
 
-    console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe minilm-auto (a search over this "
-                  "CPU's candidates), batch 1, sequence 128, 2 threads")
-    res = _guard(run, None, recipe="minilm-auto", out=out, resume=resume, console=console)
-    _print_run(res.ledger)
+    if which not in ("minilm", "llm"):
+        err.print(f"[red]error:[/red] unknown demo {which!r} (minilm, llm)", highlight=False)
+        raise typer.Exit(2)
+    if which == "llm":
+        out = out or Path("runs/demo-llm")
+        console.print("[bold]edgeopt demo llm[/bold]: SmolLM2-135M-Instruct (real weights, from a 4-bit GGUF), "
+                      "re-authored for LiteRT with prefill/decode signatures, fp32 / int8 / int4 variants, "
+                      "2 threads, measured against PyTorch")
+        res = _guard(run, None, recipe="llm-litert", out=out, resume=resume, console=console)
+        _print_run(res.ledger)
+        _print_llm(res.ledger)
+        if res.best is not None:
+            console.print(f"generate with it: edgeopt generate {res.best} --prompt \"What is the capital of France?\"")
+    else:
+        out = out or Path("runs/demo")
+        console.print("[bold]edgeopt demo[/bold]: all-MiniLM-L6-v2 (bundled), recipe minilm-auto (a search over this "
+                      "CPU's candidates), batch 1, sequence 128, 2 threads")
+        res = _guard(run, None, recipe="minilm-auto", out=out, resume=resume, console=console)
+        _print_run(res.ledger)
     console.print(f"report: {out / 'report.html'} ({out / 'report.md'})  ledger: {out / 'ledger.json'}  best model: {res.best}")
+
+
+def _print_llm(ledger) -> None:
+    """The LLM figures of a run: one row per measured stage."""
+    from edgeopt.report.table import llm_table  # lazy: rich tables only here
+
+    table = llm_table(ledger)
+    if table is not None:
+        console.print(table)
+
+
+@app.command()
+def generate(model: str = typer.Argument(..., help="an exported LLM (.tflite, or its stage folder with llm.json), a "
+                                         "Hugging Face causal-LM folder, or zoo:smollm2-135m"),
+             prompt: str = typer.Option(..., "--prompt", "-p"),
+             max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n"),
+             temperature: float = typer.Option(0.0, help="0 = greedy"),
+             top_k: int = typer.Option(0, help="sample from the k most likely tokens (0 = all)"),
+             top_p: float = typer.Option(1.0, help="sample from the smallest set reaching this probability"),
+             seed: int = typer.Option(0, help="sampling seed"),
+             chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="wrap the prompt in the tokenizer's "
+                                                 "chat template (default: when it has one)"),
+             stop: list[str] = typer.Option([], "--stop", help="stop at this text (repeatable)"),
+             threads: int = typer.Option(2),
+             as_json: bool = typer.Option(False, "--json", help="print the text and timing as JSON at the end")):
+    """Generate text, streamed as it comes, then TTFT and tokens/s (LiteRT for exported models, else PyTorch)."""
+    from edgeopt.llm.generate import Sampling, open_generator  # lazy: keeps `edgeopt --help` fast
+
+    gen = _guard(open_generator, model, threads=threads)
+    sampling = _guard(Sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def run() -> str:
+        pieces = []
+        for piece in gen.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat, stop=stop):
+            pieces.append(piece)
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        return "".join(pieces)
+
+    try:
+        text = _guard(run)
+    finally:
+        gen.session.close()
+    st = gen.stats
+    if as_json:
+        _dump({"text": text, "runtime": getattr(gen.session, "label", gen.session.name), **st.to_dict()})
+        return
+    sys.stdout.write("\n")
+    console.print(f"[dim]{getattr(gen.session, 'label', gen.session.name)} · prompt {st.prompt_tokens} tokens · "
+                  f"TTFT {st.ttft_ms:.0f} ms ({st.prefill_tok_s:.0f} tok/s prefill) · {st.new_tokens} tokens at "
+                  f"{st.decode_tok_s:.1f} tok/s decode · stopped: {st.stopped}[/dim]", highlight=False)
 
 
 @app.command()

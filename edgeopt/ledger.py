@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeopt.errors import InputError
 from edgeopt.measure.latency import LatencyStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# versions this edgeopt reads: 1 lacks the optional `llm` stage field (added in 2), so it loads as is
+READABLE_VERSIONS = (1, 2)
 
 
 class Latency(LatencyStats):
@@ -61,6 +63,9 @@ class Stage(BaseModel):
     notes: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     error: str | None = None
+    # an LLM stage's figures (edgeopt.llm.measure): prompt_tokens, ttft_ms, prefill_tok_s, decode_tok_s,
+    # decode_ms_p50/p90, decode_tokens, top1_agreement, kl, ppl, ppl_ref, answer, bandwidth_pct, runtime, ...
+    llm: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     cache_key: str | None = None
 
@@ -122,9 +127,10 @@ class Ledger(BaseModel):
         version = data.get("schema_version")
         if version is None:
             raise InputError(f"{path}: field 'schema_version' is missing")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise InputError(
-                f"{path}: ledger schema version {version} is not supported (this edgeopt reads {SCHEMA_VERSION})"
+                f"{path}: ledger schema version {version} is not supported (this edgeopt reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
         try:
             return cls.model_validate(data)

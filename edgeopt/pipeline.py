@@ -17,6 +17,8 @@ from edgeopt.analyze.preflight import preflight
 from edgeopt.artifact import FILE_KINDS, Artifact, InputSpec
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
+from edgeopt.llm.export import LLM_JSON, TOKENIZER_FILES
+from edgeopt.llm.stages import is_llm, measure_llm_stages
 from edgeopt.load import load_model
 from edgeopt.measure import fidelity, latency, runners, size
 from edgeopt.measure.latency import LatencyStats
@@ -176,7 +178,7 @@ class Pipeline:
         """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
         base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
                            notes={"meta": json_meta(art.meta), "data": run.data_used})
-        if run.random_eval:
+        if run.random_eval and not is_llm(art):  # LLM stages are judged on their own held-out text
             base_stage.warnings.append("fidelity measured on random inputs: no evaluation data was given and the "
                                        "model has none of its own (pass --data, or data.eval in the recipe)")
         run.stages.append((base_stage, art))
@@ -378,6 +380,16 @@ class Pipeline:
         """Fidelity against the baseline, size, then latency of all stages interleaved in one process,
         then peak memory per stage in a child process."""
         m = self.recipe.measure
+        if is_llm(run.stages[0][1]):  # prefill/decode sessions, tokens/s, teacher-forced fidelity (edgeopt.llm)
+            self._measure_size(run)
+
+            def task(description: str, total: int) -> Any:
+                t = run.task(description, total)
+                return lambda: run.advance(t)
+
+            run.samples.update(measure_llm_stages(run.stages, m.llm, self.recipe.gates, self._threads(run), task,
+                                                  run.ledger.environment))
+            return
         with mobile.pinned(run.limits):  # a simulated mobile target: runners (and their thread pools) made pinned
             stage_runners = self._measure_fidelity(run)
         self._measure_size(run)
@@ -583,6 +595,10 @@ class Pipeline:
             tmp.mkdir()
             for f in size.model_files(art):
                 shutil.copy2(f, tmp / f.name)
+            if art.kind == "tflite" and art.meta.get("llm"):  # llm.json and the tokenizer: `edgeopt generate best/`
+                for f in art.path.parent.iterdir():
+                    if f.is_file() and f.name in (LLM_JSON, *TOKENIZER_FILES):
+                        shutil.copy2(f, tmp / f.name)
             (tmp / "stage.json").write_text(json.dumps(best.to_json(), indent=2, default=str))
             if dst.exists():
                 shutil.rmtree(dst)

@@ -47,6 +47,20 @@ class DataSpec(_Strict):
     eval: str | None = None
 
 
+class LlmMeasureSpec(_Strict):
+    """How LLM stages are measured (edgeopt.llm.measure); used when the model is a causal LM."""
+
+    prompt_tokens: int = Field(default=128, ge=1, description="prompt length TTFT and prefill tok/s are measured at")
+    decode_tokens: int = Field(default=64, ge=8, description="greedy tokens timed per repeat (decode tok/s: median)")
+    repeats: int = Field(default=3, ge=1, description="interleaved repeats of the timing over all stages")
+    sequences: int = Field(default=64, ge=1, description="held-out sequences for top-1 agreement, KL and perplexity")
+    seq_len: int = Field(default=128, ge=2, description="tokens per held-out sequence")
+    prompt: str = Field(default="The capital of France is", description="a probe prompt: each stage's greedy answer "
+                        "is recorded")
+    answer_tokens: int = Field(default=8, ge=1)
+    memory: bool = Field(default=True, description="peak RSS of each stage in a child process")
+
+
 class MeasureSpec(_Strict):
     threads: int = Field(default=2, ge=1, le=1024)
     batch: int = Field(default=1, ge=1)
@@ -65,6 +79,7 @@ class MeasureSpec(_Strict):
     energy: bool = True
     fidelity_samples: int = Field(default=256, ge=1)
     torch_latency: bool = True
+    llm: LlmMeasureSpec = LlmMeasureSpec()
 
     @model_validator(mode="after")
     def _settle_below_block(self) -> "MeasureSpec":

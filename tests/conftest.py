@@ -164,3 +164,20 @@ def tiny_convnet_feeds(tiny_convnet_torch):
     from edgeopt.data import random_feeds
 
     return random_feeds(tiny_convnet_torch.input_spec, 16, {"batch": 4}, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """zoo:tinyllama-mini (2 Llama blocks, hidden 128, 8 heads / 1 KV head, vocab 32000, random weights) exported
+    once by edgeopt.llm.export: (hf model, folder with fp32.tflite, int8.tflite and llm.json). Prefill 8 and 16,
+    score 32, a 64-position cache."""
+    from edgeopt.llm import export as E
+    from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
+
+    hf = tinyllama(TINYLLAMA_MINI)
+    d = tmp_path_factory.mktemp("tiny_llm")
+    facts = E.convert(hf, d / "fp32.tflite", prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32)
+    facts["hf_config"] = hf.config.to_dict()
+    E.write_sidecar(d, facts, None)
+    E.quantize_file(d / "fp32.tflite", d / "int8.tflite", "dynamic_int8", hf.config)
+    return hf, d

@@ -1,8 +1,10 @@
-"""The Streamlit page of `edgeopt dashboard`: compare runs and stages, per-layer view, background runs, live toggles.
+"""The Streamlit page of `edgeopt dashboard`: compare runs and stages, per-layer view, background runs, live toggles,
+and for LLM runs a prompt box that generates on a chosen stage with a live tokens/s meter.
 
 Started by edgeopt.dashboard.serve as `streamlit run app.py -- --run DIR ... [--root DIR] [--workdir DIR]`.
-All logic sits in edgeopt.dashboard.state / worker / live; this file only lays out widgets. Long work runs
-in background jobs and a polling fragment shows their progress, so the page never blocks.
+All logic sits in edgeopt.dashboard.state / worker / live / llm; this file only lays out widgets. Long work runs
+in background jobs and a polling fragment shows their progress (for generation: the text so far and the meter),
+so the page never blocks.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from typing import Any
 import streamlit as st
 
 from edgeopt.dashboard import live as L
+from edgeopt.dashboard import llm as G
 from edgeopt.dashboard import state as S
 from edgeopt.dashboard.worker import Job, Worker
 from edgeopt.errors import InputError
 from edgeopt.recipe import bundled_recipes
 from edgeopt.report import figures
 from edgeopt.report.html import report_html
-from edgeopt.report.table import stage_rows
+from edgeopt.report.table import llm_notes, llm_rows, stage_rows
 
 POLL_S = 0.7
+STREAM_POLL_S = 0.3  # how often the generation panel redraws while text streams in
 
 
 # ---------------------------------------------------------------------------------------- session
@@ -63,10 +67,13 @@ def session() -> S.Session:
     ss = st.session_state
     if "edgeopt" not in ss:
         ss["edgeopt"] = S.Session(config())
-        ss["worker"] = Worker()
+        ss["worker"] = Worker(serial=("live", "llm"))
         ss["seen_done"] = set()
         ss["profiles"] = {}
         ss["run_jobs"] = []
+        ss["llm_history"] = []
+    if ss.get("llm_cache") is None:  # one open model per browser session, closed when it goes away
+        ss["llm_cache"] = G.GeneratorCache()
     return ss["edgeopt"]
 
 
@@ -139,6 +146,11 @@ def tab_compare(runs: list[S.RunInfo]) -> None:
         st.subheader(f"Run {r.label}")
         st.caption(f"{r.path} · best stage: {r.ledger.best or 'none passed its gate'} · {figures.caption(r.ledger)}")
         st.dataframe(stage_rows(r.ledger), hide_index=True, width="stretch")
+        rows = llm_rows(r.ledger)
+        if rows:
+            st.markdown("**LLM: tokens/s, fidelity, answers**")
+            st.dataframe(rows, hide_index=True, width="stretch")
+            st.caption(" ".join(llm_notes(r.ledger)))
     st.subheader("Side by side")
     options = S.stage_options(runs)
     default = []
@@ -152,10 +164,12 @@ def tab_compare(runs: list[S.RunInfo]) -> None:
         import pandas as pd
 
         table = S.compare_table(runs, keys)
-        st.dataframe(pd.DataFrame(table, index=list(S.COMPARE_METRICS)), width="stretch")
+        st.dataframe(pd.DataFrame(table, index=list(S.compare_metrics(table))), width="stretch")
     pairs = [(r.label, r.ledger) for r in runs]
     for r in runs:
         st.plotly_chart(figures.waterfall_figure(r.ledger, r.label), width="stretch", key=f"wf-{r.label}")
+        if figures.is_llm_run(r.ledger):
+            st.plotly_chart(figures.llm_speed_figure(r.ledger, r.label), width="stretch", key=f"tok-{r.label}")
     c1, c2 = st.columns(2)
     c1.plotly_chart(figures.pareto_figure(pairs, "latency_ms"), width="stretch", key="pareto-lat")
     c2.plotly_chart(figures.pareto_figure(pairs, "size_mb"), width="stretch", key="pareto-size")
@@ -403,6 +417,120 @@ def tab_live(sess: S.Session) -> None:
     st.plotly_chart(fig, width="stretch", key="live-chart")
 
 
+# ---------------------------------------------------------------------------------------- generate (LLM runs)
+
+CHAT = {"auto": None, "on": True, "off": False}
+
+
+def _num(v: Any, spec: str, suffix: str = "") -> str:
+    return "—" if not isinstance(v, (int, float)) or not v else format(v, spec) + suffix
+
+
+def tab_llm(sess: S.Session, runs: list[S.RunInfo]) -> None:
+    """Pick a stage of an LLM run (an exported LiteRT variant, or the PyTorch baseline through its Hugging Face
+    folder) and a prompt; the text streams in with its tokens/s beside the rate the run measured."""
+    ss = st.session_state
+    candidates = S.llm_runs(runs)
+    if not candidates:
+        st.info("No LLM run selected: run `edgeopt demo llm` and open runs/demo-llm.")
+        return
+    c1, c2 = st.columns([1, 3])
+    label = c1.selectbox("Run", [r.label for r in candidates], key="llm-run")
+    info = next(r for r in candidates if r.label == label)
+    variants = G.llm_variants(info.path, info.ledger, sess.config.allowed)
+    usable = {v.stage: v for v in variants if v.usable}
+    blocked = [v for v in variants if not v.usable]
+    if blocked:
+        st.caption("Not offered here: " + "; ".join(f"{v.stage} ({v.why})" for v in blocked))
+    if not usable:
+        st.warning("No stage of this run can generate here (see above).")
+        return
+    names = list(usable)
+    best = info.ledger.best if info.ledger.best in usable else names[-1]
+    stage = c2.selectbox("Variant", names, index=names.index(best), key="llm-variant",
+                         format_func=lambda n: usable[n].label)
+    v = usable[stage]
+    m = v.measured
+    st.caption(f"Measured in the run: decode {_num(m.get('decode_tok_s'), '.1f', ' tok/s')}, TTFT "
+               f"{_num(m.get('ttft_ms'), '.0f', ' ms')} (prompt {m.get('prompt_tokens', '?')} tokens), prefill "
+               f"{_num(m.get('prefill_tok_s'), '.0f', ' tok/s')}, top-1 agreement "
+               f"{_num(m.get('top1_agreement'), '.4f')}"
+               f"; {v.path}")
+    prompt = st.text_area("Prompt", value="What is the capital of France?", max_chars=G.MAX_PROMPT_CHARS,
+                          key="llm-prompt", height=100)
+    c = st.columns(6)
+    max_new = c[0].number_input("max new tokens", 1, G.MAX_NEW_TOKENS, 64, key="llm-max")
+    temperature = c[1].number_input("temperature", 0.0, G.MAX_TEMPERATURE, 0.0, step=0.1, key="llm-temp",
+                                    help="0 = greedy")
+    top_k = c[2].number_input("top-k", 0, G.MAX_TOP_K, 0, key="llm-topk", help="0 = every token")
+    top_p = c[3].number_input("top-p", 0.01, 1.0, 1.0, step=0.05, key="llm-topp")
+    seed = c[4].number_input("seed", 0, 2**31 - 1, 0, key="llm-seed")
+    threads = c[5].number_input("threads", 1, G.MAX_THREADS, 2, key="llm-threads")
+    chat = st.radio("Chat template", list(CHAT), horizontal=True, key="llm-chat",
+                    help="auto: wrap the prompt as a user turn when the tokenizer has a chat template")
+    if st.button("Generate", key="llm-go", disabled=bool(worker().active("llm"))):
+        try:
+            req = G.generation_request(prompt, max_new, temperature, top_k, top_p, seed, CHAT[chat])
+            tr = G.Transcript(v.stage, req.prompt, req.max_new_tokens)
+            job = worker().submit(G.generation_job(ss["llm_cache"], v, req, tr, int(threads)), "llm",
+                                  f"generate on {v.stage}")
+            ss["llm_current"] = (job, tr, dict(m))
+            ss["llm_history"].append(tr)
+            st.rerun()
+        except InputError as e:
+            st.error(str(e))
+    stream_panel()
+    done = [t.snapshot() for t in reversed(ss["llm_history"][-10:]) if t.done]
+    if done:
+        st.dataframe([{"variant": d["variant"], "runtime": d["runtime"], "status": d["status"],
+                       "prompt": d["prompt"][:60], "prompt tokens": d["prompt_tokens"], "new tokens": d["new_tokens"],
+                       "TTFT ms": None if d["ttft_ms"] is None else round(d["ttft_ms"], 1),
+                       "prefill tok/s": None if d["prefill_tok_s"] is None else round(d["prefill_tok_s"]),
+                       "decode tok/s": None if d["decode_tok_s"] is None else round(d["decode_tok_s"], 1),
+                       "stopped": d["stopped"]} for d in done], hide_index=True, width="stretch")
+
+
+def stream_panel() -> None:
+    """The current generation: its text so far and the meter, redrawn every STREAM_POLL_S seconds while it runs;
+    when the job ends the page reruns once (the history and the Generate button update)."""
+    ss = st.session_state
+    if ss.get("llm_current") is None:
+        return
+    active = not ss["llm_current"][0].done
+
+    def panel() -> None:
+        job, tr, measured = st.session_state["llm_current"]
+        seen = st.session_state["seen_done"]
+        if job.done and job.id not in seen and active:
+            seen.add(job.id)
+            st.rerun()
+        snap = tr.snapshot()
+        with st.container(border=True):
+            st.markdown(f"**{snap['variant']}** · {snap['runtime'] or 'loading the model'} · {snap['status']}")
+            st.code(snap["text"] or "…", language=None, wrap_lines=True)
+            c = st.columns(4)
+            ref = measured.get("decode_tok_s")
+            live = snap["decode_tok_s"]
+            c[0].metric("decode", _num(live, ".1f", " tok/s"), delta_color="off",
+                        delta=f"{live / ref:.2f}× the run's {ref:.1f} tok/s" if live and ref else None)
+            c[1].metric("TTFT", _num(snap["ttft_ms"], ".0f", " ms"),
+                        delta=f"prompt {snap['prompt_tokens']} tokens" if snap["prompt_tokens"] else None,
+                        delta_color="off")
+            c[2].metric("prefill", _num(snap["prefill_tok_s"], ".0f", " tok/s"))
+            c[3].metric("tokens", f"{snap['new_tokens']} / {snap['max_new_tokens']}")
+            st.progress(min(1.0, snap["new_tokens"] / max(1, snap["max_new_tokens"])), text=G.meter_text(snap))
+            if snap["load_s"]:
+                st.caption(f"model loaded in {snap['load_s']:.1f} s (kept open for the next prompt)")
+            if not job.done and st.button("Stop", key=f"llm-stop-{job.id}"):
+                job.cancel()
+            if job.status == "failed":
+                st.error(f"{job.label}: {job.error}")
+            elif job.status == "cancelled":
+                st.warning(f"{job.label}: stopped after {snap['new_tokens']} tokens")
+
+    st.fragment(panel, run_every=STREAM_POLL_S if active else None)()
+
+
 # ---------------------------------------------------------------------------------------- page
 
 def main() -> None:
@@ -411,15 +539,19 @@ def main() -> None:
         return
     sess = session()
     runs = sidebar(sess)
-    compare, layers, run, live = st.tabs(["Compare", "Per-layer", "Run a model", "Live"])
-    with compare:
+    llm = bool(S.llm_runs(runs))  # the Generate tab shows only when a selected run measured LLM stages
+    tabs = st.tabs(["Compare", "Per-layer", "Run a model", "Live", *(["Generate (LLM)"] if llm else [])])
+    with tabs[0]:
         tab_compare(runs)
-    with layers:
+    with tabs[1]:
         tab_layers(runs)
-    with run:
+    with tabs[2]:
         tab_run(sess)
-    with live:
+    with tabs[3]:
         tab_live(sess)
+    if llm:
+        with tabs[4]:
+            tab_llm(sess, runs)
 
 
 main()

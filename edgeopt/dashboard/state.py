@@ -12,11 +12,12 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from edgeopt.errors import InputError
 from edgeopt.ledger import Ledger
 from edgeopt.report.html import load_run
+from edgeopt.report.table import kl_text
 
 ENV_RUNS = "EDGEOPT_DASHBOARD_RUNS"      # os.pathsep-separated run directories (when no --run is given)
 ENV_ROOTS = "EDGEOPT_DASHBOARD_ROOTS"    # os.pathsep-separated extra folders model/recipe files may come from
@@ -192,10 +193,37 @@ COMPARE_METRICS = ("pass", "status", "runtime", "threads", "latency p50 (ms)", "
                    "mean cosine", "min cosine", "gate", "energy (mJ)")
 
 
-def compare_table(runs: Sequence[RunInfo], keys: Sequence[str]) -> dict[str, dict[str, str]]:
-    """{"run: stage": {metric: text}} for the chosen stages, side by side (metrics in COMPARE_METRICS).
+# rows added when a chosen stage is an LLM stage (stage.llm); its latency rows are then per generated token
+COMPARE_LLM_METRICS = ("TTFT (ms)", "prefill tok/s", "decode tok/s", "% of bandwidth limit", "top-1 agreement",
+                       "KL", "perplexity", "answer")
 
-    "vs first column" is the first chosen stage's p50 over this one's (above 1: faster than the first).
+
+def _llm_cells(st: Any) -> dict[str, str]:
+    d = st.llm or {}
+    return {
+        "TTFT (ms)": _fmt(d.get("ttft_ms"), ".1f")
+        + (f" (prompt {d['prompt_tokens']})" if d.get("prompt_tokens") else ""),
+        "prefill tok/s": _fmt(d.get("prefill_tok_s"), ".0f"),
+        "decode tok/s": _fmt(d.get("decode_tok_s"), ".1f"),
+        "% of bandwidth limit": _fmt(d.get("bandwidth_pct"), ".0f", "%"),
+        "top-1 agreement": _fmt(d.get("top1_agreement"), ".4f"),
+        "KL": kl_text(d.get("kl")),
+        "perplexity": _fmt(d.get("ppl"), ".2f"),
+        "answer": " ".join(str(d["answer"]).split()) if d.get("answer") is not None else "—",
+    }
+
+
+def compare_metrics(table: dict[str, dict[str, str]]) -> tuple[str, ...]:
+    """The rows of a compare_table: COMPARE_METRICS, plus COMPARE_LLM_METRICS when a chosen stage is an LLM's."""
+    llm = any("decode tok/s" in col for col in table.values())
+    return (*COMPARE_METRICS, *COMPARE_LLM_METRICS) if llm else COMPARE_METRICS
+
+
+def compare_table(runs: Sequence[RunInfo], keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """{"run: stage": {metric: text}} for the chosen stages, side by side (metrics in `compare_metrics(table)`).
+
+    "vs first column" is the first chosen stage's p50 over this one's (above 1: faster than the first). When a
+    chosen stage is an LLM stage, every column also has the COMPARE_LLM_METRICS ("—" where it has none).
     """
     by_label = {r.label: r for r in runs if r.ledger}
     cols: dict[str, dict[str, str]] = {}
@@ -232,7 +260,18 @@ def compare_table(runs: Sequence[RunInfo], keys: Sequence[str]) -> dict[str, dic
             "gate": "—" if st.gate is None else ("pass" if st.gate.passed else f"FAIL ({st.gate.why})"),
             "energy (mJ)": _fmt(st.energy_mj.value if st.energy_mj else None, ".2f"),
         }
+        if st.llm:
+            cols[key].update(_llm_cells(st))
+    if any(st_cols.get("decode tok/s") for st_cols in cols.values()):
+        for c in cols.values():
+            for m in COMPARE_LLM_METRICS:
+                c.setdefault(m, "—")
     return cols
+
+
+def llm_runs(runs: Sequence[RunInfo]) -> list[RunInfo]:
+    """The readable runs that measured LLM stages (a stage with `llm` figures)."""
+    return [r for r in runs if r.ledger and any(s.llm for s in r.ledger.stages)]
 
 
 def onnx_stages(info: RunInfo) -> list[str]:
@@ -274,5 +313,5 @@ def as_config(run_dirs: Sequence[str | Path], roots: Sequence[str | Path] = (), 
 
 
 __all__ = ["DashboardConfig", "parse_args", "safe_path", "safe_model_source", "RunInfo", "discover_runs",
-           "compare_table", "stage_options", "Session", "as_config", "onnx_stages", "is_loopback", "access_token",
-           "token_matches", "ENV_TOKEN"]
+           "compare_table", "compare_metrics", "COMPARE_LLM_METRICS", "llm_runs", "stage_options", "Session",
+           "as_config", "onnx_stages", "is_loopback", "access_token", "token_matches", "ENV_TOKEN"]

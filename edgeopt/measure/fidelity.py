@@ -81,11 +81,15 @@ class GateSpec(BaseModel):
     mean_cosine: float | None = Field(default=None, ge=-1, le=1)
     max_abs: float | None = Field(default=None, ge=0)
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="percentage points below the baseline")
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1, description="LLMs: next-token top-1 "
+                                             "agreement with the fp32 model, teacher-forced on held-out text")
+    max_kl: float | None = Field(default=None, ge=0, description="LLMs: mean KL(fp32 || stage) per position, nats")
 
 
 # gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
 _GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max"),
-          "max_accuracy_drop": ("accuracy_drop", "max")}
+          "max_accuracy_drop": ("accuracy_drop", "max"), "min_top1_agreement": ("top1_agreement", "min"),
+          "max_kl": ("kl", "max")}
 
 
 def _gate_limits(gates: Any) -> dict[str, float]:

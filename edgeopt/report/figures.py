@@ -169,13 +169,28 @@ def runtime_color(runtime: str, order: list[str] | None = None) -> str:
     return OTHER_COLORS[i % len(OTHER_COLORS)]
 
 
+def is_llm_run(ledger: Ledger) -> bool:
+    """Whether the run measured LLM stages (a stage carries `llm` figures): its latency is decode ms per token."""
+    return any(s.llm for s in ledger.stages)
+
+
+def latency_title(ledgers: list[tuple[str, Ledger]]) -> str:
+    """The latency axis: "latency p50 (ms)", or for LLM runs only "decode latency p50 (ms per token)"."""
+    if ledgers and all(is_llm_run(led) for _, led in ledgers):
+        return "decode latency p50 (ms per token)"
+    return "latency p50 (ms)"
+
+
 def quality_metric(ledgers: list[tuple[str, Ledger]]) -> tuple[str, str]:
-    """(key, axis title): the first accuracy metric when any stage has one, else mean cosine to the baseline."""
+    """(key, axis title): the first accuracy metric when any stage has one; for LLM runs the next-token top-1
+    agreement with the baseline; else mean cosine to the baseline."""
     for _, led in ledgers:
         for s in led.stages:
             if s.accuracy:
                 name = next(iter(s.accuracy))
                 return f"accuracy.{name}", f"accuracy ({name})"
+    if any(is_llm_run(led) for _, led in ledgers):
+        return "fidelity.top1_agreement", "fidelity (next-token top-1 agreement with baseline)"
     return "fidelity.mean_cosine", "fidelity (mean cosine to baseline)"
 
 
@@ -297,7 +312,14 @@ def environment_rows(ledger: Ledger) -> list[tuple[str, str]]:
         ("runtimes timed", ", ".join(f"{r} {vers.get(r, '?')}" for r in runtimes) or "—"),
         ("versions", ", ".join(f"{k} {v}" for k, v in vers.items()) or "—"),
     ]
-    if m:
+    if is_llm_run(ledger):
+        d = next((s.llm for s in ledger.stages if s.llm), None) or {}
+        bw = env.get("copy_bandwidth_gbs")
+        rows.append(("measurement", f"LLM: prompt {d.get('prompt_tokens', '?')} tokens, {d.get('decode_tokens', '?')} "
+                                    f"decode tokens over {d.get('repeats', '?')} repeats, interleaved; fidelity on "
+                                    f"{d.get('sequences', '?')} sequences × {d.get('seq_len', '?')} tokens"))
+        rows.append(("copy bandwidth", f"{bw:.1f} GB/s" if isinstance(bw, (int, float)) else "not recorded"))
+    elif m:
         rows.append(("measurement", f"batch {m.get('batch', '?')}, sequence {m.get('seq_len', '?')}, "
                                     f"{m.get('runs', '?')} timed runs after {m.get('warmup', '?')} warm-up, interleaved"))
     return rows
@@ -334,6 +356,8 @@ def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
     from plotly.subplots import make_subplots
 
     titles = [f"{METRICS[m][0]} ({METRICS[m][1]})" for m in METRICS]
+    if is_llm_run(ledger):
+        titles[0] = "decode latency p50 (ms per token)"
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.1)
     for col, metric in enumerate(METRICS, start=1):
         unit = METRICS[metric][1]
@@ -399,7 +423,7 @@ def pareto_figure(ledgers: list[tuple[str, Ledger]], x: Literal["latency_ms", "s
     points, qtitle = pareto_points(ledgers)
     pairs = front_of(points, x)
     runtimes = runtimes_of([p for p, _ in pairs])
-    xtitle = "latency p50 (ms)" if x == "latency_ms" else "model size (MB)"
+    xtitle = latency_title(ledgers) if x == "latency_ms" else "model size (MB)"
     fig = go.Figure()
     traces: list[tuple[str | None, str]] = []  # (runtime, role) of each trace, for the dropdown
     front = [p for p, on in pairs if on]
@@ -440,11 +464,13 @@ def pareto_figure(ledgers: list[tuple[str, Ledger]], x: Literal["latency_ms", "s
         sub += " · not measured on this host: " + ", ".join(unmeasured)
     if missing:
         sub += " · not plotted (no value): " + ", ".join(missing)
+    if any(is_llm_run(led) for _, led in ledgers) and not all(is_llm_run(led) for _, led in ledgers):
+        sub += " · LLM and other runs mixed: each is plotted by the fidelity its stages have"
     xs = [getattr(p, x) for p, _ in pairs if getattr(p, x) and getattr(p, x) > 0]
     log = bool(xs) and max(xs) / min(xs) > 20
     fig.update_xaxes(title_text=xtitle + (" (log scale)" if log else ""), type="log" if log else "linear")
     fig.update_yaxes(title_text=qtitle)
-    what = "latency" if x == "latency_ms" else "size"
+    what = ("decode latency" if xtitle.startswith("decode") else "latency") if x == "latency_ms" else "size"
     return _layout(fig, f"Pareto front: {qtitle.split(' (')[0]} vs {what}", sub, 440)
 
 
@@ -552,3 +578,79 @@ def op_types_figure(profiles: dict[str, dict[str, Any]], top: int = 12) -> Any:
     p0 = next(iter(profiles.values()), {})
     return _layout(fig, "Op-type breakdown", f"ONNX Runtime {p0.get('version', '?')} profiler · "
                                              f"{p0.get('threads', '?')} threads", 420)
+
+
+# ---------------------------------------------------------------------------------------- LLM tokens/s
+
+@dataclass(frozen=True)
+class LlmSpeed:
+    """One LLM stage's throughput: prefill and decode tokens/s and the decode ceiling that memory bandwidth sets
+    (copy bandwidth / weight bytes read per token)."""
+
+    stage: str
+    runtime: str | None
+    prefill_tok_s: float | None
+    decode_tok_s: float | None
+    ceiling_tok_s: float | None
+    bandwidth_pct: float | None
+    gate_passed: bool | None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def llm_speeds(ledger: Ledger) -> list[LlmSpeed]:
+    """The stages with LLM figures, in ledger order."""
+    return [LlmSpeed(stage=s.name, runtime=stage_runtime(s), prefill_tok_s=_num(s.llm.get("prefill_tok_s")),
+                     decode_tok_s=_num(s.llm.get("decode_tok_s")),
+                     ceiling_tok_s=_num(s.llm.get("bandwidth_ceiling_tok_s")),
+                     bandwidth_pct=_num(s.llm.get("bandwidth_pct")), gate_passed=s.gate.passed if s.gate else None)
+            for s in ledger.stages if s.llm]
+
+
+def llm_caption(ledger: Ledger) -> str:
+    """One line: prompt length, decode tokens × repeats, threads, copy bandwidth, CPU, edgeopt version."""
+    d = next((s.llm for s in ledger.stages if s.llm), None) or {}
+    bw = ledger.environment.get("copy_bandwidth_gbs")
+    threads = sorted({s.latency_ms.threads for s in ledger.stages if s.llm and s.latency_ms})
+    cpu = ledger.environment.get("cpu_model") or ledger.target.get("cpu_model") or "?"
+    return (f"prompt {d.get('prompt_tokens', '?')} tokens · decode {d.get('decode_tokens', '?')} tokens "
+            f"({d.get('repeats', '?')} repeats, median) · {', '.join(map(str, threads)) or '?'} threads · "
+            "copy bandwidth " + (f"{bw:.1f} GB/s" if isinstance(bw, (int, float)) else "not recorded")
+            + f" · {cpu} · edgeopt {runtime_versions(ledger).get('edgeopt', '?')}")
+
+
+def llm_speed_figure(ledger: Ledger, run: str = "") -> Any:
+    """Prefill and decode tokens/s per stage (grouped bars), with each stage's decode ceiling from memory bandwidth
+    as a marker over its decode bar; a log axis when prefill and decode differ by more than 20×."""
+    import plotly.graph_objects as go
+
+    rows = llm_speeds(ledger)
+    x = [r.stage for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=x, y=[r.decode_tok_s for r in rows], name="decode tok/s", offsetgroup="decode",
+                         marker={"color": [FRONT if r.gate_passed is not False else FAILED for r in rows]},
+                         text=[f"{r.decode_tok_s:.1f}" if r.decode_tok_s else "" for r in rows], textposition="outside",
+                         customdata=[["—" if r.bandwidth_pct is None else f"{r.bandwidth_pct:.0f}%"] for r in rows],
+                         hovertemplate="%{x}<br>decode %{y:.1f} tok/s (%{customdata[0]} of the bandwidth limit)"
+                                       "<extra></extra>"))
+    fig.add_trace(go.Bar(x=x, y=[r.prefill_tok_s for r in rows], name="prefill tok/s", offsetgroup="prefill",
+                         marker={"color": GOOD},
+                         text=[f"{r.prefill_tok_s:.0f}" if r.prefill_tok_s else "" for r in rows],
+                         textposition="outside",
+                         hovertemplate="%{x}<br>prefill %{y:.0f} tok/s<extra></extra>"))
+    if any(r.ceiling_tok_s for r in rows):
+        fig.add_trace(go.Scatter(x=x, y=[r.ceiling_tok_s for r in rows], name="decode ceiling (memory bandwidth)",
+                                 mode="markers", offsetgroup="decode",
+                                 marker={"symbol": "line-ew-open", "size": 34, "color": "#212121",
+                                         "line": {"width": 3, "color": "#212121"}},
+                                 hovertemplate="%{x}<br>bandwidth limit %{y:.1f} tok/s<extra></extra>"))
+    values = [v for r in rows for v in (r.decode_tok_s, r.prefill_tok_s, r.ceiling_tok_s) if v and v > 0]
+    log = bool(values) and max(values) / min(values) > 20
+    fig.update_layout(barmode="group", scattermode="group", uniformtext={"minsize": 9, "mode": "show"})
+    fig.update_yaxes(title_text="tokens per second" + (" (log scale)" if log else ""), type="log" if log else "linear",
+                     **({"dtick": "D2"} if log else {}))
+    failed = [r.stage for r in rows if r.gate_passed is False]
+    sub = llm_caption(ledger) + (" · orange: failed its fidelity gate (" + ", ".join(failed) + ")" if failed else "")
+    return _layout(fig, "Tokens per second" + (f": {run}" if run else ""), sub, 440)

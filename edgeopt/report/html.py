@@ -17,9 +17,10 @@ from typing import Any, Iterable, Sequence
 
 from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
-from edgeopt.ledger import SCHEMA_VERSION, Ledger, write_text_atomic
+from edgeopt.ledger import READABLE_VERSIONS, SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
-from edgeopt.report.table import MD_COLUMNS, SEARCH_COLUMNS, search_notes, search_rows, stage_rows
+from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, llm_headers, llm_notes, llm_prompt_tokens, llm_rows,
+                                  md_columns, search_notes, search_rows, stage_rows)
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -51,12 +52,12 @@ def load_run(path: str | Path) -> Ledger:
         if version is None and "stages" in data:
             raise InputError(f"{f}: field 'schema_version' is missing: the ledger predates versioned ledgers "
                              f"(an older edgeopt wrote it); rerun `edgeopt optimize` to record it again")
-        if isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version < min(READABLE_VERSIONS):
             raise InputError(f"{f}: field 'schema_version' is {version}: written by an older edgeopt; this "
-                             f"edgeopt reads version {SCHEMA_VERSION}; rerun `edgeopt optimize` to record it again")
+                             f"edgeopt reads versions {min(READABLE_VERSIONS)}-{SCHEMA_VERSION}; rerun `edgeopt optimize` to record it again")
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise InputError(f"{f}: field 'schema_version' is {version}: written by a newer edgeopt; this edgeopt "
-                             f"reads version {SCHEMA_VERSION}; upgrade edgeopt to read it")
+                             f"reads versions up to {SCHEMA_VERSION}; upgrade edgeopt to read it")
     try:
         ledger = Ledger.load(f)
     except InputError as e:
@@ -106,7 +107,7 @@ def resolve_runs(runs: Sequence[Any]) -> list[tuple[str, Ledger]]:
 
 # ---------------------------------------------------------------------------------------- stage files
 
-def _dirname(stage: str) -> str:
+def stage_dirname(stage: str) -> str:
     """The stage folder name the pipeline uses (edgeopt.pipeline writes OUT/<this>/model.*)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stage)
 
@@ -136,7 +137,7 @@ def stage_model_file(run_dir: str | Path, stage: str, ledger: Ledger | None = No
     if art.get("path"):
         p = Path(art["path"])
         candidates.append(p if p.is_absolute() else run_dir / p)
-    candidates.append(run_dir / _dirname(stage) / "model.onnx")
+    candidates.append(run_dir / stage_dirname(stage) / "model.onnx")
     for c in candidates:
         if inside(c, [run_dir]) and c.is_file():
             return c.resolve()
@@ -216,16 +217,52 @@ def _fig_html(fig: Any, div_id: str) -> str:
 def stage_table_html(ledger: Ledger) -> str:
     """The stage table (the same rows as the terminal table) as an HTML table."""
     rows = stage_rows(ledger)
+    cols = md_columns(ledger)
     left = {"stage", "pass", "runtime", "gate"}
     out = ["<table class='stages'><tr>" + "".join(
-        f"<th class='{'l' if c in left else ''}'>{_e(c)}</th>" for c in MD_COLUMNS) + "</tr>"]
+        f"<th class='{'l' if c in left else ''}'>{_e(c)}</th>" for c in cols) + "</tr>"]
     for s, r in zip(ledger.stages, rows):
-        cls = ("best" if ledger.best == s.name else "fail" if s.status != "done" or (s.gate and not s.gate.passed) else
-               "unmeasured" if s.notes.get("not_measured") else "")
-        out.append(f"<tr class='{cls}'>" + "".join(
-            f"<td class='{'l' if c in left else ''}'>{_e(r.get(c, '—'))}</td>" for c in MD_COLUMNS) + "</tr>")
+        out.append(f"<tr class='{_row_class(ledger, s)}'>" + "".join(
+            f"<td class='{'l' if c in left else ''}'>{_e(r.get(c, '—'))}</td>" for c in cols) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _row_class(ledger: Ledger, s: Any) -> str:
+    return ("best" if ledger.best == s.name else "fail" if s.status != "done" or (s.gate and not s.gate.passed) else
+            "unmeasured" if s.notes.get("not_measured") else "")
+
+
+def llm_table_html(ledger: Ledger) -> str:
+    """An LLM run's table (the terminal's LLM table: tokens/s, bandwidth share, fidelity, probe answer) as HTML;
+    the full answer shows on hover. Empty when no stage has LLM figures."""
+    rows = llm_rows(ledger)
+    if not rows:
+        return ""
+    heads = llm_headers(ledger)
+    left = {"stage", "runtime", "quantization", "answer", "gate"}
+    out = ["<table class='stages llm'><tr>" + "".join(
+        f"<th class='{'l' if c in left else ''}'>{_e(heads[c])}</th>" for c in LLM_COLUMNS) + "</tr>"]
+    for s, r in zip(ledger.stages, rows):
+        answer = (s.llm or {}).get("answer")
+        cells = []
+        for c in LLM_COLUMNS:
+            title = f" title='{_e(answer)}'" if c == "answer" and answer else ""
+            cells.append(f"<td class='{'l' if c in left else ''}'{title}>{_e(r[c])}</td>")
+        out.append(f"<tr class='{_row_class(ledger, s)}'>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def llm_html(ledger: Ledger, sid: str, run: str = "") -> str:
+    """The LLM section: copy bandwidth and prompt length, the table, how it was measured, the tokens/s chart."""
+    bw = ledger.environment.get("copy_bandwidth_gbs")
+    n = llm_prompt_tokens(ledger)
+    head = ("<p>Copy bandwidth " + (f"<b>{bw:.1f} GB/s</b>" if isinstance(bw, (int, float)) else "not recorded"))
+    head += f"; prompt <b>{n}</b> tokens.</p>" if n else "; prompt length not recorded.</p>"
+    notes = "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in llm_notes(ledger)) + "</ul>"
+    return "\n".join([head, llm_table_html(ledger), notes,
+                      _fig_html(figures.llm_speed_figure(ledger, run), f"llm-speed-{sid}")])
 
 
 def _pct(v: float | None) -> str:
@@ -239,7 +276,8 @@ def incremental_table_html(ledger: Ledger) -> str:
     """Table 1 of "Speed Is All You Need": baseline, + each optimization, each step's and the cumulative change."""
     lat = figures.waterfall_steps(ledger, "latency")
     mem = figures.waterfall_steps(ledger, "memory")
-    head = ("<tr><th class='l' rowspan=2>configuration</th><th colspan=4>latency p50 (ms)</th>"
+    what = "decode latency p50 (ms per token)" if figures.is_llm_run(ledger) else "latency p50 (ms)"
+    head = (f"<tr><th class='l' rowspan=2>configuration</th><th colspan=4>{what}</th>"
             "<th colspan=3>peak memory (MB)</th></tr><tr><th>value</th><th>step</th><th>cumulative</th>"
             "<th>speedup</th><th>value</th><th>step</th><th>cumulative</th></tr>")
     out = ["<table class='incremental'>", head]
@@ -317,6 +355,9 @@ def report_html(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, An
                 "<h3>What each step bought</h3>", incremental_table_html(led),
                 _fig_html(figures.waterfall_figure(led, label if many else ""), f"waterfall-{sid}")]
         sections.append((f"run-{sid}", f"Run {label}" if many else "Stages and what each step bought", "\n".join(body)))
+        if figures.is_llm_run(led):
+            sections.append((f"llm-{sid}", f"LLM: tokens/s, fidelity, answers{': ' + label if many else ''}",
+                             llm_html(led, sid, label if many else "")))
         if led.search:
             sections.append((f"search-{sid}", f"Search{': ' + label if many else ''}", search_html(led, sid)))
         diag = diagnosis_html(led)
@@ -326,6 +367,9 @@ def report_html(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, An
               _fig_html(figures.pareto_figure(runs, "size_mb"), "pareto-size"),
               "<p class='note'>Front points in colour and joined; dominated points grey; a cross marks a stage "
               "that failed its fidelity gate.</p>"]
+    if any(figures.is_llm_run(led) for _, led in runs):
+        pareto.append("<p class='note'>LLM runs: latency is the decode time per generated token (p50) and fidelity "
+                      "the next-token top-1 agreement with the PyTorch fp32 baseline on held-out text.</p>")
     sections.append(("pareto", "Pareto fronts", "\n".join(pareto)))
     if profiles:
         layers = [_fig_html(figures.layers_figure(profiles), "layers"), _fig_html(figures.op_types_figure(profiles), "op-types")]
@@ -362,4 +406,5 @@ def build_report(ledgers: Sequence[Any], out: str | Path, profiles: dict[str, di
     return out
 
 
-__all__ = ["build_report", "load_run", "profile_stages", "resolve_runs", "stage_model_file", "report_html", "inside"]
+__all__ = ["build_report", "load_run", "profile_stages", "resolve_runs", "stage_model_file", "report_html", "inside",
+           "stage_dirname", "llm_table_html", "llm_html"]

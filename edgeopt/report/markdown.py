@@ -9,7 +9,7 @@ from edgeopt.ledger import Ledger, write_text_atomic
 from edgeopt.report import figures as F
 from edgeopt.report.html import resolve_runs
 from edgeopt.report.png import _slug as slug, export_pngs
-from edgeopt.report.table import MD_COLUMNS, stage_rows
+from edgeopt.report.table import llm_markdown, md_columns, stage_rows
 
 
 def _cell(v: Any) -> str:
@@ -41,6 +41,13 @@ def incremental_rows(ledger: Ledger) -> list[list[str]]:
 INCREMENTAL_HEADER = ("configuration", "latency p50 ms", "step", "cumulative", "speedup", "peak MB", "step", "cumulative")
 
 
+def incremental_header(ledger: Ledger) -> tuple[str, ...]:
+    """INCREMENTAL_HEADER; an LLM run's latency is decode ms per generated token, and says so."""
+    if F.is_llm_run(ledger):
+        return ("configuration", "decode ms/token p50", *INCREMENTAL_HEADER[2:])
+    return INCREMENTAL_HEADER
+
+
 def markdown_report(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, Any]] | None = None,
                     images: dict[str, str] | None = None, title: str | None = None) -> str:
     """The report as markdown; `images` maps figure names (as export_pngs returns them) to relative links."""
@@ -53,16 +60,24 @@ def markdown_report(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str
         h = "###" if many else "##"
         lines += [f"Best stage that passed its gate: **{led.best}**" if led.best else "No stage passed its gate.", ""]
         lines += [f"{h} Stages", ""]
-        lines += _table(MD_COLUMNS, [[r.get(c, "—") for c in MD_COLUMNS] for r in stage_rows(led)]) + [""]
+        cols = md_columns(led)
+        lines += _table(cols, [[r.get(c, "—") for c in cols] for r in stage_rows(led)]) + [""]
+        llm = llm_markdown(led, h)
+        lines += llm + ([""] if llm else [])
         lines += [f"{h} What each step bought", ""]
-        lines += _table(INCREMENTAL_HEADER, incremental_rows(led)) + [""]
+        lines += _table(incremental_header(led), incremental_rows(led)) + [""]
         key = next((k for k in (f"waterfall_{_slug(label)}", "waterfall") if k in images), None)
+        # (the tokens/s chart is in the HTML report; the LLM table above holds the same figures)
         if key:
             lines += [f"![incremental waterfall]({images[key]})", ""]
         lines += [f"_{F.caption(led)}_", ""]
     points, qtitle = F.pareto_points(runs)
     lines += ["## Pareto fronts", ""]
-    for x, what in (("latency_ms", "latency p50 ms"), ("size_mb", "size MB")):
+    if all(F.is_llm_run(led) for _, led in runs):
+        lines += ["LLM runs: latency is decode ms per generated token (p50), fidelity the next-token top-1 agreement "
+                  "with the PyTorch fp32 baseline on held-out text.", ""]
+    lat = "decode ms/token p50" if F.latency_title(runs).startswith("decode") else "latency p50 ms"
+    for x, what in (("latency_ms", lat), ("size_mb", "size MB")):
         pairs = F.front_of(points, x)
         front = sorted((p for p, on in pairs if on), key=lambda p: getattr(p, x))
         dominated = [p for p, on in pairs if not on]
@@ -116,4 +131,4 @@ def build_markdown(ledgers: Sequence[Any], out: str | Path, profiles: dict[str, 
     return out
 
 
-__all__ = ["build_markdown", "markdown_report", "incremental_rows"]
+__all__ = ["build_markdown", "markdown_report", "incremental_rows", "incremental_header"]

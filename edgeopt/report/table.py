@@ -8,6 +8,9 @@ from edgeopt.ledger import Ledger
 
 COLUMNS = ("stage", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak MB", "mean cos", "min cos", "gate")
 MD_COLUMNS = ("stage", "pass", *COLUMNS[1:])
+# an LLM run (a stage with `llm` figures): latency is decode ms per generated token, and the outputs are next-token
+# distributions, so top-1 agreement and KL against the PyTorch fp32 baseline stand where the cosines stand
+LLM_STAGE_COLUMNS = (*COLUMNS[:7], "top-1 agr.", "KL", "gate")
 
 
 RUNTIME_SHORT = {"onnxruntime": "ort", "openvino": "ov", "litert": "litert", "ncnn": "ncnn", "torch": "torch"}
@@ -18,8 +21,26 @@ def _fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
+def has_llm(ledger: Ledger) -> bool:
+    """Whether any stage of the run carries LLM figures (`stage.llm`)."""
+    return any(s.llm for s in ledger.stages)
+
+
+def stage_columns(ledger: Ledger) -> tuple[str, ...]:
+    """The terminal table's columns: COLUMNS, or for an LLM run LLM_STAGE_COLUMNS (top-1 agreement and KL)."""
+    return LLM_STAGE_COLUMNS if has_llm(ledger) else COLUMNS
+
+
+def md_columns(ledger: Ledger) -> tuple[str, ...]:
+    """The markdown and HTML stage table's columns (the terminal's plus the pass)."""
+    cols = stage_columns(ledger)
+    return (cols[0], "pass", *cols[1:])
+
+
 def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
-    """One dict per stage with the figures the table shows (speedup against the baseline's p50)."""
+    """One dict per stage with the figures the table shows (speedup against the baseline's p50); an LLM run's
+    rows also have "top-1 agr." and "KL"."""
+    llm = has_llm(ledger)
     base = ledger.stages[0].latency_ms.p50 if ledger.stages and ledger.stages[0].latency_ms else None
     rows = []
     for s in ledger.stages:
@@ -42,6 +63,9 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
             "min cos": _fmt(fid.get("min_cosine"), ".4f"),
             "gate": gate if len(gate) < 60 else gate[:57] + "…",
         })
+        if llm:
+            rows[-1].update({"top-1 agr.": _fmt(fid.get("top1_agreement"), ".4f"), "KL": kl_text(fid.get("kl"))})
+            rows[-1] = {c: rows[-1][c] for c in ("stage", "pass", *LLM_STAGE_COLUMNS[1:])}
     return rows
 
 
@@ -119,10 +143,12 @@ def render_table(ledger: Ledger, title: str | None = None):
 
     from rich import box
 
+    caption = ("latency in ms, size and peak RSS in MB, cosine to the baseline" if not has_llm(ledger) else
+               "latency: decode ms per generated token; size and peak RSS in MB; top-1 agreement and KL to the "
+               "baseline's next-token distributions")
     t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 0),
-              box=box.SIMPLE_HEAD, show_edge=False, caption="latency in ms, size and peak RSS in MB, cosine to the baseline",
-              caption_justify="left")
-    shown = list(COLUMNS)
+              box=box.SIMPLE_HEAD, show_edge=False, caption=caption, caption_justify="left")
+    shown = list(stage_columns(ledger))
     for c in shown:
         t.add_column(c.replace(" ", "\n") if c not in ("p50 ms", "p90 ms", "size MB", "peak MB") else c.split()[0],
                      justify="left" if c in ("stage", "runtime", "gate") else "right",
@@ -136,17 +162,213 @@ def render_table(ledger: Ledger, title: str | None = None):
     return t
 
 
+# ---------------------------------------------------------------------------------------- LLM runs
+
+LLM_COLUMNS = ("stage", "runtime", "quantization", "TTFT ms", "prefill tok/s", "decode tok/s", "× decode",
+               "% bw limit", "peak MB", "size MB", "top-1 agr.", "KL", "ppl", "gate", "answer")
+ANSWER_WIDTH = 28  # characters of the probe answer a table shows
+
+_QUANT = {"none": "fp32", "dynamic_int8": "int8 dyn", "weight_only_int8": "int8 w-only", "fp16": "fp16"}
+
+
+def quantization_label(variant: str | None) -> str:
+    """A short name of an LLM quantization variant: fp32, int8 dyn, int8 w-only, fp16, int4 dyn b32, ..."""
+    if not variant:
+        return "fp32"
+    if variant in _QUANT:
+        return _QUANT[variant]
+    if variant.startswith("dynamic_int4_block"):
+        return "int4 dyn b" + variant.rsplit("block", 1)[1]
+    return variant
+
+
+def llm_quantization(stage: Any) -> str:
+    """What a stage's weights are: "fp32 (PyTorch)" for the baseline, else its variant (config `quantize` or
+    `variant`) and, when it differs, the embedding's (" + emb int8 dyn")."""
+    if stage.pass_ is None:
+        return "fp32 (PyTorch)"
+    cfg = stage.config or {}
+    text = quantization_label(cfg.get("quantize") or cfg.get("variant"))
+    emb = cfg.get("embedding")
+    if emb and emb != "same":
+        text += " + emb " + ("fp32" if emb == "none" else quantization_label(emb))
+    return text
+
+
+def kl_text(v: float | None) -> str:
+    """A KL divergence: 4 decimals, or 2 significant digits below 0.001 (so 3e-15 does not read as 0.0000)."""
+    if v is None:
+        return "—"
+    return "0" if v == 0 else format(v, ".4f") if abs(v) >= 1e-3 else format(v, ".1e")
+
+
+def short_answer(answer: str | None, width: int = ANSWER_WIDTH) -> str:
+    """The probe answer on one line, quoted, cut to `width` characters ("—" when there is none)."""
+    if answer is None:
+        return "—"
+    text = " ".join(str(answer).split())
+    return "“" + (text if len(text) <= width else text[:width - 1] + "…") + "”"
+
+
+def _llm_gate(s: Any) -> str:
+    if s.status == "failed":
+        return "failed: " + (s.error or "")
+    if s.status == "skipped":
+        return "skipped: " + (s.error or "")
+    if s.notes.get("not_measured"):
+        return f"not measured ({s.notes['not_measured']})"
+    return "—" if s.gate is None else ("pass" if s.gate.passed else f"FAIL ({s.gate.why})")
+
+
+def _llm_runtime(s: Any) -> str:
+    """The short runtime name (litert, torch); the full label (LiteRT CompiledModel · XNNPACK · …) is in the notes."""
+    if s.latency_ms is not None:
+        return RUNTIME_SHORT.get(s.latency_ms.runtime, s.latency_ms.runtime)
+    return str((s.llm or {}).get("runtime") or KIND_RUNTIME.get((s.artifact or {}).get("kind", ""), "—"))
+
+
+def llm_prompt_tokens(ledger: Ledger) -> int | None:
+    """The prompt length TTFT and prefill were timed at (the first stage that records it)."""
+    return next((int(s.llm["prompt_tokens"]) for s in ledger.stages if s.llm and s.llm.get("prompt_tokens")), None)
+
+
+def llm_headers(ledger: Ledger) -> dict[str, str]:
+    """Column key -> header text: TTFT names the prompt length, e.g. "TTFT ms (prompt 128)"."""
+    n = llm_prompt_tokens(ledger)
+    heads = {c: c for c in LLM_COLUMNS}
+    heads["TTFT ms"] = f"TTFT ms (prompt {n})" if n else "TTFT ms"
+    heads["× decode"] = "× vs baseline decode"
+    heads["% bw limit"] = "% of bandwidth limit"
+    return heads
+
+
+def llm_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """One dict per stage of an LLM run (keys LLM_COLUMNS, texts): TTFT, prefill and decode tokens/s, decode
+    rate against the baseline and as a share of the memory-bandwidth limit, memory, size, fidelity, the probe
+    answer and the gate. Empty when no stage has LLM figures."""
+    if not has_llm(ledger):
+        return []
+    first = ledger.stages[0].llm or {}
+    base = first.get("decode_tok_s")
+    rows = []
+    for s in ledger.stages:
+        d = s.llm or {}
+        dec = d.get("decode_tok_s")
+        gate = _llm_gate(s)
+        size = (s.artifact or {}).get("size_bytes")
+        rows.append({
+            "stage": s.name + (" ★" if ledger.best == s.name else ""),
+            "runtime": _llm_runtime(s),
+            "quantization": llm_quantization(s),
+            "TTFT ms": _fmt(d.get("ttft_ms"), ".1f"),
+            "prefill tok/s": _fmt(d.get("prefill_tok_s"), ".0f"),
+            "decode tok/s": _fmt(dec, ".1f"),
+            "× decode": _fmt(dec / base if dec and base else None, ".2f") + ("×" if dec and base else ""),
+            "% bw limit": _fmt(d.get("bandwidth_pct"), ".0f") + ("%" if d.get("bandwidth_pct") is not None else ""),
+            "peak MB": _fmt(s.peak_rss_mb, ".0f"),
+            "size MB": _fmt(size / 1e6 if size else None, ".1f"),
+            "top-1 agr.": _fmt(d.get("top1_agreement", (s.fidelity or {}).get("top1_agreement")), ".4f"),
+            "KL": kl_text(d.get("kl", (s.fidelity or {}).get("kl"))),
+            "ppl": _fmt(d.get("ppl", (s.fidelity or {}).get("ppl")), ".2f"),
+            "answer": short_answer(d.get("answer")),
+            "gate": gate if len(gate) < 60 else gate[:57] + "…",
+        })
+    return rows
+
+
+def llm_notes(ledger: Ledger) -> list[str]:
+    """How the LLM figures were measured, one sentence each: timing, the bandwidth limit, fidelity, the probe."""
+    d = next((s.llm for s in ledger.stages if s.llm), None) or {}
+    bw = ledger.environment.get("copy_bandwidth_gbs")
+    n = llm_prompt_tokens(ledger)
+    threads = next((s.latency_ms.threads for s in ledger.stages if s.llm and s.latency_ms), None)
+    notes = [f"Timing: TTFT = prefill of a {n or '?'}-token prompt to the first token; decode tok/s from the median "
+             f"per-token time over {d.get('decode_tokens', '?')} greedy tokens ({d.get('repeats', '?')} repeats), "
+             f"all stages interleaved, {threads or '?'} threads; × vs baseline = decode tok/s over the "
+             f"{ledger.stages[0].name} stage's."]
+    notes.append(f"Bandwidth limit: copy bandwidth {bw:.1f} GB/s ÷ weight bytes read per token; % = decode tok/s as a "
+                 f"share of it." if isinstance(bw, (int, float)) else
+                 "Bandwidth limit: copy bandwidth not recorded.")
+    over = [s.name for s in ledger.stages if s.llm and (s.llm.get("bandwidth_pct") or 0) > 100]
+    if over:
+        notes.append(f"Above 100% ({', '.join(over)}): the weights read per token fit in the CPU caches, so memory "
+                     f"bandwidth does not bound their decode.")
+    notes.append(f"Fidelity: next-token top-1 agreement, KL and perplexity on {d.get('sequences', '?')} held-out "
+                 f"sequences × {d.get('seq_len', '?')} tokens, teacher-forced, against the {ledger.stages[0].name} "
+                 f"stage.")
+    labels = {_llm_runtime(s): str(s.llm["runtime"]) for s in ledger.stages if s.llm and s.llm.get("runtime")}
+    labels = {k: v for k, v in labels.items() if v != k}
+    if labels:
+        notes.append("Runtimes: " + "; ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
+    prompt = next((s.llm.get("prompt") for s in ledger.stages if s.llm and s.llm.get("prompt")), None)
+    if prompt:
+        notes.append(f"Answer: each stage's greedy continuation of “{prompt}”.")
+    return notes
+
+
+def llm_table(ledger: Ledger, title: str | None = None):
+    """A rich Table of an LLM run's stages (tokens/s, bandwidth share, fidelity, probe answer), with how it was
+    measured as its caption; None when no stage has LLM figures."""
+    rows = llm_rows(ledger)
+    if not rows:
+        return None
+    from rich.table import Table
+
+    from rich import box
+
+    n = llm_prompt_tokens(ledger)
+    heads = {**{c: c.replace(" ", "\n", 1) for c in LLM_COLUMNS}, "quantization": "quantization",
+             "TTFT ms": f"TTFT ms\n(prompt {n})" if n else "TTFT\nms", "× decode": "× base\ndecode",
+             "% bw limit": "% bw\nlimit"}
+    t = Table(title=title or "LLM stages", title_justify="left", pad_edge=False, padding=(0, 0), box=box.SIMPLE_HEAD,
+              show_edge=False, caption="\n".join(llm_notes(ledger)), caption_justify="left")
+    for c in LLM_COLUMNS:
+        left = c in ("stage", "runtime", "quantization", "answer", "gate")
+        t.add_column(heads[c], justify="left" if left else "right", no_wrap=c not in ("answer", "quantization"),
+                     min_width=16 if c == "answer" else None)
+    for row in rows:
+        style = ("red" if row["gate"].startswith(("FAIL", "failed")) else "bold green" if "★" in row["stage"] else
+                 "dim" if row["gate"].startswith(("not measured", "skipped")) else None)
+        cells = [row[c] if c != "gate" else row[c].split(" (")[0].split(":")[0] for c in LLM_COLUMNS]  # pass/FAIL
+        t.add_row(*cells, style=style)
+    return t
+
+
+def llm_markdown(ledger: Ledger, heading: str = "##") -> list[str]:
+    """The LLM section of report.md as lines: a heading, the copy bandwidth and prompt length, the table and how it
+    was measured. Empty when no stage has LLM figures."""
+    rows = llm_rows(ledger)
+    if not rows:
+        return []
+    bw = ledger.environment.get("copy_bandwidth_gbs")
+    n = llm_prompt_tokens(ledger)
+    heads = llm_headers(ledger)
+    lines = [f"{heading} LLM", "",
+             f"Copy bandwidth {bw:.1f} GB/s" if isinstance(bw, (int, float)) else "Copy bandwidth not recorded",
+             ]
+    lines[-1] += f"; prompt {n} tokens." if n else "; prompt length not recorded."
+    lines += ["", "| " + " | ".join(heads[c] for c in LLM_COLUMNS) + " |",
+              "|" + "|".join("---" for _ in LLM_COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in LLM_COLUMNS) + " |")
+    lines += [""] + [f"- {note}" for note in llm_notes(ledger)]
+    return lines
+
+
 def to_markdown(ledger: Ledger) -> str:
     """The stage table and the environment as markdown (written as report.md)."""
     rows = stage_rows(ledger)
+    cols = md_columns(ledger)
     lines = ["# edgeopt run", ""]
     if ledger.best:
         lines += [f"Best stage that passed its gate: **{ledger.best}**", ""]
         notes = choice_notes(ledger)
         lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    lines += ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "|".join("---" for _ in MD_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in MD_COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |")
+    if has_llm(ledger):
+        lines += ["", *llm_markdown(ledger, "##")]
     for s in ledger.stages:
         d = s.notes.get("diagnosis")
         if d:
@@ -164,9 +386,13 @@ def to_markdown(ledger: Ledger) -> str:
         lines += [""] + [f"- {n}" for n in notes]
     m = ledger.recipe.get("measure", {})
     env = ledger.environment
-    lines += ["", f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
-              f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
-              f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs (cosine per sample).",
+    how = ([f"Latency: decode ms per generated token, {m.get('threads')} intra-op threads, all stages interleaved "
+            f"in one process (see the LLM section)."] if has_llm(ledger) else
+           [f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
+            f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
+            f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs "
+            f"(cosine per sample)."])
+    lines += ["", *how,
               *[f"Data ({role}): {what}" for role, what in
                 ((ledger.stages[0].notes.get("data") or {}) if ledger.stages else {}).items()],
               f"Machine: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores; ISA: {', '.join(env.get('isa', []) or [])}.",

@@ -72,9 +72,12 @@ def _generate(n: int, seed: int) -> tuple[str, ...]:
     rng = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
+    tries = 0  # draws for the current index: the fact sentences run out (8 facts x 26 subjects x 14 places)
     while len(out) < n:
         i = len(out)
         kind = i % 10
+        if kind == 0 and tries > 500:  # past ~29,000 sentences: a clause sentence takes the fact's turn
+            kind = 2
         if kind == 0:
             s = rng.choice(_FACTS)
             if s in seen:
@@ -95,6 +98,9 @@ def _generate(n: int, seed: int) -> tuple[str, ...]:
         if s not in seen:
             seen.add(s)
             out.append(s)
+            tries = 0
+        else:
+            tries += 1
     return tuple(out)
 
 

@@ -1,14 +1,17 @@
-"""The Streamlit page driven by Streamlit's AppTest: runs, comparison, refused paths, background jobs, live toggles."""
+"""The Streamlit page driven by Streamlit's AppTest: runs, comparison, refused paths, background jobs, live toggles,
+generation on LLM runs."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from report.factory import write_run
+from dashboard.fake_llm import Opener
+from report.factory import write_llm_run, write_run
 from streamlit.testing.v1 import AppTest
 
 from edgeopt.dashboard import APP
+from edgeopt.dashboard import llm as G
 from edgeopt.dashboard import state as S
 
 
@@ -152,3 +155,51 @@ def test_with_a_token_the_page_shows_nothing_until_it_is_given(runs, tmp_path):
 def test_without_a_token_the_page_asks_for_none(runs, tmp_path):
     at = _guarded(runs, tmp_path, None)
     assert _page_shown(at) and "token-input" not in [t.key for t in at.text_input]
+
+
+def _llm_app(tmp_path, opener) -> AppTest:
+    root = tmp_path / "runs"
+    write_llm_run(root / "llm")
+    write_run(root / "plain")
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["edgeopt_config"] = S.as_config([root], workdir=tmp_path / "work")
+    at.session_state["llm_cache"] = G.GeneratorCache(opener)  # a fake model: nothing is loaded
+    return at.run()
+
+
+def test_generate_tab_streams_text_and_the_meter_for_an_llm_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path / "cache"))  # SmolLM2's folder not built: baseline not offered
+    opener = Opener()
+    at = _llm_app(tmp_path, opener)
+    assert not at.exception
+    assert [t.label for t in at.tabs] == ["Compare", "Per-layer", "Run a model", "Live", "Generate (LLM)"]
+    assert at.selectbox(key="llm-run").options == ["llm"]
+    assert at.selectbox(key="llm-variant").value == "litert-int8"  # the run's best stage first
+    assert any("Not offered here: baseline" in c.value for c in at.caption)  # its folder is not cached here
+    at.text_area(key="llm-prompt").input("   ")
+    at.button(key="llm-go").click().run()
+    assert [e.value for e in at.error] == ["prompt: empty; type something to continue"]
+    at.text_area(key="llm-prompt").input("What is the capital of France?")
+    at.number_input(key="llm-max").set_value(8)
+    at.button(key="llm-go").click().run()
+    at = _until(at, lambda a: any(m.label == "tokens" and m.value == "4 / 8" for m in a.metric)
+                and any(c.value == "Paris. It is" for c in a.code))
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["decode"] == "100.0 tok/s" and metrics["TTFT"] == "20 ms" and metrics["prefill"] == "300 tok/s"
+    assert opener.opened[0][0].name == "litert-int8" and opener.opened[0][2].calls[0]["max_new_tokens"] == 8
+    history = at.dataframe[-1].value
+    assert list(history["variant"]) == ["litert-int8"] and list(history["new tokens"]) == [4]
+
+
+def test_an_llm_run_compares_with_its_llm_figures_and_plain_runs_get_no_generate_tab(tmp_path):
+    at = _llm_app(tmp_path, Opener())
+    at.multiselect(key="runs").set_value(["llm"]).run()
+    assert not at.exception
+    assert any(m.value == "**LLM: tokens/s, fidelity, answers**" for m in at.markdown)
+    table = at.dataframe[-1].value  # the side-by-side table
+    assert table.loc["decode tok/s", "llm: litert-int8"] == "120.0"
+    assert table.loc["answer", "llm: baseline"] == "Paris. It is"
+    at.multiselect(key="runs").set_value(["plain"]).run()
+    assert [t.label for t in at.tabs] == ["Compare", "Per-layer", "Run a model", "Live"]
+    assert "decode tok/s" not in at.dataframe[-1].value.index

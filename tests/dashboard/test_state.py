@@ -6,10 +6,11 @@ import json
 import os
 
 import pytest
-from report.factory import write_run
+from report.factory import write_llm_run, write_run
 
 from edgeopt.dashboard import state as S
 from edgeopt.errors import InputError
+from edgeopt.ledger import SCHEMA_VERSION
 
 
 def test_parse_args_takes_its_own_flags_and_ignores_others(tmp_path, monkeypatch):
@@ -91,6 +92,21 @@ def test_compare_table_side_by_side(tmp_path):
     assert S.onnx_stages(runs[0]) == ["onnx", "fused", "int8", "int8-aggressive"]
 
 
+def test_compare_table_of_llm_stages_adds_their_figures(tmp_path):
+    runs = S.discover_runs([write_llm_run(tmp_path / "llm"), write_run(tmp_path / "plain")])
+    assert [r.label for r in S.llm_runs(runs)] == ["llm"]
+    table = S.compare_table(runs, ["llm: baseline", "llm: litert-int4", "plain: int8"])
+    assert S.compare_metrics(table) == (*S.COMPARE_METRICS, *S.COMPARE_LLM_METRICS)
+    int4, plain = table["llm: litert-int4"], table["plain: int8"]
+    assert int4["TTFT (ms)"] == "64.0 (prompt 128)" and int4["decode tok/s"] == "150.0" and int4["KL"] == "0.1500"
+    assert int4["% of bandwidth limit"] == "34%" and int4["answer"] == "Paris, France | and the"
+    assert int4["latency p50 (ms)"] == "6.667" and int4["speedup vs its baseline"] == "3.75×"  # per generated token
+    assert int4["mean cosine"] == "—" and plain["decode tok/s"] == "—" and plain["mean cosine"] == "0.99200"
+    only_plain = S.compare_table(runs, ["plain: int8"])
+    assert S.compare_metrics(only_plain) == S.COMPARE_METRICS
+    assert set(only_plain["plain: int8"]) == set(S.COMPARE_METRICS)
+
+
 def test_session_open_run_stays_in_open_folders(tmp_path):
     inside = write_run(tmp_path / "runs" / "extra")
     outside = write_run(tmp_path / "elsewhere" / "run")
@@ -102,4 +118,4 @@ def test_session_open_run_stays_in_open_folders(tmp_path):
         sess.open_run(str(tmp_path / "runs" / ".." / "elsewhere" / "run"))
     assert [r.label for r in sess.runs()] == ["extra"]
     data = json.loads((inside / "ledger.json").read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION

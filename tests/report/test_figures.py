@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from report.factory import DEFAULT_STAGES, make_ledger, make_stage
+from report.factory import DEFAULT_STAGES, make_ledger, make_llm_ledger, make_stage
 
 from edgeopt.ledger import Gate
 from edgeopt.report import figures as F
@@ -185,3 +185,35 @@ def test_pareto_figure_with_one_runtime_has_no_dropdown():
     fig = F.pareto_figure([("demo", led)], "latency_ms")
     assert not fig.layout.updatemenus
     assert [t.name for t in fig.data] == ["Pareto front", "onnxruntime"]
+
+
+def test_llm_speeds_and_figure():
+    led = make_llm_ledger()
+    rows = F.llm_speeds(led)
+    assert [r.stage for r in rows] == ["baseline", "litert", "litert-int8", "litert-int4"]
+    int8 = rows[2]
+    assert (int8.decode_tok_s, int8.prefill_tok_s, int8.runtime, int8.gate_passed) == (120.0, 2600.0, "litert", True)
+    assert int8.ceiling_tok_s == pytest.approx(40e9 / 140e6) and int8.bandwidth_pct == pytest.approx(42, abs=0.1)
+    fig = F.llm_speed_figure(led, "demo-llm")
+    decode, prefill, ceiling = fig.data
+    assert (decode.type, prefill.type, ceiling.type) == ("bar", "bar", "scatter")
+    assert list(decode.x) == list(prefill.x) == list(ceiling.x) == [r.stage for r in rows]
+    assert list(decode.y) == [40.0, 60.0, 120.0, 150.0] and list(prefill.y) == [900.0, 1500.0, 2600.0, 2000.0]
+    assert ceiling.offsetgroup == decode.offsetgroup  # the ceiling sits over its decode bar
+    assert fig.layout.barmode == "group" and fig.layout.yaxis.type == "log"  # 40 to 2600 tok/s: more than 20×
+    assert decode.marker.color[3] == F.FAILED and "failed its fidelity gate (litert-int4)" in fig.layout.title.text
+    assert "copy bandwidth 40.0 GB/s" in fig.layout.title.text and "prompt 128 tokens" in fig.layout.title.text
+    assert F.llm_speeds(make_ledger()) == []
+
+
+def test_pareto_of_an_llm_run_is_decode_ms_per_token_against_top1_agreement():
+    runs = [("llm", make_llm_ledger())]
+    assert F.quality_metric(runs)[0] == "fidelity.top1_agreement"
+    assert F.quality_metric([("x", make_ledger())])[0] == "fidelity.mean_cosine"
+    pts, _ = F.pareto_points(runs)
+    assert [(p.stage, round(p.latency_ms, 2), p.quality) for p in pts][2] == ("litert-int8", 8.33, 0.97)
+    fig = F.pareto_figure(runs, "latency_ms")
+    assert fig.layout.xaxis.title.text == "decode latency p50 (ms per token)"
+    assert F.latency_title([("x", make_ledger())]) == "latency p50 (ms)"
+    wf = F.waterfall_figure(make_llm_ledger())
+    assert wf.layout.annotations[0].text == "decode latency p50 (ms per token)"

@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from report.factory import DEFAULT_STAGES, make_ledger, write_json, write_run
+from report.factory import DEFAULT_STAGES, make_ledger, make_llm_ledger, write_json, write_run
 
 from edgeopt.errors import InputError
 from edgeopt.report.html import build_report, load_run, profile_stages, resolve_runs, stage_model_file
@@ -151,7 +151,7 @@ def test_ledger_without_stages_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("version, match", [
-    (0, r"schema_version' is 0: written by an older edgeopt; this edgeopt reads version 1; rerun"),
+    (0, r"schema_version' is 0: written by an older edgeopt; this edgeopt reads versions 1-2; rerun"),
     (None, r"'schema_version' is missing: the ledger predates versioned ledgers"),
     (7, r"schema_version' is 7: written by a newer edgeopt.*upgrade"),
 ])
@@ -221,3 +221,34 @@ def test_report_and_dashboard_modules_import_lean():
             "print(sorted(m for m in ('plotly', 'matplotlib', 'streamlit', 'torch', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_llm_run_has_its_table_and_tokens_per_second_chart(tmp_path):
+    html = build_report([("demo-llm", make_llm_ledger())], tmp_path / "r.html").read_text()
+    sec = html[html.index("<section id='llm-demo-llm'>"):]
+    sec = sec[: sec.index("</section>")]
+    assert "LLM: tokens/s, fidelity, answers" in sec
+    assert "Copy bandwidth <b>40.0 GB/s</b>; prompt <b>128</b> tokens" in sec
+    assert "<th class=''>TTFT ms (prompt 128)</th>" in sec and "<th class=''>% of bandwidth limit</th>" in sec
+    assert "<td class='l'>int4 dyn b32 + emb int8 dyn</td>" in sec
+    assert "title=' Paris, France | and\nthe'>“Paris, France | and the”</td>" in sec  # the whole answer on hover
+    assert "<tr class='best'><td class='l'>litert-int8 ★</td>" in sec
+    assert "<tr class='fail'><td class='l'>litert-int4" in sec
+    assert "Tokens per second" in sec and "decode ceiling (memory bandwidth)" in sec
+    assert html.count("Plotly.newPlot") == 4  # waterfall, tokens/s, two Pareto plots
+    stages = html[html.index("<table class='stages'>"):]
+    stages = stages[: stages.index("</table>")]
+    assert "top-1 agr." in stages and "mean cos" not in stages
+    assert "decode latency p50 (ms per token)" in html and "Pareto front: fidelity vs decode latency" in html
+    assert "LLM runs: latency is the decode time per generated token" in html
+
+
+def test_report_of_a_plain_run_has_no_llm_section(tmp_path):
+    html = build_report([("demo", make_ledger())], tmp_path / "r.html").read_text()
+    assert "llm-demo" not in html and "Tokens per second" not in html and "LLM runs" not in html
+
+
+def test_llm_and_plain_runs_in_one_report(tmp_path):
+    html = build_report([("llm", make_llm_ledger()), ("plain", make_ledger())], tmp_path / "r.html").read_text()
+    assert "<section id='llm-llm'>" in html and "llm-plain" not in html
+    assert "LLM and other runs mixed" in html

@@ -1,0 +1,255 @@
+"""LLM measurements: TTFT, prefill and decode tokens/s (interleaved across runtimes), peak RSS in a child,
+fidelity against the fp32 reference on teacher-forced held-out text (top-1 agreement, KL, perplexity), and the
+decode rate beside this machine's memory-bandwidth limit.
+
+Held-out text: paragraphs of `zoo:sentences` from index 20000 on (the recipes calibrate on [0:64], evaluate on
+[64:320] and fine-tune on [640:1640]), tokenized and cut into `seq_len`-token sequences; a model without a
+tokenizer (random-weight TinyLlama) gets seeded random token ids instead.
+
+The child for peak RSS: `python -m edgeopt.llm.measure MODEL --runtime litert|torch --prompt-tokens N
+--decode-tokens M --threads T` loads the model, prefills N tokens, decodes M and prints {"peak_mb"} (VmHWM).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeopt.errors import InputError
+from edgeopt.llm.session import LlmSession
+
+HELDOUT = "[20000:]"  # zoo:sentences slice the held-out paragraphs start from (never calibration/eval/training text)
+PROBE_PROMPT = "The capital of France is"
+
+
+def heldout_sequences(tokenizer: Any, n: int = 64, seq_len: int = 128, vocab_size: int = 32000,
+                      start: int = 20000, seed: int = 0) -> list[list[int]]:
+    """`n` token sequences of exactly `seq_len` tokens from held-out generated text (see the module docstring)."""
+    if tokenizer is None:
+        rng = np.random.default_rng(seed)
+        return [[int(t) for t in rng.integers(3, vocab_size, seq_len)] for _ in range(n)]
+    from edgeopt.zoo.sentences import sentences  # lazy: only with a tokenizer
+
+    out: list[list[int]] = []
+    i = start
+    pool = sentences(min(start + 40 * n + 1000, 100_000))
+    bos = [int(tokenizer.bos_token_id)] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    while len(out) < n:
+        ids = list(bos)
+        while len(ids) < seq_len:
+            if i >= len(pool):
+                raise InputError(f"not enough held-out text for {n} sequences of {seq_len} tokens")
+            ids += tokenizer(" " + pool[i], add_special_tokens=False)["input_ids"]
+            i += 1
+        out.append([int(t) for t in ids[:seq_len]])
+    return out
+
+
+def prompt_ids(tokenizer: Any, n: int, vocab_size: int = 32000) -> list[int]:
+    """A prompt of exactly `n` tokens from held-out text (a different stretch from the fidelity sequences)."""
+    return heldout_sequences(tokenizer, 1, n, vocab_size, start=60000, seed=1)[0]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+@dataclass
+class FidelityAccumulator:
+    """Teacher-forced comparison of a candidate's next-token distributions with the reference's."""
+
+    agree: int = 0
+    positions: int = 0
+    kl_sum: float = 0.0
+    nll: float = 0.0
+    nll_ref: float = 0.0
+
+    def add(self, ref_logits: np.ndarray, logits: np.ndarray, ids: Sequence[int]) -> None:
+        """Rows 0..T-2 of both (T, vocab) logits predict ids[1:]."""
+        ref, got = _log_softmax(ref_logits[:-1]), _log_softmax(logits[:-1])
+        target = np.asarray(ids[1:])
+        rows = np.arange(len(target))
+        self.agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        self.positions += len(target)
+        self.kl_sum += float((np.exp(ref) * (ref - got)).sum())
+        self.nll -= float(got[rows, target].sum())
+        self.nll_ref -= float(ref[rows, target].sum())
+
+    def result(self) -> dict[str, float]:
+        p = max(self.positions, 1)
+        return {"top1_agreement": self.agree / p, "kl": self.kl_sum / p, "ppl": float(np.exp(self.nll / p)),
+                "ppl_ref": float(np.exp(self.nll_ref / p)), "positions": self.positions}
+
+
+def fidelity(reference: LlmSession, candidates: dict[str, LlmSession], sequences: Sequence[Sequence[int]],
+             advance: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """Top-1 agreement, mean KL(reference ‖ candidate) per position and perplexity of every candidate (and the
+    reference's own perplexity, `ppl_ref`), sequence by sequence so no logits are kept beyond one sequence."""
+    acc = {name: FidelityAccumulator() for name in candidates}
+    for ids in sequences:
+        ref = reference.score(ids)
+        for name, s in candidates.items():
+            acc[name].add(ref, s.score(ids), ids)
+        if advance is not None:
+            advance()
+    return {name: a.result() for name, a in acc.items()}
+
+
+@dataclass
+class Timing:
+    ttft_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    def result(self) -> dict[str, float]:
+        ttft = float(np.median(self.ttft_ms))
+        dec = float(np.median(self.decode_ms))
+        return {"prompt_tokens": self.prompt_tokens, "ttft_ms": ttft, "ttft_spread_ms": [float(min(self.ttft_ms)),
+                float(max(self.ttft_ms))], "prefill_tok_s": self.prompt_tokens / (ttft / 1000),
+                "decode_ms_p50": dec, "decode_ms_p90": float(np.percentile(self.decode_ms, 90)),
+                "decode_tok_s": 1000.0 / dec, "decode_tokens": len(self.decode_ms), "repeats": len(self.ttft_ms),
+                "decode_samples_ms": list(self.decode_ms)}
+
+
+def timing(sessions: dict[str, LlmSession], prompt: Sequence[int], decode_tokens: int = 64, repeats: int = 3,
+           warmup: bool = True, advance: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """TTFT (prefill of `prompt` to the first token's logits) and per-token decode time of every session,
+    interleaved: each repeat runs every session in turn (the order rotating), so machine noise hits all alike.
+    Decode tok/s is 1000 / the median per-token time over `decode_tokens` × `repeats` greedy steps."""
+    for s in sessions.values():
+        if len(prompt) > s.max_prompt or len(prompt) + decode_tokens > s.max_cache:
+            raise InputError(f"{s.name}: a {len(prompt)}-token prompt plus {decode_tokens} tokens does not fit "
+                             f"(longest prompt {s.max_prompt}, cache {s.max_cache})")
+    names = list(sessions)
+    out = {n: Timing(prompt_tokens=len(prompt)) for n in names}
+    if warmup:
+        for s in sessions.values():
+            logits = s.prefill(prompt)
+            for _ in range(4):
+                logits = s.decode(int(np.argmax(logits)))
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            s = sessions[name]
+            t0 = time.perf_counter()
+            logits = s.prefill(prompt)
+            token = int(np.argmax(logits))
+            out[name].ttft_ms.append((time.perf_counter() - t0) * 1000)
+            for _ in range(decode_tokens):
+                t = time.perf_counter()
+                logits = s.decode(token)
+                token = int(np.argmax(logits))
+                out[name].decode_ms.append((time.perf_counter() - t) * 1000)
+            if advance is not None:
+                advance()
+    return {n: t.result() for n, t in out.items()}
+
+
+def greedy_answer(session: LlmSession, tokenizer: Any, prompt: str = PROBE_PROMPT, tokens: int = 8) -> str:
+    """The greedy continuation of the raw `prompt` (no chat template): the France probe the issue names."""
+    ids = [int(t) for t in tokenizer(prompt)["input_ids"]]
+    logits = session.prefill(ids)
+    out = []
+    for _ in range(tokens):
+        token = int(np.argmax(logits))
+        out.append(token)
+        if token == getattr(tokenizer, "eos_token_id", None):
+            break
+        logits = session.decode(token)
+    return tokenizer.decode(out, skip_special_tokens=True)
+
+
+def copy_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
+    """Memory copy bandwidth in GB/s (bytes copied per second, best of `repeats` copies of an `mb` MB array)."""
+    a = np.ones(mb << 18, dtype=np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return a.nbytes / best / 1e9
+
+
+def weight_bytes_per_token(path: str | Path, shape: dict[str, Any] | None = None) -> int:
+    """Bytes of weights a decode step reads: the .tflite's size (every weight is read once per token), less the
+    embedding table's share when it is not tied to the output layer (a lookup reads one row of it); the share is
+    the table's fraction of the parameter count, so it is an estimate for files that mix precisions."""
+    size = Path(path).stat().st_size
+    if shape and not shape.get("tied_embeddings", True) and shape.get("intermediate_size"):
+        size -= int(size * embedding_fraction(shape))
+    return int(size)
+
+
+def embedding_fraction(shape: dict[str, Any]) -> float:
+    """The input embedding table's share of an untied Llama-family model's parameters."""
+    h, v, i, n = shape["hidden_size"], shape["vocab_size"], shape["intermediate_size"], shape["num_layers"]
+    kv = shape["num_kv_heads"] * shape["head_dim"]
+    total = 2 * v * h + n * (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) + h
+    return v * h / total
+
+
+def peak_rss_mb(model: str | Path, runtime: str, prompt_tokens: int, decode_tokens: int, threads: int,
+                timeout_s: float = 600) -> float:
+    """Peak RSS (MB) of a child that loads `model` on `runtime`, prefills `prompt_tokens` and decodes."""
+    cmd = [sys.executable, "-m", "edgeopt.llm.measure", str(model), "--runtime", runtime, "--prompt-tokens",
+           str(prompt_tokens), "--decode-tokens", str(decode_tokens), "--threads", str(threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{model}: the peak-memory child took longer than {timeout_s:.0f} s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise InputError(f"{model}: the peak-memory child failed: {err[-1][:200] if err else proc.returncode}")
+    return float(json.loads(lines[-1])["peak_mb"])
+
+
+def open_session(model: str | Path, runtime: str, threads: int) -> LlmSession:
+    """A session of `model` on `runtime` ("litert": an exported .tflite; "torch": a Hugging Face folder)."""
+    if runtime == "litert":
+        from edgeopt.llm.litert_session import LiteRtLlm
+
+        return LiteRtLlm(model, threads=threads)
+    if runtime == "torch":
+        from edgeopt.llm.torch_session import load_torch_llm
+
+        return load_torch_llm(Path(model), threads=threads)
+    raise InputError(f"unknown LLM runtime {runtime!r} (litert, torch)")
+
+
+def _child(argv: list[str]) -> int:
+    import argparse
+
+    from edgeopt.measure.memory import maxrss_mb
+
+    ap = argparse.ArgumentParser(prog="python -m edgeopt.llm.measure")
+    ap.add_argument("model")
+    ap.add_argument("--runtime", required=True)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    try:
+        s = open_session(a.model, a.runtime, a.threads)
+        ids = [int(t) for t in np.random.default_rng(0).integers(3, s.vocab_size, a.prompt_tokens)]
+        logits = s.prefill(ids)
+        for _ in range(a.decode_tokens):
+            logits = s.decode(int(np.argmax(logits)))
+    except InputError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(json.dumps({"peak_mb": maxrss_mb()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

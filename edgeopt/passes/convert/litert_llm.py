@@ -1,0 +1,153 @@
+"""convert.litert_llm / quantize.litert_llm: a causal LM re-authored with litert-torch's Generative API, exported
+to one .tflite with prefill_<N> / decode / score signatures and an explicit KV cache, and quantized per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from edgeopt.analyze.tflite import census_summary, op_census, tflite_info
+from edgeopt.artifact import Artifact, InputSpec, TensorSpec
+from edgeopt.errors import EdgeoptError, PassError
+from edgeopt.llm import export as llm_export
+from edgeopt.llm.reauthor import hf_shape
+from edgeopt.passes.base import Pass, PassConfig, PassContext, register
+
+MODEL = "model.tflite"
+Variant = Literal["none", "dynamic_int8", "weight_only_int8", "fp16", "dynamic_int4_block32", "dynamic_int4_block64",
+                  "dynamic_int4_block128"]
+Embedding = Literal["same", "dynamic_int8", "weight_only_int8", "none"]
+Part = Literal["same", "dynamic_int8", "weight_only_int8", "fp16", "dynamic_int4_block32", "dynamic_int4_block64",
+               "dynamic_int4_block128"]
+
+
+def _spec(n: int) -> InputSpec:
+    return InputSpec((TensorSpec("tokens", "int32", (1, n)), TensorSpec("input_pos", "int32", (n,))))
+
+
+def _hf_model(art: Artifact, pass_name: str) -> Any:
+    lm = getattr(art.module, "lm", None)
+    if art.meta.get("task") != "causal-lm" or lm is None:
+        raise PassError(f"{pass_name}: the model is not a causal LM (load a Hugging Face *ForCausalLM folder, "
+                        "zoo:smollm2-135m or zoo:tinyllama)")
+    return lm
+
+
+def _llm_artifact(path: Path, facts: dict[str, Any], art_meta: dict[str, Any], ctx: PassContext) -> Artifact:
+    info = tflite_info(path)
+    facts = {**facts, "file_bytes": path.stat().st_size, "weight_dtypes": info["weight_dtypes"]}
+    tok = art_meta.get("tokenizer")
+    llm_export.write_sidecar(ctx.stage_dir, facts, Path(tok) if tok else None)
+    census = op_census(path)
+    ctx.notes["litert_llm"] = {**{k: v for k, v in facts.items() if k != "hf_config"},
+                               "signatures": list(info["signatures"]), "census": census_summary(census)}
+    meta = {k: v for k, v in art_meta.items() if k not in ("example_inputs", "session")}
+    meta.update({"task": "causal-lm", "llm": {k: v for k, v in facts.items() if k != "hf_config"},
+                 "tokenizer": str(ctx.stage_dir) if tok else None})
+    return Artifact.from_file("tflite", path, input_spec=_spec(facts["prefill_lens"][-1]), meta=meta)
+
+
+@register("convert.litert_llm")
+class ConvertLiteRtLlm(Pass):
+    """Re-author a Llama-family causal LM with litert-torch's Generative API, check it against the Hugging Face
+    logits (1e-4 relative), and export `model.tflite` with signatures `prefill_<N>` for each of `prefill_lens`,
+    `decode` and `score_<score_len>` (prefill with logits, for teacher-forced fidelity), the KV cache
+    (`kv_cache_max_len` positions) as explicit inputs and outputs; optionally quantized (`quantize`, the
+    Generative API's recipes; `embedding` quantizes the embedding table and a tied output layer differently,
+    e.g. int4 blocks with an int8 embedding). Writes llm.json and the tokenizer beside the model, so
+    `edgeopt generate <stage folder>` runs it. To measure several variants from one conversion, convert once
+    (quantize: none) and add `quantize.litert_llm` steps `from:` that stage."""
+
+    class Config(PassConfig):
+        prefill_lens: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
+        kv_cache_max_len: int = Field(default=1024, ge=8)
+        score_len: int | None = Field(default=128, ge=2, description="teacher-forced scoring signature (None: none)")
+        quantize: Variant = "none"
+        embedding: Embedding = "same"
+        attention: Part = Field(default="same", description="the attention blocks' quantization, if not quantize's")
+        feedforward: Part = Field(default="same", description="the feed-forward blocks' quantization, if not quantize's")
+
+        @field_validator("prefill_lens")
+        @classmethod
+        def _positive(cls, v: list[int]) -> list[int]:
+            if any(n < 1 for n in v):
+                raise ValueError(f"prefill lengths must be >= 1, got {v}")
+            return sorted(set(v))
+
+    accepts = ("torch",)
+    produces = "tflite"
+    tolerance = None
+    tolerance_reason = ("an LLM's outputs are next-token distributions: the stage is judged by top-1 agreement, KL "
+                        "and perplexity against the fp32 model (measure.llm), and fp32 is checked to 1e-4 inside")
+
+    def run(self, art: Artifact, ctx: PassContext) -> Artifact:
+        cfg = self.config
+        hf = _hf_model(art, self.name)
+        try:
+            llm_export.check_variant(cfg.quantize, cfg.embedding, hf_shape(hf.config))
+            fp32 = ctx.stage_dir / (MODEL if cfg.quantize == "none" else ".fp32.tflite")
+            facts = llm_export.convert(hf, fp32, prefill_lens=cfg.prefill_lens,
+                                       kv_cache_max_len=cfg.kv_cache_max_len, score_len=cfg.score_len)
+            facts["hf_config"] = hf.config.to_dict()
+            if cfg.quantize != "none":
+                llm_export.quantize_file(fp32, ctx.stage_dir / MODEL, cfg.quantize, hf.config, cfg.embedding,
+                                         cfg.attention, cfg.feedforward)
+                fp32.unlink(missing_ok=True)
+                facts.update(quantize=cfg.quantize, embedding=cfg.embedding, attention=cfg.attention,
+                             feedforward=cfg.feedforward)
+        except EdgeoptError as e:
+            raise PassError(f"{self.name}: {e}") from None
+        return _llm_artifact(ctx.stage_dir / MODEL, facts, art.meta, ctx)
+
+
+@register("quantize.litert_llm")
+class QuantizeLiteRtLlm(Pass):
+    """Quantize an fp32 LLM exported by convert.litert_llm with a Generative API recipe (`variant`; `embedding`
+    as in convert.litert_llm; `attention` / `feedforward` quantize those blocks differently, e.g. int8 with int4
+    feed-forward blocks), from its .tflite: no new conversion, seconds instead of minutes."""
+
+    class Config(PassConfig):
+        variant: Variant = "dynamic_int8"
+        embedding: Embedding = "same"
+        attention: Part = Field(default="same", description="the attention blocks' quantization, if not variant's")
+        feedforward: Part = Field(default="same", description="the feed-forward blocks' quantization, if not variant's")
+
+    accepts = ("tflite",)
+    produces = "tflite"
+    tolerance = None
+    tolerance_reason = ConvertLiteRtLlm.tolerance_reason
+
+    def run(self, art: Artifact, ctx: PassContext) -> Artifact:
+        cfg = self.config
+        try:
+            facts = llm_export.read_sidecar(art.path)
+        except EdgeoptError as e:
+            raise PassError(f"{self.name}: {e}") from None
+        if facts.get("quantize", "none") != "none":
+            raise PassError(f"{self.name}: its input is already quantized ({facts['quantize']}); quantize the fp32 "
+                            "export (from: the convert.litert_llm stage with quantize: none)")
+        if "hf_config" not in facts:
+            raise PassError(f"{self.name}: {art.path.parent / llm_export.LLM_JSON} has no model config")
+        from types import SimpleNamespace
+
+        hf_config = SimpleNamespace(**facts["hf_config"])
+        try:
+            llm_export.quantize_file(art.path, ctx.stage_dir / MODEL, cfg.variant, hf_config, cfg.embedding,
+                                     cfg.attention, cfg.feedforward)
+        except EdgeoptError as e:
+            raise PassError(f"{self.name}: {e}") from None
+        facts.update(quantize=cfg.variant, embedding=cfg.embedding, attention=cfg.attention,
+                     feedforward=cfg.feedforward)
+        meta = dict(art.meta)
+        tok = art.meta.get("tokenizer")
+        meta["tokenizer"] = tok
+        return _llm_artifact(ctx.stage_dir / MODEL, facts, meta, ctx)
+
+
+def llm_facts(path: str | Path) -> dict[str, Any]:
+    """llm.json beside an exported LLM, without the model config (for reports)."""
+    facts = llm_export.read_sidecar(Path(path))
+    return {k: v for k, v in facts.items() if k != "hf_config"}
+

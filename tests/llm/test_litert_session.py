@@ -1,0 +1,73 @@
+"""edgeopt.llm.litert_session: prefill/decode/score on LiteRT with the KV cache held in place."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.errors import InputError
+from edgeopt.llm.litert_session import LiteRtLlm
+
+IDS = [int(x) for x in (np.arange(24) * 37 + 5) % 32000]
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def test_prefill_then_decode_matches_hugging_face(tiny_llm):
+    hf, d = tiny_llm
+    ref = _hf_logits(hf, IDS)
+    with LiteRtLlm(d / "fp32.tflite", threads=1) as s:
+        assert (s.max_prompt, s.max_cache, s.vocab_size) == (17, 64, 32000)
+        got = [s.prefill(IDS[:10])] + [s.decode(t) for t in IDS[10:]]
+        assert s.position == len(IDS)
+        np.testing.assert_allclose(np.stack(got), ref[9:], atol=1e-4 * np.abs(ref).max())
+        # a second request reuses the cache from position 0: same numbers again
+        np.testing.assert_allclose(s.prefill(IDS[:3]), ref[2], atol=1e-4 * np.abs(ref).max())
+
+
+def test_score_is_teacher_forced_and_never_nan(tiny_llm):
+    hf, d = tiny_llm
+    ref = _hf_logits(hf, IDS)
+    with LiteRtLlm(d / "fp32.tflite", threads=1) as s:
+        sc = s.score(IDS)  # the padded positions of score_32 attend only to a zeroed cache
+        assert sc.shape == (24, 32000) and not np.isnan(sc).any()
+        np.testing.assert_allclose(sc, ref, atol=1e-4 * np.abs(ref).max())
+    with LiteRtLlm(d / "int8.tflite", threads=1) as s:
+        q = s.score(IDS)
+        assert (q.argmax(-1) == ref.argmax(-1)).mean() > 0.8 and not np.allclose(q, ref, atol=1e-6)
+
+
+def test_prompt_and_cache_limits(tiny_llm):
+    _, d = tiny_llm
+    with LiteRtLlm(d / "fp32.tflite", threads=1) as s:
+        with pytest.raises(InputError, match="longer than the largest prefill this model takes \\(17"):
+            s.prefill(list(range(18)))
+        with pytest.raises(InputError, match="the prompt is empty"):
+            s.prefill([])
+        s.prefill(list(range(1, 17)))
+        for t in range(64 - 16):
+            s.decode(t + 1)
+        with pytest.raises(InputError, match="KV cache is full \\(64"):
+            s.decode(5)
+
+
+def test_bad_files(tiny_llm, tmp_path):
+    _, d = tiny_llm
+    with pytest.raises(InputError, match="no such file"):
+        LiteRtLlm(tmp_path / "none.tflite")
+    shutil.copy(d / "fp32.tflite", tmp_path / "m.tflite")
+    with pytest.raises(InputError, match="no llm.json beside the model"):
+        LiteRtLlm(tmp_path / "m.tflite")
+    shutil.copy(d / "llm.json", tmp_path / "llm.json")
+    data = (d / "fp32.tflite").read_bytes()
+    (tmp_path / "m.tflite").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="not a valid .tflite"):
+        LiteRtLlm(tmp_path / "m.tflite")
+    with pytest.raises(InputError, match="threads must be >= 1"):
+        LiteRtLlm(d / "fp32.tflite", threads=0)

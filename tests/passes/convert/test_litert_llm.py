@@ -1,0 +1,65 @@
+"""convert.litert_llm / quantize.litert_llm: an LLM exported with prefill/decode signatures, then quantized."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.errors import PassError, RecipeError
+from edgeopt.passes.base import PassContext, build_pass
+from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama, wrap_causal_lm
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    art = wrap_causal_lm(tinyllama(TINYLLAMA_MINI), None, seq_len=16, source="zoo:tinyllama-mini")
+    d = tmp_path_factory.mktemp("llm_pass")
+    out = build_pass("convert.litert_llm", {"prefill_lens": [16, 8], "kv_cache_max_len": 48, "score_len": 16})(
+        art, PassContext(stage_dir=d / "litert"))
+    return art, out
+
+
+def test_export_is_structurally_an_llm_and_numerically_the_model(exported):
+    art, out = exported
+    from edgeopt.analyze.tflite import tflite_info
+    from edgeopt.llm.litert_session import LiteRtLlm
+
+    assert out.kind == "tflite" and out.meta["task"] == "causal-lm"
+    assert set(tflite_info(out.path)["signatures"]) == {"prefill_8", "prefill_16", "decode", "score_16"}
+    facts = json.loads((out.path.parent / "llm.json").read_text())
+    assert facts["prefill_lens"] == [8, 16] and facts["kv_cache_max_len"] == 48 and "hf_config" in facts
+    ids = [int(t) for t in (np.arange(12) * 101 + 7) % 32000]
+    with torch.no_grad():
+        ref = art.module.lm(input_ids=torch.tensor([ids])).logits[0].numpy()
+    with LiteRtLlm(out.path, threads=1) as s:
+        got = np.stack([s.prefill(ids[:6])] + [s.decode(t) for t in ids[6:11]])
+    np.testing.assert_allclose(got, ref[5:11], atol=1e-4 * np.abs(ref).max())
+
+
+def test_quantize_from_the_fp32_export(exported, tmp_path):
+    _, out = exported
+    q = build_pass("quantize.litert_llm", {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"})(
+        out, PassContext(stage_dir=tmp_path / "q"))
+    facts = json.loads((q.path.parent / "llm.json").read_text())
+    assert facts["quantize"] == "dynamic_int8" and facts["feedforward"] == "dynamic_int4_block32"
+    assert q.size_bytes < 0.4 * out.size_bytes and q.meta["llm"]["prefill_lens"] == [8, 16]
+    with pytest.raises(PassError, match="already quantized"):
+        build_pass("quantize.litert_llm", {"variant": "fp16"})(q, PassContext(stage_dir=tmp_path / "qq"))
+    assert not (tmp_path / "qq" / "model.tflite").exists()
+
+
+def test_bad_input(tiny_bert_torch, tmp_path):
+    with pytest.raises(PassError, match="not a causal LM"):
+        build_pass("convert.litert_llm", {})(tiny_bert_torch, PassContext(stage_dir=tmp_path))
+    with pytest.raises(RecipeError, match="variant"):
+        build_pass("quantize.litert_llm", {"variant": "int3"})
+    with pytest.raises(RecipeError, match="prefill"):
+        build_pass("convert.litert_llm", {"prefill_lens": [0]})
+    art = wrap_causal_lm(tinyllama(TINYLLAMA_MINI), None, seq_len=16)
+    with pytest.raises(PassError, match="must be shorter than the KV cache"):
+        build_pass("convert.litert_llm", {"prefill_lens": [64], "kv_cache_max_len": 64})(
+            art, PassContext(stage_dir=tmp_path / "x"))
+    assert not (tmp_path / "x" / "model.tflite").exists()
