@@ -17,7 +17,7 @@ OUT ?= runs/demo
 COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --all-extras --allow-unsafe -c constraints.txt --strip-extras \
 	--no-emit-index-url --no-emit-find-links --output-file $(LOCK)
 
-.PHONY: demo test install lock lock-upgrade bench clean chromium
+.PHONY: demo demo-llm test install lock lock-upgrade bench clean chromium
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgeopt demo -o $(OUT)
+
+demo-llm: $(STAMP)
+	$(VENV)/bin/edgeopt demo llm -o runs/demo-llm
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q

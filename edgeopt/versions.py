@@ -8,7 +8,8 @@ from importlib import metadata
 
 __version__ = "0.1.0"  # edgeopt's own (pyproject.toml says the same)
 
-PACKAGES = ("edgeopt", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "transformers", "numpy")
+PACKAGES = ("edgeopt", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "transformers", "numpy",
+            "ai-edge-litert", "litert-torch", "ai-edge-quantizer", "onnxruntime-genai")
 
 
 @lru_cache(maxsize=1)

@@ -221,3 +221,53 @@ def test_profile_of_a_tflite_shows_its_op_census_and_says_why(tmp_path, tiny_con
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(art.path.read_bytes()[:200])
     _one_line_error(runner.invoke(app, ["profile", str(cut)]), "cut.tflite", "not a valid .tflite file")
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_llm(tmp_path_factory):
+    """A 1-block Llama over a 16-word tokenizer, exported for LiteRT with the tokenizer beside it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from edgeopt.llm import export as E
+    from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
+
+    words = ["<unk>", "<s>", "</s>", "the", "capital", "of", "france", "is", "paris", "a", "city", "user", ":",
+             "assistant", "hello", "world"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    d = tmp_path_factory.mktemp("chat_llm")
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(d / "tok")
+    hf = tinyllama({**TINYLLAMA_MINI, "vocab_size": 16, "num_hidden_layers": 1, "eos_token_id": 2})
+    facts = E.convert(hf, d / "llm" / "model.tflite", prefill_lens=(8,), kv_cache_max_len=24, score_len=None)
+    E.write_sidecar(d / "llm", facts, d / "tok")
+    return d / "llm"
+
+
+def test_generate_streams_and_reports_timing(tiny_chat_llm):
+    r = runner.invoke(app, ["generate", str(tiny_chat_llm), "--prompt", "the capital of france is", "-n", "5",
+                            "--json", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    assert out["prompt_tokens"] == 5 and 1 <= out["new_tokens"] <= 5 and out["ttft_ms"] > 0
+    assert "LiteRT" in out["runtime"] and isinstance(out["text"], str)
+    r = runner.invoke(app, ["generate", str(tiny_chat_llm / "model.tflite"), "-p", "hello world", "-n", "3",
+                            "--temperature", "0.8", "--top-k", "5", "--seed", "1", "--threads", "1"])
+    assert r.exit_code == 0 and "tok/s decode" in r.output
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-p", "the " * 12], "longer than the largest prefill this model takes (9"),
+    (["-p", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
+    (["-p", "hi", "-n", "0"], "max_new_tokens must be >= 1"),
+])
+def test_generate_bad_input_is_one_line(tiny_chat_llm, args, match):
+    r = runner.invoke(app, ["generate", str(tiny_chat_llm), *args, "--threads", "1"])
+    assert r.exit_code != 0 and match in r.output and "Traceback" not in r.output
+
+
+def test_generate_missing_model(tmp_path):
+    r = runner.invoke(app, ["generate", str(tmp_path / "nope"), "-p", "hi"])
+    assert r.exit_code != 0 and "no such file or folder" in r.output

@@ -130,25 +130,26 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     ExportConfig, Exportable = api.export_config.ExportConfig, api.converter.ExportableModule
     plain, scoring = ExportConfig(), ExportConfig(output_logits_on_prefill=True)
     kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=plain.kvcache_layout)
-    conv = converter_utils.Converter()
-    mod = Exportable(model, export_config=plain).eval()
-    for n in lens:
-        conv.add_signature(f"prefill_{n}", mod, sample_kwargs={
-            "tokens": torch.zeros((1, n), dtype=torch.int32), "input_pos": torch.arange(n, dtype=torch.int32),
-            "kv_cache": kv})
-    conv.add_signature("decode", mod, sample_kwargs={
-        "tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros((1,), dtype=torch.int32),
-        "kv_cache": kv})
-    if score_len:
-        conv.add_signature(f"score_{score_len}", Exportable(model, export_config=scoring).eval(), sample_kwargs={
-            "tokens": torch.zeros((1, score_len), dtype=torch.int32),
-            "input_pos": torch.arange(score_len, dtype=torch.int32), "kv_cache": kv})
     from edgeopt.measure.litert import quiet_native_stderr
 
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-    try:
+    try:  # tracing loads the converter's native libraries, which print absl / oneDNN lines: held back
         with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            conv = converter_utils.Converter()
+            mod = Exportable(model, export_config=plain).eval()
+            for n in lens:
+                conv.add_signature(f"prefill_{n}", mod, sample_kwargs={
+                    "tokens": torch.zeros((1, n), dtype=torch.int32), "input_pos": torch.arange(n, dtype=torch.int32),
+                    "kv_cache": kv})
+            conv.add_signature("decode", mod, sample_kwargs={
+                "tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros((1,), dtype=torch.int32),
+                "kv_cache": kv})
+            if score_len:
+                conv.add_signature(f"score_{score_len}", Exportable(model, export_config=scoring).eval(),
+                                   sample_kwargs={"tokens": torch.zeros((1, score_len), dtype=torch.int32),
+                                                  "input_pos": torch.arange(score_len, dtype=torch.int32),
+                                                  "kv_cache": kv})
             content = conv.convert().model_content()
     except Exception as e:
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None

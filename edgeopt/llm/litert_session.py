@@ -36,13 +36,32 @@ def find_tflite(path: str | Path) -> Path:
     return p
 
 
+def weight_cache_file(path: Path) -> Path:
+    """Where XNNPACK's packed weights of `path` are kept: $EDGEOPT_CACHE/xnnpack/<hash of path, size, mtime>.xnn."""
+    import hashlib
+
+    from edgeopt.zoo.llm import cache_root
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    return cache_root().parent / "xnnpack" / f"{key}.xnn"
+
+
 class LiteRtLlm:
-    """A multi-signature LLM .tflite (prefill_<N>, decode, optional score_<L>) on `threads` XNNPACK threads."""
+    """A multi-signature LLM .tflite (prefill_<N>, decode, optional score_<L>) on `threads` XNNPACK threads.
+
+    `weight_cache` ("auto": a file under the edgeopt cache, see `weight_cache_file`; None: off) keeps XNNPACK's
+    packed weights in one memory-mapped file that every signature shares; without it each signature packs its
+    own copy. Measured on SmolLM2-135M (4 signatures): peak RSS 777 -> 348 MB for dynamic int8, 4.2 -> 3.0 GB for
+    weight-only int8 (XNNPACK runs those in fp32), the same decode speed, and a faster load once the file exists.
+    """
 
     name = "litert"
 
-    def __init__(self, path: str | Path, threads: int = 2, weight_cache: str | Path | None = None):
+    def __init__(self, path: str | Path, threads: int = 2, weight_cache: str | Path | None = "auto"):
         self.path = find_tflite(path)
+        if weight_cache == "auto":
+            weight_cache = weight_cache_file(self.path)
         self.facts = read_sidecar(self.path)
         from edgeopt.analyze.tflite import tflite_info
 

@@ -6,8 +6,9 @@ Held-out text: paragraphs of `zoo:sentences` from index 20000 on (the recipes ca
 [64:320] and fine-tune on [640:1640]), tokenized and cut into `seq_len`-token sequences; a model without a
 tokenizer (random-weight TinyLlama) gets seeded random token ids instead.
 
-The child for peak RSS: `python -m edgeopt.llm.measure MODEL --runtime litert|torch --prompt-tokens N
---decode-tokens M --threads T` loads the model, prefills N tokens, decodes M and prints {"peak_mb"} (VmHWM).
+The measuring child: `python -m edgeopt.llm.measure MODEL --runtime litert|torch|torch-int8|ortgenai
+(--prompt-file IDS.json | --prompt-tokens N) --decode-tokens M --threads T` loads the model, warms up, times one
+prefill and M greedy tokens and prints {"ttft_ms", "decode_ms", "peak_mb"} (peak_mb: VmHWM, the whole child).
 """
 
 from __future__ import annotations
@@ -200,30 +201,72 @@ def embedding_fraction(shape: dict[str, Any]) -> float:
 def peak_rss_mb(model: str | Path, runtime: str, prompt_tokens: int, decode_tokens: int, threads: int,
                 timeout_s: float = 600) -> float:
     """Peak RSS (MB) of a child that loads `model` on `runtime`, prefills `prompt_tokens` and decodes."""
-    cmd = [sys.executable, "-m", "edgeopt.llm.measure", str(model), "--runtime", runtime, "--prompt-tokens",
-           str(prompt_tokens), "--decode-tokens", str(decode_tokens), "--threads", str(threads)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise InputError(f"{model}: the peak-memory child took longer than {timeout_s:.0f} s") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise InputError(f"{model}: the peak-memory child failed: {err[-1][:200] if err else proc.returncode}")
-    return float(json.loads(lines[-1])["peak_mb"])
+    res = _run_child([str(model), "--runtime", runtime, "--prompt-tokens", str(prompt_tokens), "--decode-tokens",
+                      str(decode_tokens), "--threads", str(threads)], str(model), timeout_s)
+    return float(res["peak_mb"])
+
+
+RUNTIMES = ("litert", "torch", "torch-int8", "ortgenai")
 
 
 def open_session(model: str | Path, runtime: str, threads: int) -> LlmSession:
-    """A session of `model` on `runtime` ("litert": an exported .tflite; "torch": a Hugging Face folder)."""
+    """A session of `model` on `runtime`: "litert" (an exported .tflite), "torch" / "torch-int8" (a Hugging Face
+    folder, fp32 or dynamic int8 Linear layers), "ortgenai" (a folder built by ONNX Runtime GenAI's builder)."""
     if runtime == "litert":
         from edgeopt.llm.litert_session import LiteRtLlm
 
         return LiteRtLlm(model, threads=threads)
-    if runtime == "torch":
+    if runtime in ("torch", "torch-int8"):
         from edgeopt.llm.torch_session import load_torch_llm
 
-        return load_torch_llm(Path(model), threads=threads)
-    raise InputError(f"unknown LLM runtime {runtime!r} (litert, torch)")
+        return load_torch_llm(Path(model), threads=threads, int8=runtime == "torch-int8")
+    if runtime == "ortgenai":
+        from edgeopt.llm.ortgenai import OrtGenAiLlm
+
+        return OrtGenAiLlm(Path(model), threads=threads)
+    raise InputError(f"unknown LLM runtime {runtime!r} ({', '.join(RUNTIMES)})")
+
+
+def time_in_children(models: dict[str, tuple[str | Path, str]], prompt: Sequence[int], decode_tokens: int = 64,
+                     repeats: int = 3, threads: int = 2, advance: Callable[[], None] | None = None,
+                     timeout_s: float = 900) -> dict[str, dict[str, Any]]:
+    """TTFT, decode timing and peak RSS of each model (name -> (path, runtime)), each timed in a child process of
+    its own: runtimes never share a process (PyTorch's OpenMP workers spin between ops and slowed LiteRT and
+    ONNX Runtime sharing its process), and the rounds rotate over the models, so machine noise still hits all of
+    them alike. Each child loads its model, warms up (a prefill and 8 tokens), then times one prefill of
+    `prompt` and `decode_tokens` greedy tokens. Results as `timing`'s, plus `peak_rss_mb` (the highest VmHWM)."""
+    import tempfile
+
+    names = list(models)
+    out = {n: Timing(prompt_tokens=len(prompt)) for n in names}
+    peak = {n: 0.0 for n in names}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-llm-") as tmp:
+        pfile = Path(tmp) / "prompt.json"
+        pfile.write_text(json.dumps([int(t) for t in prompt]))
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                path, runtime = models[name]
+                res = _run_child([str(path), "--runtime", runtime, "--prompt-file", str(pfile), "--decode-tokens",
+                                  str(decode_tokens), "--threads", str(threads)], name, timeout_s)
+                out[name].ttft_ms.append(res["ttft_ms"])
+                out[name].decode_ms.extend(res["decode_ms"])
+                peak[name] = max(peak[name], res["peak_mb"])
+                if advance is not None:
+                    advance()
+    return {n: {**out[n].result(), "peak_rss_mb": peak[n]} for n in names}
+
+
+def _run_child(args: list[str], what: str, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "edgeopt.llm.measure", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{what}: the measuring child took longer than {timeout_s:.0f} s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("I0000", "WARNING: All"))]
+        raise InputError(f"{what}: the measuring child failed: {err[-1][:200] if err else proc.returncode}")
+    return json.loads(lines[-1])
 
 
 def _child(argv: list[str]) -> int:
@@ -234,20 +277,20 @@ def _child(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgeopt.llm.measure")
     ap.add_argument("model")
     ap.add_argument("--runtime", required=True)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="a random prompt of this length")
+    ap.add_argument("--prompt-file", help="a JSON list of token ids (instead of a random prompt)")
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     try:
         s = open_session(a.model, a.runtime, a.threads)
-        ids = [int(t) for t in np.random.default_rng(0).integers(3, s.vocab_size, a.prompt_tokens)]
-        logits = s.prefill(ids)
-        for _ in range(a.decode_tokens):
-            logits = s.decode(int(np.argmax(logits)))
+        ids = (json.loads(Path(a.prompt_file).read_text()) if a.prompt_file else
+               [int(t) for t in np.random.default_rng(0).integers(3, s.vocab_size, a.prompt_tokens)])
+        timed = timing({a.runtime: s}, ids, a.decode_tokens, repeats=1)[a.runtime]
     except InputError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(json.dumps({"peak_mb": maxrss_mb()}))
+    print(json.dumps({"ttft_ms": timed["ttft_ms"], "decode_ms": timed["decode_samples_ms"], "peak_mb": maxrss_mb()}))
     return 0
 
 

@@ -106,8 +106,21 @@ def _measure(sessions: dict[str, Any], measured: list[tuple[Stage, Any]], tok: A
             except EdgeoptError as e:
                 stage.warnings.append(f"probe prompt not answered: {e}")
     prompt = lm.prompt_ids(tok, spec.prompt_tokens, vocab)
-    times = lm.timing(sessions, prompt, spec.decode_tokens, spec.repeats,
-                      advance=task("LLM timing (TTFT, decode; interleaved)", spec.repeats * len(sessions)))
+    where = {name: (art.path, "litert") if art.kind == "tflite" else (_reload_source(art), "torch")
+             for name, (stage, art) in by_name.items()}
+    in_children = all(w for w, _ in where.values())
+    if in_children:  # each stage in a process of its own, rounds rotating over them (see time_in_children)
+        times = lm.time_in_children(where, prompt, spec.decode_tokens, spec.repeats, threads,
+                                    advance=task("LLM timing and peak memory (a child per stage and round)",
+                                                 spec.repeats * len(sessions)))
+        for name, (stage, _) in by_name.items():
+            if spec.memory:
+                stage.peak_rss_mb = times[name].pop("peak_rss_mb")
+            else:
+                times[name].pop("peak_rss_mb")
+    else:  # a baseline built in code cannot be reloaded by a child: all in this process, interleaved
+        times = lm.timing(sessions, prompt, spec.decode_tokens, spec.repeats,
+                          advance=task("LLM timing (TTFT, decode; interleaved)", spec.repeats * len(sessions)))
     bandwidth = lm.copy_bandwidth_gbs()
     environment["copy_bandwidth_gbs"] = round(bandwidth, 2)
     samples: dict[str, tuple[float, ...]] = {}
@@ -124,17 +137,19 @@ def _measure(sessions: dict[str, Any], measured: list[tuple[Stage, Any]], tok: A
         ceiling = bandwidth * 1e9 / max(weights, 1)
         stage.llm.update(weight_bytes_per_token=weights, bandwidth_ceiling_tok_s=ceiling,
                          bandwidth_pct=100.0 * t["decode_tok_s"] / ceiling)
-    if spec.memory:
+    if spec.memory and not in_children:
         advance = task("LLM peak memory (child per stage)", len(by_name))
         for name, (stage, art) in by_name.items():
-            where, runtime = ((art.path, "litert") if art.kind == "tflite" else (_reload_source(art), "torch"))
-            if where is None:
+            path, runtime = where[name]
+            if path is None:
                 stage.warnings.append("peak memory not measured: the baseline has no folder a child could reload "
                                       "(random weights built in code)")
             else:
                 try:
-                    stage.peak_rss_mb = lm.peak_rss_mb(where, runtime, spec.prompt_tokens, 16, threads)
+                    stage.peak_rss_mb = lm.peak_rss_mb(path, runtime, spec.prompt_tokens, 16, threads)
                 except EdgeoptError as e:
                     stage.warnings.append(f"peak memory not measured: {e}")
             advance()
+    for name, (stage, _) in by_name.items():
+        stage.llm["timed_in"] = "a child process per stage and round" if in_children else "this process, interleaved"
     return samples

@@ -131,7 +131,9 @@ def load_torch_llm(folder: str | Path, *, attn_implementation: str = "sdpa", **k
     """
     import torch  # lazy: torch is only needed when a torch session is built
     from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every load
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}: not a Hugging Face model folder (no config.json)")

@@ -147,7 +147,7 @@ def pareto_png(runs: list[tuple[str, Ledger]], x: Literal["latency_ms", "size_mb
     """Quality against latency or size: front points coloured and joined, dominated ones grey."""
     points, qtitle = F.pareto_points(runs)
     pairs = F.front_of(points, x)
-    xtitle = "latency p50 (ms)" if x == "latency_ms" else "model size (MB)"
+    xtitle = F.latency_title(runs) if x == "latency_ms" else "model size (MB)"
     fig = _figure(7.5, 4.4)
     ax = fig.subplots()
     front = sorted((p for p, on in pairs if on), key=lambda p: getattr(p, x))

@@ -159,7 +159,9 @@ def load_causal_lm(folder: Path, seq_len: int = 128, batch: int = 1, source: str
     import warnings
 
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every load
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

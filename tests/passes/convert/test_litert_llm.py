@@ -17,7 +17,9 @@ from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama, wrap_causal_lm
 def exported(tmp_path_factory):
     art = wrap_causal_lm(tinyllama(TINYLLAMA_MINI), None, seq_len=16, source="zoo:tinyllama-mini")
     d = tmp_path_factory.mktemp("llm_pass")
-    out = build_pass("convert.litert_llm", {"prefill_lens": [16, 8], "kv_cache_max_len": 48, "score_len": 16})(
+    # smoothed (SmoothQuant 0.5) first: the export must still compute the untouched model's logits
+    out = build_pass("convert.litert_llm", {"prefill_lens": [16, 8], "kv_cache_max_len": 48, "score_len": 16,
+                                            "smooth": 0.5, "smooth_sequences": 2})(
         art, PassContext(stage_dir=d / "litert"))
     return art, out
 
@@ -31,6 +33,7 @@ def test_export_is_structurally_an_llm_and_numerically_the_model(exported):
     assert set(tflite_info(out.path)["signatures"]) == {"prefill_8", "prefill_16", "decode", "score_16"}
     facts = json.loads((out.path.parent / "llm.json").read_text())
     assert facts["prefill_lens"] == [8, 16] and facts["kv_cache_max_len"] == 48 and "hf_config" in facts
+    assert facts["smooth"]["alpha"] == 0.5 and facts["smooth"]["sequences"] == 2
     ids = [int(t) for t in (np.arange(12) * 101 + 7) % 32000]
     with torch.no_grad():
         ref = art.module.lm(input_ids=torch.tensor([ids])).logits[0].numpy()
