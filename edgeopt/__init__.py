@@ -15,6 +15,10 @@ def _quiet_third_party() -> None:
     and registers enums with torch's pytree on import: both print warnings into every command's output. Its CPU
     code needs neither; the user's own setting of the variable wins. JAX's fork warning: see below."""
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    # the TensorFlow runtime inside LiteRT's converter announces its oneDNN kernels on import, through absl before
+    # absl's logging is set up (so no log level reaches it, and the line escapes fd redirection); without those
+    # kernels it stays silent, and it only folds constants while converting
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     # JAX (imported by litert-torch's converter) warns on every later fork (NNCF's and the quantizers' workers,
     # our measuring children); edgeopt never runs JAX code after a conversion, so the warning says nothing here
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)

@@ -63,6 +63,11 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it and a rename (never a half-written model)."""
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One model input: name, numpy dtype name and shape (ints, or strings for named dynamic dims)."""

@@ -143,6 +143,7 @@ def _print_run(ledger) -> None:
     if ledger.search:
         console.print(render_search(ledger))
     console.print(render_table(ledger))
+    _print_llm(ledger)
     for note in choice_notes(ledger):
         console.print(f"[dim]{note}[/dim]")
 
@@ -202,7 +203,6 @@ def demo(which: str = typer.Argument("minilm", help="minilm (the search on all-M
                       "2 threads, measured against PyTorch")
         res = _guard(run, None, recipe="llm-litert", out=out, resume=resume, console=console)
         _print_run(res.ledger)
-        _print_llm(res.ledger)
         if res.best is not None:
             console.print(f"generate with it: edgeopt generate {res.best} --prompt \"What is the capital of France?\"")
     else:

@@ -181,3 +181,29 @@ def tiny_llm(tmp_path_factory):
     E.write_sidecar(d, facts, None)
     E.quantize_file(d / "fp32.tflite", d / "int8.tflite", "dynamic_int8", hf.config)
     return hf, d
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_torch():
+    """A 1-block TinyLlama-layout causal LM (vocab 1000, random weights) as a torch Artifact (sequence 16)."""
+    from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama, wrap_causal_lm
+
+    hf = tinyllama({**TINYLLAMA_MINI, "num_hidden_layers": 1, "vocab_size": 1000})
+    return wrap_causal_lm(hf, None, seq_len=16, source="tiny-llm")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_feeds(tiny_llm_torch):
+    from edgeopt.data import random_feeds
+
+    return random_feeds(tiny_llm_torch.input_spec, 3, {"batch": 1, "sequence": 16}, seed=3, vocab=1000)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_tflite(tmp_path_factory, tiny_llm_torch):
+    """tiny_llm_torch exported by convert.litert_llm (fp32; prefill 8 and 16, score 16, a 32-position cache)."""
+    from edgeopt.passes.base import PassContext, build_pass
+
+    d = tmp_path_factory.mktemp("tiny_llm_tflite")
+    return build_pass("convert.litert_llm", {"prefill_lens": [8, 16], "kv_cache_max_len": 32, "score_len": 16})(
+        tiny_llm_torch, PassContext(stage_dir=d))

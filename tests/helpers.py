@@ -77,3 +77,22 @@ def interrupt_run(monkeypatch, cls) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cls, "run", interrupted)
+
+
+def check_session_limits(session, ids) -> None:
+    """An LlmSession made with max_cache 8 (and max_prompt 8): prompt and cache limits give one-line errors."""
+    import pytest
+
+    from edgeopt.errors import InputError
+    from edgeopt.llm.session import check_prompt
+
+    with pytest.raises(InputError, match="prompt is 9 tokens, longer than the largest prefill"):
+        session.prefill(ids[:9])
+    with pytest.raises(InputError, match="decode before prefill"):
+        session.decode(5)
+    with pytest.raises(InputError, match="exceed the KV cache"):
+        check_prompt(session, 6, max_new_tokens=3)
+    session.prefill(ids[:7])
+    session.decode(ids[7])
+    with pytest.raises(InputError, match="KV cache is full"):
+        session.decode(ids[8])

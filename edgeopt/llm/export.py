@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgeopt.artifact import write_bytes_atomic
 from edgeopt.errors import InputError, first_line
 from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, reauthor, verify
 
@@ -95,15 +95,6 @@ def ai_edge_recipe(variant: str, embedding: str = "same", attention: str = "same
     return rm.get_quantization_recipe()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128), kv_cache_max_len: int = 1024,
             score_len: int | None = 128, verify_ids: Any = None) -> dict[str, Any]:
     """Re-author `hf_model`, check it against the HF logits on `verify_ids`, and write the fp32 multi-signature
@@ -154,7 +145,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     except Exception as e:
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, bytes(content))
+    write_bytes_atomic(out, bytes(content))
     return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len),
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",
             "embedding": "same", "verification": checked,
@@ -171,7 +162,7 @@ def quantize_file(src: Path, out: Path, variant: str, hf_config: Any, embedding:
         if part != "same":
             check_variant(part, "same", shape)
     if variant == "none":
-        _write_atomic(out, Path(src).read_bytes())
+        write_bytes_atomic(out, Path(src).read_bytes())
         return
     from litert_torch.quantize import translate_recipe  # lazy: optional extra
 
@@ -185,7 +176,7 @@ def quantize_file(src: Path, out: Path, variant: str, hf_config: Any, embedding:
             content = translate_recipe.quantize_model(Path(src).read_bytes(), recipe)
     except Exception as e:
         raise InputError(f"the LiteRT quantizer failed on {variant}: {first_line(e, 200)}") from None
-    _write_atomic(out, bytes(content))
+    write_bytes_atomic(out, bytes(content))
 
 
 def write_sidecar(folder: Path, facts: dict[str, Any], tokenizer_dir: Path | None) -> None:
@@ -200,7 +191,7 @@ def write_sidecar(folder: Path, facts: dict[str, Any], tokenizer_dir: Path | Non
                 tmp = folder / f".{name}.tmp"
                 shutil.copyfile(src, tmp)
                 tmp.replace(folder / name)
-    _write_atomic(folder / LLM_JSON, json.dumps(facts, indent=1, sort_keys=True).encode())
+    write_bytes_atomic(folder / LLM_JSON, json.dumps(facts, indent=1, sort_keys=True).encode())
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

@@ -169,7 +169,8 @@ def greedy_answer(session: LlmSession, tokenizer: Any, prompt: str = PROBE_PROMP
 
 
 def copy_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
-    """Memory copy bandwidth in GB/s (bytes copied per second, best of `repeats` copies of an `mb` MB array)."""
+    """Memory copy bandwidth in GB/s (bytes copied per second, best of `repeats` copies of an `mb` MB array).
+    A copy reads and writes every byte, so the memory traffic it sustains is twice this (`ceiling_tok_s`)."""
     a = np.ones(mb << 18, dtype=np.float32)
     b = np.empty_like(a)
     best = float("inf")
@@ -178,6 +179,12 @@ def copy_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
         np.copyto(b, a)
         best = min(best, time.perf_counter() - t)
     return a.nbytes / best / 1e9
+
+
+def ceiling_tok_s(copy_gbs: float, weight_bytes: int) -> float:
+    """The decode rate memory bandwidth allows: the traffic a copy sustains (2 x bytes copied per second: each
+    byte is read and written) over the weight bytes one decode step reads."""
+    return 2 * copy_gbs * 1e9 / max(int(weight_bytes), 1)
 
 
 def weight_bytes_per_token(path: str | Path, shape: dict[str, Any] | None = None) -> int:

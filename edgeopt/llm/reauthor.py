@@ -30,8 +30,11 @@ def generative_api() -> types.SimpleNamespace:
     require("litert_torch", "re-authoring an LLM for LiteRT")
     tf_names = ("tensorflow", "tensorflow.lite", "tensorflow.lite.python", "tensorflow.lite.python.schema_py_generated")
     shimmed = [n for n in tf_names if n not in sys.modules]
+    from edgeopt.measure.litert import quiet_native_stderr
+
     if "tensorflow" in shimmed:
-        from ai_edge_litert import schema_py_generated  # lazy: part of the optional LiteRT runtime
+        with quiet_native_stderr():  # ai_edge_litert's first import prints absl / oneDNN lines
+            from ai_edge_litert import schema_py_generated  # lazy: part of the optional LiteRT runtime
 
         pkg = {n: types.ModuleType(n) for n in tf_names[:3]}
         pkg["tensorflow"].lite = pkg["tensorflow.lite"]
@@ -39,16 +42,14 @@ def generative_api() -> types.SimpleNamespace:
         pkg["tensorflow.lite.python"].schema_py_generated = schema_py_generated
         sys.modules.update(pkg)
         sys.modules["tensorflow.lite.python.schema_py_generated"] = schema_py_generated
-    from edgeopt.measure.litert import quiet_native_stderr
 
     try:
         # lazy: litert-torch is an optional extra and slow to import; its first import prints absl/oneDNN lines
-        with quiet_native_stderr():
-            import litert_torch  # noqa: F401
-        from litert_torch.generative.layers import kv_cache
-        from litert_torch.generative.layers import model_config as cfg
-        from litert_torch.generative.quantize import quant_attrs, quant_recipe, quant_recipe_utils
-        from litert_torch.generative.utilities import converter, export_config, loader, model_builder
+        with quiet_native_stderr():  # the converter's native modules print absl / oneDNN lines on import
+            from litert_torch.generative.layers import kv_cache
+            from litert_torch.generative.layers import model_config as cfg
+            from litert_torch.generative.quantize import quant_attrs, quant_recipe, quant_recipe_utils
+            from litert_torch.generative.utilities import converter, export_config, loader, model_builder
     finally:
         for n in shimmed:
             sys.modules.pop(n, None)

@@ -134,7 +134,7 @@ def _measure(sessions: dict[str, Any], measured: list[tuple[Stage, Any]], tok: A
         stage.llm.update(t)
         weights = (lm.weight_bytes_per_token(art.path, art.meta["llm"].get("shape")) if art.kind == "tflite"
                    else int(art.size_bytes))
-        ceiling = bandwidth * 1e9 / max(weights, 1)
+        ceiling = lm.ceiling_tok_s(bandwidth, weights)
         stage.llm.update(weight_bytes_per_token=weights, bandwidth_ceiling_tok_s=ceiling,
                          bandwidth_pct=100.0 * t["decode_tok_s"] / ceiling)
     if spec.memory and not in_children:

@@ -316,7 +316,8 @@ def environment_rows(ledger: Ledger) -> list[tuple[str, str]]:
         d = next((s.llm for s in ledger.stages if s.llm), None) or {}
         bw = env.get("copy_bandwidth_gbs")
         rows.append(("measurement", f"LLM: prompt {d.get('prompt_tokens', '?')} tokens, {d.get('decode_tokens', '?')} "
-                                    f"decode tokens over {d.get('repeats', '?')} repeats, interleaved; fidelity on "
+                                    f"decode tokens over {d.get('repeats', '?')} repeats, timed in "
+                                    f"{d.get('timed_in', 'one process, interleaved')}; fidelity on "
                                     f"{d.get('sequences', '?')} sequences × {d.get('seq_len', '?')} tokens"))
         rows.append(("copy bandwidth", f"{bw:.1f} GB/s" if isinstance(bw, (int, float)) else "not recorded"))
     elif m:

@@ -284,9 +284,10 @@ def llm_notes(ledger: Ledger) -> list[str]:
     threads = next((s.latency_ms.threads for s in ledger.stages if s.llm and s.latency_ms), None)
     notes = [f"Timing: TTFT = prefill of a {n or '?'}-token prompt to the first token; decode tok/s from the median "
              f"per-token time over {d.get('decode_tokens', '?')} greedy tokens ({d.get('repeats', '?')} repeats), "
-             f"all stages interleaved, {threads or '?'} threads; × vs baseline = decode tok/s over the "
+             f"{d.get('timed_in', 'all stages interleaved')}, {threads or '?'} threads; × vs baseline = decode tok/s over the "
              f"{ledger.stages[0].name} stage's."]
-    notes.append(f"Bandwidth limit: copy bandwidth {bw:.1f} GB/s ÷ weight bytes read per token; % = decode tok/s as a "
+    notes.append(f"Bandwidth limit: 2 × copy bandwidth {bw:.1f} GB/s (a copy reads and writes each byte) ÷ weight "
+                     "bytes read per token; % = decode tok/s as a "
                  f"share of it." if isinstance(bw, (int, float)) else
                  "Bandwidth limit: copy bandwidth not recorded.")
     over = [s.name for s in ledger.stages if s.llm and (s.llm.get("bandwidth_pct") or 0) > 100]
@@ -386,8 +387,9 @@ def to_markdown(ledger: Ledger) -> str:
         lines += [""] + [f"- {n}" for n in notes]
     m = ledger.recipe.get("measure", {})
     env = ledger.environment
-    how = ([f"Latency: decode ms per generated token, {m.get('threads')} intra-op threads, all stages interleaved "
-            f"in one process (see the LLM section)."] if has_llm(ledger) else
+    timed_in = next((s.llm.get("timed_in") for s in ledger.stages if s.llm), None) or "all stages interleaved"
+    how = ([f"Latency: decode ms per generated token, {m.get('threads')} intra-op threads, timed in {timed_in} "
+            f"(see the LLM section)."] if has_llm(ledger) else
            [f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
             f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
             f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs "

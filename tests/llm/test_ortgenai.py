@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cosine_rows
+from helpers import check_session_limits, cosine_rows
 
 from edgeopt.errors import InputError
 from edgeopt.llm import ortgenai
 from edgeopt.llm.ortgenai import OrtGenAiLlm, build_ortgenai
-from edgeopt.llm.session import LlmSession, check_prompt
+from edgeopt.llm.session import LlmSession
 from edgeopt.llm.torch_session import TorchLlm
 from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
 
@@ -85,16 +85,7 @@ def test_session_limits_and_threads_leave_the_folder_untouched(built):
     s = OrtGenAiLlm(fp32_dir, threads=2, max_cache=8, name="mini")
     assert (fp32_dir / "genai_config.json").read_text() == before  # threads and max_length go in by overlay
     assert s.name == "mini" and s.max_prompt == 8
-    with pytest.raises(InputError, match="prompt is 9 tokens, longer than the largest prefill"):
-        s.prefill(IDS[:9])
-    with pytest.raises(InputError, match="decode before prefill"):
-        s.decode(5)
-    with pytest.raises(InputError, match="exceed the KV cache"):
-        check_prompt(s, 6, max_new_tokens=3)
-    s.prefill(IDS[:7])
-    s.decode(IDS[7])
-    with pytest.raises(InputError, match="KV cache is full"):
-        s.decode(IDS[8])
+    check_session_limits(s, IDS)
 
 
 def test_build_refuses_bad_inputs_before_running_the_builder(tmp_path, monkeypatch):

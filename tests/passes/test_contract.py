@@ -55,10 +55,18 @@ CASES: dict[str, Case] = {
     "convert.ncnn": CNN,
     "convert.coreml": CNN,
     "convert.litert": CNN,
+    "convert.litert_llm": Case("tiny_llm_torch", "tiny_llm_feeds",
+                               {"prefill_lens": [8, 16], "kv_cache_max_len": 32, "score_len": 16}),
+    "quantize.litert_llm": Case("tiny_llm_tflite", "tiny_llm_feeds", {"variant": "dynamic_int8"}),
 }
 
 
 def _outputs(art, feeds):
+    if art.kind == "tflite" and art.meta.get("task") == "causal-lm":  # an exported LLM: teacher-forced logits
+        from edgeopt.llm.litert_session import LiteRtLlm
+
+        with LiteRtLlm(art.path, threads=1) as s:
+            return [s.score(f["input_ids"][0].tolist())[None] for f in feeds]
     if art.kind == "onnx":
         return run_onnx(art.path, feeds)
     if art.kind in ("openvino", "tflite", "ncnn"):
@@ -299,8 +307,32 @@ def _litert_converted(art, out, ctx, feeds):
     assert [p.name for p in out.path.parent.iterdir()] == ["model.tflite"]
 
 
+def _llm_exported(art, out, ctx, feeds):
+    from edgeopt.analyze.tflite import tflite_info
+
+    assert set(tflite_info(out.path)["signatures"]) >= {"prefill_8", "prefill_16", "decode", "score_16"}
+    assert (out.path.parent / "llm.json").is_file() and out.meta["task"] == "causal-lm"
+
+
+def _llm_quantized(art, out, ctx, feeds):
+    from edgeopt.analyze.tflite import tflite_info
+
+    assert "int8" in tflite_info(out.path)["weight_dtypes"] and out.size_bytes < 0.5 * art.size_bytes
+
+
+def _top1_agrees(floor: float):
+    """Next-token top-1 agreement of the output model's logits with the input's on the contract feeds."""
+
+    def check(name, art, out, ctx, ref, got):
+        agree = float(np.mean([(r.argmax(-1) == g.argmax(-1)).mean() for r, g in zip(ref, got)]))
+        assert agree >= floor, f"top-1 agreement {agree:.3f} < {floor}"
+
+    return check
+
+
 CHANGED.update({"convert.ncnn": _ncnn_converted, "convert.coreml": _coreml_converted,
-                "convert.litert": _litert_converted})
+                "convert.litert": _litert_converted, "convert.litert_llm": _llm_exported,
+                "quantize.litert_llm": _llm_quantized})
 
 
 REASON_CHECKS: dict[str, Callable[..., None]] = {
@@ -312,6 +344,8 @@ REASON_CHECKS: dict[str, Callable[..., None]] = {
     "arch.depthwise": _scored("score_after_recovery", "score_before_recovery", 0.75),
     "distill": _scored("student_score", "student_score_before", 0.9),
     "quant.qat": _scored("score_qat_onnx", 0.9, 0.9),
+    "convert.litert_llm": _top1_agrees(0.99),  # fp32: the same next tokens as the Hugging Face model
+    "quantize.litert_llm": _top1_agrees(0.8),
 }
 
 

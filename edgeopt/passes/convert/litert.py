@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from edgeopt.analyze.tflite import census_summary, op_census, tflite_info
-from edgeopt.artifact import Artifact, InputSpec, TensorSpec
+from edgeopt.artifact import Artifact, InputSpec, TensorSpec, write_bytes_atomic
 from edgeopt.data import random_feeds
 from edgeopt.errors import EdgeoptError, PassError, first_line
 from edgeopt.extras import require
@@ -140,15 +140,6 @@ def conversion_error(e: BaseException, module: Any) -> str:
     return f"convert.litert: litert-torch cannot convert the model: {type(e).__name__}: {first_line(e, 200)}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @register("convert.litert")
 class ConvertLiteRT(Pass):
     """Convert a torch model to LiteRT (`model.tflite`) with litert-torch, optionally quantized, and check it
@@ -231,7 +222,7 @@ class ConvertLiteRT(Pass):
         if cfg.quantize != "none":
             content = self._quantize(content, ctx, calibration)
         path = ctx.stage_dir / MODEL
-        _write_atomic(path, bytes(content))
+        write_bytes_atomic(path, bytes(content))
         measured = None if cfg.signatures is None else specs[0].name
         validation = self._validate(path, art, ctx, module, specs, samples)
         census = op_census(path)
