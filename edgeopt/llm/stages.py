@@ -110,6 +110,8 @@ def _measure(sessions: dict[str, Any], measured: list[tuple[Stage, Any]], tok: A
              for name, (stage, art) in by_name.items()}
     in_children = all(w for w, _ in where.values())
     if in_children:  # each stage in a process of its own, rounds rotating over them (see time_in_children)
+        for s in sessions.values():  # free this process's copies (and thread pools) before the children run
+            s.close()
         times = lm.time_in_children(where, prompt, spec.decode_tokens, spec.repeats, threads,
                                     advance=task("LLM timing and peak memory (a child per stage and round)",
                                                  spec.repeats * len(sessions)))
