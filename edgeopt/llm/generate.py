@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from edgeopt.errors import InputError, first_line
+from edgeopt.llm.measure import open_session
 from edgeopt.llm.session import LlmSession, check_prompt
 
 
@@ -248,12 +249,5 @@ def open_generator(model: str | Path, threads: int = 2) -> Generator:
     """A Generator for `model` (see `model_folder`), with the tokenizer found beside it."""
     runtime, folder = model_folder(model)
     tokenizer = load_tokenizer(folder)
-    if runtime == "litert":
-        from edgeopt.llm.litert_session import LiteRtLlm
-
-        session: Any = LiteRtLlm(model, threads=threads)
-    else:
-        from edgeopt.llm.torch_session import load_torch_llm
-
-        session = load_torch_llm(folder, threads=threads)
+    session = open_session(model if runtime == "litert" else folder, runtime, threads)
     return Generator(session, tokenizer, folder)

@@ -170,9 +170,3 @@ class QuantizeLiteRtLlm(Pass):
         meta["tokenizer"] = tok
         return _llm_artifact(ctx.stage_dir / MODEL, facts, meta, ctx)
 
-
-def llm_facts(path: str | Path) -> dict[str, Any]:
-    """llm.json beside an exported LLM, without the model config (for reports)."""
-    facts = llm_export.read_sidecar(Path(path))
-    return {k: v for k, v in facts.items() if k != "hf_config"}
-
