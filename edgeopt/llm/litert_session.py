@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeopt.errors import InputError, first_line
-from edgeopt.extras import require
 from edgeopt.llm.export import read_sidecar
 from edgeopt.llm.session import check_prompt
 from edgeopt.measure import litert as lr
@@ -85,23 +84,9 @@ class LiteRtLlm:
         if self.threads < 1:
             raise InputError(f"{self.path}: threads must be >= 1, got {threads}")
         self.label = f"LiteRT CompiledModel · XNNPACK · {self.threads} thread{'s' if self.threads > 1 else ''}"
-        cm_mod = require("ai_edge_litert.compiled_model", "the LiteRT LLM runner")
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # lazy: optional runtime
-        from ai_edge_litert.options import CpuOptions, Options
-
-        cpu = CpuOptions(num_threads=self.threads)
-        if weight_cache is not None:
-            Path(weight_cache).parent.mkdir(parents=True, exist_ok=True)
-            cpu.xnnpack_weight_cache_path = str(weight_cache)
-        if not lr._USED:
-            lr._USED.append(True)
         try:
             with lr.quiet_native_stderr():
-                self._cm = cm_mod.CompiledModel.from_file(
-                    str(self.path), environment=lr._ENVIRONMENT[0] if lr._ENVIRONMENT else None,
-                    options=Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
-                if not lr._ENVIRONMENT:
-                    lr._ENVIRONMENT.append(self._cm.environment)
+                self._cm = lr.open_compiled_model(self.path, self.threads, weight_cache)
                 self._kv = {n: self._cm.create_input_buffer_by_name("decode", n) for n in self._kv_names}
                 # new buffers hold whatever memory they got: a NaN there poisons attention (the causal mask is
                 # added, and NaN + -inf is NaN), so the cache starts as zeros

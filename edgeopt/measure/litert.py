@@ -112,6 +112,28 @@ def _dequantize(y: np.ndarray, q: dict[str, Any]) -> np.ndarray:
     return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
 
 
+def open_compiled_model(path: str | Path, threads: int, weight_cache: str | Path | None = None) -> Any:
+    """A LiteRT CompiledModel of `path` on the CPU accelerator (XNNPACK) with `threads` threads, in the LiteRT
+    environment every compiled model of this process shares; `weight_cache`: XNNPACK's packed-weight file.
+    Marks LiteRT as used (its teardown output is then silenced at exit). Call inside `quiet_native_stderr`."""
+    cm_mod = require("ai_edge_litert.compiled_model", "the LiteRT runner (compiled API)")
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # lazy: part of the optional runtime
+    from ai_edge_litert.options import CpuOptions, Options
+
+    if not _USED:
+        _USED.append(True)
+    cpu = CpuOptions(num_threads=int(threads))
+    if weight_cache is not None:
+        Path(weight_cache).parent.mkdir(parents=True, exist_ok=True)
+        cpu.xnnpack_weight_cache_path = str(weight_cache)
+    cm = cm_mod.CompiledModel.from_file(
+        str(path), environment=_ENVIRONMENT[0] if _ENVIRONMENT else None,
+        options=Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
+    if not _ENVIRONMENT:
+        _ENVIRONMENT.append(cm.environment)
+    return cm
+
+
 class LiteRtRunner:
     """A LiteRT model (.tflite) on the CPU with `threads` XNNPACK threads, running one signature.
 
@@ -181,19 +203,7 @@ class LiteRtRunner:
         self._dtypes = [np.dtype(t["dtype"]) for t in self._inputs]
 
     def _open_compiled(self, weight_cache: str | Path | None) -> None:
-        cm_mod = require("ai_edge_litert.compiled_model", "the LiteRT runner (compiled API)")
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # lazy: part of the optional runtime
-        from ai_edge_litert.options import CpuOptions, Options
-
-        cpu = CpuOptions(num_threads=self.threads)
-        if weight_cache is not None:
-            Path(weight_cache).parent.mkdir(parents=True, exist_ok=True)
-            cpu.xnnpack_weight_cache_path = str(weight_cache)
-        self._cm = cm_mod.CompiledModel.from_file(
-            str(self.path), environment=_ENVIRONMENT[0] if _ENVIRONMENT else None,
-            options=Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
-        if not _ENVIRONMENT:
-            _ENVIRONMENT.append(self._cm.environment)
+        self._cm = open_compiled_model(self.path, self.threads, weight_cache)
         self._sig_index = self._cm.get_signature_index(self.signature)
         self._in_bufs = self._cm.create_input_buffers(self._sig_index)
         self._out_bufs = self._cm.create_output_buffers(self._sig_index)

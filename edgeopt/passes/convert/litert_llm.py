@@ -165,8 +165,5 @@ class QuantizeLiteRtLlm(Pass):
             raise PassError(f"{self.name}: {e}") from None
         facts.update(quantize=cfg.variant, embedding=cfg.embedding, attention=cfg.attention,
                      feedforward=cfg.feedforward)
-        meta = dict(art.meta)
-        tok = art.meta.get("tokenizer")
-        meta["tokenizer"] = tok
-        return _llm_artifact(ctx.stage_dir / MODEL, facts, meta, ctx)
+        return _llm_artifact(ctx.stage_dir / MODEL, facts, dict(art.meta), ctx)
 
