@@ -38,11 +38,14 @@ LITERT: dict[str, dict[str, str] | None] = {
     "LiteRT fp16": {"variant": "fp16"},
     "LiteRT int4 b32 (emb int8)": {"variant": "dynamic_int4_block32", "embedding": "dynamic_int8"},
     "LiteRT int4 b32 FFN, int8 rest": {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"},
+    # the tied embedding / output layer with weight-only int8 (float activations into the logits), the rest int8
+    "LiteRT dynamic int8, wo-int8 output": {"variant": "dynamic_int8", "embedding": "weight_only_int8"},
 }
 # the same from a SmoothQuant-ed export (alpha 0.5, calibrated on 16 x 128 tokens of calibration text)
 SMOOTHED: dict[str, dict[str, str]] = {
     "LiteRT SQ dynamic int8": {"variant": "dynamic_int8"},
     "LiteRT SQ int4 b32 FFN, int8 rest": {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"},
+    "LiteRT SQ dynamic int8, wo-int8 output": {"variant": "dynamic_int8", "embedding": "weight_only_int8"},
 }
 PROBE = "The capital of France is"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -264,6 +265,68 @@ def generate(model: str = typer.Argument(..., help="an exported LLM (.tflite, or
     console.print(f"[dim]{getattr(gen.session, 'label', gen.session.name)} · prompt {st.prompt_tokens} tokens · "
                   f"TTFT {st.ttft_ms:.0f} ms ({st.prefill_tok_s:.0f} tok/s prefill) · {st.new_tokens} tokens at "
                   f"{st.decode_tok_s:.1f} tok/s decode · stopped: {st.stopped}[/dim]", highlight=False)
+
+
+@app.command()
+def diffuse(model: str = typer.Argument(..., help="zoo:sd-1.4, zoo:sd-small (random weights) or a local Stable "
+                                        "Diffusion 1.x folder (safetensors)"),
+            prompt: str = typer.Option(..., "--prompt", "-p"),
+            steps: int = typer.Option(..., "--steps", "-n", help="scheduler steps"),
+            guidance: float = typer.Option(7.5, help="classifier-free guidance scale (1 = the prompt alone)"),
+            seed: int = typer.Option(0, help="seed of the initial latents"),
+            scheduler: str = typer.Option("ddim", help="ddim, pndm or euler"),
+            size: Optional[str] = typer.Option(None, "--size", help="HxW pixels, multiples of 8 (default: the "
+                                               "model's, 512x512 for SD-1.x)"),
+            negative_prompt: str = typer.Option("", "--negative-prompt"),
+            out: Path = typer.Option(Path("image.png"), "--out", "-o", help="PNG to write"),
+            threads: int = typer.Option(2),
+            as_json: bool = typer.Option(False, "--json", help="print the timings as JSON")):
+    """Draw an image from a prompt with Stable Diffusion 1.x (PyTorch), write it as PNG, print per-component latency."""
+    from edgeopt.diffusion.sd import load_sd  # lazy: imports torch
+    from edgeopt.diffusion.text2img import check_png_path, check_settings, parse_size, save_png, text_to_image
+
+    height, width = _guard(parse_size, size) if size else (None, None)
+    _guard(check_settings, steps, guidance, scheduler, height, width)  # before a model is built
+    _guard(check_png_path, out)
+    sd = _guard(load_sd, model)
+    with _step_progress("denoising") as progress:
+        image, stats = _guard(text_to_image, sd, prompt, steps, guidance=guidance, seed=seed, height=height,
+                              width=width, negative_prompt=negative_prompt, scheduler=scheduler, progress=progress,
+                              threads=threads)
+    _guard(save_png, image, out)
+    for w in stats.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if as_json:
+        return _dump({"model": model, "image": str(out), **stats.to_dict()})
+    console.print(_diffuse_table(model, stats))
+    console.print(f"image: {out}", highlight=False)
+
+
+@contextlib.contextmanager
+def _step_progress(description: str):
+    """Yields `update(done, total)` driving a transient rich bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _diffuse_table(model: str, st):
+    """Per-component latency of one text-to-image run."""
+    from rich.table import Table
+
+    t = Table(title=f"{model} · {st.height}x{st.width} · {st.scheduler} · {st.threads} threads", title_justify="left")
+    for col, kw in (("component", {}), ("ms", {"justify": "right"}), ("", {"style": "dim"})):
+        t.add_column(col, **kw)
+    prompts = "prompt + negative prompt" if st.unet_batch == 2 else "prompt"
+    t.add_row("text encoder", f"{st.text_encoder_ms:.1f}", prompts)
+    t.add_row("UNet step", f"{st.unet_step_ms:.1f}", f"median of {st.unet_calls} calls, batch {st.unet_batch}")
+    t.add_row("UNet, all steps", f"{st.unet_total_ms:.1f}", "")
+    t.add_row("VAE decode", f"{st.vae_decode_ms:.1f}", "")
+    t.add_row("total", f"{st.total_ms:.1f}", f"peak RSS {st.peak_rss_mb:.0f} MB")
+    return t
 
 
 @app.command()

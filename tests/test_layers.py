@@ -13,7 +13,7 @@ LAYER = {
     "cli": 5, "dashboard": 5,
     "pipeline": 4, "search": 4, "steps": 4, "unet_table": 4, "recipe": 4, "__init__": 4,
     "passes": 3,
-    "report": 2, "analyze": 2, "llm": 2, "measure": 2, "kernels": 2, "ledger": 2, "data": 2,
+    "report": 2, "analyze": 2, "llm": 2, "diffusion": 2, "measure": 2, "kernels": 2, "ledger": 2, "data": 2,
     "zoo": 1, "load": 1, "export": 1, "nn": 1, "train": 1, "executor": 1,
     "artifact": 0, "target": 0, "extras": 0, "errors": 0, "versions": 0,
 }

@@ -15,6 +15,13 @@ All take q (B, nh, Tq, hs), k (B, nh, Tk, hs), v (B, nh, Tk, hv) and an optional
 - `flash`: tiled over query and key blocks with an online softmax (running max and sum, the partial output
   rescaled as the max grows); neither matrix stored: intermediates are O(q_block · (k_block + hv)).
 - `sdpa`: torch.nn.functional.scaled_dot_product_attention (PyTorch picks its CPU kernel).
+- `partial_softmax_native`, `flash_native`: the same two algorithms as single C++ kernels
+  (`edgeopt.kernels.native`: blocked over (batch, head, query block) on torch's threads, block products on
+  ATen's matmul, row reductions and exponentials in AVX2+FMA or scalar code chosen at run time); each thread
+  holds one (q_block × k_block) score block and two row vectors, and accumulates into its rows of the
+  output. Forward only: they run for float32 CPU inputs when autograd is not recording, and otherwise (or
+  where the kernels cannot be built, warned once with the reason) the Python version of the same algorithm
+  runs. Masks reach them as additive float32 (booleans become 0 / -inf).
 
 Fully masked rows (every key -inf) give NaN in naive, partial_softmax and flash alike, as softmax over all -inf
 does; PyTorch's SDPA returns zeros there. Masks from Hugging Face use the dtype's minimum instead of -inf.
@@ -35,10 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.kernels import native
 from edgeopt.kernels.checks import one_of
 from edgeopt.kernels.layer_stats import peak_intermediate_bytes as layer_peak_bytes
 
-IMPLS: tuple[str, ...] = ("naive", "partial_softmax", "flash", "sdpa")
+IMPLS: tuple[str, ...] = ("naive", "partial_softmax", "flash", "sdpa")  # the PyTorch implementations
+NATIVE_IMPLS: tuple[str, ...] = tuple(native.ATTENTION_IMPLS)  # the C++ ones (edgeopt.kernels.native)
+ALL_IMPLS: tuple[str, ...] = IMPLS + NATIVE_IMPLS
 BLOCK_FIELDS: tuple[str, ...] = ("q_block", "k_block")
 # Chosen by measurement on a 2-core AVX512 Xeon, fp32, 2 threads, 2 heads: flash at 4096 tokens, head dim 40,
 # takes 116 ms with 128/128 blocks and 38 ms with 256/512 (fewer Python-level iterations, larger products).
@@ -46,9 +56,9 @@ DEFAULT_BLOCKS: dict[str, int] = {"q_block": 256, "k_block": 512}
 
 
 def check_impls(impls: str | Iterable[str], field: str = "impls") -> tuple[str, ...]:
-    """Implementation names from IMPLS (a sequence or "naive,flash"); an unknown one is an ArgumentError (a
+    """Implementation names from ALL_IMPLS (a sequence or "naive,flash"); an unknown one is an ArgumentError (a
     ValueError) naming `field` and listing the known ones."""
-    return one_of(impls if isinstance(impls, str) else tuple(impls), IMPLS, field, "attention implementation")
+    return one_of(impls if isinstance(impls, str) else tuple(impls), ALL_IMPLS, field, "attention implementation")
 
 
 def check_impl(impl: str, field: str = "impl") -> str:
@@ -175,14 +185,57 @@ def _sdpa(q, k, v, mask, scale, blocks):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, nh, Tq, hv)
 
 
-_IMPL_FNS = {"naive": _naive, "partial_softmax": _partial_softmax, "flash": _flash, "sdpa": _sdpa}
+def _native_ops(q, k, v, mask):
+    """The native operators when they apply (float32 CPU tensors of at most 4 dims with equal batch dims,
+    autograd not recording), else None."""
+    tensors = [t for t in (q, k, v, mask) if t is not None]
+    if q.dtype != torch.float32 or any(t.device.type != "cpu" for t in tensors):
+        return None
+    if q.dim() > 4 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    return native.ops_or_warn()
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    """(..., T, d) with at most 4 dims as a (B, nh, T, d) view."""
+    return t[(None,) * (4 - t.dim())]
+
+
+def _native(impl, fallback, q, k, v, mask, scale, blocks):
+    """The native kernel of `impl` where it applies, else `fallback` (the Python version of the same algorithm)."""
+    ops = _native_ops(q, k, v, mask)
+    if ops is None:
+        return fallback(q, k, v, mask, scale, blocks)
+    m = None
+    if mask is not None:
+        if mask.dtype == torch.bool:  # True = attend -> 0, False -> -inf
+            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+        m = _as_4d(mask.expand(*q.shape[:-1], k.shape[-2]))  # (B, nh, Tq, Tk) view, broadcast dims of stride 0
+    q4, k4, v4 = (_as_4d(t).contiguous() for t in (q, k, v))  # (B, nh, Tq, hs), (B, nh, Tk, hs), (B, nh, Tk, hv)
+    kernel = getattr(ops, native.ATTENTION_IMPLS[impl])
+    y = kernel(q4, k4, v4, scale, m, blocks["q_block"], blocks["k_block"], native.use_scalar())  # (B, nh, Tq, hv)
+    return y.view(*q.shape[:-1], v.shape[-1])
+
+
+def _partial_softmax_native(q, k, v, mask, scale, blocks):
+    return _native("partial_softmax_native", _partial_softmax, q, k, v, mask, scale, blocks)
+
+
+def _flash_native(q, k, v, mask, scale, blocks):
+    return _native("flash_native", _flash, q, k, v, mask, scale, blocks)
+
+
+_IMPL_FNS = {"naive": _naive, "partial_softmax": _partial_softmax, "flash": _flash, "sdpa": _sdpa,
+             "partial_softmax_native": _partial_softmax_native, "flash_native": _flash_native}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               impl: str = "naive", scale: float | None = None, **block_sizes: int) -> torch.Tensor:
     """softmax(q k^T · scale + mask) v with the chosen implementation; returns (B, nh, Tq, hv).
 
-    `scale` defaults to hs^-0.5; `block_sizes` are `q_block` (flash) and `k_block` (partial_softmax, flash).
+    `scale` defaults to hs^-0.5; `block_sizes` are `q_block` (flash, and both native kernels) and `k_block`.
     """
     check_impl(impl)
     blocks = check_blocks(block_sizes)
@@ -202,6 +255,9 @@ def peak_intermediate_bytes(impl: str, B: int, nh: int, Tq: int, Tk: int, hs: in
     naive: scores and probabilities, 2·(Tq·Tk). partial_softmax: one score block, the p·v product and three
     row vectors, Tq·(kb + hv + 3). flash: one score block, the block accumulator and p·v product and four
     row vectors, qb·(kb + 2·hv + 4). All per (batch, head); statistics counted at max(itemsize, 4) bytes.
+    Native kernels (float32): per thread in use (torch.get_num_threads()), one qb × kb score block and two
+    row vectors, as `native.attention_workspace_bytes` sizes them (what the kernel then reports through
+    `native.workspace_bytes()`); other dtypes run the Python algorithm and get its figure.
     sdpa: None, PyTorch's kernel keeps its workspace internal (`measured_peak_intermediate_bytes` sees
     only what it returns).
     """
@@ -211,6 +267,10 @@ def peak_intermediate_bytes(impl: str, B: int, nh: int, Tq: int, Tk: int, hs: in
     s = torch.empty((), dtype=dtype).element_size()
     sa = torch.empty((), dtype=_acc_dtype(dtype)).element_size()
     bh = B * nh
+    if impl in NATIVE_IMPLS:
+        if dtype == torch.float32:
+            return native.attention_workspace_bytes(B, nh, Tq, Tk, b["q_block"], b["k_block"], torch.get_num_threads())
+        impl = impl.removesuffix("_native")
     if impl == "naive":
         return 2 * bh * Tq * Tk * s
     if impl == "partial_softmax":
@@ -228,7 +288,8 @@ def measured_peak_intermediate_bytes(impl: str, q: torch.Tensor, k: torch.Tensor
     """Peak bytes of tensors allocated (and not returned) while `attention(...)` runs, measured op by op.
 
     See `edgeopt.kernels.layer_stats.peak_intermediate_bytes`: every tensor an ATen op creates is seen;
-    workspace an op keeps inside itself (SDPA's kernel buffers) is invisible to it.
+    workspace an op keeps inside itself (SDPA's kernel buffers, the native kernels' scratch, which
+    `native.workspace_bytes()` reports) is invisible to it.
     """
     return layer_peak_bytes(lambda: attention(q, k, v, mask, impl=impl, scale=scale, **block_sizes), keep=(q, k, v, mask))
 
@@ -406,7 +467,7 @@ DIFFUSERS_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the stock proces
 
 
 class EdgeoptAttnProcessor:
-    """A diffusers attention processor that computes attention with one of IMPLS.
+    """A diffusers attention processor that computes attention with one of ALL_IMPLS.
 
     Everything around the attention product is done as diffusers' `AttnProcessor2_0` does it (spatial and
     group norm, q/k/v projections, cross-attention norm, q/k norms, output projection, residual, rescale);
@@ -482,7 +543,7 @@ def diffusers_processor_for(attn: nn.Module, impl: str, **block_sizes: int) -> E
     return EdgeoptAttnProcessor(impl, scale, **block_sizes)
 
 
-__all__ = ["IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_impls", "check_blocks",
+__all__ = ["IMPLS", "NATIVE_IMPLS", "ALL_IMPLS", "BLOCK_FIELDS", "DEFAULT_BLOCKS", "attention", "check_impl", "check_impls", "check_blocks",
            "peak_intermediate_bytes", "measured_peak_intermediate_bytes", "MultiHeadSelfAttention",
            "attention_flops", "hf_attention_forward", "register_hf_attention", "record_hf_dispatch", "use_hf_attention",
            "restore_hf_attention", "EdgeoptAttnProcessor",

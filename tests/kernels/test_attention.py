@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeopt.kernels.attention import (IMPLS, MultiHeadSelfAttention, attention, hf_attention_forward,
-                                       measured_peak_intermediate_bytes, peak_intermediate_bytes)
+from edgeopt.kernels import native
+from edgeopt.kernels.attention import (ALL_IMPLS, NATIVE_IMPLS, MultiHeadSelfAttention, attention,
+                                       hf_attention_forward, measured_peak_intermediate_bytes, peak_intermediate_bytes)
 
 _SHAPES = [  # (B, nh, Tq, Tk, hs, hv)
     (1, 1, 1, 1, 4, 4),
@@ -36,7 +37,7 @@ def _mask(kind: str, B, nh, Tq, Tk, dtype, gen):
     return m
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)  # native: float32 runs the C++ kernels, float64 their Python twins
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mask_kind", ["none", "additive", "padding", "bool", "anticausal"])
 def test_matches_naive_reference(impl, dtype, mask_kind):
@@ -54,7 +55,7 @@ def test_matches_naive_reference(impl, dtype, mask_kind):
             assert torch.allclose(y.double(), ref, atol=tol, rtol=tol), (impl, blocks, (y.double() - ref).abs().max())
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_bfloat16_stays_close(impl):
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 2, 20, 16, generator=gen) for _ in range(3))
@@ -67,7 +68,7 @@ def test_fully_masked_rows_behave_as_softmax_does():
     q = torch.randn(1, 1, 4, 4)
     mask = torch.ones(4, 4, dtype=torch.bool)
     mask[1] = False
-    for impl in ("naive", "partial_softmax", "flash"):
+    for impl in ("naive", "partial_softmax", "flash", *NATIVE_IMPLS):
         y = attention(q, q, q, mask, impl=impl, q_block=2, k_block=2)
         assert y[0, 0, 1].isnan().all() and not y[0, 0, [0, 2, 3]].isnan().any(), impl
     assert (attention(q, q, q, mask, impl="sdpa")[0, 0, 1] == 0).all()
@@ -78,13 +79,15 @@ def test_explicit_scale_and_broadcast_mask():
     q, k, v = (torch.randn(2, 2, 6, 4, generator=gen, dtype=torch.float64) for _ in range(3))
     mask = torch.randn(6, generator=gen, dtype=torch.float64)  # (Tk,) broadcasts over batch, heads and rows
     ref = torch.softmax(q @ k.transpose(-2, -1) * 0.3 + mask, dim=-1) @ v
-    for impl in IMPLS:
+    for impl in ALL_IMPLS:
         assert torch.allclose(attention(q, k, v, mask, impl=impl, scale=0.3, k_block=4), ref, atol=1e-12)
+        y = attention(q.float(), k.float(), v.float(), mask.float(), impl=impl, scale=0.3, k_block=4)
+        assert torch.allclose(y.double(), ref, atol=2e-6), impl
 
 
 def test_bad_arguments_name_the_field():
     q = torch.randn(1, 1, 4, 4)
-    known = "known: naive, partial_softmax, flash, sdpa"
+    known = "known: naive, partial_softmax, flash, sdpa, partial_softmax_native, flash_native"
     with pytest.raises(ValueError, match=f"impl: unknown attention implementation 'fast'; {known}"):
         attention(q, q, q, impl="fast")
     with pytest.raises(ValueError, match="q_block"):
@@ -110,6 +113,32 @@ def test_analytic_peak_memory_is_asymptotically_smaller_than_naive():
     assert peak_intermediate_bytes("flash", **args2) == flash
 
 
+def test_native_analytic_peak_memory_is_the_kernel_workspace():
+    args = dict(B=1, nh=8, Tq=4096, Tk=4096, hs=40)
+    blocks = {"q_block": 256, "k_block": 512}
+    for impl in NATIVE_IMPLS:
+        got = peak_intermediate_bytes(impl, **args, blocks=blocks)
+        assert got == native.attention_workspace_bytes(1, 8, 4096, 4096, 256, 512, torch.get_num_threads())
+        assert got < peak_intermediate_bytes("flash", **args, blocks=blocks)
+        # other dtypes run the Python algorithm: its figure
+        py = impl.removesuffix("_native")
+        assert (peak_intermediate_bytes(impl, **args, dtype=torch.float64, blocks=blocks)
+                == peak_intermediate_bytes(py, **args, dtype=torch.float64, blocks=blocks))
+
+
+@pytest.mark.parametrize("impl", NATIVE_IMPLS)
+def test_native_kernels_run_under_the_op_by_op_memory_tracker(impl):
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=gen) for _ in range(3))
+    blocks = {"q_block": 16, "k_block": 32}
+    assert measured_peak_intermediate_bytes(impl, q, k, v, **blocks) == 0  # its scratch is not an ATen tensor
+    with torch.inference_mode():
+        attention(q, k, v, impl=impl, **blocks)
+    assert native.workspace_bytes() == peak_intermediate_bytes(impl, 1, 2, 64, 64, 16, blocks=blocks)
+
+
 @pytest.mark.parametrize("impl", ["naive", "partial_softmax", "flash"])
 def test_measured_peak_memory_matches_the_analytic_count(impl):
     gen = torch.Generator().manual_seed(3)
@@ -129,7 +158,7 @@ def test_multi_head_self_attention_module_switches_impl():
     mask[1, ..., 7:] = float("-inf")
     with torch.no_grad():
         ref = mha(x, mask)
-        for impl in IMPLS:
+        for impl in ALL_IMPLS:
             mha.set_impl(impl, q_block=4, k_block=3)
             assert torch.allclose(mha(x, mask), ref, atol=2e-6), impl
     with pytest.raises(ValueError, match="impl"):
@@ -197,7 +226,7 @@ def test_switch_record_and_restore_through_the_public_registry():
     assert model.bert.config._attn_implementation == "sdpa" and flash._attn_implementation == "flash_attention_2"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_random_shapes_blocks_and_masks(impl, dtype):
     import random
@@ -229,7 +258,7 @@ def _diffusers_attention(**kw):
 
 
 @pytest.mark.parametrize("stock", ["AttnProcessor2_0", "AttnProcessor"])
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_diffusers_processor_matches_the_stock_processors(stock, impl):
     import diffusers.models.attention_processor as dap
 

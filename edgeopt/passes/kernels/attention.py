@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgeopt.artifact import Artifact, register_builder
+from edgeopt.kernels import native
 from edgeopt.kernels.checks import ErrorBudget, PositiveInt
 from edgeopt.passes.base import Pass, PassContext, register, torch_module_copy
 from edgeopt.passes.kernels._common import LayerSwapConfig, code_names, example_inputs, optional_example_inputs
 
-Impl = Literal["naive", "partial_softmax", "flash", "sdpa"]
+Impl = Literal["naive", "partial_softmax", "flash", "sdpa", "partial_softmax_native", "flash_native"]
 
 
 @register("kernels.attention")
@@ -33,6 +34,10 @@ class AttentionPass(Pass):
     Other attention modules (torch.nn.MultiheadAttention, grouped key/value heads, custom diffusers
     processors, ...) are left alone with the reason in ctx.notes["attention"]["skipped"].
 
+    Implementations (edgeopt.kernels.attention): naive, partial_softmax, flash, sdpa, and the C++ kernels
+    partial_softmax_native and flash_native (refused at configuration, with the reason, where they cannot be
+    built; not among the default `candidates`, so "auto" only tries them when asked).
+
     `impl` "auto" measures, per layer, on the inputs the example run gives it: the layer's latency with each
     candidate (median of interleaved runs), its relative error against the untouched layer, and the
     analytic peak bytes of the attention intermediates; it keeps the fastest candidate within
@@ -42,11 +47,21 @@ class AttentionPass(Pass):
     """
 
     class Config(LayerSwapConfig):
-        impl: Literal["naive", "partial_softmax", "flash", "sdpa", "auto"] = "auto"
+        impl: Literal["naive", "partial_softmax", "flash", "sdpa", "partial_softmax_native", "flash_native",
+                      "auto"] = "auto"
         q_block: PositiveInt = 256  # the kernels' DEFAULT_BLOCKS
         k_block: PositiveInt = 512
         candidates: tuple[Impl, ...] = Field(default=("naive", "partial_softmax", "flash", "sdpa"), min_length=1)
         max_rel_error: ErrorBudget = 1e-4
+
+        @field_validator("impl", "candidates")
+        @classmethod
+        def _native_available(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+            names = (value,) if isinstance(value, str) else value
+            reason = native.unavailable_reason() if any(n in native.ATTENTION_IMPLS for n in names) else None
+            if reason is not None:
+                raise ValueError(f"the native kernels cannot be used here: {reason}")
+            return value
 
     accepts = ("torch",)
     produces = "torch"

@@ -6,7 +6,10 @@ import inspect
 from functools import lru_cache
 from typing import Any, Literal
 
+from pydantic import field_validator
+
 from edgeopt.artifact import Artifact, register_builder
+from edgeopt.kernels import native
 from edgeopt.passes.base import Pass, PassContext, register, torch_module_copy
 from edgeopt.passes.kernels._common import KernelSwapConfig, code_names, optional_example_inputs
 
@@ -32,12 +35,23 @@ class FusedNormPass(Pass):
     With `measure` on (and example inputs present) every fused pair is measured before (norm, then the
     activation) vs after (the fused module) on the input it sees in the example run (latency, throughput,
     peak intermediate bytes, error) into ctx.notes["fused_norm"]["per_layer"].
+
+    `backend` (edgeopt.kernels.fused_norm): "eager", "compile" (torch.compile) or "native" (edgeopt's C++
+    one-pass kernel; refused at configuration, with the reason, where it cannot be built).
     """
 
     class Config(KernelSwapConfig):
-        backend: Literal["eager", "compile"] = "eager"
+        backend: Literal["eager", "compile", "native"] = "eager"
         norms: tuple[Literal["group_norm", "layer_norm"], ...] = NORM_KINDS
         trace: bool = True
+
+        @field_validator("backend")
+        @classmethod
+        def _native_available(cls, backend: str) -> str:
+            reason = native.unavailable_reason() if backend == "native" else None
+            if reason is not None:
+                raise ValueError(f"the native kernels cannot be used here: {reason}")
+            return backend
 
     accepts = ("torch",)
     produces = "torch"

@@ -10,7 +10,8 @@ from torch import nn
 
 from edgeopt.artifact import Artifact, sha256_module
 from edgeopt.errors import RecipeError
-from edgeopt.kernels.attention import HF_SPEC_ATTR, IMPLS, MultiHeadSelfAttention
+from edgeopt.kernels import native
+from edgeopt.kernels.attention import ALL_IMPLS, HF_SPEC_ATTR, IMPLS, MultiHeadSelfAttention
 from edgeopt.load import load_model
 from edgeopt.passes.base import PassContext, build_pass, get_pass
 
@@ -39,7 +40,7 @@ def _impls(module):
     return {n: m.impl for n, m in module.named_modules() if isinstance(m, MultiHeadSelfAttention)}
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_generic_layers_swapped_and_unsupported_skipped(enc_art, impl, tmp_path):
     ctx = PassContext(stage_dir=tmp_path)
     out = build_pass("kernels.attention", {"impl": impl, "q_block": 8, "k_block": 5})(enc_art, ctx)
@@ -283,6 +284,32 @@ def test_subclass_of_diffusers_attention_gets_the_processor(tmp_path):
     x = torch.randn(2, 7, 16)
     with torch.no_grad():
         assert torch.allclose(out.module(x), art.module(x), atol=1e-5)
+
+
+def test_auto_measures_the_native_candidates_when_asked(enc_art, tmp_path):
+    ctx = PassContext(stage_dir=tmp_path)
+    cands = ["flash", "partial_softmax_native", "flash_native"]
+    out = build_pass("kernels.attention", {"candidates": cands, "q_block": 8, "k_block": 8, "runs": 1})(enc_art, ctx)
+    for name, rec in ctx.notes["attention"]["layers"].items():
+        assert set(rec["measured"]) == set(cands) and rec["impl"] in cands
+        assert all(m["rel_error"] < 1e-5 for m in rec["measured"].values())
+        assert (rec["measured"]["flash_native"]["peak_intermediate_bytes"]
+                < rec["measured"]["flash"]["peak_intermediate_bytes"])
+    x = torch.randn(2, 19, 32)
+    with torch.inference_mode():
+        assert torch.allclose(out.module(x), enc_art.module(x), atol=1e-5)
+
+
+def test_native_impls_refused_in_one_line_where_they_cannot_be_built(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path))  # no cached build there
+    monkeypatch.setenv("CXX", "/no/such/c++")
+    monkeypatch.setitem(native._state, "ops", None)  # as in a process that has not loaded them
+    for cfg, field in (({"impl": "flash_native"}, "impl"), ({"candidates": ["flash", "partial_softmax_native"]},
+                                                             "candidates")):
+        with pytest.raises(RecipeError, match=f"'{field}'.*native kernels cannot be used here: no C\\+\\+ compiler") as e:
+            build_pass("kernels.attention", cfg)
+        assert "\n" not in str(e.value)
+    build_pass("kernels.attention", {"impl": "flash"})  # the others do not need it
 
 
 def test_config_errors_name_the_field():

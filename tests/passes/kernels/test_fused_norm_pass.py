@@ -9,6 +9,7 @@ from torch import nn
 
 from edgeopt.artifact import sha256_module
 from edgeopt.errors import RecipeError
+from edgeopt.kernels import native
 from edgeopt.kernels.fused_norm import GroupNormAct, LayerNormAct
 from edgeopt.load import load_model
 from edgeopt.passes.base import PassContext, build_pass
@@ -110,6 +111,28 @@ def test_functional_activation_fused_and_shared_output_left_alone(tmp_path):
     x = torch.randn(4, 5, 6)
     with torch.no_grad():
         assert torch.allclose(out.module(x), model(x), atol=1e-5)
+
+
+def test_native_backend_fuses_the_same_pairs_with_the_same_outputs(tmp_path):
+    art = load_model(_model(), {"x": torch.randn(2, 3, 8, 8)})
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.fused_norm", {"backend": "native", "runs": 1})(art, ctx)
+    fused = [m for m in out.module.modules() if isinstance(m, GroupNormAct)]
+    assert len(fused) == 4 and {m.backend for m in fused} == {"native"} and ctx.notes["fused_norm"]["backend"] == "native"
+    assert all(rec["rel_error"] < 1e-6 for rec in ctx.notes["fused_norm"]["per_layer"].values())
+    for x in (torch.randn(2, 3, 8, 8), -torch.randn(1, 3, 5, 6).abs()):
+        with torch.inference_mode():
+            assert torch.allclose(out.module(x), art.module(x), atol=1e-5)
+
+
+def test_native_backend_refused_in_one_line_where_it_cannot_be_built(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path))  # no cached build there
+    monkeypatch.setenv("CXX", "/no/such/c++")
+    monkeypatch.setitem(native._state, "ops", None)  # as in a process that has not loaded them
+    with pytest.raises(RecipeError, match=r"'backend'.*native kernels cannot be used here: no C\+\+ compiler") as e:
+        build_pass("kernels.fused_norm", {"backend": "native"})
+    assert "\n" not in str(e.value)
+    build_pass("kernels.fused_norm", {"backend": "eager"})  # the others do not need it
 
 
 def test_norm_kinds_config_and_trace_off(tmp_path):
