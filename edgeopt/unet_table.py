@@ -24,6 +24,7 @@ import torch
 from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.extras import require
 from edgeopt.kernels import checks
+from edgeopt.kernels import native as kernel_native
 from edgeopt.kernels.attention import diffusers_processor_for
 from edgeopt.kernels.layer_stats import CallRunner, peak_intermediate_bytes, relative_error
 from edgeopt.kernels.winograd import WinogradConv2d
@@ -59,13 +60,36 @@ UNET_ROWS: tuple[UNetRow, ...] = (
     UNetRow("naive attention (reference)", (("kernels.attention", {"impl": "naive"}),), reference=True,
             what="untouched model with the full score and probability matrices: the paper's starting point"),
 )
+# the same rows with the single-pass C++ kernels (edgeopt.kernels.native) where the toggle has one
+_NATIVE = {"kernels.fused_norm": {"backend": "native"},
+           "partial_softmax": "partial_softmax_native", "flash": "flash_native"}
+
+
+def unet_rows(native: bool) -> tuple[UNetRow, ...]:
+    """UNET_ROWS, with the fused-norm and attention toggles on the native C++ kernels when `native`."""
+    if not native:
+        return UNET_ROWS
+
+    def swap(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        if name == "kernels.fused_norm":
+            return {**cfg, **_NATIVE[name]}
+        if name == "kernels.attention":
+            cfg = {**cfg, "impl": _NATIVE.get(cfg["impl"], cfg["impl"])}
+            if "candidates" in cfg:
+                cfg["candidates"] = [_NATIVE.get(c, c) for c in cfg["candidates"]]
+        return cfg
+
+    return tuple(UNetRow(r.label, tuple((n, swap(n, c)) for n, c in r.passes), r.reference,
+                         r.what + (" (native C++ kernel)" if any(n != "kernels.winograd" for n, _ in r.passes)
+                                   and not r.reference else ""))
+                 for r in UNET_ROWS)
 
 
 def _choices(notes: dict[str, Any]) -> dict[str, Any]:
     """What a row's passes decided, in the form `_apply_choices` replays in a child process."""
     out: dict[str, Any] = {}
     if "fused_norm" in notes:
-        out["fused_norm"] = bool(notes["fused_norm"]["fused"])
+        out["fused_norm"] = notes["fused_norm"]["backend"] if notes["fused_norm"]["fused"] else False
     if "attention" in notes:
         out["attention"] = {n: r["impl"] for n, r in notes["attention"]["layers"].items()}
     if "winograd" in notes:
@@ -76,10 +100,12 @@ def _choices(notes: dict[str, Any]) -> dict[str, Any]:
 def _apply_choices(module: Any, choices: dict[str, Any], blocks: dict[str, int] | None = None) -> Any:
     """Replay recorded choices on a freshly built UNet: fuse norms, set attention processors, swap convs."""
     blocks = blocks or {}
-    if choices.get("fused_norm"):
+    if choices.get("fused_norm"):  # the backend name (True in tables written before there were backends)
+        backend = choices["fused_norm"] if isinstance(choices["fused_norm"], str) else "eager"
         with tempfile.TemporaryDirectory() as d:
             art = Artifact.from_module(module, InputSpec(()))
-            module = build_pass("kernels.fused_norm", {"measure": False})(art, PassContext(stage_dir=Path(d))).module
+            module = build_pass("kernels.fused_norm", {"measure": False, "backend": backend})(
+                art, PassContext(stage_dir=Path(d))).module
     for name, impl in choices.get("attention", {}).items():
         layer = module.get_submodule(name)
         layer.set_processor(diffusers_processor_for(layer, impl, **blocks))
@@ -135,7 +161,8 @@ def _unet_memory_child(arg: str) -> int:
 
 
 def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: int = 2, tune_runs: int = 3,
-               child_memory: bool = True, reference_naive: bool = True, seed: int = 0) -> dict[str, Any]:
+               child_memory: bool = True, reference_naive: bool = True, seed: int = 0,
+               native: bool | None = None) -> dict[str, Any]:
     """The techniques switched on one by one on a diffusers UNet2DConditionModel (random weights), as rows.
 
     Rows are cumulative (each adds its passes to the row above), except the naive-attention reference,
@@ -144,10 +171,13 @@ def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: in
     (activations and workspace visible to a dispatch mode, inputs and weights excluded), optionally the
     peak RSS of a child process that builds the row's model and runs one step, the output's deviation from
     the untouched model (norm-wise relative error, max abs), and the latency change against the untouched
-    row (cumulative) and against the row above.
+    row (cumulative) and against the row above. `native` (default: when the C++ kernels build here) runs the
+    fused-norm and attention toggles on `edgeopt.kernels.native`'s single-pass kernels.
     """
     for n, v in (("runs", runs), ("threads", threads), ("tune_runs", tune_runs)):
         checks.pos_int(v, n)
+    if native is None:
+        native = kernel_native.available()
     base = load_unet(size, seed)
     module, example = base.module, base.meta["example_inputs"]
     before_threads = torch.get_num_threads()
@@ -158,7 +188,7 @@ def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: in
     try:
         with tempfile.TemporaryDirectory() as tmp:
             prev, prev_choices = base, {}
-            for i, row in enumerate(r for r in UNET_ROWS if reference_naive or not r.reference):
+            for i, row in enumerate(r for r in unet_rows(native) if reference_naive or not r.reference):
                 art = base if row.reference else prev
                 notes: dict[str, Any] = {}
                 for name, cfg in row.passes:
