@@ -16,11 +16,15 @@ names them after the torch inputs; a name that is not a Python identifier is exp
 model takes quantized inputs (a fully int8 model from static quantization) and its outputs dequantized to
 float32; a model exported with a static batch runs a feed of another batch in chunks of its batch (the last
 one padded), because XNNPACK cannot reshape a graph whose shapes were fixed at conversion.
+
+Shared with every litert-torch conversion (convert.litert, diffusion.litert): `signature_name` and
+`conversion_error` (a failed conversion in one line).
 """
 
 from __future__ import annotations
 
 import atexit
+import inspect
 import keyword
 import os
 import re
@@ -99,6 +103,68 @@ def signature_name(name: str) -> str:
     if not s or s[0].isdigit() or keyword.iskeyword(s):
         s = f"_{s}"
     return s
+
+
+def _where(text: str, module: Any, marker: str) -> str | None:
+    """Where the traceback block after `marker` ends (its innermost `File "...", line N, in f` entry): the
+    submodule whose forward holds that line, the file:line and the source line."""
+    i = text.find(marker)
+    if i < 0:
+        return None
+    block = text[i + len(marker):].lstrip("\n").split("\n\n")[0]
+    found = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', block)
+    if not found:
+        return None
+    path, line_s, func, code = found[-1]
+    line = int(line_s)
+    part = None
+    spans: dict[type, tuple[str, int, int] | None] = {}  # class -> its forward's (file, first line, end)
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        if not name:
+            continue
+        if cls not in spans:
+            try:
+                lines, start = inspect.getsourcelines(cls.forward)
+                spans[cls] = (os.path.realpath(inspect.getsourcefile(cls.forward) or ""), start, start + len(lines))
+            except (OSError, TypeError):
+                spans[cls] = None
+        span = spans[cls]
+        if span and span[0] == os.path.realpath(path) and span[1] <= line < span[2]:
+            part = f"{name} ({cls.__name__}.{func})"
+            break
+    if part is None:
+        part = f"{type(module).__name__}.{func}"
+    return f"{part} at {Path(path).name}:{line} `{code.strip()[:80]}`"
+
+
+def _from_torch_export(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        f = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/torch/export/" in f or "/torch/_export/" in f:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def conversion_error(e: BaseException, module: Any, what: str) -> str:
+    """One line, starting with `what` (who converted), saying why litert-torch could not convert `module`: the op
+    it cannot lower, or the part of the model torch.export cannot trace (with the source line), else the converter's
+    own first line. Written by hand: the converter's errors carry the failing op deep inside a long message."""
+    text = str(e)
+    m = re.search(r"Lowering not found: (\S+)", text)
+    if m:
+        where = _where(text, module, "Original traceback:")
+        return f"{what}: litert-torch cannot lower op {m.group(1)}" + (f" (in {where})" if where else "")
+    if _from_torch_export(e) or "torch.export" in text:
+        where = _where(text, module, "The following call raised this error:")
+        reason = first_line(e, 200)
+        if "data-dependent" in text:
+            reason = f"data-dependent control flow ({reason})"
+        return f"{what}: torch.export cannot trace the model" + (f" in {where}" if where else "") + \
+            f": {reason}"
+    return f"{what}: litert-torch cannot convert the model: {type(e).__name__}: {first_line(e, 200)}"
 
 
 def _quantize(x: np.ndarray, dtype: np.dtype, q: dict[str, Any]) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import io
 import os
-import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from edgeopt.artifact import Artifact, InputSpec, TensorSpec, write_bytes_atomic
 from edgeopt.data import random_feeds
 from edgeopt.errors import EdgeoptError, PassError, first_line
 from edgeopt.extras import require
-from edgeopt.measure.litert import LiteRtRunner, quiet_native_stderr, signature_name
+from edgeopt.measure.litert import LiteRtRunner, conversion_error, quiet_native_stderr, signature_name
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register, torch_module_copy
 from edgeopt.passes.convert._export import FP32_REL_TOL, min_cosine, relative_error, torch_outputs
 
@@ -77,67 +76,6 @@ def _group_norm_composite(on: bool) -> Iterator[None]:
             os.environ.pop("ENABLE_GROUP_NORM_COMPOSITE", None)
         else:
             os.environ["ENABLE_GROUP_NORM_COMPOSITE"] = before
-
-
-def _where(text: str, module: Any, marker: str) -> str | None:
-    """Where the traceback block after `marker` ends (its innermost `File "...", line N, in f` entry): the
-    submodule whose forward holds that line, the file:line and the source line."""
-    i = text.find(marker)
-    if i < 0:
-        return None
-    block = text[i + len(marker):].lstrip("\n").split("\n\n")[0]
-    found = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', block)
-    if not found:
-        return None
-    path, line_s, func, code = found[-1]
-    line = int(line_s)
-    part = None
-    spans: dict[type, tuple[str, int, int] | None] = {}  # class -> its forward's (file, first line, end)
-    for name, sub in module.named_modules():
-        cls = type(sub)
-        if not name:
-            continue
-        if cls not in spans:
-            try:
-                lines, start = inspect.getsourcelines(cls.forward)
-                spans[cls] = (os.path.realpath(inspect.getsourcefile(cls.forward) or ""), start, start + len(lines))
-            except (OSError, TypeError):
-                spans[cls] = None
-        span = spans[cls]
-        if span and span[0] == os.path.realpath(path) and span[1] <= line < span[2]:
-            part = f"{name} ({cls.__name__}.{func})"
-            break
-    if part is None:
-        part = f"{type(module).__name__}.{func}"
-    return f"{part} at {Path(path).name}:{line} `{code.strip()[:80]}`"
-
-
-def _from_torch_export(e: BaseException) -> bool:
-    tb = e.__traceback__
-    while tb is not None:
-        f = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-        if "/torch/export/" in f or "/torch/_export/" in f:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def conversion_error(e: BaseException, module: Any) -> str:
-    """One line saying why litert-torch could not convert `module`: the op it cannot lower, or the part of the
-    model torch.export cannot trace (with the source line), else the converter's own first line."""
-    text = str(e)
-    m = re.search(r"Lowering not found: (\S+)", text)
-    if m:
-        where = _where(text, module, "Original traceback:")
-        return f"convert.litert: litert-torch cannot lower op {m.group(1)}" + (f" (in {where})" if where else "")
-    if _from_torch_export(e) or "torch.export" in text:
-        where = _where(text, module, "The following call raised this error:")
-        reason = first_line(e, 200)
-        if "data-dependent" in text:
-            reason = f"data-dependent control flow ({reason})"
-        return f"convert.litert: torch.export cannot trace the model" + (f" in {where}" if where else "") + \
-            f": {reason}"
-    return f"convert.litert: litert-torch cannot convert the model: {type(e).__name__}: {first_line(e, 200)}"
 
 
 @register("convert.litert")
@@ -215,7 +153,7 @@ class ConvertLiteRT(Pass):
                 edge = converter.convert()
                 content = edge.model_content()
         except Exception as e:
-            raise PassError(conversion_error(e, module)) from None
+            raise PassError(conversion_error(e, module, "convert.litert")) from None
         kept = [ln for ln in held.getvalue().splitlines() if "FutureWarning" not in ln and "return cls.__new__" not in ln]
         if kept:  # a conversion that worked keeps its own warnings
             sys.stderr.write("\n".join(kept) + "\n")
