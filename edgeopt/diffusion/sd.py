@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
+from edgeopt.zoo.unet import unet_step_class
 
 ZOO_PREFIX = "zoo:"
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -84,16 +85,8 @@ class TextEncode(nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]  # (B, T, D)
 
 
-class UNetStep(nn.Module):
-    """One UNet evaluation: latents (B, 4, h, w), timesteps (B,), text states (B, T, D) -> predicted noise."""
-
-    def __init__(self, unet: nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]  # (B, 4, h, w)
+# one UNet evaluation: latents (B, 4, h, w), timesteps (B,), text states (B, T, D) -> predicted noise
+UNetStep = unet_step_class()
 
 
 class VaeDecode(nn.Module):

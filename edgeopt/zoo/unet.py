@@ -33,7 +33,7 @@ UNET_CONFIGS["medium"] = {**UNET_CONFIGS["small"], "latent": 64,  # 4096 tokens 
 
 
 @lru_cache(maxsize=1)
-def _unet_step_class() -> type:
+def unet_step_class() -> type:
     """The wrapper class, defined on first use so that importing the zoo does not import torch."""
     import torch
     from torch import nn
@@ -76,7 +76,7 @@ def build_unet(size: str = "small", seed: int = 0) -> tuple[Any, dict[str, Any]]
     L, T, D = spec["latent"], spec["text_tokens"], spec["config"]["cross_attention_dim"]
     example = {"sample": torch.randn(1, 4, L, L, generator=gen), "timestep": torch.tensor([500]),
                "encoder_hidden_states": torch.randn(1, T, D, generator=gen)}
-    return _unet_step_class()(unet).eval(), example
+    return unet_step_class()(unet).eval(), example
 
 
 def load_unet(size: str = "small", seed: int = 0) -> Artifact:
