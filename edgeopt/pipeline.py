@@ -34,10 +34,12 @@ from edgeopt.steps import (apply_pass, cache_key, feeds_key, file_artifact, firs
 from edgeopt.recipe import PassStep, Recipe, load_recipe, parse_recipe
 from edgeopt.report.html import build_report, default_profile_stages, profile_stages
 from edgeopt.report.table import to_markdown
-from edgeopt.target import get_target
+from edgeopt.target import INT8_DOT_FLAGS, get_target
 from edgeopt.versions import versions
 
 BASELINE = "baseline"
+INT8_PASSES = ("graph.quantize_dynamic", "graph.quantize_static", "graph.quantize_mixed", "openvino.quantize", "quant.qat")
+INT8_EXPECTED = 1.5  # an INT8 stage gaining less than this over its parent on a CPU without int8 dot products is diagnosed
 
 
 @dataclass
@@ -561,8 +563,8 @@ class Pipeline:
 
     def _diagnose(self, run: RunState) -> None:
         """A diagnosis (edgeopt.analyze.diagnose) for every ONNX / OpenVINO stage that is not faster than its
-        parent beyond the measurement's spread: what changed per op, what ran in which precision, and the
-        hardware facts that explain it."""
+        parent beyond the measurement's spread, and for every INT8 stage that gains less than INT8 should
+        (`_weak_int8`): what changed per op, what ran in which precision, and the hardware facts that explain it."""
         m = self.recipe.measure
         by = {s.name: (s, a) for s, a in run.stages}
         per_turn = m.block - m.settle
@@ -576,7 +578,7 @@ class Pipeline:
                     or {art.kind, part.kind} - {"onnx", "openvino"}):
                 continue
             sp = latency.paired_speedup(a, b, per_turn=per_turn)
-            if sp.lo > 1:
+            if sp.lo > 1 and not self._weak_int8(stage, sp.ratio):
                 continue
             task = run.task(f"diagnosis ({stage.name} vs {pstage.name})", 1)
             d = diagnose(part, art, self.target, feed=run.evaluation[0], threads=m.threads,
@@ -584,6 +586,13 @@ class Pipeline:
                          parent_name=pstage.name, profile_cache=profiles)
             stage.notes["diagnosis"] = d.to_dict()
             run.advance(task)
+
+    def _weak_int8(self, stage: Stage, ratio: float) -> bool:
+        """An INT8 stage on a target without int8 dot-product instructions (VNNI, AMX, dotprod, i8mm) that gains
+        less than INT8_EXPECTED over its parent: faster, but not by what INT8 buys where the hardware has them,
+        so it is diagnosed too (the diagnosis names the missing instructions and the measured GEMM peaks)."""
+        dot = any(f in getattr(self.target, "isa", ()) for f in INT8_DOT_FLAGS)
+        return stage.pass_ in INT8_PASSES and not dot and ratio < INT8_EXPECTED
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
         if best is not None:

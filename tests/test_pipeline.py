@@ -419,3 +419,25 @@ def test_a_failed_branch_stops_only_its_own_steps(tmp_path, tiny_bert_torch, mon
     assert set(res.failed) == {"int8", "after-int8", "from-int8"}
     md = (tmp_path / "run" / "report.md").read_text()
     assert "skipped: its input stage int8 did not finish" in md
+
+
+@pytest.mark.parametrize("target, diagnosed", [("cpu-avx2", True), ("cpu-avx512-vnni", False)])
+def test_an_int8_stage_that_gains_little_without_vnni_is_diagnosed_too(tmp_path, tiny_mlp_onnx, monkeypatch, target,
+                                                                       diagnosed):
+    """1.10× is faster than its parent, but not what INT8 buys with int8 dot products: on a target without them the
+    diagnosis names the missing VNNI; on a VNNI target a faster stage is left alone."""
+    import edgeopt.pipeline as pl
+    from edgeopt.measure.latency import Speedup
+
+    recipe = {"target": target, "data": {"calibration": "random:4", "eval": "random:4"},
+              "passes": [{"graph.quantize_dynamic": {"stage": "int8"}}],
+              "measure": {"threads": 1, "warmup": 1, "runs": 6, "block": 3, "settle": 1, "pause_ms": 0,
+                          "memory": False, "energy": False}}
+    monkeypatch.setattr(pl.latency, "paired_speedup", lambda *a, **k: Speedup(1.10, 1.05, 1.15))
+    d = optimize(tiny_mlp_onnx, recipe=recipe, out=tmp_path / "run", progress=False).ledger.stage("int8").notes.get("diagnosis")
+    if diagnosed:
+        assert "1.10×" in d["summary"] and "no VNNI" in d["summary"]
+        assert any("GOP/s" in x for x in d["lines"])  # the measured int8 / fp32 GEMM peaks
+        assert "### Why int8 gains only 1.10× over baseline" in (tmp_path / "run" / "report.md").read_text()
+    else:
+        assert d is None

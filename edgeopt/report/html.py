@@ -19,8 +19,8 @@ from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
 from edgeopt.ledger import READABLE_VERSIONS, SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
-from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, llm_headers, llm_notes, llm_prompt_tokens, llm_rows,
-                                  md_columns, search_notes, search_rows, stage_rows)
+from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, diagnosis_title, llm_headers, llm_notes,
+                                  llm_prompt_tokens, llm_rows, md_columns, search_notes, search_rows, stage_rows)
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -323,7 +323,7 @@ def diagnosis_html(ledger: Ledger) -> str:
     for s in ledger.stages:
         d = s.notes.get("diagnosis")
         if d:
-            out.append(f"<h3>{_e(s.name)} vs {_e(d.get('parent', s.parent))}</h3><p>{_e(d.get('summary', ''))}</p>"
+            out.append(f"<h3>{_e(diagnosis_title(s.name, d))}</h3><p>{_e(d.get('summary', ''))}</p>"
                        "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in d.get("lines", [])) + "</ul>")
     pre = [w for s in ledger.stages for w in s.notes.get("preflight", [])]
     if pre:

@@ -69,6 +69,16 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
     return rows
 
 
+def diagnosis_title(stage: str, d: dict[str, Any]) -> str:
+    """"Why X is not faster than P", or "Why X gains only 1.10× over P" for a stage that is faster, but by less than
+    it should be (an INT8 stage on a CPU without int8 dot products)."""
+    sp = d.get("facts", {}).get("speedup") or {}
+    parent = d.get("parent")
+    if sp.get("lo", 0) > 1:
+        return f"Why {stage} gains only {sp['ratio']:.2f}× over {parent}"
+    return f"Why {stage} is not faster than {parent}"
+
+
 def choice_notes(ledger: Ledger) -> list[str]:
     """Why a faster stage was not chosen (it did not beat its parent beyond the measurement's spread) and why a
     stage is not faster than its parent (its diagnosis), one line each."""
@@ -76,7 +86,7 @@ def choice_notes(ledger: Ledger) -> list[str]:
     for s in ledger.stages:
         d = s.notes.get("diagnosis")
         if d:
-            notes.append(f"{s.name}: why no speed-up over {d.get('parent', s.parent)}: {d.get('summary', '')}")
+            notes.append(f"{diagnosis_title(s.name, d)}: {d.get('summary', '')}")
     for s in ledger.stages:
         notes += [f"preflight: {w}" for w in s.notes.get("preflight", [])]
     return notes
@@ -373,7 +383,7 @@ def to_markdown(ledger: Ledger) -> str:
     for s in ledger.stages:
         d = s.notes.get("diagnosis")
         if d:
-            lines += ["", f"### Why {s.name} is not faster than {d.get('parent', s.parent)}", "", d.get("summary", "")]
+            lines += ["", f"### {diagnosis_title(s.name, d)}", "", d.get("summary", "")]
             lines += [f"- {x}" for x in d.get("lines", [])]
     if ledger.search:
         srch = ledger.search
