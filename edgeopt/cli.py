@@ -329,6 +329,59 @@ def _diffuse_table(model: str, st):
     return t
 
 
+@app.command("finetune-diffusion")
+def finetune_diffusion(model: str = typer.Argument(..., help="zoo:digits-diffusion (with --label), new:SIZE (a fresh "
+                                                   "RGB UNet), zoo:sd-small, zoo:sd-1.4, or a Stable Diffusion or "
+                                                   "DDPM-pipeline folder (safetensors)"),
+                       images: Path = typer.Option(..., "--images", help="folder of PNG/JPEG/BMP/WebP images "
+                                                   "(only read)"),
+                       out: Path = typer.Option(..., "--out", "-o", help="output folder: new, or the run to --resume"),
+                       steps: int = typer.Option(500, "--steps", "-n", help="training steps"),
+                       lr: float = typer.Option(1e-4, help="learning rate (AdamW, constant)"),
+                       batch: int = typer.Option(4, help="images per step"),
+                       size: Optional[int] = typer.Option(None, help="image side in pixels (default: the model's; "
+                                                          "Stable Diffusion: a multiple of 8)"),
+                       seed: int = typer.Option(0, help="seed of the batches, noise and timesteps"),
+                       prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Stable Diffusion: what the "
+                                                            "images show (default 'a photo')"),
+                       label: Optional[int] = typer.Option(None, help="class-conditional models: the images' class"),
+                       resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT"),
+                       threads: int = typer.Option(2),
+                       as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
+    """Fine-tune a diffusion model's UNet on a folder of images (resumable; Ctrl-C, then --resume). Runs on the CPU,
+    so it is for small models: Stable Diffusion with real weights needs a GPU."""
+    from edgeopt.diffusion.finetune import finetune_diffusion as run  # lazy: imports torch
+
+    result = _guard(run, model, images, out, steps=steps, lr=lr, batch=batch, size=size, seed=seed, resume=resume,
+                    prompt=prompt, label=label, threads=threads)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if as_json:
+        return _dump(result.to_dict())
+    _print_finetune(result)
+
+
+def _print_finetune(result) -> None:
+    """Images used and skipped (with reasons), steps, first and last loss, and where the model is."""
+    d = result.to_dict()
+    kind = "Stable Diffusion, UNet only" if result.kind == "stable-diffusion" else "UNet2DModel"
+    console.print(f"fine-tuned {result.model} ({kind}) on {len(result.images)} images of {result.size}x{result.size}",
+                  highlight=False)
+    if result.skipped:
+        console.print(f"skipped {len(result.skipped)} files:", highlight=False)
+        for path, reason in result.skipped[:10]:
+            console.print(f"  {path.name}: {reason}", highlight=False, soft_wrap=True)
+        if len(result.skipped) > 10:
+            console.print(f"  … and {len(result.skipped) - 10} more (--json lists them all)", highlight=False)
+    done = "already finished" if result.resumed_from == result.steps else f"{result.seconds:.1f} s" + (
+        f", resumed at step {result.resumed_from}" if result.resumed_from else "")
+    console.print(f"steps {result.steps} ({done}) · loss {d['loss_first_10pct']:.4f} → {d['loss_last_10pct']:.4f} "
+                  "(mean of the first / last 10% of steps)", highlight=False, soft_wrap=True)
+    use = (f"edgeopt diffuse {result.out} -p {json.dumps(result.prompt)} -n 25" if result.kind == "stable-diffusion"
+           else f"diffusers.DDPMPipeline.from_pretrained({str(result.out)!r})")
+    console.print(f"model: {result.out}  ({use})", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def report(runs: list[Path] = typer.Argument(..., help="run directories (or their ledger.json files)"),
            out: Path = typer.Option(Path("report.html"), "--out", "-o"),

@@ -197,7 +197,7 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 @contextlib.contextmanager
-def _progress_task(progress: Any, description: str, total: int):
+def progress_task(progress: Any, description: str, total: int):
     """Yields `update(n, info)`: a task on `progress` (a rich Progress, e.g. the pipeline's), on a transient
     bar of our own when progress is True (or None and stderr is a terminal), or nothing when it is False."""
     own = None
@@ -266,7 +266,7 @@ def fit(model: Any, data: TensorData, cfg: TrainConfig | None = None, *, loss_fn
             result.best_score, result.best_epoch = float(score_fn(model)), 0
             best_state = copy.deepcopy(model.state_dict())
         since_best = 0
-        with _progress_task(progress, description, total) as update:
+        with progress_task(progress, description, total) as update:
             for epoch in range(1, cfg.epochs + 1):
                 model.train()
                 losses = []

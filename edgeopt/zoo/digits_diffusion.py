@@ -58,16 +58,23 @@ class DenoiserConfig(BaseModel):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     snr_gamma: float | None = Field(default=5.0, gt=0, description="min-SNR-γ weighting of the loss per timestep "
                                     "(Hang et al. 2023); None: the plain mean squared error")
+    scheduler_config: dict[str, Any] | None = Field(
+        default=None, description="a diffusers DDPMScheduler config to noise by instead of num_train_timesteps and "
+        "beta_schedule (a pretrained model's own schedule, e.g. Stable Diffusion's scaled_linear betas)")
     seed: int = 0
     checkpoint_every: int = Field(default=250, ge=1, description="steps between checkpoints")
     threads: int | None = Field(default=None, ge=1)
 
     def key(self) -> dict[str, Any]:
-        """The fields that change the trained weights (cache keys, checkpoint checks)."""
-        return self.model_dump(exclude={"threads", "checkpoint_every"})
+        """The fields that change the trained weights (cache keys, checkpoint checks); scheduler_config only when
+        set, so that the keys of configs without one stay what they were."""
+        unset = {"scheduler_config"} if self.scheduler_config is None else set()
+        return self.model_dump(exclude={"threads", "checkpoint_every"} | unset)
 
     def noise_schedule(self) -> dict[str, Any]:
         """The diffusers scheduler config this training's noise levels follow (the sampler needs the same)."""
+        if self.scheduler_config is not None:
+            return dict(self.scheduler_config)
         return {"num_train_timesteps": self.num_train_timesteps, "beta_schedule": self.beta_schedule,
                 "prediction_type": "epsilon"}
 
@@ -132,8 +139,10 @@ def _lr_at(cfg: DenoiserConfig, step: int) -> float:
 def _check_data(images: Any, labels: Any) -> None:
     if images.dim() != 4 or images.shape[0] == 0 or not images.is_floating_point():
         raise InputError(f"training images must be a non-empty float batch (N, C, H, W), got shape {tuple(images.shape)}")
-    if labels is not None and (labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point()):
-        raise InputError(f"labels must be integers, one per image ({images.shape[0]}), got shape {tuple(labels.shape)}")
+    n = images.shape[0]
+    if labels is not None and (labels.shape[:1] != (n,) or (labels.dim() == 1 and labels.is_floating_point())):
+        raise InputError(f"labels must be one per image ({n}): class labels (N,) as integers or per-image "
+                         f"conditioning such as text states (N, T, D), got shape {tuple(labels.shape)}")
 
 
 def _save_checkpoint(path: Path, model: Any, opt: Any, ema: dict[str, Any] | None, gen: Any, losses: list[float],
@@ -190,9 +199,11 @@ def train_denoiser(model: Any, images: Any, labels: Any = None, cfg: DenoiserCon
                    description: str = "training denoiser") -> DenoiseResult:
     """Train `model(noisy, timestep, labels) -> predicted noise` in place with the noise-prediction loss.
 
-    Each step draws a batch of `images` ((N, C, H, W) in [-1, 1]; `labels` (N,) int or None) with replacement,
+    Each step draws a batch of `images` ((N, C, H, W): pixels in [-1, 1], or a VAE's latents) with replacement,
     Gaussian noise and uniform timesteps from one seeded generator, noises the batch with diffusers'
-    `DDPMScheduler.add_noise` and minimizes the MSE to the noise (AdamW, warm-up then cosine). With `checkpoint`
+    `DDPMScheduler.add_noise` (the schedule of `cfg.noise_schedule()`) and minimizes the MSE to the noise (AdamW,
+    warm-up then cosine). `labels` is the model's third input per image: class labels (N,) int, any other
+    conditioning with one row per image (e.g. Stable Diffusion's text states (N, T, D)), or None. With `checkpoint`
     (a .safetensors path), the model, optimizer, EMA weights, generator state and losses are saved every
     `cfg.checkpoint_every` steps and at the end, and a run finds its checkpoint and resumes from it, giving the
     same weights as an uninterrupted run. `stop_at` ends this run after that step (the schedule still spans
@@ -205,7 +216,11 @@ def train_denoiser(model: Any, images: Any, labels: Any = None, cfg: DenoiserCon
     cfg = cfg or DenoiserConfig()
     _check_data(images, labels)
     end = cfg.steps if stop_at is None else max(0, min(cfg.steps, stop_at))
-    noise_sched = diffusers.DDPMScheduler(**cfg.noise_schedule())
+    noise_sched = diffusers.DDPMScheduler.from_config(cfg.noise_schedule())
+    if noise_sched.config.prediction_type != "epsilon":
+        raise InputError(f"the noise schedule predicts {noise_sched.config.prediction_type!r}; this loop trains "
+                         "noise prediction (epsilon) only")
+    timesteps = int(noise_sched.config.num_train_timesteps)
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)  # (T,)
     weight = snr.clamp(max=cfg.snr_gamma) / snr if cfg.snr_gamma else torch.ones_like(snr)  # (T,) min-SNR-γ
     params = [p for p in model.parameters() if p.requires_grad]
@@ -220,14 +235,14 @@ def train_denoiser(model: Any, images: Any, labels: Any = None, cfg: DenoiserCon
     result = DenoiseResult(resumed_from=len(losses))
     t0 = time.perf_counter()
     n = int(images.shape[0])
-    with tr.torch_threads(cfg.threads), tr._progress_task(progress, description, cfg.steps) as update:
+    with tr.torch_threads(cfg.threads), tr.progress_task(progress, description, cfg.steps) as update:
         update(len(losses), info="(resumed)" if losses else "")
         model.train()
         for step in range(len(losses), end):
             idx = torch.randint(n, (cfg.batch_size,), generator=gen)
             x0 = images[idx]  # (B, C, H, W)
             noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
+            t = torch.randint(0, timesteps, (cfg.batch_size,), generator=gen)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step)
             opt.zero_grad(set_to_none=True)
@@ -280,13 +295,13 @@ def sample_images(model: Any, n: int, shape: tuple[int, int, int], labels: Any =
         raise InputError(f"sampling needs steps > 0 and at least one image, got steps={steps}, n={n}")
     module = _step_module(model)
     sched_cls = diffusers.DDIMScheduler if scheduler == "ddim" else diffusers.DDPMScheduler
-    sched = sched_cls(**(noise_schedule or DenoiserConfig().noise_schedule()))
+    sched = sched_cls.from_config(noise_schedule or DenoiserConfig().noise_schedule())
     if steps > sched.config.num_train_timesteps:
         raise InputError(f"steps={steps} exceeds the {sched.config.num_train_timesteps} training timesteps")
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *shape), generator=gen)  # (n, C, H, W)
-    with torch.no_grad(), tr._progress_task(progress, f"sampling ({scheduler}, {steps} steps)", steps) as update:
+    with torch.no_grad(), tr.progress_task(progress, f"sampling ({scheduler}, {steps} steps)", steps) as update:
         for t in sched.timesteps:
             eps = module(x, t.expand(n), labels)  # (n, C, H, W)
             x = sched.step(eps, t, x, generator=gen).prev_sample if scheduler == "ddpm" else sched.step(eps, t, x).prev_sample

@@ -89,6 +89,33 @@ def test_checkpoint_of_other_settings_or_bad_data_is_one_line(tmp_path, train_da
         dd.train_denoiser(dd.build_denoiser(TINY), x[:10], y[:9], CFG, progress=False)
 
 
+def test_a_given_noise_schedule_and_per_image_conditioning_train(train_data):
+    x, _ = train_data
+    assert "scheduler_config" not in CFG.key(), "configs without one keep their cache keys"
+    sd_like = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    cfg = CFG.model_copy(update={"steps": 2, "scheduler_config": sd_like})
+    assert cfg.key()["scheduler_config"] == sd_like and cfg.noise_schedule() == sd_like
+    seen = []
+
+    class Conditioned(torch.nn.Module):  # takes (B, T, D) states as its third input, as Stable Diffusion's UNet does
+        def __init__(self):
+            super().__init__()
+            self.inner = dd.build_denoiser(dict(TINY, num_class_embeds=None))
+
+        def forward(self, sample, t, states):
+            seen.append(tuple(states.shape))
+            return self.inner(sample, t)
+
+    states = torch.randn(1, 5, 3).expand(x.shape[0], -1, -1)  # one prompt's states for every image
+    result = dd.train_denoiser(Conditioned(), x, states, cfg, progress=False)
+    assert result.steps == 2 and seen == [(CFG.batch_size, 5, 3)] * 2
+    with pytest.raises(InputError, match="one per image"):
+        dd.train_denoiser(Conditioned(), x, torch.zeros(x.shape[0]), cfg, progress=False)  # float class labels
+    with pytest.raises(InputError, match="predicts 'v_prediction'; this loop trains noise prediction"):
+        dd.train_denoiser(Conditioned(), x, states, cfg.model_copy(
+            update={"scheduler_config": {**sd_like, "prediction_type": "v_prediction"}}), progress=False)
+
+
 def test_sampling_is_seeded_for_ddim_and_ddpm(trained):
     model, _ = trained
     labels = [0, 3, 9]
