@@ -27,7 +27,7 @@ from edgeopt.kernels import checks
 from edgeopt.kernels import native as kernel_native
 from edgeopt.kernels.attention import diffusers_processor_for
 from edgeopt.kernels.layer_stats import CallRunner, peak_intermediate_bytes, relative_error
-from edgeopt.kernels.winograd import WinogradConv2d
+from edgeopt.kernels.winograd import WinogradConv2d, candidate_name
 from edgeopt.measure.kernels import SCHEMA, p10_p90, versions
 from edgeopt.measure.latency import measure_interleaved
 from edgeopt.measure.memory import maxrss_mb
@@ -61,17 +61,18 @@ UNET_ROWS: tuple[UNetRow, ...] = (
             what="untouched model with the full score and probability matrices: the paper's starting point"),
 )
 # the same rows with the single-pass C++ kernels (edgeopt.kernels.native) where the toggle has one
-_NATIVE = {"kernels.fused_norm": {"backend": "native"},
+_NATIVE = {"kernels.fused_norm": {"backend": "native"}, "kernels.winograd": {"backend": "native"},
            "partial_softmax": "partial_softmax_native", "flash": "flash_native"}
 
 
 def unet_rows(native: bool) -> tuple[UNetRow, ...]:
-    """UNET_ROWS, with the fused-norm and attention toggles on the native C++ kernels when `native`."""
+    """UNET_ROWS, with the fused-norm, attention and Winograd toggles on the native C++ kernels when `native`
+    (the Winograd row tunes F2/F4 on the native kernel, F6 on PyTorch ops)."""
     if not native:
         return UNET_ROWS
 
     def swap(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        if name == "kernels.fused_norm":
+        if name in ("kernels.fused_norm", "kernels.winograd"):
             return {**cfg, **_NATIVE[name]}
         if name == "kernels.attention":
             cfg = {**cfg, "impl": _NATIVE.get(cfg["impl"], cfg["impl"])}
@@ -80,8 +81,7 @@ def unet_rows(native: bool) -> tuple[UNetRow, ...]:
         return cfg
 
     return tuple(UNetRow(r.label, tuple((n, swap(n, c)) for n, c in r.passes), r.reference,
-                         r.what + (" (native C++ kernel)" if any(n != "kernels.winograd" for n, _ in r.passes)
-                                   and not r.reference else ""))
+                         r.what + (" (native C++ kernel)" if r.passes and not r.reference else ""))
                  for r in UNET_ROWS)
 
 
@@ -92,8 +92,10 @@ def _choices(notes: dict[str, Any]) -> dict[str, Any]:
         out["fused_norm"] = notes["fused_norm"]["backend"] if notes["fused_norm"]["fused"] else False
     if "attention" in notes:
         out["attention"] = {n: r["impl"] for n, r in notes["attention"]["layers"].items()}
-    if "winograd" in notes:
-        out["winograd"] = dict(notes["winograd"]["replaced"])
+    if "winograd" in notes:  # name -> tile, or [tile, backend] off the PyTorch-ops backend
+        backends = notes["winograd"].get("backends", {})
+        out["winograd"] = {n: t if backends.get(n, "torch") == "torch" else [t, backends[n]]
+                           for n, t in notes["winograd"]["replaced"].items()}
     return out
 
 
@@ -110,7 +112,8 @@ def _apply_choices(module: Any, choices: dict[str, Any], blocks: dict[str, int] 
         layer = module.get_submodule(name)
         layer.set_processor(diffusers_processor_for(layer, impl, **blocks))
     for name, tile in choices.get("winograd", {}).items():
-        module.set_submodule(name, WinogradConv2d(module.get_submodule(name), int(tile)))
+        tile, backend = (tile, "torch") if isinstance(tile, int) else tile
+        module.set_submodule(name, WinogradConv2d(module.get_submodule(name), int(tile), backend))
     return module
 
 
@@ -125,7 +128,7 @@ def _summarize_notes(notes: dict[str, Any]) -> str:
         parts.append("attention " + ", ".join(f"{k}×{v}" for k, v in sorted(c.items())))
     if "winograd" in notes:
         w = notes["winograd"]
-        c = Counter(f"F{t}" for t in w["replaced"].values())
+        c = Counter(candidate_name(t, w.get("backends", {}).get(n, "torch")) for n, t in w["replaced"].items())
         parts.append("Winograd " + (", ".join(f"{k}×{v}" for k, v in sorted(c.items())) or "none")
                      + f"; direct kept ×{len(w['kept_direct'])}; skipped ×{len(w['skipped'])}")
     return "; ".join(parts)

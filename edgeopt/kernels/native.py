@@ -1,9 +1,10 @@
 """Loader of the native CPU kernels in `edgeopt/kernels/csrc/`: compiled once, cached, with a one-line reason when not.
 
 Written by hand: the kernels (GroupNorm/LayerNorm + activation in one pass, partially fused softmax and
-FlashAttention-style attention; fp32, forward only) are a small C++ extension that
-`torch.utils.cpp_extension` compiles with the system C++ compiler and ninja. They are registered as the
-operators `torch.ops.edgeopt_native.*` and choose AVX2+FMA or plain C++ at run time, per call.
+FlashAttention-style attention, Winograd F(2×2 / 4×4, 3×3) convolution; fp32, forward only) are a small
+C++ extension that `torch.utils.cpp_extension` compiles with the system C++ compiler and ninja. They are
+registered as the operators `torch.ops.edgeopt_native.*` and choose AVX2+FMA or plain C++ at run time,
+per call.
 
 The build lives in the edgeopt cache (`$EDGEOPT_CACHE`, else ~/.cache/edgeopt) under `native/<key>/`, where
 the key hashes the sources, the compile flags, the torch version and the machine type, so a changed source
@@ -27,7 +28,7 @@ from typing import Any
 from edgeopt.errors import EdgeoptError, first_line
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES: tuple[str, ...] = ("norm.cpp", "attention.cpp", "ops.cpp")
+SOURCES: tuple[str, ...] = ("norm.cpp", "attention.cpp", "winograd.cpp", "ops.cpp")
 HEADERS: tuple[str, ...] = ("vec.h", "kernels.h")
 CFLAGS: tuple[str, ...] = ("-O3", "-fopenmp")  # -fopenmp: at::parallel_for runs on torch's OpenMP threads
 NAMESPACE = "edgeopt_native"
@@ -35,6 +36,8 @@ LOCK_TIMEOUT_S = 1800.0
 # attention implementation names (edgeopt.kernels.attention, kernels.attention pass) -> the operator computing it
 ATTENTION_IMPLS: dict[str, str] = {"partial_softmax_native": "partial_softmax_attention",
                                    "flash_native": "flash_attention"}
+WINOGRAD_TILES: tuple[int, ...] = (2, 4)  # the output tiles m the native Winograd kernel computes
+WINOGRAD_FEW_TILES = 16  # winograd.cpp kFewTiles: below this many tiles its GEMM runs transposed
 _LIB_VERSION = 1  # bump when the way the library is built or loaded changes
 
 _state: dict[str, Any] = {"ops": None, "error": None, "info": None, "warned": False}
@@ -282,6 +285,39 @@ def attention_workspace_bytes(B: int, nh: int, Tq: int, Tk: int, q_block: int, k
     return chunks * 4 * (qb * (-(-kb // 8) * 8) + 2 * qb)
 
 
+def winograd_conv2d(x: Any, U: Any, bias: Any, padding: tuple[int, int, int, int], m: int,
+                    scalar: bool | None = None) -> Any:
+    """3×3 convolution of x (N, C_in, H, W) as Winograd F(m×m, 3×3), m in WINOGRAD_TILES, stride 1, groups 1.
+
+    U (α², C_out, C_in) holds the transformed weights G g G^T (`WinogradConv2d.weight_transformed`), bias
+    (C_out) or None, `padding` the zero padding (left, right, top, bottom). Returns (N, C_out, Ho, Wo).
+    """
+    return load().winograd_conv2d(x, U, bias, [int(p) for p in padding], int(m), use_scalar(scalar))
+
+
+def winograd_matrices(m: int) -> tuple[Any, Any]:
+    """The float32 (A^T, B^T) of F(m×m, 3×3) compiled into the native kernel, shapes (m, α) and (α, α)."""
+    return tuple(load().winograd_matrices(int(m)))
+
+
+def winograd_workspace_bytes(input_shape: tuple[int, ...], c_out: int, m: int,
+                             padding: tuple[int, int, int, int], threads: int) -> int:
+    """Scratch bytes `winograd_conv2d` allocates at its peak, as the C++ code sizes them: the transformed tiles
+    V (α², C_in, P) and, during the GEMM, the products M (α², C_out, P) (P = N·th·tw tiles); before the GEMM
+    each parallel chunk (one per thread in use, over the N·C_in planes) holds one padded plane instead of M.
+    Below WINOGRAD_FEW_TILES tiles the GEMM computes M^T, copied into M's layout: both exist at once."""
+    N, C, H, W = (int(s) for s in input_shape)
+    left, right, top, bottom = padding
+    th, tw = -(-(H + top + bottom - 2) // m), -(-(W + left + right - 2) // m)
+    a2, P, items = (m + 2) ** 2, N * th * tw, N * C
+    if N == 0 or c_out == 0:
+        return 0
+    chunks = 0 if items == 0 else 1 if items == 1 or threads <= 1 else -(-items // -(-items // threads))
+    plane = (th * m + 2) * m * ((-(-tw // 8)) * 8 + 1)
+    products = a2 * c_out * P * (2 if P < WINOGRAD_FEW_TILES else 1)  # few tiles: M^T and its transposed copy
+    return 4 * (a2 * C * P + max(chunks * plane, products))
+
+
 def workspace_bytes() -> int:
     """Scratch bytes (all threads' buffers together) the last native kernel call in this process allocated."""
     return int(load().workspace_bytes())
@@ -289,4 +325,5 @@ def workspace_bytes() -> int:
 
 __all__ = ["NativeUnavailable", "ATTENTION_IMPLS", "SOURCES", "HEADERS", "CFLAGS", "build_key", "build_dir", "unavailable_reason",
            "load", "available", "ensure_built", "ops_or_warn", "build_info", "attention_workspace_bytes", "use_scalar", "group_norm_act", "layer_norm_act",
-           "partial_softmax_attention", "flash_attention", "workspace_bytes"]
+           "partial_softmax_attention", "flash_attention", "WINOGRAD_TILES", "WINOGRAD_FEW_TILES", "winograd_conv2d",
+           "winograd_matrices", "winograd_workspace_bytes", "workspace_bytes"]

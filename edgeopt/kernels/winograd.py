@@ -18,6 +18,13 @@ overlapping α×α tiles (stride m) and transforms them in one op, a stride-m co
 the rows of B^T ⊗ B^T (no `unfold`, so a swapped model exports to ONNX as Conv/MatMul/Reshape/Transpose);
 does the element-wise stage as α² batched matrix products over channels; transforms back with one matrix
 product by A^T ⊗ A^T and crops.
+
+Backends of the module: "torch" (the PyTorch ops above; exports to ONNX, any dtype, autograd) and "native"
+(`edgeopt.kernels.native.winograd_conv2d`, F2 and F4 only: one C++ pass writes the transformed input tiles
+straight into the (α², C_in, tiles) layout, ATen's batched GEMM does the products, one pass transforms the
+output tiles back with the bias and the crop; AVX2+FMA or scalar, fp32, inference). The native backend runs
+for float32 CPU inputs when autograd is not recording and no export or compile is tracing the module; anything
+else takes the "torch" path, which computes the same convolution.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.kernels import native
 from edgeopt.kernels.checks import error_budget as check_error_budget
 from edgeopt.kernels.checks import one_of, pos_int
 from edgeopt.kernels.layer_stats import capture_inputs, relative_error, time_interleaved
 
 TILES: tuple[int, ...] = (2, 4, 6, 8)
+BACKENDS: tuple[str, ...] = ("torch", "native")
 R = 3  # filter size the module supports (the transforms work for any r)
 
 Matrix = tuple[tuple[Fraction, ...], ...]
@@ -132,20 +141,36 @@ def winograd_supported(conv: Any) -> tuple[bool, str]:
     return True, ""
 
 
+def check_backend(backend: str, m: int) -> str:
+    """`backend` when it can compute tile `m` (ValueError naming the field otherwise); "native" also needs the
+    C++ kernels to load here (NativeUnavailable with the one-line reason otherwise)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "native":
+        if m not in native.WINOGRAD_TILES:
+            raise ValueError(f"backend: the native kernel computes F{' and F'.join(map(str, native.WINOGRAD_TILES))}"
+                             f", not F{m}")
+        native.load()
+    return backend
+
+
 class WinogradConv2d(nn.Module):
     """A 3×3, stride-1, groups-1 Conv2d computed as Winograd F(m×m, 3×3) (any padding and padding mode).
 
     Built from an `nn.Conv2d`; its weights are transformed once here (in float64, then cast), so later changes
     to the source conv are not seen. Buffers: `weight_transformed` (α², C_out, C_in) and `bias` (C_out) or None.
+    `backend` "torch" or "native" (module docstring); "native" fails here, with the reason, where the C++
+    kernels cannot be built.
     """
 
-    def __init__(self, conv: nn.Conv2d, m: int = 4):
+    def __init__(self, conv: nn.Conv2d, m: int = 4, backend: str = "torch"):
         super().__init__()
         self.train(conv.training)  # a swap keeps the model's train/eval mode
         ok, why = winograd_supported(conv)
         if not ok:
             raise ValueError(f"conv: cannot run as Winograd: {why}")
         one_of((m,), TILES, "m", "tile")
+        self.backend = check_backend(backend, m)
         self.m, self.r, self.alpha = m, R, m + R - 1
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.padding_mode = conv.padding_mode
@@ -168,7 +193,18 @@ class WinogradConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, tile=F({self.m}x{self.m},3x3), pad={self.pad}, "
-                f"padding_mode={self.padding_mode!r}")
+                f"padding_mode={self.padding_mode!r}, backend={self.backend!r}")
+
+    def _native_ops(self, x: torch.Tensor) -> Any | None:
+        """The native operators when they apply to this call (module docstring), else None."""
+        if self.backend != "native" or x.dtype != torch.float32 or x.device.type != "cpu":
+            return None
+        if self.weight_transformed.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        if (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting()):
+            return None
+        return native.ops_or_warn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, a = self.m, self.alpha
@@ -176,6 +212,10 @@ class WinogradConv2d(nn.Module):
         if self.padding_mode != "zeros" and any(self.pad):
             x = F.pad(x, self.pad, mode=self.padding_mode)  # (N, C_in, Hp, Wp)
             left = right = top = bottom = 0
+        ops = self._native_ops(x)
+        if ops is not None:  # (N, C_out, Ho, Wo) in one native call
+            return ops.winograd_conv2d(x.contiguous(), self.weight_transformed, self.bias,
+                                       [left, right, top, bottom], m, native.use_scalar())
         C = x.shape[1]
         Ho = x.shape[2] + top + bottom - self.r + 1
         Wo = x.shape[3] + left + right - self.r + 1
@@ -198,14 +238,16 @@ class WinogradConv2d(nn.Module):
             Y = Y + self.bias.view(1, -1, 1, 1)  # (N, C_out, Ho, Wo)
         return Y
 
-    def extra_bytes(self, input_shape: Sequence[int]) -> dict[str, int]:
+    def extra_bytes(self, input_shape: Sequence[int], threads: int | None = None) -> dict[str, int]:
         """Memory beyond direct convolution for one input of `input_shape` (N, C_in, H, W), in bytes.
 
-        `weights`: transformed weights minus the original 3×3 weights. `tiles`: the peak of the buffers the
-        forward holds at once, in its order: padded input X and transformed tiles V; V twice (the
-        convolution's output and its (α², C_in, P) copy); V and the products M (α², C_out, P); M and the
-        output tiles Y (m², C_out, P); Y and its (N, C_out, th·m, tw·m) copy (plus the reflect/replicate/
-        circular padded input, for those modes, while it is padded again).
+        `weights`: transformed weights minus the original 3×3 weights. `tiles`, "torch" backend: the peak of
+        the buffers the forward holds at once, in its order: padded input X and transformed tiles V; V twice
+        (the convolution's output and its (α², C_in, P) copy); V and the products M (α², C_out, P); M and
+        the output tiles Y (m², C_out, P); Y and its (N, C_out, th·m, tw·m) copy (plus the reflect/replicate/
+        circular padded input, for those modes, while it is padded again). "native" backend: the kernel's
+        scratch at its peak (`native.winograd_workspace_bytes` on `threads`, default the current intra-op
+        threads; plus the padded input of a non-zero padding mode).
         """
         N, C, H, W = input_shape
         left, right, top, bottom = self.pad
@@ -218,7 +260,13 @@ class WinogradConv2d(nn.Module):
         first = N * C * (H + top + bottom) * (W + left + right) if self.padding_mode != "zeros" and any(self.pad) else 0
         V, M, Y = a2 * C * P, a2 * Co * P, m2 * Co * P
         weights = (a2 - 9) * C * Co * s
-        tiles = max(first + X, X + V, 2 * V, V + M, M + Y, 2 * Y) * s
+        if self.backend == "native" and s == 4:
+            pad = (0, 0, 0, 0) if first else self.pad
+            shape = (N, C, H + top + bottom, W + left + right) if first else (N, C, H, W)
+            tiles = first * s + native.winograd_workspace_bytes(shape, Co, self.m, pad,
+                                                                threads or torch.get_num_threads())
+        else:
+            tiles = max(first + X, X + V, 2 * V, V + M, M + Y, 2 * Y) * s
         return {"weights": int(weights), "tiles": int(tiles), "total": int(weights + tiles)}
 
 
@@ -235,17 +283,31 @@ def check_tuner_args(tiles: str | Sequence[Any], error_budget: Any, runs: Any) -
     return check_tiles(tiles)
 
 
+def candidate_name(tile: int, backend: str) -> str:
+    """The tuner's name of a Winograd candidate: "F4" (PyTorch ops) or "F4-native"."""
+    return f"F{tile}" + ("-native" if backend == "native" else "")
+
+
+def candidate_backend(tile: int, backend: str) -> str:
+    """The backend a tile runs on when `backend` is asked for: "native" only for the tiles it computes."""
+    return "native" if backend == "native" and tile in native.WINOGRAD_TILES else "torch"
+
+
 def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int] = TILES, error_budget: float = 1e-5,
-               runs: int = 5, threads: int | None = None, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+               runs: int = 5, threads: int | None = None, warmup: int = 1, seed: int = 0,
+               backend: str = "torch") -> dict[str, Any]:
     """Measure direct convolution against each Winograd tile on one layer and pick the fastest within budget.
 
-    For each candidate ("direct", "F2", "F4", ...): exact multiplications (one input, element-wise stage),
-    their ratio to direct, median latency in ms (interleaved runs with `threads` intra-op threads, or the
-    current setting), extra memory in bytes and the norm-wise relative error (`relative_error`) against a
-    float64 reference on a seeded random input. Tiles over `error_budget` are refused with the reason; the
-    choice is the fastest accepted candidate ("direct" is always accepted).
+    For each candidate ("direct", "F2", "F4", ...; with `backend` "native" the tiles the C++ kernel computes
+    run on it, named "F2-native", "F4-native"): its tile and backend, exact multiplications (one input,
+    element-wise stage), their ratio to direct, median latency in ms (interleaved runs with `threads`
+    intra-op threads, or the current setting), extra memory in bytes and the norm-wise relative error
+    (`relative_error`) against a float64 reference on a seeded random input. Tiles over `error_budget` are
+    refused with the reason; the choice is the fastest accepted candidate ("direct" is always accepted).
     """
     tiles = check_tuner_args(tiles, error_budget, runs)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4:
         raise ValueError(f"input_shape: expected (N, C_in, H, W), got {shape}")
@@ -253,8 +315,8 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
                            "threads": int(threads or torch.get_num_threads()), "runs": runs}
     ok, why = winograd_supported(conv)
     if not ok:
-        return {**out, "supported": False, "reason": why, "choice": "direct", "tile": None, "candidates": {},
-                "refused": {}}
+        return {**out, "supported": False, "reason": why, "choice": "direct", "tile": None, "backend": None,
+                "candidates": {}, "refused": {}}
     if shape[1] != conv.in_channels:
         raise ValueError(f"input_shape: {shape[1]} channels, the conv takes {conv.in_channels}")
     gen = torch.Generator().manual_seed(seed)
@@ -265,15 +327,17 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
     direct_mults = layer_multiplications(conv.in_channels, c_out, h_out, w_out, None) * shape[0]
     mods: dict[str, nn.Module] = {"direct": conv}
     for t in tiles:
-        mods[f"F{t}"] = WinogradConv2d(conv, t)
+        b = candidate_backend(t, backend)
+        mods[candidate_name(t, b)] = WinogradConv2d(conv, t, b)
     cands: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         for name, mod in mods.items():
-            tile = None if name == "direct" else int(name[1:])
+            tile = None if name == "direct" else mod.m
             mults = layer_multiplications(conv.in_channels, c_out, h_out, w_out, tile) * shape[0]
-            extra = {"weights": 0, "tiles": 0, "total": 0} if tile is None else mod.extra_bytes(shape)
-            cands[name] = {"tile": tile, "multiplications": mults, "flops_ratio": direct_mults / mults,
-                           "extra_bytes": extra, "rel_error": relative_error(mod(x), ref)}
+            extra = {"weights": 0, "tiles": 0, "total": 0} if tile is None else mod.extra_bytes(shape, threads)
+            cands[name] = {"tile": tile, "backend": None if tile is None else mod.backend, "multiplications": mults,
+                           "flops_ratio": direct_mults / mults, "extra_bytes": extra,
+                           "rel_error": relative_error(mod(x), ref)}
     lat = time_interleaved({k: (lambda mod=mod: mod(x)) for k, mod in mods.items()}, runs=runs, warmup=warmup,
                            threads=threads)
     refused: dict[str, str] = {}
@@ -284,13 +348,15 @@ def tune_layer(conv: nn.Conv2d, input_shape: Sequence[int], tiles: Sequence[int]
             refused[name] = f"relative error {c['rel_error']:.2e} > budget {error_budget:.0e}"
     best = min((n for n, c in cands.items() if c["accepted"]), key=lambda n: cands[n]["latency_ms"])
     return {**out, "supported": True, "reason": "", "output_shape": list(ref.shape), "candidates": cands,
-            "refused": refused, "choice": best, "tile": cands[best]["tile"],
+            "refused": refused, "choice": best, "tile": cands[best]["tile"], "backend": cands[best]["backend"],
             "speedup": cands["direct"]["latency_ms"] / cands[best]["latency_ms"]}
 
 
 def tune_model(model: nn.Module, example_input: Any, tiles: Sequence[int] = TILES, error_budget: float = 1e-5,
-               runs: int = 5, threads: int | None = None, warmup: int = 1) -> dict[str, dict[str, Any]]:
-    """`tune_layer` for every Conv2d of `model`, at the input shape each sees when `model` runs `example_input`.
+               runs: int = 5, threads: int | None = None, warmup: int = 1,
+               backend: str = "torch") -> dict[str, dict[str, Any]]:
+    """`tune_layer` (with `backend`) for every Conv2d of `model`, at the input shape each sees when `model` runs
+    `example_input`.
 
     Returns {module name: tune_layer result}; ineligible convs and convs the example never reaches are
     listed with `supported: False` and the reason.
@@ -302,8 +368,8 @@ def tune_model(model: nn.Module, example_input: Any, tiles: Sequence[int] = TILE
     for name, conv in convs.items():
         if name not in shapes:
             results[name] = {"supported": False, "reason": "not reached by the example input", "choice": "direct",
-                             "tile": None, "candidates": {}, "refused": {}}
+                             "tile": None, "backend": None, "candidates": {}, "refused": {}}
             continue
         results[name] = tune_layer(conv, shapes[name], tiles=tiles, error_budget=error_budget, runs=runs,
-                                   threads=threads, warmup=warmup)
+                                   threads=threads, warmup=warmup, backend=backend)
     return results

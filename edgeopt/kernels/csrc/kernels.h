@@ -6,6 +6,7 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <tuple>
 
 #include "vec.h"
 
@@ -27,6 +28,14 @@ at::Tensor partial_softmax_attention(const at::Tensor& q, const at::Tensor& k, c
                                      bool scalar);
 at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                            const std::optional<at::Tensor>& mask, int64_t q_block, int64_t k_block, bool scalar);
+
+// Winograd F(m×m, 3×3) convolution, m = 2 or 4: x (N, C_in, H, W), U (α², C_out, C_in) the transformed
+// weights G g G^T (α = m + 2, index k·α + l for the row k and column l of the α×α tile), bias (C_out) or
+// none, zero padding (left, right, top, bottom); stride 1, dilation 1, groups 1. Forward only.
+at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& U, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef padding, int64_t m, bool scalar);
+// The (A^T, B^T) matrices winograd_conv2d uses for F(m×m, 3×3), shapes (m, α) and (α, α).
+std::tuple<at::Tensor, at::Tensor> winograd_matrices(int64_t m);
 
 // Bytes of scratch memory (every thread's buffers together) the last kernel call in this process allocated.
 int64_t workspace_bytes();

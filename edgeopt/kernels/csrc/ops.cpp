@@ -18,6 +18,8 @@ TORCH_LIBRARY(edgeopt_native, m) {
         "int k_block, bool scalar=False) -> Tensor");
   m.def("flash_attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? mask, int q_block, int k_block, "
         "bool scalar=False) -> Tensor");
+  m.def("winograd_conv2d(Tensor x, Tensor U, Tensor? bias, int[] padding, int m, bool scalar=False) -> Tensor");
+  m.def("winograd_matrices(int m) -> (Tensor, Tensor)", &edgeopt::winograd_matrices);
   m.def("workspace_bytes() -> int", &edgeopt::workspace_bytes);
   m.def("cpu_isa() -> str", &cpu_isa);
 }
@@ -27,4 +29,5 @@ TORCH_LIBRARY_IMPL(edgeopt_native, CPU, m) {
   m.impl("layer_norm_act", &edgeopt::layer_norm_act);
   m.impl("partial_softmax_attention", &edgeopt::partial_softmax_attention);
   m.impl("flash_attention", &edgeopt::flash_attention);
+  m.impl("winograd_conv2d", &edgeopt::winograd_conv2d);
 }

@@ -156,3 +156,83 @@ def test_fixed_tile_over_the_error_budget_is_refused(tmp_path):
     assert ctx.notes["winograd"]["replaced"] == {}
     assert "exceeds the error budget" in ctx.notes["winograd"]["skipped"]["0"]
     assert isinstance(out.module[0], nn.Conv2d)
+
+
+@pytest.fixture(scope="module")
+def native_ops():
+    """The compiled native kernels; skipped only where there is no C++ compiler (or they are turned off)."""
+    import os
+    import shutil
+
+    from edgeopt.kernels import native
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the native kernels cannot be built here")
+    reason = native.unavailable_reason()
+    if reason is not None and "EDGEOPT_NATIVE" in reason:
+        pytest.skip(reason)
+    return native.load()
+
+
+def test_native_backend_is_recorded_and_rebuilt(native_ops, cnn_art, tmp_path):
+    from edgeopt.artifact import Artifact
+
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.winograd", {"tile": 4, "backend": "native", "runs": 1})(cnn_art, ctx)
+    notes = ctx.notes["winograd"]
+    assert notes["replaced"] == {"0": 4, "9": 4} and notes["backend"] == "native"
+    assert notes["backends"] == {"0": "native", "9": "native"}
+    assert {r["after"] for r in notes["per_layer"].values()} == {"F4-native"}
+    assert all(r["rel_error"] < 1e-5 and r["extra_bytes"]["tiles"] > 0 for r in notes["per_layer"].values())
+    assert all(m.backend == "native" for m in out.module.modules() if isinstance(m, WinogradConv2d))
+    x = torch.randn(3, 3, 14, 14)
+    with torch.no_grad():
+        assert torch.allclose(out.module(x), cnn_art.module(x), atol=1e-5)
+    saved = out.save_weights(tmp_path / "saved", cnn_art.sha256)  # resume: rebuilt with the native backend
+    back = Artifact.from_weights(saved.path, cnn_art)
+    assert [m.backend for m in back.module.modules() if isinstance(m, WinogradConv2d)] == ["native", "native"]
+
+
+def test_native_auto_tunes_native_tiles_and_refuses_other_fixed_tiles(native_ops, cnn_art, tmp_path):
+    ctx = PassContext(stage_dir=tmp_path)
+    build_pass("kernels.winograd", {"tile": "auto", "tiles": [2, 4, 6], "backend": "native", "runs": 1,
+                                    "threads": 1, "measure": False})(cnn_art, ctx)
+    notes = ctx.notes["winograd"]
+    for name in ("0", "9"):
+        assert set(notes["tuning"][name]["candidates"]) == {"direct", "F2-native", "F4-native", "F6"}
+    for name, tile in notes["replaced"].items():
+        assert notes["backends"][name] == ("native" if tile in (2, 4) else "torch")
+    with pytest.raises(RecipeError, match="'backend'.*computes tiles 2 and 4, not tile 6"):
+        build_pass("kernels.winograd", {"tile": 6, "backend": "native"})
+
+
+def test_native_backend_keeps_a_unet_within_the_error_budget(native_ops, tmp_path):
+    pytest.importorskip("diffusers")
+    from edgeopt.kernels.layer_stats import relative_error
+    from edgeopt.zoo.unet import build_unet
+
+    module, example = build_unet("tiny", seed=0)
+    art = load_model(module, example)
+    with torch.no_grad():
+        ref = module(*example.values())
+    ctx = PassContext(stage_dir=tmp_path)
+    out = build_pass("kernels.winograd", {"tile": 4, "backend": "native", "measure": False})(art, ctx)
+    swapped = [m for m in out.module.modules() if isinstance(m, WinogradConv2d)]
+    assert len(swapped) > 10 and all(m.backend == "native" for m in swapped)
+    with torch.no_grad():
+        y = out.module(*example.values())
+    assert relative_error(y, ref) < 1e-5  # the pass's default error budget
+
+
+def test_native_backend_exports_to_onnx_through_the_pytorch_ops(native_ops, cnn_art, tmp_path):
+    import numpy as np
+    from helpers import run_onnx
+
+    swapped = build_pass("kernels.winograd", {"tile": 4, "backend": "native", "measure": False})(
+        cnn_art, PassContext(stage_dir=tmp_path / "w"))
+    onnx_art = build_pass("convert.onnx", {})(swapped, PassContext(stage_dir=tmp_path / "onnx"))
+    x = np.random.default_rng(1).standard_normal((2, 3, 14, 14)).astype(np.float32)
+    (y,) = run_onnx(onnx_art.path, [{"x": x}])
+    with torch.no_grad():
+        ref = cnn_art.module(torch.from_numpy(x)).numpy()
+    assert np.abs(y - ref).max() < 1e-4
