@@ -1,10 +1,11 @@
-"""The Streamlit page of `edgeopt dashboard`: compare runs and stages, per-layer view, background runs, live toggles,
-and for LLM runs a prompt box that generates on a chosen stage with a live tokens/s meter.
+"""The Streamlit page of `edgeopt dashboard`: compare runs and stages, per-layer view, background runs, live toggles
+(on one model, or on a diffusion model that draws an image per run), and for LLM runs a prompt box that generates on
+a chosen stage with a live tokens/s meter.
 
 Started by edgeopt.dashboard.serve as `streamlit run app.py -- --run DIR ... [--root DIR] [--workdir DIR]`.
-All logic sits in edgeopt.dashboard.state / worker / live / llm; this file only lays out widgets. Long work runs
-in background jobs and a polling fragment shows their progress (for generation: the text so far and the meter),
-so the page never blocks.
+All logic sits in edgeopt.dashboard.state / worker / live / llm / diffusion; this file only lays out widgets. Long
+work runs in background jobs and a polling fragment shows their progress (for generation: the text so far and the
+meter), so the page never blocks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import streamlit as st
 
+from edgeopt.dashboard import diffusion as D
 from edgeopt.dashboard import live as L
 from edgeopt.dashboard import llm as G
 from edgeopt.dashboard import state as S
@@ -67,7 +69,7 @@ def session() -> S.Session:
     ss = st.session_state
     if "edgeopt" not in ss:
         ss["edgeopt"] = S.Session(config())
-        ss["worker"] = Worker(serial=("live", "llm"))
+        ss["worker"] = Worker(serial=("live", "llm", "diffusion"))
         ss["seen_done"] = set()
         ss["profiles"] = {}
         ss["run_jobs"] = []
@@ -338,6 +340,11 @@ def runtime_picker(kind: str) -> str:
 
 def tab_live(sess: S.Session) -> None:
     ss = st.session_state
+    mode = st.radio("Live", ["Toggle a model", "Diffusion"], key="live-mode", horizontal=True,
+                    captions=["time toggle combinations against the plain model", "draw an image per run"])
+    if mode == "Diffusion":
+        tab_diffusion(sess)
+        return
     st.markdown("Toggle optimizations on one model; each change is built (once) and timed against the plain "
                 "model in the same interleaved run.")
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
@@ -415,6 +422,123 @@ def tab_live(sess: S.Session) -> None:
     fig.update_layout(title="latency p50 by configuration (latest of each)", yaxis_title="ms", height=360,
                       template="plotly_white", margin={"t": 50, "b": 40})
     st.plotly_chart(fig, width="stretch", key="live-chart")
+
+
+# ---------------------------------------------------------------------------------------- live diffusion
+
+def diffusion_bench(source: str, kind: str) -> D.DiffusionBench:
+    """The session's bench for `source` (a new one, dropping the old model and its copies, when it changes)."""
+    ss = st.session_state
+    bench: D.DiffusionBench | None = ss.get("diffusion_bench")
+    if bench is None or bench.source != source:
+        if bench is not None:
+            bench.close()
+        bench = D.DiffusionBench(source, kind)
+        ss["diffusion_bench"] = bench
+    return bench
+
+
+def _ms(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.1f} ms"
+
+
+def tab_diffusion(sess: S.Session) -> None:
+    """Pick a diffusion model and the optimizations, press Run: the image, per-component latency and memory, and
+    the earlier runs of this model in a table (the image is compared with the untouched run of the same inputs)."""
+    ss = st.session_state
+    st.markdown("Switch the paper's kernel optimizations on or off and draw an image. The toggles apply to the UNet "
+                "(and the Stable Diffusion VAE decoder) as the `kernels.*` passes, on a copy of the untouched model "
+                "built once per toggle set; one run at a time.")
+    c1, c2 = st.columns([2, 3])
+    choice = c1.selectbox("Model", [*D.MODELS, D.LOCAL_SD], key="diff-model",
+                          format_func=lambda k: f"{k} — {D.MODELS[k]}" if k in D.MODELS else k)
+    source, digits = choice, choice == D.DIGITS
+    if choice == D.LOCAL_SD:
+        source = c2.text_input("Stable Diffusion 1.x folder (diffusers layout, safetensors)", key="diff-folder",
+                               placeholder="path inside an open folder")
+    if digits:
+        digit = c2.selectbox("Digit", list(range(10)), index=7, key="diff-digit")
+    else:
+        prompt = st.text_input("Prompt", value="a photo of an astronaut riding a horse on mars", key="diff-prompt",
+                               max_chars=D.MAX_PROMPT_CHARS)
+    t = st.columns(3)
+    fused = t[0].toggle("Fused GroupNorm+SiLU", key="diff-fused", help="kernels.fused_norm: norm and activation in "
+                        "one pass (edgeopt's C++ kernel where it builds)")
+    attention = t[1].selectbox("Attention", ["off", *D.ATTENTION], key="diff-attention",
+                               format_func=lambda k: D.ATTENTION.get(k, "untouched (PyTorch SDPA)"),
+                               help="kernels.attention: partially fused softmax (the probabilities never stored) or "
+                                    "FlashAttention-style tiles")
+    winograd = t[2].toggle("Winograd F(4×4, 3×3)", key="diff-winograd",
+                           help="kernels.winograd on the 3×3 convolutions (layers over the error budget stay direct)")
+    c = st.columns(6)
+    kind = "digits" if digits else "sd"
+    steps = c[0].number_input("steps", value=20 if digits else 10, step=1, key=f"diff-steps-{kind}")
+    seed = c[1].number_input("seed", value=0, step=1, key="diff-seed")
+    threads = c[2].number_input("threads", value=2, step=1, key="diff-threads")
+    scheduler = c[3].selectbox("scheduler", D.SCHEDULERS[kind], key=f"diff-sched-{kind}")
+    guidance, size = 7.5, 0
+    if not digits:
+        guidance = c[4].number_input("guidance", value=7.5, step=0.5, key="diff-guidance")
+        size = c[5].number_input("size (px; 0: the model's own)", value=0, step=8, key="diff-size")
+    tensor_memory = st.checkbox("peak tensor memory of one UNet step (one more step, watched op by op)", value=True,
+                                key="diff-tensors")
+    if st.button("Run", key="diff-go", type="primary"):
+        running = worker().active("diffusion")
+        if running:
+            st.error(f"busy: {running[0].label} is still running; run again when it has finished")
+        else:
+            try:
+                req = D.diffusion_request(source, steps, seed, prompt="" if digits else prompt,
+                                          digit=digit if digits else 0, guidance=guidance, size=size,
+                                          scheduler=scheduler, threads=threads, fused_norm=fused,
+                                          attention=None if attention == "off" else attention, winograd=winograd,
+                                          tensor_memory=tensor_memory, allowed=sess.config.allowed)
+                bench = diffusion_bench(req.source, req.kind)
+                ss["diffusion_job"] = worker().submit(D.generation_job(bench, req), "diffusion",
+                                                      f"{req.source}: {req.toggles.label}, {req.steps} steps")
+                st.rerun()
+            except InputError as e:
+                st.error(str(e))
+    job_panel("diffusion", "diffusion")
+    show_job_outcome(ss.get("diffusion_job"))
+    bench = ss.get("diffusion_bench")
+    if bench is None or not bench.history:
+        st.caption("Nothing drawn yet: choose the toggles and press Run (the first run loads the model).")
+        return
+    show_diffusion_run(bench)
+
+
+def show_diffusion_run(bench: D.DiffusionBench) -> None:
+    run = bench.history[-1]
+    ref = bench.untouched_for(run)
+    st.markdown(f"**Latest: {run.label}** — {run.request.source}, {run.request.what}, {run.request.steps} steps, "
+                f"seed {run.request.seed}, {run.request.threads} threads")
+    pics = st.columns([1, 1, 3])
+    pics[0].image(D.to_png(run.image, side=256), caption=run.label)
+    if ref is not None and ref is not run:
+        pics[1].image(D.to_png(ref.image, side=256), caption="untouched, same inputs")
+    with pics[2]:
+        m = st.columns(4)
+        m[0].metric("text encoder", _ms(run.text_encoder_ms))
+        m[1].metric("UNet step (median)", _ms(run.unet_step_ms), delta=f"{run.unet_calls} calls", delta_color="off")
+        m[2].metric("VAE decode", _ms(run.vae_decode_ms))
+        speedup = run.speedup_vs_untouched
+        m[3].metric("total", _ms(run.total_ms), delta_color="off",
+                    delta=None if speedup is None else f"{speedup:.2f}× vs untouched")
+        m = st.columns(4)
+        m[0].metric("peak RSS", f"{run.peak_rss_mb:,.0f} MB")
+        m[1].metric("weights", f"{sum(run.weights_mb.values()):,.1f} MB")
+        m[2].metric("UNet step tensors", "—" if run.tensor_peak_mb is None else f"{run.tensor_peak_mb:,.2f} MB")
+        m[3].metric("max |Δ| vs untouched", "—" if run.max_abs_vs_untouched is None else
+                    f"{run.max_abs_vs_untouched} / 255")
+    st.caption(f"What changed: {run.changes or 'nothing (untouched model)'}"
+               + (f" (built in {run.build_s:.1f} s)" if run.build_s else "")
+               + ". Peak RSS is the server process's peak during the run, the model included; weights per component: "
+               + ", ".join(f"{k} {v:,.1f} MB" for k, v in run.weights_mb.items())
+               + ". One run each: the notebook notebooks/diffusion.ipynb times configurations interleaved.")
+    for note in run.notes:
+        st.warning(note)
+    st.dataframe(D.history_rows(bench.history), hide_index=True, width="stretch")
 
 
 # ---------------------------------------------------------------------------------------- generate (LLM runs)
