@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeopt.errors import InputError
 from edgeopt.measure.latency import LatencyStats
 
-SCHEMA_VERSION = 2
-# versions this edgeopt reads: 1 lacks the optional `llm` stage field (added in 2), so it loads as is
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# versions this edgeopt reads: 1 lacks the optional `llm` stage field (added in 2), 1 and 2 the optional `diffusion`
+# field (added in 3), so they load as they are
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class Latency(LatencyStats):
@@ -66,6 +67,9 @@ class Stage(BaseModel):
     # an LLM stage's figures (edgeopt.llm.measure): prompt_tokens, ttft_ms, prefill_tok_s, decode_tok_s,
     # decode_ms_p50/p90, decode_tokens, top1_agreement, kl, ppl, ppl_ref, answer, bandwidth_pct, runtime, ...
     llm: dict[str, Any] | None = None
+    # a diffusion stage's figures (edgeopt.diffusion.stages): whole_run_ms, unet_step_ms, text_encoder_ms,
+    # vae_decode_ms (medians over interleaved rounds), tensor_peak_mb, weights_mb, psnr, ssim, accuracy, fd, images, ...
+    diffusion: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     cache_key: str | None = None
 

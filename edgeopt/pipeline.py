@@ -15,6 +15,8 @@ from edgeopt.analyze.diagnose import diagnose
 from edgeopt.analyze.flops import total_flops
 from edgeopt.analyze.preflight import preflight
 from edgeopt.artifact import FILE_KINDS, Artifact, InputSpec
+from edgeopt.diffusion.stages import (check_spec, is_diffusion, is_sd_source, load_sd_artifact,
+                                      measure_diffusion_stages)
 from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.ledger import Energy, Gate, Latency, Ledger, Stage, write_text_atomic
 from edgeopt.llm.export import LLM_JSON, TOKENIZER_FILES
@@ -113,7 +115,13 @@ def _load_source(source: Any, recipe: Recipe) -> Artifact:
         if recipe.model is None:
             raise InputError("no model given: pass MODEL or set model.source in the recipe")
         source = recipe.model.source
-    return load_model(source, seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
+    if is_sd_source(source):  # Stable Diffusion's three models as one torch Artifact (edgeopt.diffusion.stages)
+        art = load_sd_artifact(source, recipe.measure.diffusion.size)
+    else:
+        art = load_model(source, seq_len=recipe.measure.seq_len, batch=recipe.measure.batch)
+    if is_diffusion(art):  # settings the model cannot run with stop here, before any pass
+        check_spec(art, recipe.measure.diffusion)
+    return art
 
 
 class Pipeline:
@@ -180,7 +188,7 @@ class Pipeline:
         """The baseline, then each step of the recipe (reused or run), then measurement, best and outputs."""
         base_stage = Stage(name=BASELINE, artifact=art.describe(), versions=run.versions,
                            notes={"meta": json_meta(art.meta), "data": run.data_used})
-        if run.random_eval and not is_llm(art):  # LLM stages are judged on their own held-out text
+        if run.random_eval and not (is_llm(art) or is_diffusion(art)):  # judged on their own text / images
             base_stage.warnings.append("fidelity measured on random inputs: no evaluation data was given and the "
                                        "model has none of its own (pass --data, or data.eval in the recipe)")
         run.stages.append((base_stage, art))
@@ -392,6 +400,16 @@ class Pipeline:
             run.samples.update(measure_llm_stages(run.stages, m.llm, self.recipe.gates, self._threads(run), task,
                                                   run.ledger.environment))
             return
+        if is_diffusion(run.stages[0][1]):  # images from the same seeds, per-component latency (edgeopt.diffusion)
+            self._measure_size(run)
+
+            def task(description: str, total: int) -> Any:
+                t = run.task(description, total)
+                return lambda: run.advance(t)
+
+            run.samples.update(measure_diffusion_stages(run.stages, m.diffusion, self.recipe.gates, self._threads(run),
+                                                        task, run.ledger.environment, self.out_dir))
+            return
         with mobile.pinned(run.limits):  # a simulated mobile target: runners (and their thread pools) made pinned
             stage_runners = self._measure_fidelity(run)
         self._measure_size(run)
@@ -554,8 +572,12 @@ class Pipeline:
         """The stage `choose_best` picks (see there); the reasons it passed a faster stage over go to that
         stage's warnings, so the table, report.md and the HTML report say why it was not chosen."""
         m = self.recipe.measure
+        if is_diffusion(run.stages[0][1]):  # PyTorch stages, each timed once per round-robin round
+            kinds, per_turn = (*FILE_KINDS, "torch"), 1
+        else:
+            kinds, per_turn = FILE_KINDS, m.block - m.settle
         best, passed_over = choose_best([s for s, _ in run.stages], {s.name: a.kind for s, a in run.stages},
-                                        run.samples, per_turn=m.block - m.settle)
+                                        run.samples, per_turn=per_turn, eligible=kinds)
         for stage, why in passed_over:
             stage.warnings.append(why)
         run.ledger.best = best.name if best else None
@@ -638,17 +660,18 @@ class Pipeline:
 
 
 def choose_best(stages: list[Stage], kinds: dict[str, str], samples: dict[str, Sequence[float]],
-                per_turn: int = 1) -> tuple[Stage | None, list[tuple[Stage, str]]]:
+                per_turn: int = 1, eligible: Sequence[str] = FILE_KINDS) -> tuple[Stage | None, list[tuple[Stage, str]]]:
     """The stage to ship, and the faster stages passed over with the reason.
 
-    Eligible: finished file-backed stages (ONNX, OpenVINO, LiteRT, ncnn) that passed their gates and were timed. Start from the fastest
+    Eligible: finished stages of the `eligible` kinds (file-backed: ONNX, OpenVINO, LiteRT, ncnn; a diffusion run
+    adds its PyTorch stages) that passed their gates and were timed. Start from the fastest
     (p50); while its parent is eligible too and the paired speedup over the parent, measured in the same
     interleaved session, has a 95% interval that does not exclude 1 (`measure.latency.paired_speedup`),
     the simpler parent wins: a stage must beat its parent by more than the measurement's spread. A failed
     gate is never chosen.
     """
     ok = {s.name: s for s in stages if s.status == "done" and s.gate and s.gate.passed
-          and kinds.get(s.name) in FILE_KINDS and s.latency_ms is not None}
+          and kinds.get(s.name) in eligible and s.latency_ms is not None}
     if not ok:
         return None, []
     best = min(ok.values(), key=lambda s: s.latency_ms.p50)

@@ -61,6 +61,41 @@ class LlmMeasureSpec(_Strict):
     memory: bool = Field(default=True, description="peak RSS of each stage in a child process")
 
 
+SIZE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+class DiffusionMeasureSpec(_Strict):
+    """How diffusion stages are measured (edgeopt.diffusion.stages); used when the model is a diffusion model."""
+
+    steps: int = Field(default=20, ge=1, description="scheduler steps of every image")
+    samples: int = Field(default=10, ge=1, description="digits: images per class (fidelity, accuracy, FD)")
+    scheduler: Literal["ddim", "ddpm", "pndm", "euler"] = Field(
+        default="ddim", description="digits: ddim or ddpm; Stable Diffusion: ddim, pndm or euler")
+    prompts: tuple[str, ...] = Field(default=("a photo of a cat",), min_length=1,
+                                     description="Stable Diffusion: one image per prompt (the first one is timed)")
+    guidance: float = Field(default=7.5, ge=0, description="Stable Diffusion: classifier-free guidance (1: off)")
+    size: str | None = Field(default=None, description="Stable Diffusion: HxW pixels, multiples of 8 (default: "
+                                                        "the model's)")
+    seed: int = Field(default=0, ge=0, description="seed of the initial noise: every stage draws from the same")
+    rounds: int = Field(default=5, ge=1, description="timed whole runs per stage, round-robin over the stages")
+    images: int = Field(default=10, ge=1, description="images of each stage saved as PNG (the first ones)")
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty_prompt(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in v):
+            raise ValueError("an empty prompt")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        m = SIZE.fullmatch(v) if v is not None else None
+        if v is not None and (m is None or int(m.group(1)) % 8 or int(m.group(2)) % 8):
+            raise ValueError(f"size {v!r}: expected HxW pixels, multiples of 8, e.g. 512x512")
+        return v
+
+
 class MeasureSpec(_Strict):
     threads: int = Field(default=2, ge=1, le=1024)
     batch: int = Field(default=1, ge=1)
@@ -80,6 +115,7 @@ class MeasureSpec(_Strict):
     fidelity_samples: int = Field(default=256, ge=1)
     torch_latency: bool = True
     llm: LlmMeasureSpec = LlmMeasureSpec()
+    diffusion: DiffusionMeasureSpec = DiffusionMeasureSpec()
 
     @model_validator(mode="after")
     def _settle_below_block(self) -> "MeasureSpec":

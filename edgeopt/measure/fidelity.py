@@ -84,12 +84,19 @@ class GateSpec(BaseModel):
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1, description="LLMs: next-token top-1 "
                                              "agreement with the fp32 model, teacher-forced on held-out text")
     max_kl: float | None = Field(default=None, ge=0, description="LLMs: mean KL(fp32 || stage) per position, nats")
+    min_psnr: float | None = Field(default=None, ge=0, description="diffusion: PSNR (dB) of the stage's images against "
+                                   "the baseline's from the same seeds")
+    min_ssim: float | None = Field(default=None, ge=-1, le=1,
+                                   description="diffusion: SSIM against the baseline's images")
+    max_fd_increase: float | None = Field(default=None, ge=0, description="digits diffusion: Fréchet distance rise "
+                                          "over the baseline's, as a fraction (0.1 = 10 %)")
 
 
 # gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
 _GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max"),
           "max_accuracy_drop": ("accuracy_drop", "max"), "min_top1_agreement": ("top1_agreement", "min"),
-          "max_kl": ("kl", "max")}
+          "max_kl": ("kl", "max"), "min_psnr": ("psnr", "min"), "min_ssim": ("ssim", "min"),
+          "max_fd_increase": ("fd_increase", "max")}
 
 
 def _gate_limits(gates: Any) -> dict[str, float]:

@@ -40,13 +40,14 @@ class Step:
 
 
 def stage_value(stage: Stage, metric: Metric) -> float | None:
-    """The stage's latency p50 (ms) or peak RSS (MB); None when not measured or the stage did not finish."""
+    """The stage's latency p50 (ms) or peak RSS (MB; a diffusion stage without one: its tensor peak plus weights);
+    None when not measured or the stage did not finish."""
     if stage.status != "done":
         return None
     if metric == "latency":
         return stage.latency_ms.p50 if stage.latency_ms else None
     if metric == "memory":
-        return stage.peak_rss_mb
+        return stage.peak_rss_mb if stage.peak_rss_mb is not None else diffusion_memory_mb(stage)
     raise ValueError(f"metric must be 'latency' or 'memory', got {metric!r}")
 
 
@@ -174,10 +175,39 @@ def is_llm_run(ledger: Ledger) -> bool:
     return any(s.llm for s in ledger.stages)
 
 
+def is_diffusion_run(ledger: Ledger) -> bool:
+    """Whether the run measured diffusion stages (a stage carries `diffusion` figures): its latency is one whole
+    run from noise to image."""
+    return any(s.diffusion for s in ledger.stages)
+
+
+def diffusion_memory_mb(stage: Stage) -> float | None:
+    """A diffusion stage's tensor peak plus weights (MB); None for other stages."""
+    d = stage.diffusion or {}
+    if d.get("tensor_peak_mb") is None or d.get("weights_mb") is None:
+        return None
+    return float(d["tensor_peak_mb"]) + float(d["weights_mb"])
+
+
+def metric_titles(ledger: Ledger) -> dict[str, str]:
+    """The waterfall's panel titles by metric: what latency and memory mean for this run."""
+    titles = {m: f"{METRICS[m][0]} ({METRICS[m][1]})" for m in METRICS}
+    if is_llm_run(ledger):
+        titles["latency"] = "decode latency p50 (ms per token)"
+    if is_diffusion_run(ledger):
+        titles["latency"] = "whole run p50 (ms, noise to image)"
+        if not any(s.peak_rss_mb is not None for s in ledger.stages):
+            titles["memory"] = "tensor peak + weights (MB)"
+    return titles
+
+
 def latency_title(ledgers: list[tuple[str, Ledger]]) -> str:
-    """The latency axis: "latency p50 (ms)", or for LLM runs only "decode latency p50 (ms per token)"."""
+    """The latency axis: "latency p50 (ms)", or for LLM runs only "decode latency p50 (ms per token)", for diffusion
+    runs only "whole-run latency p50 (ms)"."""
     if ledgers and all(is_llm_run(led) for _, led in ledgers):
         return "decode latency p50 (ms per token)"
+    if ledgers and all(is_diffusion_run(led) for _, led in ledgers):
+        return "whole-run latency p50 (ms)"
     return "latency p50 (ms)"
 
 
@@ -191,6 +221,8 @@ def quality_metric(ledgers: list[tuple[str, Ledger]]) -> tuple[str, str]:
                 return f"accuracy.{name}", f"accuracy ({name})"
     if any(is_llm_run(led) for _, led in ledgers):
         return "fidelity.top1_agreement", "fidelity (next-token top-1 agreement with baseline)"
+    if any(is_diffusion_run(led) for _, led in ledgers):
+        return "fidelity.ssim", "fidelity (SSIM to the baseline's images)"
     return "fidelity.mean_cosine", "fidelity (mean cosine to baseline)"
 
 
@@ -320,6 +352,12 @@ def environment_rows(ledger: Ledger) -> list[tuple[str, str]]:
                                     f"{d.get('timed_in', 'one process, interleaved')}; fidelity on "
                                     f"{d.get('sequences', '?')} sequences × {d.get('seq_len', '?')} tokens"))
         rows.append(("copy bandwidth", f"{bw:.1f} GB/s" if isinstance(bw, (int, float)) else "not recorded"))
+    elif is_diffusion_run(ledger):
+        d = env.get("diffusion") or {}
+        rows.append(("measurement", f"diffusion ({d.get('model', '?')}): {d.get('steps', '?')} "
+                                    f"{d.get('scheduler', '?')} steps, seed {d.get('seed', '?')}, "
+                                    f"{d.get('images', '?')} images; timed run: {d.get('timed_run', '?')}, "
+                                    f"{d.get('rounds', '?')} rounds, {d.get('timed', '?')}"))
     elif m:
         rows.append(("measurement", f"batch {m.get('batch', '?')}, sequence {m.get('seq_len', '?')}, "
                                     f"{m.get('runs', '?')} timed runs after {m.get('warmup', '?')} warm-up, interleaved"))
@@ -356,9 +394,8 @@ def waterfall_figure(ledger: Ledger, run: str = "") -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    titles = [f"{METRICS[m][0]} ({METRICS[m][1]})" for m in METRICS]
-    if is_llm_run(ledger):
-        titles[0] = "decode latency p50 (ms per token)"
+    names = metric_titles(ledger)
+    titles = [names[m] for m in METRICS]
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.1)
     for col, metric in enumerate(METRICS, start=1):
         unit = METRICS[metric][1]

@@ -19,8 +19,9 @@ from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
 from edgeopt.ledger import READABLE_VERSIONS, SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
-from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, diagnosis_title, llm_headers, llm_notes,
-                                  llm_prompt_tokens, llm_rows, md_columns, search_notes, search_rows, stage_rows)
+from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, diagnosis_title, diffusion_final,
+                                  diffusion_notes, llm_headers, llm_notes, llm_prompt_tokens, llm_rows, md_columns,
+                                  search_notes, search_rows, stage_rows)
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -193,7 +194,8 @@ h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:1
 table{border-collapse:collapse;font-size:13px;background:#fff;margin:6px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#eceff1}td.l,th.l{text-align:left}tr.best td{background:#e8f5e9;font-weight:600}
-tr.fail td{color:#b71c1c}tr.unmeasured td{color:#9e9e9e;background:#f5f5f5}.good{color:#2e7d32}.bad{color:#c62828}.note{color:#666;font-size:12px}
+.images{display:flex;gap:24px;flex-wrap:wrap}.images figure{margin:0}.images img{height:160px;image-rendering:pixelated;
+border:1px solid #e0e0e0}tr.fail td{color:#b71c1c}tr.unmeasured td{color:#9e9e9e;background:#f5f5f5}.good{color:#2e7d32}.bad{color:#c62828}.note{color:#666;font-size:12px}
 .fig{background:#fff;border:1px solid #e0e0e0;margin:8px 0;padding:4px}
 dl.env{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px;background:#fff;
 padding:8px 12px;border:1px solid #e0e0e0}dl.env dt{font-weight:600}dl.env dd{margin:0}
@@ -276,9 +278,10 @@ def incremental_table_html(ledger: Ledger) -> str:
     """Table 1 of "Speed Is All You Need": baseline, + each optimization, each step's and the cumulative change."""
     lat = figures.waterfall_steps(ledger, "latency")
     mem = figures.waterfall_steps(ledger, "memory")
-    what = "decode latency p50 (ms per token)" if figures.is_llm_run(ledger) else "latency p50 (ms)"
-    head = (f"<tr><th class='l' rowspan=2>configuration</th><th colspan=4>{what}</th>"
-            "<th colspan=3>peak memory (MB)</th></tr><tr><th>value</th><th>step</th><th>cumulative</th>"
+    titles = figures.metric_titles(ledger)
+    what = titles["latency"] if figures.is_llm_run(ledger) or figures.is_diffusion_run(ledger) else "latency p50 (ms)"
+    head = (f"<tr><th class='l' rowspan=2>configuration</th><th colspan=4>{_e(what)}</th>"
+            f"<th colspan=3>{_e(titles['memory'])}</th></tr><tr><th>value</th><th>step</th><th>cumulative</th>"
             "<th>speedup</th><th>value</th><th>step</th><th>cumulative</th></tr>")
     out = ["<table class='incremental'>", head]
     for a, b in zip(lat, mem):
@@ -294,6 +297,17 @@ def incremental_table_html(ledger: Ledger) -> str:
             f"<td>{_pct(b.cumulative_pct)}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def diffusion_html(ledger: Ledger) -> str:
+    """The diffusion section: the baseline's and the final stage's images side by side (PNG inline, from the
+    ledger's previews) and how Table 1 was measured."""
+    shown = {s.name: s for s in (ledger.stages[0], diffusion_final(ledger))
+             if s is not None and (s.diffusion or {}).get("preview_png")}
+    figs = "".join(f"<figure><img alt='{_e(n)}' src='data:image/png;base64,{_e(s.diffusion['preview_png'])}'>"
+                   f"<figcaption>{_e(n)}</figcaption></figure>" for n, s in shown.items())
+    notes = "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in diffusion_notes(ledger)) + "</ul>"
+    return f"<div class='images'>{figs}</div>\n{notes}"
 
 
 def environment_html(ledger: Ledger) -> str:
@@ -348,7 +362,8 @@ def report_html(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, An
     sections: list[tuple[str, str, str]] = []  # (id, heading, html)
     for label, led in runs:
         sid = _slug(label)
-        best = f"Best stage that passed its gate: <b>{_e(led.best)}</b>." if led.best else "No stage passed its gate."
+        best = (f"Best stage that passed its gate: <b>{_e(led.best)}</b>." if led.best else
+                "No stage passed its gate.")
         model = (led.recipe.get("model") or {}).get("source") or (led.stages[0].notes.get("meta", {}) or {}).get("source")
         intro = f"<p>{_e(model or 'model')} · target {_e(led.target.get('name') or led.recipe.get('target') or '?')} · {best}</p>"
         body = [intro, "<h3>Stages</h3>", stage_table_html(led), _warnings_html(led),
@@ -358,6 +373,9 @@ def report_html(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str, An
         if figures.is_llm_run(led):
             sections.append((f"llm-{sid}", f"LLM: tokens/s, fidelity, answers{': ' + label if many else ''}",
                              llm_html(led, sid, label if many else "")))
+        if figures.is_diffusion_run(led):
+            sections.append((f"diffusion-{sid}", f"Diffusion: images and how Table 1 was measured"
+                                                 f"{': ' + label if many else ''}", diffusion_html(led)))
         if led.search:
             sections.append((f"search-{sid}", f"Search{': ' + label if many else ''}", search_html(led, sid)))
         diag = diagnosis_html(led)
@@ -407,4 +425,4 @@ def build_report(ledgers: Sequence[Any], out: str | Path, profiles: dict[str, di
 
 
 __all__ = ["build_report", "load_run", "profile_stages", "resolve_runs", "stage_model_file", "report_html", "inside",
-           "stage_dirname", "llm_table_html", "llm_html"]
+           "stage_dirname", "llm_table_html", "llm_html", "diffusion_html"]

@@ -9,7 +9,7 @@ from edgeopt.ledger import Ledger, write_text_atomic
 from edgeopt.report import figures as F
 from edgeopt.report.html import resolve_runs
 from edgeopt.report.png import _slug as slug, export_pngs
-from edgeopt.report.table import llm_markdown, md_columns, stage_rows
+from edgeopt.report.table import diffusion_markdown, llm_markdown, md_columns, stage_rows
 
 
 def _cell(v: Any) -> str:
@@ -45,6 +45,9 @@ def incremental_header(ledger: Ledger) -> tuple[str, ...]:
     """INCREMENTAL_HEADER; an LLM run's latency is decode ms per generated token, and says so."""
     if F.is_llm_run(ledger):
         return ("configuration", "decode ms/token p50", *INCREMENTAL_HEADER[2:])
+    if F.is_diffusion_run(ledger):  # the whole run, noise to image; memory as the waterfall's memory panel says
+        memory = F.metric_titles(ledger)["memory"].removesuffix(" (MB)") + " MB"
+        return ("configuration", "whole run ms p50", *INCREMENTAL_HEADER[2:5], memory, *INCREMENTAL_HEADER[6:])
     return INCREMENTAL_HEADER
 
 
@@ -58,12 +61,14 @@ def markdown_report(runs: list[tuple[str, Ledger]], profiles: dict[str, dict[str
         if many:
             lines += [f"## Run {label}", ""]
         h = "###" if many else "##"
-        lines += [f"Best stage that passed its gate: **{led.best}**" if led.best else "No stage passed its gate.", ""]
+        lines += [f"Best stage that passed its gate: **{led.best}**" if led.best else
+                  "No stage passed its gate.", ""]
         lines += [f"{h} Stages", ""]
         cols = md_columns(led)
         lines += _table(cols, [[r.get(c, "—") for c in cols] for r in stage_rows(led)]) + [""]
         llm = llm_markdown(led, h)
         lines += llm + ([""] if llm else [])
+        lines += diffusion_markdown(led, h, image_links=False)  # the images live in the run folder
         lines += [f"{h} What each step bought", ""]
         lines += _table(incremental_header(led), incremental_rows(led)) + [""]
         key = next((k for k in (f"waterfall_{_slug(label)}", "waterfall") if k in images), None)

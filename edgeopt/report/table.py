@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeopt.ledger import Ledger
+from edgeopt.report.figures import lineage
 
 COLUMNS = ("stage", "runtime", "p50 ms", "p90 ms", "speedup", "size MB", "peak MB", "mean cos", "min cos", "gate")
 MD_COLUMNS = ("stage", "pass", *COLUMNS[1:])
@@ -27,7 +28,11 @@ def has_llm(ledger: Ledger) -> bool:
 
 
 def stage_columns(ledger: Ledger) -> tuple[str, ...]:
-    """The terminal table's columns: COLUMNS, or for an LLM run LLM_STAGE_COLUMNS (top-1 agreement and KL)."""
+    """The terminal table's columns: COLUMNS, for an LLM run LLM_STAGE_COLUMNS (top-1 agreement and KL), for a
+    diffusion run those of DIFFUSION_COLUMNS (Table 1: per-component latency, memory, image fidelity) its model has."""
+    if has_diffusion(ledger):  # without the columns no stage has (digits: text encoder, VAE; SD: accuracy, FD)
+        cells = [diffusion_cells(s) for s in ledger.stages]
+        return tuple(c for c in DIFFUSION_COLUMNS if c in ("stage", "gate") or any(x[c] != "—" for x in cells))
     return LLM_STAGE_COLUMNS if has_llm(ledger) else COLUMNS
 
 
@@ -39,8 +44,8 @@ def md_columns(ledger: Ledger) -> tuple[str, ...]:
 
 def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
     """One dict per stage with the figures the table shows (speedup against the baseline's p50); an LLM run's
-    rows also have "top-1 agr." and "KL"."""
-    llm = has_llm(ledger)
+    rows also have "top-1 agr." and "KL", a diffusion run's are Table 1's (DIFFUSION_COLUMNS)."""
+    llm, diffusion = has_llm(ledger), has_diffusion(ledger)
     base = ledger.stages[0].latency_ms.p50 if ledger.stages and ledger.stages[0].latency_ms else None
     rows = []
     for s in ledger.stages:
@@ -66,6 +71,9 @@ def stage_rows(ledger: Ledger) -> list[dict[str, Any]]:
         if llm:
             rows[-1].update({"top-1 agr.": _fmt(fid.get("top1_agreement"), ".4f"), "KL": kl_text(fid.get("kl"))})
             rows[-1] = {c: rows[-1][c] for c in ("stage", "pass", *LLM_STAGE_COLUMNS[1:])}
+        if diffusion:
+            rows[-1].update(diffusion_cells(s))
+            rows[-1] = {c: rows[-1][c] for c in ("stage", "pass", *DIFFUSION_COLUMNS[1:])}
     return rows
 
 
@@ -153,7 +161,8 @@ def render_table(ledger: Ledger, title: str | None = None):
 
     from rich import box
 
-    caption = ("latency in ms, size and peak RSS in MB, cosine to the baseline" if not has_llm(ledger) else
+    caption = ("\n".join(diffusion_notes(ledger)) if has_diffusion(ledger) else
+               "latency in ms, size and peak RSS in MB, cosine to the baseline" if not has_llm(ledger) else
                "latency: decode ms per generated token; size and peak RSS in MB; top-1 agreement and KL to the "
                "baseline's next-token distributions")
     t = Table(title=title or "edgeopt stages", title_justify="left", pad_edge=False, padding=(0, 0),
@@ -380,6 +389,8 @@ def to_markdown(ledger: Ledger) -> str:
         lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |")
     if has_llm(ledger):
         lines += ["", *llm_markdown(ledger, "##")]
+    if has_diffusion(ledger):
+        lines += ["", *diffusion_markdown(ledger, "##", image_links=True)]
     for s in ledger.stages:
         d = s.notes.get("diagnosis")
         if d:
@@ -398,15 +409,18 @@ def to_markdown(ledger: Ledger) -> str:
     m = ledger.recipe.get("measure", {})
     env = ledger.environment
     timed_in = next((s.llm.get("timed_in") for s in ledger.stages if s.llm), None) or "all stages interleaved"
-    how = ([f"Latency: decode ms per generated token, {m.get('threads')} intra-op threads, timed in {timed_in} "
+    how = (["Latency, memory and fidelity of the diffusion stages: see the Diffusion section."]
+           if has_diffusion(ledger) else
+           [f"Latency: decode ms per generated token, {m.get('threads')} intra-op threads, timed in {timed_in} "
             f"(see the LLM section)."] if has_llm(ledger) else
            [f"Latency: batch {m.get('batch')}, sequence {m.get('seq_len')}, {m.get('threads')} intra-op threads, "
             f"{m.get('runs')} timed runs after {m.get('warmup')} warm-up, all stages interleaved in one process.",
             f"Fidelity: outputs against the baseline on {m.get('fidelity_samples')} held-out inputs "
             f"(cosine per sample)."])
     lines += ["", *how,
-              *[f"Data ({role}): {what}" for role, what in
-                ((ledger.stages[0].notes.get("data") or {}) if ledger.stages else {}).items()],
+              *[f"Data ({role}): {what}" for role, what in  # a diffusion run draws its images from seeds
+                ((ledger.stages[0].notes.get("data") or {}) if ledger.stages and not has_diffusion(ledger)
+                 else {}).items()],
               f"Machine: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores; ISA: {', '.join(env.get('isa', []) or [])}.",
               ""]
     for s in ledger.stages:
@@ -429,3 +443,96 @@ def to_markdown(ledger: Ledger) -> str:
         lines += ["Energy per inference (" + energies[0][1].method + "): " +
                   ", ".join(f"{n} {e.value:.1f} mJ" for n, e in energies), ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- diffusion runs
+
+# Table 1 of "Speed Is All You Need": per stage, the whole run and its components, memory, image fidelity
+DIFFUSION_COLUMNS = ("stage", "whole run ms", "UNet step ms", "text enc. ms", "VAE dec. ms", "tensor peak MB",
+                     "weights MB", "PSNR dB", "SSIM", "cond. acc.", "FD", "gate")
+# the best stage is chosen among file-backed models; a diffusion run's stages are PyTorch modules
+
+
+def has_diffusion(ledger: Ledger) -> bool:
+    """Whether any stage of the run carries diffusion figures (`stage.diffusion`)."""
+    return any(s.diffusion for s in ledger.stages)
+
+
+def _mb(v: float | None) -> str:
+    return _fmt(v, ".2f" if v is not None and v < 10 else ".1f" if v is not None and v < 1000 else ".0f")
+
+
+def diffusion_cells(stage: Any) -> dict[str, str]:
+    """A stage's Table 1 cells (DIFFUSION_COLUMNS but stage and gate): "—" for what its model has not (digits: no
+    text encoder or VAE; Stable Diffusion: no conditional accuracy or FD)."""
+    d = stage.diffusion or {}
+    return {"whole run ms": _fmt(d.get("whole_run_ms"), ".1f"), "UNet step ms": _fmt(d.get("unet_step_ms"), ".2f"),
+            "text enc. ms": _fmt(d.get("text_encoder_ms"), ".1f"), "VAE dec. ms": _fmt(d.get("vae_decode_ms"), ".1f"),
+            "tensor peak MB": _mb(d.get("tensor_peak_mb")), "weights MB": _mb(d.get("weights_mb")),
+            "PSNR dB": _fmt(d.get("psnr"), ".1f"), "SSIM": _fmt(d.get("ssim"), ".4f"),
+            "cond. acc.": _fmt(d.get("accuracy"), ".3f"), "FD": _fmt(d.get("fd"), ".2f")}
+
+
+def diffusion_changes(stage: Any) -> str | None:
+    """What a kernel pass changed in a diffusion stage, from its notes (None for other stages)."""
+    n = stage.notes
+    if "fused_norm" in n:
+        fn = n["fused_norm"]
+        return f"{len(fn.get('fused', {}))} norm+activation pairs fused ({fn.get('backend', '?')} kernel)"
+    if "attention" in n:
+        layers = n["attention"].get("layers", {})
+        if not layers:
+            return "no attention layer in this model: the same computation as the stage before"
+        impls = sorted({str(r.get("impl")) for r in layers.values()})
+        return f"{len(layers)} attention layers on {', '.join(impls)}"
+    if "winograd" in n:
+        w = n["winograd"]
+        tiles = sorted({f"F{t}" for t in w.get("replaced", {}).values()})
+        return (f"{len(w.get('replaced', {}))} 3×3 convolutions on Winograd {', '.join(tiles) or '—'}, "
+                f"{len(w.get('skipped', {}))} left direct")
+    return None
+
+
+def diffusion_final(ledger: Ledger) -> Any:
+    """The last stage with diffusion images on the path from the baseline (the fully optimized one)."""
+    return next((s for s in reversed(lineage(ledger)) if (s.diffusion or {}).get("images")), None)
+
+
+def diffusion_notes(ledger: Ledger) -> list[str]:
+    """How Table 1 was measured, one sentence each, and what each kernel stage changed."""
+    e = ledger.environment.get("diffusion") or {}
+    what = (f"{e.get('samples_per_class', '?')} per class" if e.get("model") == "digits" else
+            f"one per prompt ({', '.join(map(repr, e.get('prompts', []))) or '?'})")
+    notes = [f"Latency: the whole run from noise to image ({e.get('timed_run', '?')}; {e.get('steps', '?')} "
+             f"{e.get('scheduler', '?')} steps), the median UNet call within it, and the text encoder and VAE decode "
+             f"(Stable Diffusion); medians over {e.get('rounds', '?')} rounds, {e.get('timed', 'interleaved')}, "
+             f"{e.get('threads', '?')} intra-op threads, PyTorch.",
+             "Memory: tensor peak = the largest peak of the tensors one call (UNet step, text encoder, VAE decode) "
+             "allocates and does not return (inputs and weights excluded; workspace inside a library kernel is not "
+             "seen); weights = parameter and buffer bytes (Winograd keeps transformed weights).",
+             f"Fidelity: PSNR (capped at 100 dB: identical) and SSIM of each stage's {e.get('images', '?')} "
+             f"image{'' if e.get('images') == 1 else 's'} ({what}) against the baseline's from the same seed "
+             f"{e.get('seed', '?')}."]
+    if e.get("model") == "digits":
+        notes.append("Digits: cond. acc. = share of the images zoo:digits-cnn classifies as the class they were drawn "
+                     "for; FD = Fréchet distance of that classifier's features to the digits test split.")
+    notes += [f"{s.name}: {c}" for s in ledger.stages if (c := diffusion_changes(s))]
+    return notes
+
+
+def diffusion_markdown(ledger: Ledger, heading: str = "##", image_links: bool = True) -> list[str]:
+    """The diffusion section of a markdown report: how Table 1 was measured and the baseline's and the final
+    stage's images side by side (`image_links`: markdown links relative to the run folder, else their paths).
+    Empty when no stage has diffusion figures."""
+    if not has_diffusion(ledger):
+        return []
+    lines = [f"{heading} Diffusion: how Table 1 was measured", "", *[f"- {n}" for n in diffusion_notes(ledger)], ""]
+    base, final = ledger.stages[0], diffusion_final(ledger)
+    shown = [s for s in (base, final) if s is not None and (s.diffusion or {}).get("grid")]
+    shown = list({s.name: s for s in shown}.values())
+    if shown and image_links:
+        lines += ["| " + " | ".join(s.name for s in shown) + " |", "|" + "|".join("---" for _ in shown) + "|",
+                  "| " + " | ".join(f"![{s.name}]({s.diffusion['grid']})" for s in shown) + " |", ""]
+    elif shown:
+        lines += ["Images (in the run folder): " + "; ".join(f"{s.name} {s.diffusion['grid']}" for s in shown), ""]
+    return lines

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from edgeopt.ledger import Ledger
+from edgeopt.ledger import SCHEMA_VERSION, Ledger
 
 RECIPE = {
     "model": {"source": "zoo:tinyllama-mini"},
     "passes": [
-        {"convert.litert_llm": {"stage": "litert", "prefill_lens": [8, 16], "kv_cache_max_len": 48, "score_len": 24}},
+        # one prefill length (the 12-token prompt's); every signature takes seconds to convert
+        {"convert.litert_llm": {"stage": "litert", "prefill_lens": [16], "kv_cache_max_len": 48, "score_len": 24}},
         {"quantize.litert_llm": {"from": "litert", "stage": "litert-int8", "variant": "dynamic_int8"}},
         {"quantize.litert_llm": {"from": "litert", "stage": "litert-int4", "variant": "dynamic_int4_block32"}},
     ],
@@ -27,7 +28,7 @@ def test_llm_recipe_measures_every_stage(tmp_path):
 
     res = optimize(None, recipe=RECIPE, out=tmp_path / "run", progress=False)
     led = Ledger.load(tmp_path / "run")
-    assert led.schema_version == 2 and [s.name for s in led.stages] == ["baseline", "litert", "litert-int8",
+    assert led.schema_version == SCHEMA_VERSION and [s.name for s in led.stages] == ["baseline", "litert", "litert-int8",
                                                                          "litert-int4"]
     for s in led.stages:
         assert s.llm is not None and s.latency_ms is not None and s.latency_ms.n == 16  # 8 tokens x 2 repeats

@@ -151,7 +151,7 @@ def test_ledger_without_stages_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("version, match", [
-    (0, r"schema_version' is 0: written by an older edgeopt; this edgeopt reads versions 1-2; rerun"),
+    (0, r"schema_version' is 0: written by an older edgeopt; this edgeopt reads versions 1-3; rerun"),
     (None, r"'schema_version' is missing: the ledger predates versioned ledgers"),
     (7, r"schema_version' is 7: written by a newer edgeopt.*upgrade"),
 ])

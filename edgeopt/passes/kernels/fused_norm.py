@@ -225,10 +225,11 @@ def _trace_children_as_leaves(parent: Any) -> Any:
     neither traces.
     """
     tracer = _children_as_leaves_tracer()
+    params = list(inspect.signature(type(parent).forward).parameters.values())[1:]  # without self
+    concrete = {p.name: None for p in params if _unused_optional(parent, p)} or None
     try:
-        return tracer().trace(parent)
+        return tracer().trace(parent, concrete_args=concrete)
     except Exception as first_error:
-        params = list(inspect.signature(type(parent).forward).parameters.values())[1:]  # without self
         varargs = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}
         named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -238,6 +239,21 @@ def _trace_children_as_leaves(parent: Any) -> Any:
             return tracer(named_only=named).trace(parent)
         except Exception:
             raise first_error from None
+
+
+def _unused_optional(parent: Any, param: inspect.Parameter) -> bool:
+    """An argument diffusers passes as None to a block that has no layer for it: ResnetBlock2D built without a time
+    embedding (the VAE's: `time_emb_proj` is None) gets temb=None, the VAE Decoder with a plain GroupNorm out
+    gets latent_embeds=None. Traced with a placeholder, the forward would take the branch that uses them
+    (`hidden_states + temb`, `conv_norm_out(sample, latent_embeds)`); traced with None (torch.fx then checks
+    at run time that it is None) it takes the branch these blocks run."""
+    from torch import nn
+
+    if param.name == "temb":
+        return getattr(parent, "time_emb_proj", ...) is None
+    if param.name == "latent_embeds":
+        return isinstance(getattr(parent, "conv_norm_out", None), nn.GroupNorm)
+    return False
 
 
 @lru_cache(maxsize=1)
@@ -264,6 +280,8 @@ def _children_as_leaves_tracer() -> type:
                 return super().create_args_for_root(root_fn, is_module, concrete_args)
             defaults = [() if p.default is inspect.Parameter.empty else (p.default,) for p in self.named_only]
             args = [self.create_proxy("placeholder", p.name, d, {}) for p, d in zip(self.named_only, defaults)]
+            # the argument stays in the signature, but the forward is traced with None where the block cannot use it
+            args = [None if _unused_optional(self.root, p) else a for p, a in zip(self.named_only, args)]
             return root_fn, [self.root, *args]
 
     return _ChildrenAsLeaves
