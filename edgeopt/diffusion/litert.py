@@ -9,7 +9,8 @@ weight-name maps; the UNet takes the timestep itself (the example passes a preco
 `convert_sd` writes `text_encoder.tflite`, `unet.tflite` and `decoder.tflite` and `sd_litert.json` (shapes, quantize,
 per-component check, versions); `quantize_sd` makes the int8-weight variant of an fp32 folder without converting
 again; `litert_components` opens a folder as drop-in calls: `text_to_image(dataclasses.replace(sd,
-**litert_components(folder)), ...)` runs the whole denoising loop on LiteRT.
+**litert_components(folder)), ...)` runs the whole denoising loop on LiteRT. `Job`, `convert_job`, `quantize_tflite`
+and `install_checked` also convert the digits denoiser (`edgeopt.diffusion.digits_litert`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
@@ -42,16 +44,17 @@ COMPONENTS = ("text_encoder", "unet", "decoder")
 CALLS = {"text_encoder": "encode_text", "unet": "unet_step", "decoder": "decode_latents"}  # StableDiffusion fields
 UNET_BATCHES = (1, 2)  # 2: classifier-free guidance (negative prompt, prompt); 1: guidance 1
 # the LiteRT quantizer's (ai-edge-quantizer) recipe behind each `quantize` value, None: fp32 as converted
-RECIPES: dict[str, str | None] = {"none": None, "weight_only_int8": "weight_only_wi8_afp32"}
+RECIPES: dict[str, str | None] = {"none": None, "weight_only_int8": "weight_only_wi8_afp32",
+                                  "dynamic_int8": "dynamic_wi8_afp32"}
 FP32_REL_TOL = 1e-4  # fp32: max |LiteRT - PyTorch| over max |PyTorch|, per signature (convert.litert's tolerance)
-MIN_COSINE = {"weight_only_int8": 0.99}  # int8 weights: the lowest per-sample cosine to PyTorch
+MIN_COSINE = {"weight_only_int8": 0.99, "dynamic_int8": 0.99}  # int8: the lowest per-sample cosine to PyTorch
 CHECK_THREADS = 2  # LiteRT threads of the check after each conversion
 PROMPT = "a photo of a cat"  # the text the sample inputs are made from (nothing depends on its words)
 Progress = Callable[[int, int], None]
 
 
 @dataclass
-class _Job:
+class Job:
     """One component to produce: the module converted and checked, its sample inputs per signature, its hash."""
 
     name: str
@@ -75,15 +78,16 @@ def convert_sd(sd: StableDiffusion, out_dir: str | Path, quantize: str = "none",
     (B, 77, D), one signature `diffusion_b{B}` per batch of `unet_batches` (2 for classifier-free guidance, 1 for
     guidance 1); the decoder's latents (1, 4, h, w) -> image (1, 3, height, width); `height` / `width` default to
     the model's size. `quantize="weight_only_int8"` stores int8 weights (the LiteRT quantizer's
-    `weight_only_wi8_afp32`). Each file runs on LiteRT beside PyTorch on its sample inputs before it is moved into
-    place: fp32 within FP32_REL_TOL relative, int8 weights at least MIN_COSINE. `progress(done, total)` is called
-    after each component. A component already in `out_dir` from the same weights and shapes is kept, so an
-    interrupted run resumes; a folder converted with another quantize or size is an InputError.
+    `weight_only_wi8_afp32`), "dynamic_int8" also quantizes activations on the fly (`dynamic_wi8_afp32`). Each file
+    runs on LiteRT beside PyTorch on its sample inputs before it is moved into place: fp32 within FP32_REL_TOL
+    relative, int8 at least MIN_COSINE. `progress(done, total)` is called after each component. A component already
+    in `out_dir` from the same weights and shapes is kept, so an interrupted run resumes; a folder converted with
+    another quantize or size is an InputError.
     """
-    _check_quantize(quantize)
+    check_quantize(quantize)
     height, width = _size(sd, height, width)
     jobs = _jobs(sd, components, height, width, unet_batches)
-    return _produce(sd, Path(out_dir), quantize, height, width, jobs, _convert, progress)
+    return _produce(sd, Path(out_dir), quantize, height, width, jobs, convert_job, progress)
 
 
 def quantize_sd(sd: StableDiffusion, src: str | Path, out_dir: str | Path, quantize: str = "weight_only_int8",
@@ -91,7 +95,7 @@ def quantize_sd(sd: StableDiffusion, src: str | Path, out_dir: str | Path, quant
     """The `quantize` variant of the fp32 folder `src` (written by `convert_sd` from `sd`) in `out_dir`: each
     component's .tflite quantized by the LiteRT quantizer and checked against PyTorch as `convert_sd` does, with
     no second conversion. `src` must hold fp32 components converted from these very weights."""
-    _check_quantize(quantize)
+    check_quantize(quantize)
     if quantize == "none":
         raise InputError("quantize_sd makes a quantized variant; quantize='none' is convert_sd's output itself")
     src = Path(src)
@@ -107,13 +111,13 @@ def quantize_sd(sd: StableDiffusion, src: str | Path, out_dir: str | Path, quant
                              f"{sd.source}'s")
         _component_file(src, job.name, entries[job.name])
 
-    def read(job: _Job) -> bytes:
+    def read(job: Job) -> bytes:
         return (src / entries[job.name]["file"]).read_bytes()
 
     return _produce(sd, Path(out_dir), quantize, meta["height"], meta["width"], jobs, read, progress)
 
 
-def _check_quantize(quantize: str) -> None:
+def check_quantize(quantize: str) -> None:
     if quantize not in RECIPES:
         raise InputError(f"quantize {quantize!r}: known: {', '.join(RECIPES)}")
 
@@ -137,7 +141,7 @@ def _size(sd: StableDiffusion, height: int | None, width: int | None) -> tuple[i
 
 
 def _jobs(sd: StableDiffusion, components: Sequence[str], height: int, width: int,
-          unet_batches: Sequence[int]) -> list[_Job]:
+          unet_batches: Sequence[int]) -> list[Job]:
     """The components asked for, in COMPONENTS order, with their modules and seeded sample inputs."""
     _check_components(components)
     bad = [b for b in unet_batches if b not in UNET_BATCHES]
@@ -162,12 +166,12 @@ def _jobs(sd: StableDiffusion, components: Sequence[str], height: int, width: in
                            for b in sorted(set(unet_batches), reverse=True)}
             else:
                 samples = {"decode": {"latents": torch.randn(1, c, height // f, width // f, generator=gen)}}
-            jobs.append(_Job(name, module, samples, sha256_module(module)))
+            jobs.append(Job(name, module, samples, sha256_module(module)))
     return jobs
 
 
-def _produce(sd: StableDiffusion, out_dir: Path, quantize: str, height: int, width: int, jobs: list[_Job],
-             fp32: Callable[[_Job], bytes], progress: Progress | None) -> dict[str, Any]:
+def _produce(sd: StableDiffusion, out_dir: Path, quantize: str, height: int, width: int, jobs: list[Job],
+             fp32: Callable[[Job], bytes], progress: Progress | None) -> dict[str, Any]:
     """Write each job's file (fp32 bytes from `fp32`, quantized, checked) into `out_dir`, skipping those already
     there, and the sidecar after each one."""
     meta = _open_out(sd, out_dir, quantize, height, width, [job.name for job in jobs])
@@ -178,8 +182,8 @@ def _produce(sd: StableDiffusion, out_dir: Path, quantize: str, height: int, wid
             t0 = time.perf_counter()
             content = fp32(job)
             if quantize != "none":
-                content = _quantize(content, job.name, quantize)
-            check = _install(out_dir, job, content, quantize)
+                content = quantize_tflite(content, job.name, quantize)
+            check = install_checked(out_dir, job, content, quantize)
             meta["components"][job.name] = {
                 "file": f"{job.name}.tflite", "signatures": job.signatures, "weights_sha256": job.sha256,
                 "size_bytes": len(content), "seconds": round(time.perf_counter() - t0, 2), "check": check}
@@ -226,11 +230,11 @@ def _intact(folder: Path, entry: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == entry["size_bytes"]
 
 
-def _convert(job: _Job) -> bytes:
+def convert_job(job: Job) -> bytes:
     """litert-torch's flatbuffer of `job.module`, one signature per sample feed; a failure is a one-line InputError
     naming the component and the op litert-torch cannot lower (or the part torch.export cannot trace)."""
     with quiet_native_stderr():  # TensorFlow's and absl's start-up lines
-        litert_torch = require("litert_torch", "Stable Diffusion on LiteRT")
+        litert_torch = require("litert_torch", "diffusion models on LiteRT")
     litert_torch.config.show_progress = False
     converter = litert_torch.Converter()
     for sig, feed in job.samples.items():
@@ -239,13 +243,27 @@ def _convert(job: _Job) -> bytes:
         with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return bytes(converter.convert().model_content())
+    except MemoryError:
+        raise InputError(f"{job.name}: too big to convert here: out of memory ({_memory_facts()}); convert a "
+                         "smaller configuration or on a machine with more memory") from None
     except Exception as e:
         raise InputError(conversion_error(e, job.module, job.name)) from None
 
 
-def _quantize(content: bytes, name: str, quantize: str) -> bytes:
+def _memory_facts() -> str:
+    """This process's peak RSS, its address-space limit (when one is set) and the machine's memory, in GiB (Linux)."""
+    import resource  # POSIX only: imported where it is used
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"peak RSS {peak:.1f} GiB" + (f", address-space limit {limit / 2**30:.1f} GiB" if limit > 0 else "") + \
+        f", machine {total:.1f} GiB"
+
+
+def quantize_tflite(content: bytes, name: str, quantize: str) -> bytes:
     """`content` quantized by the LiteRT quantizer's recipe for `quantize` (RECIPES)."""
-    quantizer = require("ai_edge_quantizer.quantizer", f"Stable Diffusion on LiteRT, quantize={quantize}")
+    quantizer = require("ai_edge_quantizer.quantizer", f"diffusion models on LiteRT, quantize={quantize}")
     recipe = getattr(require("ai_edge_quantizer.recipe", "LiteRT quantization"), str(RECIPES[quantize]))()
     try:  # the quantizer prints a size report to stdout and progress bars to stderr
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), quiet_native_stderr():
@@ -253,10 +271,11 @@ def _quantize(content: bytes, name: str, quantize: str) -> bytes:
                                                                     enable_progress_report=False)
         return bytes(result.quantized_model)
     except Exception as e:
-        raise InputError(f"{name}: the LiteRT quantizer failed ({quantize}): {first_line(e, 200)}") from None
+        why = re.sub(r"tensor: \S*/([^/\s]+/[^/\s]+)", r"tensor: …/\1", first_line(e, 2000))  # the module path's end
+        raise InputError(f"{name}: the LiteRT quantizer failed ({quantize}): {why[:300]}") from None
 
 
-def _install(out_dir: Path, job: _Job, content: bytes, quantize: str) -> dict[str, Any]:
+def install_checked(out_dir: Path, job: Job, content: bytes, quantize: str) -> dict[str, Any]:
     """Write `content` beside its final name, check it against PyTorch, then rename it into place."""
     tmp = out_dir / f".{job.name}.{os.getpid()}.tmp.tflite"
     try:
@@ -268,7 +287,7 @@ def _install(out_dir: Path, job: _Job, content: bytes, quantize: str) -> dict[st
     return check
 
 
-def _check(path: Path, job: _Job, quantize: str) -> dict[str, Any]:
+def _check(path: Path, job: Job, quantize: str) -> dict[str, Any]:
     """Each signature of `path` on LiteRT beside the PyTorch module on its sample feed: the worst relative error and
     cosine, or an InputError when they miss the tolerance."""
     worst_rel, worst_cos = 0.0, 1.0

@@ -282,10 +282,12 @@ def _step_module(model: Any) -> Any:
 
 def sample_images(model: Any, n: int, shape: tuple[int, int, int], labels: Any = None, *, steps: int = 50,
                   scheduler: str = "ddim", seed: int = 0, noise_schedule: dict[str, Any] | None = None,
-                  progress: Any = None) -> Any:
+                  progress: Any = None, step_fn: Any = None) -> Any:
     """`n` images (n, *shape) in [-1, 1] drawn by the denoiser `model(sample, timestep, labels)` (a module or torch
     Artifact) from seeded Gaussian noise through `steps` steps of diffusers' DDIM (deterministic, eta 0) or DDPM
-    scheduler, configured by `noise_schedule` (the training's `DenoiserConfig.noise_schedule()`)."""
+    scheduler, configured by `noise_schedule` (the training's `DenoiserConfig.noise_schedule()`). `step_fn`, a
+    callable of the same signature returning a torch tensor (e.g. the model converted to LiteRT), runs each step
+    instead of the model."""
     diffusers = require("diffusers", "sampling a diffusion model")
     import torch
 
@@ -293,7 +295,7 @@ def sample_images(model: Any, n: int, shape: tuple[int, int, int], labels: Any =
         raise InputError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
     if steps <= 0 or n <= 0:
         raise InputError(f"sampling needs steps > 0 and at least one image, got steps={steps}, n={n}")
-    module = _step_module(model)
+    module = step_fn if step_fn is not None else _step_module(model)
     sched_cls = diffusers.DDIMScheduler if scheduler == "ddim" else diffusers.DDPMScheduler
     sched = sched_cls.from_config(noise_schedule or DenoiserConfig().noise_schedule())
     if steps > sched.config.num_train_timesteps:
@@ -310,8 +312,9 @@ def sample_images(model: Any, n: int, shape: tuple[int, int, int], labels: Any =
 
 
 def sample_digits(model: Any, labels: Sequence[int] | Any, steps: int = 50, scheduler: str = "ddim", seed: int = 0,
-                  progress: Any = None) -> Any:
-    """Digits (N, 1, 32, 32) in [-1, 1], one per class label in `labels`, from zoo:digits-diffusion's denoiser."""
+                  progress: Any = None, step_fn: Any = None) -> Any:
+    """Digits (N, 1, 32, 32) in [-1, 1], one per class label in `labels`, from zoo:digits-diffusion's denoiser (the
+    model gives the noise schedule; `step_fn`, when given, runs the steps: see `sample_images`)."""
     import torch
 
     y = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
@@ -319,7 +322,7 @@ def sample_digits(model: Any, labels: Sequence[int] | Any, steps: int = 50, sche
         raise InputError(f"labels must be digits 0..{digits.NUM_CLASSES - 1}, at least one")
     schedule = model.meta.get("noise_schedule") if isinstance(model, Artifact) else None
     return sample_images(model, len(y), (1, digits.IMAGE_SIZE, digits.IMAGE_SIZE), y, steps=steps,
-                         scheduler=scheduler, seed=seed, noise_schedule=schedule, progress=progress)
+                         scheduler=scheduler, seed=seed, noise_schedule=schedule, progress=progress, step_fn=step_fn)
 
 
 # ---------------------------------------------------------------------------------------------- the zoo model

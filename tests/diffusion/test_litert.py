@@ -137,6 +137,14 @@ def test_convert_one_component_with_int8_weights(sd, tmp_path):
     calls["encode_text"].close()
 
 
+def test_dynamic_int8_variant_quantizes_each_component(sd, fp32, tmp_path):
+    meta = quantize_sd(sd, fp32[0], tmp_path / "dyn8", "dynamic_int8")
+    assert meta["recipe"] == "dynamic_wi8_afp32"
+    for name, entry in meta["components"].items():
+        assert entry["check"]["min_cosine"] >= MIN_COSINE["dynamic_int8"]
+        assert tflite_info(tmp_path / "dyn8" / entry["file"])["weight_dtypes"].get("int8", 0) > 0, name
+
+
 def test_resume_keeps_what_is_converted_and_refuses_mixing(sd, fp32, wo8, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(fp32[0], folder)
@@ -211,3 +219,20 @@ def test_a_conversion_failure_names_the_component_and_op(sd, tmp_path):
         convert_sd(bad, tmp_path / "bad", components=("text_encoder",), height=64, width=64)
     assert "\n" not in str(e.value)
     assert not list((tmp_path / "bad").iterdir())  # nothing half-written
+
+
+def test_running_out_of_memory_while_converting_says_so_in_one_line(sd, tmp_path, monkeypatch):
+    litert_torch = pytest.importorskip("litert_torch")
+
+    class OutOfMemory:  # what litert-torch's converter raises under an address-space limit (SD-1.4's UNet at 18 GB)
+        def signature(self, *args, **kwargs):
+            return self
+
+        def convert(self):
+            raise MemoryError()
+
+    monkeypatch.setattr(litert_torch, "Converter", OutOfMemory)
+    with pytest.raises(InputError, match=r"^unet: too big to convert here: out of memory \(peak RSS [\d.]+ GiB") as e:
+        convert_sd(sd, tmp_path / "oom", components=("unet",), height=64, width=64)
+    assert "machine" in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "oom").iterdir())  # nothing half-written
