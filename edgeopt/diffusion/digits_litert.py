@@ -25,8 +25,9 @@ import torch
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, sha256_module, write_bytes_atomic
 from edgeopt.diffusion import quality
-from edgeopt.diffusion.litert import RECIPES, Job, check_quantize, convert_job, install_checked, quantize_tflite
-from edgeopt.errors import InputError, first_line
+from edgeopt.diffusion.litert import (RECIPES, Job, check_quantize, convert_job, install_checked, quantize_tflite,
+                                     read_json_sidecar)
+from edgeopt.errors import InputError
 from edgeopt.measure.latency import measure_interleaved, paired_speedup
 from edgeopt.measure.litert import LiteRtRunner
 from edgeopt.measure.runners import TorchRunner
@@ -150,19 +151,7 @@ def _intact(folder: Path, meta: dict[str, Any]) -> bool:
 
 def read_denoiser_sidecar(folder: str | Path) -> dict[str, Any]:
     """The facts `convert_denoiser` wrote into `folder` (denoiser_litert.json), or a one-line InputError."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder (write one with convert_denoiser)")
-    path = folder / SIDECAR
-    if not path.is_file():
-        raise InputError(f"{folder}: no {SIDECAR} (not a folder written by convert_denoiser)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable ({first_line(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"{path}: not a format-{FORMAT} {SIDECAR}")
-    return meta
+    return read_json_sidecar(folder, SIDECAR, FORMAT, "convert_denoiser")
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -317,18 +317,23 @@ def _write_sidecar(folder: Path, meta: dict[str, Any]) -> None:
 
 def read_sidecar(folder: str | Path) -> dict[str, Any]:
     """The facts `convert_sd` wrote into `folder` (sd_litert.json), or a one-line InputError."""
+    return read_json_sidecar(folder, SIDECAR, FORMAT, "convert_sd")
+
+
+def read_json_sidecar(folder: str | Path, sidecar: str, fmt: int, writer: str) -> dict[str, Any]:
+    """The JSON `writer` wrote into `folder` as `sidecar` (format `fmt`), or a one-line InputError."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder (write one with convert_sd)")
-    path = folder / SIDECAR
+        raise InputError(f"{folder}: no such folder (write one with {writer})")
+    path = folder / sidecar
     if not path.is_file():
-        raise InputError(f"{folder}: no {SIDECAR} (not a folder written by convert_sd)")
+        raise InputError(f"{folder}: no {sidecar} (not a folder written by {writer})")
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: unreadable ({first_line(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"{path}: not a format-{FORMAT} {SIDECAR}")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise InputError(f"{path}: not a format-{fmt} {sidecar}")
     return meta
 
 
