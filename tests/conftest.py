@@ -1,10 +1,7 @@
-"""Shared fixtures: tiny models (built in code, random weights) and their feeds, so tests stay fast."""
+"""Shared fixtures that keep tests fast: tiny models (random or trained for seconds), feeds, one native build."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 
@@ -201,9 +198,71 @@ def tiny_llm_feeds(tiny_llm_torch):
 
 @pytest.fixture(scope="session")
 def tiny_llm_tflite(tmp_path_factory, tiny_llm_torch):
-    """tiny_llm_torch exported by convert.litert_llm (fp32; prefill 8 and 16, score 16, a 32-position cache)."""
+    """tiny_llm_torch exported by convert.litert_llm (fp32; prefill 8 and decode, a 32-position cache, no scoring
+    signature: each signature takes seconds to convert, and LiteRtLlm.score decodes token by token without one)."""
     from edgeopt.passes.base import PassContext, build_pass
 
     d = tmp_path_factory.mktemp("tiny_llm_tflite")
-    return build_pass("convert.litert_llm", {"prefill_lens": [8, 16], "kv_cache_max_len": 32, "score_len": 16})(
+    return build_pass("convert.litert_llm", {"prefill_lens": [8], "kv_cache_max_len": 32, "score_len": None})(
         tiny_llm_torch, PassContext(stage_dir=d))
+
+
+# tiny digits CNNs (zoo:digits data), trained for a few seconds: conversions and pipelines of a real, labelled
+# classifier at a fraction of zoo:digits-cnn's cost (its ~0.9M parameters take the converters minutes)
+TINY_MOBILE = dict(width=0.25, stem=16, blocks=((1, 16, 1, 2), (4, 24, 1, 2), (4, 32, 1, 2)), head=64, dropout=0.0)
+TINY_RESNET = dict(stem=16, stages=((16, 1, 2), (32, 1, 2)))
+
+
+def _trained_digits(spec, epochs: int = 3):
+    import torch
+
+    from edgeopt import train as tr
+    from edgeopt.zoo import digits as d
+
+    torch.manual_seed(0)
+    model = d.build(spec)
+    fit, val = d.tensor_data("train").split(0.1)
+    tr.fit(model, fit, tr.TrainConfig(epochs=epochs, lr=1e-2), val=val, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_cnn():
+    """A ~3k-parameter MobileNetV2-style digits CNN (inverted residuals, depthwise convs), ~90% test accuracy."""
+    from edgeopt.zoo import digits as d
+
+    return d.artifact(_trained_digits(d.MobileNetSpec(**TINY_MOBILE)), "tiny-digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_resnet():
+    """A ~20k-parameter ResNet-style digits CNN (plain 3×3 convs), ~90% test accuracy."""
+    from edgeopt.zoo import digits as d
+
+    return d.artifact(_trained_digits(d.ResNetSpec(**TINY_RESNET)), "tiny-digits-resnet")
+
+
+# the native C++ kernels (edgeopt.kernels.native): one build in the edgeopt cache, shared by the whole session
+@pytest.fixture(scope="session")
+def native_ops():
+    """The compiled native kernels, loaded once per session from the edgeopt cache (compiled there first if this
+    build has none: about a minute, once per source and torch version); skipped only where there is no C++
+    compiler or they are turned off."""
+    from edgeopt.kernels import native
+
+    reason = native.unavailable_reason()
+    if reason is not None and (reason.startswith("no C++ compiler") or "EDGEOPT_NATIVE" in reason):
+        pytest.skip(reason)
+    return native.load()  # a compile error fails here, with the compiler's first error
+
+
+@pytest.fixture()
+def no_native_compiler(monkeypatch, tmp_path):
+    """As in a process that has not loaded the native kernels, on a machine with no C++ compiler and no build of
+    them in its (empty) edgeopt cache: nothing compiles, and the session's shared build is untouched."""
+    from edgeopt.kernels import native
+
+    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path / "empty-edgeopt-cache"))
+    monkeypatch.setenv("CXX", "/no/such/c++")
+    monkeypatch.setitem(native._state, "ops", None)
+    monkeypatch.setitem(native._state, "error", None)

@@ -60,8 +60,6 @@ def _config(arch: str, vocab: int) -> Any:
                                    num_attention_heads=4, intermediate_size=64),
         "resnet": lambda: T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
         "convnext": lambda: T.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
-        "mobilevit": lambda: T.MobileViTConfig(image_size=32, patch_size=2, hidden_sizes=[16, 24, 32],
-                                               neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], num_attention_heads=2),
         "distilbert": lambda: T.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
                                                  max_position_embeddings=64),
         "bert": lambda: T.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -148,7 +146,8 @@ def make(arch: str, saved: str, root: Path) -> Path:
     return onnx_file(arch, root, with_files=saved == "onnx+files")
 
 
-# (arch, saved as, the data auto picks); the fast ones run by default, the heavier ones are marked slow
+# (arch, saved as, the data auto picks): one case per way the data is chosen and fed (each runs the whole auto
+# recipe); the fast ones run by default, the heavier ones are marked slow
 CASES = [
     pytest.param("resnet", "onnx", "zoo:images", id="resnet-onnx"),
     pytest.param("vit", "hf", "zoo:images", id="vit-hf"),
@@ -156,7 +155,6 @@ CASES = [
     pytest.param("bert", "onnx", "random", id="bert-onnx-no-tokenizer"),
     pytest.param("wav2vec2", "hf", "zoo:speech", id="wav2vec2-hf"),
     pytest.param("convnext", "hf", "zoo:images", id="convnext-hf", marks=pytest.mark.slow),
-    pytest.param("mobilevit", "onnx", "zoo:images", id="mobilevit-onnx", marks=pytest.mark.slow),
     pytest.param("gpt2", "hf", "zoo:sentences", id="gpt2-hf", marks=pytest.mark.slow),
     pytest.param("whisper", "onnx+files", "zoo:speech", id="whisper-encoder-onnx-with-extractor",
                  marks=pytest.mark.slow),

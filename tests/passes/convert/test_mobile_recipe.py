@@ -20,7 +20,9 @@ def test_bundled_mobile_recipe_validates():
 
 
 @pytest.mark.slow
-def test_mobile_recipe_compares_the_runtimes_in_one_ledger(tmp_path):
+def test_mobile_recipe_compares_the_runtimes_in_one_ledger(tiny_digits_resnet, tmp_path):
+    """The bundled recipe's passes and measurement on a tiny trained digits CNN (the converters take minutes on
+    the zoo model's ~0.9M parameters; tests/passes/convert converts that one to each runtime once)."""
     from edgeopt.pipeline import optimize
 
     recipe = load_recipe("mobile").to_dict()
@@ -31,7 +33,7 @@ def test_mobile_recipe_compares_the_runtimes_in_one_ledger(tmp_path):
         cfg = next(iter(step.values()))
         if "samples" in cfg:
             cfg["samples"] = 16
-    led = optimize(recipe=recipe, out=tmp_path / "run", progress=False).ledger
+    led = optimize(tiny_digits_resnet, recipe=recipe, out=tmp_path / "run", progress=False).ledger
     st = {s.name: s for s in led.stages}
     assert list(st) == ["baseline", "onnx", "ort-int8", "litert", "litert-int8-dynamic", "litert-int8", "ncnn", "coreml"]
     runtimes = {n: s.latency_ms.runtime for n, s in st.items() if s.latency_ms}

@@ -10,7 +10,6 @@ from torch import nn
 
 from edgeopt.artifact import Artifact, sha256_module
 from edgeopt.errors import RecipeError
-from edgeopt.kernels import native
 from edgeopt.kernels.attention import ALL_IMPLS, HF_SPEC_ATTR, IMPLS, MultiHeadSelfAttention
 from edgeopt.load import load_model
 from edgeopt.passes.base import PassContext, build_pass, get_pass
@@ -300,10 +299,7 @@ def test_auto_measures_the_native_candidates_when_asked(enc_art, tmp_path):
         assert torch.allclose(out.module(x), enc_art.module(x), atol=1e-5)
 
 
-def test_native_impls_refused_in_one_line_where_they_cannot_be_built(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEOPT_CACHE", str(tmp_path))  # no cached build there
-    monkeypatch.setenv("CXX", "/no/such/c++")
-    monkeypatch.setitem(native._state, "ops", None)  # as in a process that has not loaded them
+def test_native_impls_refused_in_one_line_where_they_cannot_be_built(no_native_compiler):
     for cfg, field in (({"impl": "flash_native"}, "impl"), ({"candidates": ["flash", "partial_softmax_native"]},
                                                              "candidates")):
         with pytest.raises(RecipeError, match=f"'{field}'.*native kernels cannot be used here: no C\\+\\+ compiler") as e:

@@ -158,22 +158,6 @@ def test_fixed_tile_over_the_error_budget_is_refused(tmp_path):
     assert isinstance(out.module[0], nn.Conv2d)
 
 
-@pytest.fixture(scope="module")
-def native_ops():
-    """The compiled native kernels; skipped only where there is no C++ compiler (or they are turned off)."""
-    import os
-    import shutil
-
-    from edgeopt.kernels import native
-
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the native kernels cannot be built here")
-    reason = native.unavailable_reason()
-    if reason is not None and "EDGEOPT_NATIVE" in reason:
-        pytest.skip(reason)
-    return native.load()
-
-
 def test_native_backend_is_recorded_and_rebuilt(native_ops, cnn_art, tmp_path):
     from edgeopt.artifact import Artifact
 
