@@ -43,7 +43,38 @@ def weight_cache_file(path: Path) -> Path:
 
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-    return cache_root().parent / "xnnpack" / f"{key}.xnn"
+    out = cache_root().parent / "xnnpack" / f"{key}.xnn"
+    if not out.exists():
+        evict_weight_caches(out.parent)
+    return out
+
+
+WEIGHT_CACHE_BYTES = 2 << 30  # the packed-weight files kept; the least recently used go first
+
+
+def evict_weight_caches(folder: Path, keep_bytes: int = WEIGHT_CACHE_BYTES) -> list[Path]:
+    """Delete the least recently used packed-weight files in `folder` until they take at most `keep_bytes`
+    (keys name a file's path and mtime, so files of deleted or rewritten models are never used again).
+    Returns the files deleted; a file another process removes first is skipped."""
+    files = []
+    for f in folder.glob("*.xnn") if folder.is_dir() else ():
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        files.append((max(st.st_atime, st.st_mtime), st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    gone = []
+    for _, size, f in sorted(files):
+        if total <= keep_bytes:
+            break
+        try:
+            f.unlink()
+        except OSError:
+            continue
+        total -= size
+        gone.append(f)
+    return gone
 
 
 class LiteRtLlm:

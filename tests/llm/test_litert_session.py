@@ -71,3 +71,21 @@ def test_bad_files(tiny_llm, tmp_path):
         LiteRtLlm(tmp_path / "m.tflite")
     with pytest.raises(InputError, match="threads must be >= 1"):
         LiteRtLlm(d / "fp32.tflite", threads=0)
+
+
+def test_packed_weight_files_are_evicted_least_recently_used_first(tmp_path):
+    import os
+
+    from edgeopt.llm.litert_session import evict_weight_caches
+
+    files = []
+    for i in range(4):  # 100 bytes each, used at t = 1000, 2000, 3000, 4000
+        f = tmp_path / f"{i}.xnn"
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (1000 * (i + 1), 1000 * (i + 1)))
+        files.append(f)
+    (tmp_path / "other.bin").write_bytes(b"y" * 1000)  # not a packed-weight file: never touched
+    gone = evict_weight_caches(tmp_path, keep_bytes=250)
+    assert gone == files[:2] and [f.exists() for f in files] == [False, False, True, True]
+    assert (tmp_path / "other.bin").exists()
+    assert evict_weight_caches(tmp_path, keep_bytes=250) == [] and evict_weight_caches(tmp_path / "none") == []
