@@ -40,6 +40,7 @@ from edgeopt.target import INT8_DOT_FLAGS, get_target
 from edgeopt.versions import versions
 
 BASELINE = "baseline"
+DIGITS_DIFFUSION = "zoo:digits-diffusion"
 INT8_PASSES = ("graph.quantize_dynamic", "graph.quantize_static", "graph.quantize_mixed", "openvino.quantize", "quant.qat")
 INT8_EXPECTED = 1.5  # an INT8 stage gaining less than this over its parent on a CPU without int8 dot products is diagnosed
 
@@ -99,7 +100,11 @@ def stage_folder(out_dir: Path, stage: str) -> Path:
     return folder
 
 
-def _resolve_recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
+def _resolve_recipe(recipe: Recipe | str | Path | dict | None, model: Any = None) -> Recipe:
+    """The recipe to run; `auto` (the default) on a diffusion model is the `diffusion` recipe (its kernel rows,
+    measured on whole image runs): the ONNX / INT8 search has nothing to time in a denoising loop."""
+    if recipe in (None, "auto") and (is_sd_source(model) or model == DIGITS_DIFFUSION):
+        return load_recipe("diffusion")
     if recipe is None:
         return load_recipe("auto")
     if isinstance(recipe, Recipe):
@@ -733,7 +738,7 @@ def optimize(model: Any = None, recipe: Recipe | str | Path | dict | None = None
     "ray" (`ray_address`: an existing cluster; none starts a local one). Returns the ledger and where the best
     model was copied.
     """
-    r = _resolve_recipe(recipe)
+    r = _resolve_recipe(recipe, model)
     if data is not None or search:
         d = r.to_dict()
         if data is not None:

@@ -441,3 +441,14 @@ def test_an_int8_stage_that_gains_little_without_vnni_is_diagnosed_too(tmp_path,
         assert "### Why int8 gains only 1.10× over baseline" in (tmp_path / "run" / "report.md").read_text()
     else:
         assert d is None
+
+
+def test_auto_on_a_diffusion_model_runs_the_diffusion_recipe(tmp_path):
+    from edgeopt.pipeline import _resolve_recipe
+    from edgeopt.recipe import load_recipe
+
+    diffusion = load_recipe("diffusion")
+    for model in ("zoo:sd-small", "zoo:digits-diffusion"):
+        assert _resolve_recipe("auto", model) == diffusion and _resolve_recipe(None, model) == diffusion
+    assert _resolve_recipe("auto", tmp_path / "model.onnx") == load_recipe("auto")
+    assert _resolve_recipe("cpu-int8", "zoo:sd-small") == load_recipe("cpu-int8")  # a named recipe is kept
