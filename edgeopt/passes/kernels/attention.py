@@ -72,7 +72,7 @@ class AttentionPass(Pass):
 
         cfg = self.config
         blocks = {"q_block": cfg.q_block, "k_block": cfg.k_block}
-        module = torch_module_copy(art, self.name)
+        module = torch_module_copy(art, self.name, share_weights=True)
         layers, skipped = find_attention_layers(module)
         for name in [n for n in layers if n in cfg.exclude]:
             skipped[name] = "excluded by config"
@@ -133,7 +133,7 @@ def rebuild_attention(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     `AttentionPass.run` leaves them (Hugging Face layers: the model switched to the "edgeopt" attention)."""
     from edgeopt.kernels.attention import use_hf_attention  # lazy: imports torch
 
-    module = torch_module_copy(parent, "kernels.attention")
+    module = torch_module_copy(parent, "kernels.attention", share_weights=True)
     layers = args["layers"]
     hf = [module.get_submodule(n).config for n, r in layers.items() if r["kind"] == "hf"]
     if hf:

@@ -60,7 +60,7 @@ class FusedNormPass(Pass):
         from torch import nn
 
         cfg = self.config
-        module = torch_module_copy(art, self.name)
+        module = torch_module_copy(art, self.name, share_weights=True)
         norm_types = tuple(t for k, t in (("group_norm", nn.GroupNorm), ("layer_norm", nn.LayerNorm)) if k in cfg.norms)
         fused: dict[str, str] = {}
         skipped: dict[str, str] = {}
@@ -127,8 +127,8 @@ def rebuild_fused(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
 
     kinds = {"group_norm": nn.GroupNorm, "layer_norm": nn.LayerNorm}
     fused: dict[str, str] = {}
-    module = fuse_norms(torch_module_copy(parent, "kernels.fused_norm"), tuple(kinds[k] for k in args["norms"]),
-                        args["backend"], bool(args["trace"]), fused, {}, {})
+    module = fuse_norms(torch_module_copy(parent, "kernels.fused_norm", share_weights=True),
+                        tuple(kinds[k] for k in args["norms"]), args["backend"], bool(args["trace"]), fused, {}, {})
     if sorted(fused) != list(args["fused"]):
         raise ValueError(f"kernels.fused_norm: the rebuild fused {sorted(fused)}, the saved model {args['fused']}")
     return module

@@ -61,7 +61,7 @@ class WinogradPass(Pass):
                                               tune_model, winograd_supported)
 
         cfg = self.config
-        module = torch_module_copy(art, self.name)
+        module = torch_module_copy(art, self.name, share_weights=True)
         convs = {n: m for n, m in module.named_modules() if isinstance(m, nn.Conv2d)}
         replaced: dict[str, int] = {}
         backends: dict[str, str] = {}  # replaced layer -> the backend it runs on
@@ -138,7 +138,7 @@ def rebuild_winograd(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     # torch-backed: imported when the pass runs (pass modules load with the registry)
     from edgeopt.kernels.winograd import WinogradConv2d  # lazy: imports torch
 
-    module = torch_module_copy(parent, "kernels.winograd")
+    module = torch_module_copy(parent, "kernels.winograd", share_weights=True)
     backends = args.get("backends", {})
     for name, tile in args["tiles"].items():
         module.set_submodule(name, WinogradConv2d(module.get_submodule(name), int(tile), backends.get(name, "torch")))

@@ -95,6 +95,8 @@ def test_sequential_and_traced_pairs_are_fused(tmp_path):
             assert torch.allclose(out.module(x), art.module(x), atol=1e-5)
     assert sha256_module(art.module) == before == art.sha256
     assert _count(art.module, GroupNormAct) == 0 and isinstance(art.module[3], ResBlock)
+    # the stage holds no second copy of the weights: the convolutions' tensors are the input's own
+    assert out.module[0].weight is art.module[0].weight and out.module[3].conv1.weight is art.module[3].conv1.weight
 
 
 def test_functional_activation_fused_and_shared_output_left_alone(tmp_path):
