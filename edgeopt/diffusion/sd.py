@@ -21,7 +21,7 @@ from torch import nn
 
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
-from edgeopt.zoo.unet import unet_step_class
+from edgeopt.zoo.unet import UNET_CONFIGS, unet_step_class
 
 ZOO_PREFIX = "zoo:"
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -39,12 +39,7 @@ SD_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "text_encoder": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                              projection_dim=768, layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2, pad_token_id=1),
-        "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                     block_out_channels=(320, 640, 1280, 1280),
-                     down_block_types=(_CROSS_DOWN, _CROSS_DOWN, _CROSS_DOWN, "DownBlock2D"),
-                     up_block_types=("UpBlock2D", _CROSS_UP, _CROSS_UP, _CROSS_UP),
-                     cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-                     flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1),
+        "unet": UNET_CONFIGS["sd-1.4"]["config"],  # zoo:unet-sd-1.4, the kernel tables' UNet
         "vae": dict(sample_size=512, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                     up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",

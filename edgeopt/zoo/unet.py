@@ -30,6 +30,16 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 UNET_CONFIGS["medium"] = {**UNET_CONFIGS["small"], "latent": 64,  # 4096 tokens at the top level, as SD at 512 px
                           "config": {**UNET_CONFIGS["small"]["config"], "sample_size": 64}}
+# Stable Diffusion 1.4's UNet as published (CompVis/stable-diffusion-v1-4 unet/config.json, the keys that differ
+# from diffusers' defaults): 859.5M parameters, 8 heads of 40/80/160 channels, 64x64 latents for 512x512 images,
+# 77 CLIP ViT-L/14 text states of 768. edgeopt.diffusion.sd builds the whole SD-1.4 pipeline from this entry.
+_CROSS_DOWN, _CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
+UNET_CONFIGS["sd-1.4"] = {"latent": 64, "text_tokens": 77, "config": dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=(_CROSS_DOWN, _CROSS_DOWN, _CROSS_DOWN, "DownBlock2D"),
+    up_block_types=("UpBlock2D", _CROSS_UP, _CROSS_UP, _CROSS_UP),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+    flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1)}
 
 
 @lru_cache(maxsize=1)

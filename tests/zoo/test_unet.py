@@ -32,3 +32,12 @@ def test_unknown_size_and_missing_diffusers_are_one_line(monkeypatch):
     with pytest.raises(MissingExtra, match=r"unet:tiny\) needs diffusers.*edgeopt\[diffusion\]") as e:
         build_unet("tiny")
     assert "\n" not in str(e.value)
+
+
+def test_sd14_unet_is_the_one_the_stable_diffusion_pipeline_builds():
+    from edgeopt.diffusion.sd import SD_CONFIGS
+
+    spec = UNET_CONFIGS["sd-1.4"]
+    assert SD_CONFIGS["sd-1.4"]["unet"] is spec["config"]  # one definition: the kernel table's and the pipeline's
+    assert (spec["latent"], spec["text_tokens"], spec["config"]["cross_attention_dim"]) == (64, 77, 768)
+    assert "unet-sd-1.4" in zoo_models()
