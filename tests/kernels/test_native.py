@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,15 +20,10 @@ _ACT_FNS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, app
 PATHS = (False, True)  # scalar=False: AVX2+FMA where the CPU has it; scalar=True: the plain C++ path
 
 
-@pytest.fixture(scope="module")
-def ops():
-    """The compiled operators, built once per machine and torch version (the first build takes about a minute)."""
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the native kernels cannot be built here")
-    reason = native.unavailable_reason()
-    if reason is not None and "EDGEOPT_NATIVE" in reason:
-        pytest.skip(reason)
-    return native.load()  # a compile error fails here, with the compiler's first error
+@pytest.fixture()
+def ops(native_ops):
+    """The compiled operators (tests/conftest.py's session fixture: built once per machine and torch version)."""
+    return native_ops
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -3,8 +3,6 @@ backend and its fallbacks, the tuner's native candidates, bad input, and the no-
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 
 import pytest
@@ -30,15 +28,10 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ops():
-    """The compiled operators, built once per machine and torch version (the first build takes about a minute)."""
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the native kernels cannot be built here")
-    reason = native.unavailable_reason()
-    if reason is not None and "EDGEOPT_NATIVE" in reason:
-        pytest.skip(reason)
-    return native.load()  # a compile error fails here, with the compiler's first error
+@pytest.fixture()
+def ops(native_ops):
+    """The compiled operators (tests/conftest.py's session fixture: built once per machine and torch version)."""
+    return native_ops
 
 
 def _case(N, ci, co, H, W, pad, bias, seed=0):
