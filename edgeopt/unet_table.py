@@ -229,7 +229,8 @@ def unet_table(size: str = "small", runs: int = 10, warmup: int = 2, threads: in
     prev_ms = None
     for r in rows:
         s = stats[r["label"]]
-        r["latency_ms"] = {"p50": s.p50, "p10_p90": p10_p90(s.samples), "n": s.n}
+        r["latency_ms"] = {"p50": s.p50, "p10_p90": p10_p90(s.samples), "n": s.n,
+                           "samples": [round(x, 3) for x in s.samples]}  # round order: paired speedups
         r["change_vs_untouched"] = s.p50 / base_ms - 1.0
         r["change_vs_previous"] = None if (r["reference"] or prev_ms is None) else s.p50 / prev_ms - 1.0
         if not r["reference"]:

@@ -35,7 +35,9 @@ from edgeopt.diffusion.text2img import tokenize
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
 from edgeopt.measure.fidelity import compare
+from edgeopt.measure.latency import measure_interleaved, paired_speedup
 from edgeopt.measure.litert import LiteRtRunner, conversion_error, quiet_native_stderr
+from edgeopt.target import detect_target
 from edgeopt.versions import versions
 
 SIDECAR = "sd_litert.json"
@@ -91,10 +93,11 @@ def convert_sd(sd: StableDiffusion, out_dir: str | Path, quantize: str = "none",
 
 
 def quantize_sd(sd: StableDiffusion, src: str | Path, out_dir: str | Path, quantize: str = "weight_only_int8",
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, components: Sequence[str] | None = None) -> dict[str, Any]:
     """The `quantize` variant of the fp32 folder `src` (written by `convert_sd` from `sd`) in `out_dir`: each
-    component's .tflite quantized by the LiteRT quantizer and checked against PyTorch as `convert_sd` does, with
-    no second conversion. `src` must hold fp32 components converted from these very weights."""
+    component's .tflite (all in `src`, or those of `components`) quantized by the LiteRT quantizer and checked
+    against PyTorch as `convert_sd` does, with no second conversion. `src` must hold fp32 components converted from
+    these very weights."""
     check_quantize(quantize)
     if quantize == "none":
         raise InputError("quantize_sd makes a quantized variant; quantize='none' is convert_sd's output itself")
@@ -103,6 +106,12 @@ def quantize_sd(sd: StableDiffusion, src: str | Path, out_dir: str | Path, quant
     if meta["quantize"] != "none":
         raise InputError(f"{src}: holds a {meta['quantize']} conversion; quantize_sd starts from an fp32 one")
     entries = meta["components"]
+    if components is not None:
+        _check_components(components)
+        lacking = [c for c in components if c not in entries]
+        if lacking:
+            raise InputError(f"{src}: holds no {', '.join(lacking)} (convert it with convert_sd first)")
+        entries = {name: entries[name] for name in COMPONENTS if name in components}
     batches = [shapes["sample"][0] for shapes in entries["unet"]["signatures"].values()] if "unet" in entries else [2]
     jobs = _jobs(sd, list(entries), meta["height"], meta["width"], batches)
     for job in jobs:
@@ -406,3 +415,93 @@ def litert_components(folder: str | Path, threads: int = 2,
             call.close()
         raise
     return calls
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+class _Call:
+    """A zero-argument call as a runner of `measure_interleaved` (the feed is bound in)."""
+
+    def __init__(self, name: str, fn: Callable[[], Any]):
+        self.name, self.fn = name, fn
+
+    def run(self, feed: Any) -> Any:
+        return self.fn()
+
+    def close(self) -> None:
+        pass
+
+
+def compare_sd_components(sd: StableDiffusion, folders: dict[str, str | Path], *, threads: int = 2, runs: int = 5,
+                          warmup: int = 1, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """PyTorch beside each LiteRT conversion of `sd` (`folders`: row label -> a `convert_sd` folder of the same
+    weights), component by component, at `threads` threads: returned as {"setup", "components": {name: [rows]}}.
+
+    Per component (text encoder, one UNet step at the converted guidance batch, VAE decode) every runtime runs the
+    component's seeded sample feed (the one conversion checked against), timed interleaved round-robin in this
+    process (`runs` rounds after `warmup`); a row gives the median and spread, the paired speedup over PyTorch with
+    its 95 % interval, the weights' size, and the output's worst relative error and cosine to PyTorch. A component
+    a folder lacks is a row with `missing` and the reason (e.g. the quantizer could not quantize it)."""
+    if min(threads, runs) < 1 or warmup < 0:
+        raise InputError("threads and runs must be >= 1 and warmup >= 0")
+    if "pytorch" in folders:
+        raise InputError("'pytorch' is the PyTorch row's label; name the LiteRT rows otherwise")
+    metas = {label: read_sidecar(folder) for label, folder in folders.items()}
+    sizes = {(meta["height"], meta["width"]) for meta in metas.values()}
+    if len(sizes) > 1:
+        raise InputError(f"the folders were converted for different image sizes ({sorted(sizes)}); compare one size")
+    height, width = sizes.pop() if sizes else sd.default_size
+    batches = sorted({shape["sample"][0] for meta in metas.values() for name, e in meta["components"].items()
+                      if name == "unet" for shape in e["signatures"].values()}) or [2]
+    jobs = {job.name: job for job in _jobs(sd, COMPONENTS, height, width, batches[-1:])}
+    load_before = os.getloadavg()
+    out: dict[str, list[dict[str, Any]]] = {}
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name, job in jobs.items():
+            if progress is not None:
+                progress(name)
+            (sig, feed), = list(job.samples.items())[:1]
+            for label, meta in metas.items():
+                entry = meta["components"].get(name)
+                if entry is not None and entry["weights_sha256"] != job.sha256:
+                    raise InputError(f"{folders[label]}: {name} converted from other weights than {sd.source}'s")
+            calls: dict[str, LiteRtCall] = {}
+            try:
+                for label, meta in metas.items():
+                    entry = meta["components"].get(name)
+                    if entry is not None and sig in entry["signatures"]:
+                        calls[label] = LiteRtCall(_component_file(Path(folders[label]), name, entry),
+                                                  {sig: entry["signatures"][sig]}, threads)
+                args = tuple(feed.values())
+                with torch.inference_mode():
+                    want = job.module(*args)
+                    got = {label: call(*args) for label, call in calls.items()}
+                    runners = {"pytorch": _Call("pytorch", lambda: job.module(*args)),
+                               **{label: _Call(label, lambda c=call: c(*args)) for label, call in calls.items()}}
+                    stats = measure_interleaved(runners, feed={}, warmup=warmup, runs=runs)
+            finally:
+                for call in calls.values():
+                    call.close()
+            size = sum(p.numel() * p.element_size() for p in job.module.parameters())
+            rows = [{"runtime": "pytorch", "quantize": "none", "size_bytes": size, "ms": stats["pytorch"].to_dict(),
+                     "speedup": None, "max_rel_error": 0.0, "min_cosine": 1.0}]
+            for label, meta in metas.items():
+                if label not in calls:
+                    why = "not converted" if name not in meta["components"] else f"no signature {sig}"
+                    rows.append({"runtime": label, "quantize": meta["quantize"], "missing": why})
+                    continue
+                fid = compare([want.numpy()], [got[label].numpy()])
+                rows.append({"runtime": label, "quantize": meta["quantize"],
+                             "size_bytes": meta["components"][name]["size_bytes"], "ms": stats[label].to_dict(),
+                             "speedup": paired_speedup(stats["pytorch"].samples, stats[label].samples)._asdict(),
+                             "max_rel_error": fid["max_abs"] / max(float(want.abs().max()), 1e-12),
+                             "min_cosine": fid["min_cosine"]})
+            out[name] = rows
+    finally:
+        torch.set_num_threads(prev_threads)
+    t = detect_target()
+    setup = {"source": sd.source, "height": height, "width": width, "unet_batch": batches[-1], "threads": threads,
+             "runs": runs, "cpu": t.cpu_model, "isa": list(t.isa), "loadavg_before": load_before,
+             "loadavg_after": os.getloadavg(), "versions": versions()}
+    return {"setup": setup, "components": out}

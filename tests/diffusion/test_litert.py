@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from edgeopt.analyze.tflite import tflite_info
-from edgeopt.diffusion.litert import (FP32_REL_TOL, MIN_COSINE, SIDECAR, convert_sd, litert_components, quantize_sd,
-                                      read_sidecar)
+from edgeopt.diffusion.litert import (FP32_REL_TOL, MIN_COSINE, SIDECAR, compare_sd_components, convert_sd,
+                                      litert_components, quantize_sd, read_sidecar)
 from edgeopt.diffusion.quality import psnr
 from edgeopt.diffusion.sd import StableDiffusion, load_sd
 from edgeopt.diffusion.text2img import text_to_image, tokenize
@@ -143,6 +143,57 @@ def test_dynamic_int8_variant_quantizes_each_component(sd, fp32, tmp_path):
     for name, entry in meta["components"].items():
         assert entry["check"]["min_cosine"] >= MIN_COSINE["dynamic_int8"]
         assert tflite_info(tmp_path / "dyn8" / entry["file"])["weight_dtypes"].get("int8", 0) > 0, name
+
+
+def test_quantize_only_the_components_asked_for(sd, fp32, tmp_path):
+    meta = quantize_sd(sd, fp32[0], tmp_path / "dec8", "weight_only_int8", components=("decoder",))
+    assert list(meta["components"]) == ["decoder"]
+    assert {p.name for p in (tmp_path / "dec8").iterdir()} == {"decoder.tflite", SIDECAR}
+    assert tflite_info(tmp_path / "dec8" / "decoder.tflite")["weight_dtypes"].get("int8", 0) > 0
+    with pytest.raises(InputError, match="unknown 'vae'"):
+        quantize_sd(sd, fp32[0], tmp_path / "x", components=("vae",))
+    only = tmp_path / "te-only"
+    convert_sd(sd, only, components=("text_encoder",), height=64, width=64)
+    with pytest.raises(InputError, match="holds no unet"):
+        quantize_sd(sd, only, tmp_path / "y", components=("unet",))
+
+
+def test_compare_components_times_each_runtime_beside_pytorch(sd, fp32, tmp_path):
+    partial = tmp_path / "dec8"
+    quantize_sd(sd, fp32[0], partial, "weight_only_int8", components=("decoder",))
+    seen: list[str] = []
+    res = compare_sd_components(sd, {"fp32": fp32[0], "wo8 decoder": partial}, threads=1, runs=2, warmup=0,
+                                progress=seen.append)
+    assert seen == ["text_encoder", "unet", "decoder"] == list(res["components"])
+    assert res["setup"]["unet_batch"] == 2 and (res["setup"]["height"], res["setup"]["width"]) == (64, 64)
+    assert res["setup"]["isa"] and res["setup"]["threads"] == 1
+    for name, rows in res["components"].items():
+        by = {r["runtime"]: r for r in rows}
+        assert list(by) == ["pytorch", "fp32", "wo8 decoder"]
+        assert by["pytorch"]["ms"]["n"] == 2 and by["pytorch"]["speedup"] is None
+        fp = by["fp32"]
+        assert fp["ms"]["n"] == 2 and fp["speedup"]["lo"] <= fp["speedup"]["ratio"] <= fp["speedup"]["hi"]
+        assert fp["max_rel_error"] <= FP32_REL_TOL and fp["min_cosine"] > 0.9999, name
+        assert fp["size_bytes"] == read_sidecar(fp32[0])["components"][name]["size_bytes"]
+        if name == "decoder":
+            q = by["wo8 decoder"]
+            assert q["quantize"] == "weight_only_int8" and q["size_bytes"] < fp["size_bytes"]
+            assert MIN_COSINE["weight_only_int8"] <= q["min_cosine"] < 1.0 and q["max_rel_error"] > fp["max_rel_error"]
+        else:
+            assert by["wo8 decoder"]["missing"] == "not converted"
+
+
+def test_compare_components_refuses_bad_rows(sd, fp32, tmp_path):
+    with pytest.raises(InputError, match="'pytorch' is the PyTorch row"):
+        compare_sd_components(sd, {"pytorch": fp32[0]})
+    with pytest.raises(InputError, match="runs must be >= 1"):
+        compare_sd_components(sd, {"fp32": fp32[0]}, runs=0)
+    other = tmp_path / "128"
+    convert_sd(sd, other, components=("text_encoder",), height=128, width=128)
+    with pytest.raises(InputError, match="different image sizes"):
+        compare_sd_components(sd, {"fp32": fp32[0], "big": other})
+    with pytest.raises(InputError, match="converted from other weights"):
+        compare_sd_components(load_sd("zoo:sd-small", seed=1), {"fp32": fp32[0]})
 
 
 def test_resume_keeps_what_is_converted_and_refuses_mixing(sd, fp32, wo8, tmp_path):
