@@ -34,6 +34,7 @@ from edgeopt.diffusion.sd import StableDiffusion, TextEncode, UNetStep, VaeDecod
 from edgeopt.diffusion.text2img import tokenize
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
+from edgeopt.kernels.layer_stats import CallRunner
 from edgeopt.measure.fidelity import compare
 from edgeopt.measure.latency import measure_interleaved, paired_speedup
 from edgeopt.measure.litert import LiteRtRunner, conversion_error, quiet_native_stderr
@@ -418,19 +419,6 @@ def litert_components(folder: str | Path, threads: int = 2,
 
 
 # ---------------------------------------------------------------------------------------------- comparing
-class _Call:
-    """A zero-argument call as a runner of `measure_interleaved` (the feed is bound in)."""
-
-    def __init__(self, name: str, fn: Callable[[], Any]):
-        self.name, self.fn = name, fn
-
-    def run(self, feed: Any) -> Any:
-        return self.fn()
-
-    def close(self) -> None:
-        pass
-
-
 def compare_sd_components(sd: StableDiffusion, folders: dict[str, str | Path], *, threads: int = 2, runs: int = 5,
                           warmup: int = 1, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """PyTorch beside each LiteRT conversion of `sd` (`folders`: row label -> a `convert_sd` folder of the same
@@ -477,8 +465,9 @@ def compare_sd_components(sd: StableDiffusion, folders: dict[str, str | Path], *
                 with torch.inference_mode():
                     want = job.module(*args)
                     got = {label: call(*args) for label, call in calls.items()}
-                    runners = {"pytorch": _Call("pytorch", lambda: job.module(*args)),
-                               **{label: _Call(label, lambda c=call: c(*args)) for label, call in calls.items()}}
+                    runners = {"pytorch": CallRunner("pytorch", lambda: job.module(*args), threads),
+                               **{label: CallRunner(label, lambda c=call: c(*args), threads)
+                                  for label, call in calls.items()}}
                     stats = measure_interleaved(runners, feed={}, warmup=warmup, runs=runs)
             finally:
                 for call in calls.values():
