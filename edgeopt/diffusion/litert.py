@@ -310,7 +310,7 @@ def _check(path: Path, job: Job, quantize: str) -> dict[str, Any]:
         except InputError as e:
             raise InputError(f"{job.name}: LiteRT cannot run the converted model: {e}") from None
         fid = compare([want], got[:1])
-        worst_rel = max(worst_rel, fid["max_abs"] / max(float(np.abs(want).max()), 1e-12))
+        worst_rel = max(worst_rel, _rel_error(fid, want))
         worst_cos = min(worst_cos, fid["min_cosine"])
     if quantize == "none" and not worst_rel <= FP32_REL_TOL:
         raise InputError(f"{job.name}: the LiteRT model differs from PyTorch by {worst_rel:.3g} relative "
@@ -319,6 +319,11 @@ def _check(path: Path, job: Job, quantize: str) -> dict[str, Any]:
         raise InputError(f"{job.name}: the {quantize} LiteRT model's cosine to PyTorch is {worst_cos:.5f} "
                          f"(< {MIN_COSINE[quantize]})")
     return {"max_rel_error": worst_rel, "min_cosine": worst_cos, "feeds": len(job.samples)}
+
+
+def _rel_error(fid: dict[str, Any], want: np.ndarray) -> float:
+    """The largest |LiteRT - PyTorch| (`compare`'s max_abs) over the largest |PyTorch| output."""
+    return fid["max_abs"] / max(float(np.abs(want).max()), 1e-12)
 
 
 def _write_sidecar(folder: Path, meta: dict[str, Any]) -> None:
@@ -484,7 +489,7 @@ def compare_sd_components(sd: StableDiffusion, folders: dict[str, str | Path], *
                 rows.append({"runtime": label, "quantize": meta["quantize"],
                              "size_bytes": meta["components"][name]["size_bytes"], "ms": stats[label].to_dict(),
                              "speedup": paired_speedup(stats["pytorch"].samples, stats[label].samples)._asdict(),
-                             "max_rel_error": fid["max_abs"] / max(float(want.abs().max()), 1e-12),
+                             "max_rel_error": _rel_error(fid, want.numpy()),
                              "min_cosine": fid["min_cosine"]})
             out[name] = rows
     finally:
