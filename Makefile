@@ -17,7 +17,7 @@ OUT ?= runs/demo
 COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --all-extras --allow-unsafe -c constraints.txt --strip-extras \
 	--no-emit-index-url --no-emit-find-links --output-file $(LOCK)
 
-.PHONY: demo demo-llm test install lock lock-upgrade bench clean chromium
+.PHONY: demo demo-llm test install lock lock-upgrade bench clean chromium espeak
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ demo: $(STAMP)
 demo-llm: $(STAMP)
 	$(VENV)/bin/edgeopt demo llm -o runs/demo-llm
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium espeak
 	$(PY) -m pytest -q
 
 # Regenerate the lock from pyproject.toml, keeping the versions already locked where they still fit.
@@ -59,6 +59,15 @@ chromium:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: apt-get could not install chromium; the browser test will skip"; \
 	  else echo "note: chromium is missing and this is not root: the browser test will skip"; fi; }
+
+# Debian's espeak-ng speaks the test utterances with known transcripts (Whisper's word error rate); without it
+# zoo:speech falls back to synthesized vowel chains and the transcript checks skip, saying why.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
+	      || echo "warning: apt-get could not install espeak-ng; the transcript checks will skip"; \
+	  else echo "note: espeak-ng is missing and this is not root: the transcript checks will skip"; fi; }
 
 bench: $(STAMP)
 	$(PY) benchmarks/minilm.py

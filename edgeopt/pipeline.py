@@ -100,11 +100,16 @@ def stage_folder(out_dir: Path, stage: str) -> Path:
     return folder
 
 
+VAD_SOURCE = "zoo:silero-vad"
+
+
 def _resolve_recipe(recipe: Recipe | str | Path | dict | None, model: Any = None) -> Recipe:
     """The recipe to run; `auto` (the default) on a diffusion model is the `diffusion` recipe (its kernel rows,
     measured on whole image runs): the ONNX / INT8 search has nothing to time in a denoising loop."""
     if recipe in (None, "auto") and (is_sd_source(model) or model == DIGITS_DIFFUSION):
         return load_recipe("diffusion")
+    if recipe in (None, "auto") and model == VAD_SOURCE:
+        return load_recipe("vad")  # its gate: frame decisions agreeing with the original's
     if recipe is None:
         return load_recipe("auto")
     if isinstance(recipe, Recipe):
@@ -447,7 +452,8 @@ class Pipeline:
         ref = run.reference if run.reference is not None else self._outputs(base_runner, run, "fidelity (baseline)")
         run.reference = ref
         base_acc = accuracy(ref, run.labels)
-        base_stage.fidelity = fidelity.compare(ref, ref)
+        threshold = base_art.meta.get("decision_threshold")  # probability outputs decided at a threshold (VAD)
+        base_stage.fidelity = fidelity.compare(ref, ref, threshold)
         if base_acc is not None:
             base_stage.accuracy = {"top1": base_acc}
             base_stage.fidelity["accuracy_drop"] = 0.0
@@ -460,7 +466,7 @@ class Pipeline:
                 stage.notes["not_measured"] = str(e).split(": ", 1)[-1]
                 continue
             outs = self._outputs(runner, run, f"fidelity ({stage.name})")
-            stage.fidelity = fidelity.compare(ref, outs)
+            stage.fidelity = fidelity.compare(ref, outs, threshold)
             acc = accuracy(outs, run.labels)
             if acc is not None:
                 stage.accuracy = {"top1": acc}

@@ -35,9 +35,11 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(np.where(nan, np.nan, cos), -1.0, 1.0)
 
 
-def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
+def compare(ref: list[np.ndarray], out: list[np.ndarray], threshold: float | None = None) -> dict[str, float]:
     """Fidelity of `out` against `ref`: max_abs, mean_abs (over all elements), mean_cosine and min_cosine
-    (over sample rows) and n (the number of rows compared).
+    (over sample rows) and n (the number of rows compared). With `threshold` (models whose outputs are
+    probabilities turned into decisions, e.g. a VAD's speech/non-speech per frame) also decision_agreement: the
+    share of output elements on the same side of the threshold in both.
 
     NaN anywhere makes the numbers NaN (a gate then fails). A length or shape mismatch raises InputError.
     """
@@ -49,7 +51,7 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
         raise InputError(f"fidelity: {len(ref)} reference outputs but {len(out)} outputs to compare")
     if not ref:
         raise InputError("fidelity: no outputs to compare")
-    maxes, abs_sum, n_elems, cos_all = [0.0], 0.0, 0, []
+    maxes, abs_sum, n_elems, cos_all, same = [0.0], 0.0, 0, [], 0
     for i, (r, o) in enumerate(zip(ref, out)):
         r, o = np.asarray(r), np.asarray(o)
         if r.shape != o.shape:
@@ -60,16 +62,21 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, float]:
             abs_sum += float(diff.sum())
             n_elems += diff.size
         cos_all.append(cosine_rows(r, o))
+        if threshold is not None:
+            same += int(((r > threshold) == (o > threshold)).sum())
     cos = np.concatenate(cos_all)
     if cos.size == 0:
         raise InputError("fidelity: the outputs hold no samples")
-    return {
+    result = {
         "max_abs": float(np.max(maxes)),
         "mean_abs": abs_sum / n_elems if n_elems else 0.0,
         "mean_cosine": float(cos.mean()),
         "min_cosine": float(cos.min()),
         "n": int(cos.size),
     }
+    if threshold is not None:
+        result["decision_agreement"] = same / n_elems if n_elems else 1.0
+    return result
 
 
 class GateSpec(BaseModel):
@@ -90,13 +97,15 @@ class GateSpec(BaseModel):
                                    description="diffusion: SSIM against the baseline's images")
     max_fd_increase: float | None = Field(default=None, ge=0, description="digits diffusion: Fréchet distance rise "
                                           "over the baseline's, as a fraction (0.1 = 10 %)")
+    min_decision_agreement: float | None = Field(default=None, ge=0, le=1, description="probability outputs (VAD): "
+                                                 "share of frames decided alike at the model's threshold")
 
 
 # gate name -> (fidelity key, direction): "min" means the value must be >= the limit, "max" <= the limit
 _GATES = {"min_cosine": ("min_cosine", "min"), "mean_cosine": ("mean_cosine", "min"), "max_abs": ("max_abs", "max"),
           "max_accuracy_drop": ("accuracy_drop", "max"), "min_top1_agreement": ("top1_agreement", "min"),
           "max_kl": ("kl", "max"), "min_psnr": ("psnr", "min"), "min_ssim": ("ssim", "min"),
-          "max_fd_increase": ("fd_increase", "max")}
+          "max_fd_increase": ("fd_increase", "max"), "min_decision_agreement": ("decision_agreement", "min")}
 
 
 def _gate_limits(gates: Any) -> dict[str, float]:

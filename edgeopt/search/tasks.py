@@ -79,7 +79,7 @@ def judge(art: Any, data: dict[str, list[Any]], gates: dict[str, Any], threads: 
     finally:
         runner.close()
     ref = data["reference"]
-    fid = fidelity.compare(ref, outs)
+    fid = fidelity.compare(ref, outs, art.meta.get("decision_threshold"))
     acc = accuracy(outs, data.get("labels"))
     result: dict[str, Any] = {"fidelity": fid}
     if acc is not None:

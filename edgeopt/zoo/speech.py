@@ -109,17 +109,18 @@ def synthesize(i: int, sr: int = SAMPLE_RATE) -> np.ndarray:
     return (0.5 * wave / (np.abs(wave).max() + 1e-9)).astype(np.float32)
 
 
-def _espeak(i: int, sr: int) -> np.ndarray | None:
-    """Utterance `i` spoken by espeak-ng (a generated sentence, resampled to `sr`), or None when it fails."""
+def say(text: str, sr: int = SAMPLE_RATE, words_per_minute: int = 160, voice: str = "en-us") -> np.ndarray | None:
+    """`text` spoken by espeak-ng at `sr` (float32 peaking at 0.5), or None when espeak-ng is missing or fails."""
     from scipy.io import wavfile  # lazy: scipy loads only where espeak-ng speaks
     from scipy.signal import resample_poly
 
-    text = sentences()[i % N_UTTERANCES]
+    if not espeak_available():
+        return None
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "u.wav"
         try:
-            subprocess.run(["espeak-ng", "-w", str(out), "-s", str(150 + (i * 7) % 40), text], check=True,
-                           capture_output=True, timeout=30)
+            subprocess.run(["espeak-ng", "-v", voice, "-w", str(out), "-s", str(words_per_minute), text], check=True,
+                           capture_output=True, timeout=60)
             rate, x = wavfile.read(out)
         except (OSError, subprocess.SubprocessError, ValueError):
             return None
@@ -128,6 +129,40 @@ def _espeak(i: int, sr: int) -> np.ndarray | None:
         g = int(np.gcd(rate, sr))
         x = resample_poly(x, sr // g, rate // g).astype(np.float32)
     return x
+
+
+def _espeak(i: int, sr: int) -> np.ndarray | None:
+    """Utterance `i` spoken by espeak-ng (a generated sentence, resampled to `sr`), or None when it fails."""
+    return say(sentences()[i % N_UTTERANCES], sr, 150 + (i * 7) % 40)
+
+
+def transcripts(n: int = 10, seed: int = 7) -> list[str]:
+    """`n` short sentences (6–14 words, a few seconds spoken) with known text, for word error rates."""
+    from edgeopt.zoo import sentences as sent
+
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for _ in range(n):
+        s, v, o = (str(rng.choice(x)) for x in (sent._SUBJECTS, sent._VERBS, sent._OBJECTS))
+        tail = str(rng.choice(sent._PLACES))
+        out.append(f"{s[0].upper()}{s[1:]} {v} {o} {tail}.")
+    return out
+
+
+def spoken(n: int = 10, sr: int = SAMPLE_RATE) -> list[tuple[np.ndarray, str]]:
+    """`n` (waveform, transcript) pairs spoken by espeak-ng (voices and speeds vary); InputError without it."""
+    from edgeopt.errors import InputError
+
+    if not espeak_available():
+        raise InputError("speech with known transcripts needs espeak-ng (make espeak; Debian: apt-get "
+                         "install espeak-ng)")
+    pairs = []
+    for i, text in enumerate(transcripts(n)):  # espeak's British voice at 150-180 words a minute: Whisper tiny.en
+        x = say(text, sr, 150 + (i * 7) % 31, "en")  # reads it best of the voices tried (WER ~0.26)
+        if x is None:
+            raise InputError(f"espeak-ng failed to speak utterance {i}: {text!r}")
+        pairs.append((x, text))
+    return pairs
 
 
 def utterance(i: int, sr: int = SAMPLE_RATE) -> np.ndarray:

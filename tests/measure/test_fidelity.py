@@ -123,3 +123,14 @@ def test_compare_runner_outputs_end_to_end(tiny_bert_torch, tiny_bert_onnx, tiny
     assert f["n"] == len(tiny_bert_feeds)
     assert f["min_cosine"] > 0.9999 and f["max_abs"] < 1e-4
     assert gate(f, {"min_cosine": 0.999})[0]
+
+
+def test_decision_agreement_counts_frames_on_the_same_side_of_the_threshold():
+    ref = [np.array([[0.1, 0.9, 0.6, 0.4]])]
+    out = [np.array([[0.2, 0.8, 0.45, 0.3]])]  # the third frame flips
+    fid = compare(ref, out, threshold=0.5)
+    assert fid["decision_agreement"] == 0.75
+    assert "decision_agreement" not in compare(ref, out)  # only for models decided at a threshold
+    assert gate(fid, {"min_decision_agreement": 0.7})[0]
+    ok, why = gate(fid, {"min_decision_agreement": 0.99})
+    assert not ok and "decision_agreement 0.75 < 0.99" in why

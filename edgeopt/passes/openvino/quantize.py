@@ -24,6 +24,8 @@ class QuantizeOpenVINO(Pass):
     NNCF (OpenVINO's own quantizer) places the fake-quantize nodes where the CPU plugin has int8
     kernels; `model_type` "auto" uses its transformer scheme for BERT-family models. Float ops left
     run at `precision` (f32 by default: mixing bf16 with int8 was slower in our measurements).
+    `weights_only`: INT8 weights only (NNCF's `compress_weights`, asymmetric per channel), activations stay
+    float and no calibration data is needed — what OpenVINO uses for autoregressive decoders.
     """
 
     class Config(PassConfig):
@@ -33,6 +35,7 @@ class QuantizeOpenVINO(Pass):
         fast_bias_correction: bool = True
         precision: Literal["keep", "f32", "bf16", "f16"] = "f32"
         ignored: tuple[str, ...] = ()
+        weights_only: bool = False
 
     accepts = ("openvino",)
     produces = "openvino"
@@ -44,6 +47,8 @@ class QuantizeOpenVINO(Pass):
         import logging
 
         cfg = self.config
+        if cfg.weights_only:
+            return self._weights_only(art, ctx, ov, nncf)
         feeds = ctx.calibration[: cfg.samples]
         if not feeds:
             raise PassError("openvino.quantize needs calibration data (recipe data.calibration)")
@@ -77,4 +82,28 @@ class QuantizeOpenVINO(Pass):
             settings["precision"] = cfg.precision
         ctx.notes["quantization"] = {"mode": "static-int8-openvino", "preset": cfg.preset, "samples": len(feeds),
                                      "scheme": "transformer" if transformer else "default", "nncf": nncf.__version__}
+        return Artifact.from_openvino(ctx.stage_dir / "model.xml", meta={**art.meta, "openvino": settings})
+
+    def _weights_only(self, art: Artifact, ctx: PassContext, ov, nncf) -> Artifact:
+        import logging
+
+        cfg = self.config
+        model = ov.Core().read_model(str(art.path))
+        kwargs = {"ignored_scope": nncf.IgnoredScope(names=list(cfg.ignored))} if cfg.ignored else {}
+        nncf_logger = logging.getLogger("nncf")
+        level = nncf_logger.level
+        nncf_logger.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                q = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)
+        except Exception as e:
+            raise PassError(f"openvino.quantize: NNCF weight compression failed: "
+                            f"{(str(e).strip().splitlines() or [''])[0][:300]}") from None
+        finally:
+            nncf_logger.setLevel(level)
+        save_ir(q, ctx.stage_dir)
+        settings = dict(art.meta.get("openvino") or {})
+        if cfg.precision != "keep":
+            settings["precision"] = cfg.precision
+        ctx.notes["quantization"] = {"mode": "int8-weights-openvino", "nncf": nncf.__version__}
         return Artifact.from_openvino(ctx.stage_dir / "model.xml", meta={**art.meta, "openvino": settings})
