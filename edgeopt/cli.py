@@ -186,17 +186,38 @@ def passes(as_json: bool = typer.Option(False, "--json")):
 
 
 @app.command()
-def demo(which: str = typer.Argument("minilm", help="minilm (the search on all-MiniLM-L6-v2) or llm (SmolLM2-135M "
-                                     "on LiteRT: export, quantize, generate, measure)"),
-         out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/demo, runs/demo-llm)"),
-         resume: bool = typer.Option(False, "--resume")):
-    """The search on zoo:minilm (recipe minilm-auto), or `demo llm` (recipe llm-litert on zoo:smollm2-135m), offline:
-    prints the stage table and writes the report."""
+def demo(which: str = typer.Argument("minilm", help="minilm (the search on all-MiniLM-L6-v2), llm (SmolLM2-135M "
+                                     "on LiteRT: export, quantize, generate, measure) or whisper (Whisper tiny.en)"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/demo, runs/demo-llm, "
+                                            "runs/demo-whisper)"),
+         resume: bool = typer.Option(False, "--resume"),
+         benchmark: bool = typer.Option(False, "--benchmark", help="whisper: 10 sentences, 5 timed rounds, peak RSS"),
+         target: str = typer.Option("cpu", "--target", help="whisper: cpu, cpu_avx, cpu_avx2, cpu_avx512, cuda, mps, "
+                                    "mobile_cpu, mobile_gpu, npu"),
+         compare_fusion: bool = typer.Option(False, "--compare-fusion", help="whisper: INT8 with and without fusion"),
+         threads: int = typer.Option(2, "--threads", help="whisper: intra-op threads")):
+    """The search on zoo:minilm (recipe minilm-auto), `demo llm` (recipe llm-litert on zoo:smollm2-135m), or
+    `demo whisper` (Whisper tiny.en's stages for a target, transcribing spoken sentences), offline: prints the
+    stage table (and writes the report)."""
     from edgeopt.pipeline import optimize as run  # lazy: keeps `edgeopt --help` fast
 
-    if which not in ("minilm", "llm"):
-        err.print(f"[red]error:[/red] unknown demo {which!r} (minilm, llm)", highlight=False)
+    if which not in ("minilm", "llm", "whisper"):
+        err.print(f"[red]error:[/red] unknown demo {which!r} (minilm, llm, whisper)", highlight=False)
         raise typer.Exit(2)
+    if which == "whisper":
+        from edgeopt.speech.demo import render, whisper_demo
+
+        out = out or Path("runs/demo-whisper")
+        res = _guard(whisper_demo, target, benchmark=benchmark, compare_fusion=compare_fusion, out=out,
+                     threads=threads, log=lambda s: console.print(s, highlight=False))
+        console.print(render(res))
+        for note in res["notes"]:
+            console.print(f"note: {note}", highlight=False)
+        from edgeopt.ledger import write_text_atomic
+
+        write_text_atomic(out / "whisper.json", json.dumps(res, indent=1, default=str))
+        console.print(f"results: {out / 'whisper.json'}")
+        return
     if which == "llm":
         out = out or Path("runs/demo-llm")
         console.print("[bold]edgeopt demo llm[/bold]: SmolLM2-135M-Instruct (real weights, from a 4-bit GGUF), "
@@ -222,6 +243,27 @@ def _print_llm(ledger) -> None:
     table = llm_table(ledger)
     if table is not None:
         console.print(table)
+
+
+@app.command()
+def transcribe(files: list[Path] = typer.Argument(..., help="WAV files (any rate; stereo is downmixed, with a note)"),
+               model: str = typer.Option("zoo:whisper-tiny-en", "--model", "-m", help="zoo:whisper-tiny-en, a Hugging "
+                                         "Face Whisper folder or a CTranslate2 Whisper folder"),
+               onnx: Optional[Path] = typer.Option(None, "--onnx", help="run exported graphs (a stage folder of "
+                                                   "`edgeopt demo whisper` with encoder/decoder) instead of PyTorch"),
+               threads: int = typer.Option(2, "--threads"),
+               as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Transcribe speech with Whisper (greedy, English, no timestamps)."""
+    from edgeopt.speech.whisper import transcribe_files
+
+    rows = _guard(transcribe_files, list(files), model=model, onnx_dir=onnx, threads=threads)
+    if as_json:
+        return _dump(rows)
+    for r in rows:
+        for note in r["notes"]:
+            err.print(f"note: {note}", highlight=False)
+        console.print(f"{r['file']}: {r['text']}", highlight=False)
+        err.print(f"  {r['audio_s']:.1f} s of audio in {r['seconds']:.2f} s (RTF {r['rtf']:.3f})", highlight=False)
 
 
 @app.command()

@@ -12,6 +12,7 @@ ROOT = Path(edgeopt.__file__).parent
 LAYER = {
     "cli": 5, "dashboard": 5,
     "pipeline": 4, "search": 4, "steps": 4, "unet_table": 4, "recipe": 4, "__init__": 4,
+    "speech": 4, "operators": 4,
     "passes": 3,
     "report": 2, "analyze": 2, "llm": 2, "diffusion": 2, "measure": 2, "kernels": 2, "ledger": 2, "data": 2,
     "zoo": 1, "load": 1, "export": 1, "nn": 1, "train": 1, "executor": 1,

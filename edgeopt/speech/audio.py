@@ -62,19 +62,15 @@ def read_wav(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, list[
 
 def write_wav(path: str | Path, x: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     """Float audio as 16-bit PCM WAV, written atomically (a temporary file beside it, then renamed)."""
-    import os
-    import tempfile
+    import io
 
     from scipy.io import wavfile
 
+    from edgeopt.artifact import write_bytes_atomic
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}-", dir=p.parent)
-    os.close(fd)
-    try:
-        wavfile.write(tmp, sr, (np.clip(x, -1, 1) * 32767).astype(np.int16))
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    wavfile.write(buf, sr, (np.clip(x, -1, 1) * 32767).astype(np.int16))
+    write_bytes_atomic(p, buf.getvalue())
     return p

@@ -25,7 +25,7 @@ import numpy as np
 from edgeopt.errors import EdgeoptError, InputError
 from edgeopt.speech import whisper as W
 
-STAGES = ("onnx", "fused", "int8-dynamic", "openvino", "openvino-bf16", "openvino-int8")
+STAGES = ("onnx", "fused", "int8-dynamic", "fused-int8", "openvino", "openvino-bf16", "openvino-int8")
 FP32_STAGES = ("onnx", "fused", "openvino")  # must transcribe exactly as PyTorch does
 
 
@@ -116,14 +116,18 @@ def build_stages(model: Any, out: str | Path, target: Any, stages: tuple[str, ..
     onnx_files = W.export_onnx(model, out / "onnx")
     base = SpeechStage("onnx", "ort", onnx_files, {"export_s": round(time.perf_counter() - t0, 1)})
     result.append(base)
+    built = {"onnx": base}
     isa = set(getattr(target, "isa", ()) or ())
     for name in stages:
         if name == "onnx":
             continue
         log(f"stage {name} …")
         st = SpeechStage(name, "openvino" if name.startswith("openvino") else "ort")
+        parent = built.get("fused") if name == "fused-int8" else base
         try:
-            st.files, st.notes = _build_one(name, base, model, out / name, target, isa, calibration, tokens,
+            if parent is None or parent.skipped:
+                raise _Skip("needs the fused stage (ask for it too)")
+            st.files, st.notes = _build_one(name, parent, model, out / name, target, isa, calibration, tokens,
                                             tokenizer)
             if name == "openvino-bf16":
                 st.precision = "bf16"
@@ -134,6 +138,7 @@ def build_stages(model: Any, out: str | Path, target: Any, stages: tuple[str, ..
         except EdgeoptError as e:
             st.skipped = f"failed: {e}"
         result.append(st)
+        built[name] = st
     return [s for s in result if s.name == "pytorch" or s.name in stages]
 
 
@@ -159,7 +164,7 @@ def _build_one(name: str, base: SpeechStage, model: Any, folder: Path, target: A
         if name == "fused":
             res, n, w = _run_pass("graph.fuse", {"rules": "transformer", "ort_transformer": False}, art, d, target)
             notes[comp] = {"fusions": n.get("fusions", {}), "warnings": w}
-        elif name == "int8-dynamic":
+        elif name in ("int8-dynamic", "fused-int8"):
             res, n, w = _run_pass("graph.quantize_dynamic", {}, art, d, target)
             notes[comp] = {k: v for k, v in n.items() if isinstance(v, (str, int, float, bool, dict, list))}
         elif name in ("openvino", "openvino-bf16"):
@@ -206,19 +211,9 @@ def _child_main(spec: dict[str, Any]) -> None:
     x, _ = read_wav(spec["wave"])
     feats = W.features(fe, [x])
     runner = st.runner(spec["threads"], model)
-    W.transcribe(runner, feats, _tokens_from_folder(spec["folder"]), tok)
+    W.transcribe(runner, feats, W.tokens_from_folder(spec["folder"]), tok)
     hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
     print(json.dumps({"peak_mb": hwm[0] / 1024 if hwm else None}))
-
-
-def _tokens_from_folder(folder: str | Path) -> W.Tokens:
-    from transformers import GenerationConfig, WhisperConfig
-
-    class _M:
-        config = WhisperConfig.from_pretrained(str(folder))
-        generation_config = GenerationConfig.from_pretrained(str(folder))
-
-    return W.Tokens.of(_M)
 
 
 def _torch_mb(model: Any) -> float:

@@ -99,6 +99,21 @@ class Tokens:
         return Tokens(tuple(prompt), eot, suppress, begin)
 
 
+def tokens_from_folder(folder: str | Path) -> Tokens:
+    """`Tokens` from a Whisper folder's config and generation config, without loading the weights."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig, WhisperConfig
+
+    try:
+        cfg = SimpleNamespace(config=WhisperConfig.from_pretrained(str(folder)),
+                              generation_config=GenerationConfig.from_pretrained(str(folder)))
+    except Exception as e:
+        raise InputError(f"{folder}: cannot read Whisper's config: {(str(e).strip().splitlines() or [''])[0][:200]}"
+                         ) from None
+    return Tokens.of(cfg)
+
+
 def features(fe: Any, waves: list[np.ndarray]) -> np.ndarray:
     """Log-mel input features (B, mels, 3000) of 16 kHz waveforms, padded to Whisper's 30 s window."""
     for i, w in enumerate(waves):
@@ -393,3 +408,68 @@ class OvWhisper:
         r = self.dec.infer({"input_ids": ids, **state})
         logits, k, v = (np.array(t) for t in r.values())
         return logits, {**state, "self_k": k, "self_v": v}
+
+
+def resolve_folder(model: str | Path) -> Path:
+    """A Whisper model argument as an HF folder: zoo:whisper-tiny-en, an HF folder, or a CTranslate2 folder (converted
+    once into the edgeopt cache, keyed by its path and model.bin's size and time)."""
+    from edgeopt.zoo.whisper import ct2_to_hf, whisper_folder
+
+    if str(model) == "zoo:whisper-tiny-en":
+        return whisper_folder()
+    p = Path(model)
+    if not p.is_dir():
+        raise InputError(f"{p}: no such Whisper folder (give zoo:whisper-tiny-en, a Hugging Face Whisper folder or "
+                         "a CTranslate2 one)")
+    if (p / "config.json").is_file() and any(f.suffix == ".safetensors" for f in p.iterdir()):
+        return p
+    if (p / "model.bin").is_file() or (p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file():
+        import hashlib
+
+        from edgeopt.zoo.llm import cache_root
+
+        st = (p / "model.bin").stat() if (p / "model.bin").is_file() else None
+        if st is None:
+            raise InputError(f"{p}: a CTranslate2 folder without model.bin")
+        key = hashlib.sha256(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        dst = cache_root() / f"whisper-ct2-{key}"
+        return dst if (dst / "config.json").is_file() else ct2_to_hf(p, dst)
+    raise InputError(f"{p}: neither a Hugging Face Whisper folder (config.json + safetensors) nor a CTranslate2 one "
+                     "(model.bin)")
+
+
+def transcribe_files(files: list[str | Path], model: str | Path = "zoo:whisper-tiny-en",
+                     onnx_dir: str | Path | None = None, threads: int = 2) -> list[dict[str, Any]]:
+    """Transcribe WAV files (any rate, mono or stereo: converted with a note) with PyTorch, or with the exported
+    graphs in `onnx_dir` (encoder.onnx and decoder.onnx, e.g. a stage folder of `edgeopt demo whisper`)."""
+    from edgeopt.speech.audio import read_wav
+
+    if not files:
+        raise InputError("no audio files given")
+    waves = [read_wav(f) for f in files]  # every file checked before any model loads
+    folder = resolve_folder(model)
+    if onnx_dir is not None:
+        d = Path(onnx_dir)
+        enc, dec = _stage_graph(d, "encoder"), _stage_graph(d, "decoder")
+        tok, fe = load_processing(folder)
+        runner: Any = OrtWhisper(enc, dec, threads=threads)
+        tokens = tokens_from_folder(folder)
+    else:
+        model_, tok, fe = load_whisper(folder)
+        runner, tokens = TorchWhisper(model_, threads=threads), Tokens.of(model_)
+    out = []
+    for f, (x, notes) in zip(files, waves):
+        if len(x) > 30 * SAMPLE_RATE:
+            notes = [*notes, f"{f}: {len(x) / SAMPLE_RATE:.1f} s; only the first 30 s are transcribed"]
+            x = x[: 30 * SAMPLE_RATE]
+        t = transcribe(runner, features(fe, [x]), tokens, tok)
+        out.append({"file": str(f), "text": t.text, "notes": notes, "audio_s": len(x) / SAMPLE_RATE,
+                    "seconds": t.total_ms / 1e3, "rtf": t.total_ms / 1e3 / max(len(x) / SAMPLE_RATE, 1e-9)})
+    return out
+
+
+def _stage_graph(d: Path, comp: str) -> Path:
+    for cand in (d / f"{comp}.onnx", d / comp / "model.onnx"):
+        if cand.is_file():
+            return cand
+    raise InputError(f"{d}: no {comp}.onnx (nor {comp}/model.onnx) here")
