@@ -368,6 +368,9 @@ class EdgeOptimizer:
                        else ["openvino-int8"],
                        OptimizationType.OPENVINO: ["openvino"], OptimizationType.ONNX_CONVERSION: [],
                        OptimizationType.FP16_QUANTIZATION: []}[o]
+        if {OptimizationType.OPERATOR_FUSION, OptimizationType.INT8_QUANTIZATION} <= set(opts) and \
+                self.target_device == DeviceTarget.CPU:
+            wanted.append("int8-encoder")  # the decoder's INT8 costs WER: the encoder alone, the decoder fused fp32
         notes = []
         if OptimizationType.FP16_QUANTIZATION in opts:
             notes.append("fp16: Whisper's fp16 graphs are for GPUs; not built or measured on this CPU host")

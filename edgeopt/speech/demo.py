@@ -1,8 +1,10 @@
 """`edgeopt demo whisper`: real Whisper tiny.en through edgeopt's stages for a target, measured on spoken sentences.
 
 Stages for the target (`edgeopt.operators.OptimizationTarget`): ONNX fp32, fused, the target's INT8 (ONNX
-Runtime dynamic with its per-channel / reduce-range settings), OpenVINO where installed; `compare_fusion` adds
-INT8 with and without fusion so each INT8 stage has its fusion twin. Each stage transcribes the same espeak-ng
+Runtime dynamic with its per-channel / reduce-range settings) on both graphs and on the encoder alone (the
+decoder's INT8 costs WER), OpenVINO where installed, with the encoder in bf16 where the CPU has bf16;
+`compare_fusion` adds INT8 on the fused graphs (each INT8 stage has its fusion twin) and ONNX Runtime's own
+transformer optimizer beside edgeopt's fusions. Each stage transcribes the same espeak-ng
 sentences; the table gives end-to-end seconds, RTF, encoder and decoder-step latency, WER, size and (with
 `benchmark`) peak RSS. A target this host cannot run gets its graphs built and is reported as not measured here.
 """
@@ -34,13 +36,13 @@ def whisper_demo(target: str = "cpu", benchmark: bool = False, compare_fusion: b
     measurable, why = host_can_measure(t)
     plan = PLANS[t]
     etarget = get_target(plan.edgeopt_target)
-    stages = ["onnx", "fused", "int8-dynamic"]
-    if compare_fusion:
-        stages.append("fused-int8")
+    stages = ["onnx", "fused", "int8-dynamic", "int8-encoder"]
+    if compare_fusion:  # INT8 on the fused graphs too, and ONNX Runtime's own transformer optimizer beside ours
+        stages += ["fused-int8", "ort-transformers"]
     from edgeopt.extras import available
 
     if available("openvino"):
-        stages.append("openvino")
+        stages += ["openvino", "ov-bf16-encoder"]
     folder = whisper_folder()
     model, tok, fe = W.load_whisper(folder)
     log(f"Whisper tiny.en (real weights) for target {t.value} (edgeopt target {etarget.name}); "

@@ -25,8 +25,23 @@ import numpy as np
 from edgeopt.errors import EdgeoptError, InputError
 from edgeopt.speech import whisper as W
 
-STAGES = ("onnx", "fused", "int8-dynamic", "fused-int8", "openvino", "openvino-bf16", "openvino-int8")
-FP32_STAGES = ("onnx", "fused", "openvino")  # must transcribe exactly as PyTorch does
+STAGES = ("onnx", "fused", "ort-transformers", "int8-dynamic", "fused-int8", "int8-encoder", "openvino",
+          "openvino-bf16", "openvino-int8", "ov-bf16-encoder")
+FP32_STAGES = ("onnx", "fused", "ort-transformers", "openvino")  # must transcribe exactly as PyTorch does
+# what each stage is, for tables and notes
+ABOUT = {
+    "onnx": "the exported pair on ONNX Runtime, fp32",
+    "fused": "edgeopt's transformer fusions (graph.fuse) on both graphs, fp32",
+    "ort-transformers": "ONNX Runtime's transformer optimizer alone (model type bart; bert where bart fails), fp32",
+    "int8-dynamic": "dynamic INT8 (the target's settings) on both graphs",
+    "fused-int8": "fused, then dynamic INT8 on both graphs",
+    "int8-encoder": "fused; dynamic INT8 on the encoder only, the decoder fp32 (its INT8 costs WER)",
+    "openvino": "OpenVINO fp32",
+    "openvino-bf16": "OpenVINO with bf16 inference precision on both graphs",
+    "openvino-int8": "OpenVINO: NNCF INT8 encoder (calibrated), int8 weights in the decoder",
+    "ov-bf16-encoder": "the encoder on OpenVINO bf16, the fused fp32 decoder on ONNX Runtime",
+}
+FROM_FUSED = ("fused-int8", "int8-encoder", "ov-bf16-encoder")  # stages that take the fused stage's decoder
 
 
 @dataclass
@@ -34,7 +49,7 @@ class SpeechStage:
     """One stage: its graphs, the runtime that runs them and what the passes recorded."""
 
     name: str
-    runtime: str  # "pytorch", "ort" or "openvino"
+    runtime: str  # "pytorch", "ort", "openvino" or "openvino+ort" (encoder on OpenVINO, decoder on ONNX Runtime)
     files: dict[str, Path] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
@@ -54,6 +69,9 @@ class SpeechStage:
             return W.TorchWhisper(model, threads=threads, name=self.name)
         if self.runtime == "ort":
             return W.OrtWhisper(self.files["encoder"], self.files["decoder"], threads=threads, name=self.name)
+        if self.runtime == "openvino+ort":
+            return W.MixedWhisper(W.OvWhisper(self.files["encoder"], None, threads=threads, hint=self.precision),
+                                  W.OrtWhisper(None, self.files["decoder"], threads=threads), name=self.name)
         return W.OvWhisper(self.files["encoder"], self.files["decoder"], threads=threads, name=self.name,
                            hint=self.precision)
 
@@ -122,14 +140,16 @@ def build_stages(model: Any, out: str | Path, target: Any, stages: tuple[str, ..
         if name == "onnx":
             continue
         log(f"stage {name} …")
-        st = SpeechStage(name, "openvino" if name.startswith("openvino") else "ort")
-        parent = built.get("fused") if name == "fused-int8" else base
+        st = SpeechStage(name, "openvino" if name.startswith("openvino") else
+                         "openvino+ort" if name == "ov-bf16-encoder" else "ort", notes={"what": ABOUT[name]})
+        fused = built.get("fused")
         try:
-            if parent is None or parent.skipped:
+            if name in FROM_FUSED and (fused is None or fused.skipped):
                 raise _Skip("needs the fused stage (ask for it too)")
-            st.files, st.notes = _build_one(name, parent, model, out / name, target, isa, calibration, tokens,
-                                            tokenizer)
-            if name == "openvino-bf16":
+            files, notes = _build_one(name, base, fused, model, out / name, target, isa, calibration, tokens,
+                                      tokenizer)
+            st.files, st.notes = files, {**st.notes, **notes}
+            if name in ("openvino-bf16", "ov-bf16-encoder"):
                 st.precision = "bf16"
             elif st.runtime == "openvino":
                 st.precision = "f32"
@@ -146,29 +166,42 @@ class _Skip(Exception):
     """A stage the target rules out or that has nothing to calibrate on."""
 
 
-def _build_one(name: str, base: SpeechStage, model: Any, folder: Path, target: Any, isa: set[str],
-               calibration: list[np.ndarray] | None, tokens: W.Tokens | None,
+def _build_one(name: str, base: SpeechStage, fused: SpeechStage | None, model: Any, folder: Path, target: Any,
+               isa: set[str], calibration: list[np.ndarray] | None, tokens: W.Tokens | None,
                tokenizer: Any) -> tuple[dict[str, Path], dict[str, Any]]:
     files: dict[str, Path] = {}
     notes: dict[str, Any] = {}
-    if name == "openvino-bf16" and not {"amx_bf16", "avx512_bf16"} & isa:
+    if name in ("openvino-bf16", "ov-bf16-encoder") and not {"amx_bf16", "avx512_bf16"} & isa:
         raise _Skip("no bf16 arithmetic on this CPU (neither AMX nor AVX512-BF16)")
+    if name == "fused-int8":
+        assert fused is not None
+        base = fused
+    elif name in FROM_FUSED:  # int8-encoder, ov-bf16-encoder: the fused fp32 decoder, shared (not copied)
+        assert fused is not None
+        files["decoder"] = fused.files["decoder"]
+        notes["decoder"] = {"from": "fused", "precision": "fp32"}
     feeds = None
     if name == "openvino-int8":
         if not calibration or tokens is None or tokenizer is None:
             raise _Skip("no calibration utterances given")
         feeds = calibration_feeds(base, calibration, tokens, tokenizer, per_utterance=0)
     for comp in ("encoder", "decoder"):
-        art = _component(base.files[comp], model)
+        if comp in files:
+            continue
+        src = fused if name == "int8-encoder" else base
+        art = _component(src.files[comp], model)
         d = folder / comp
         if name == "fused":
             res, n, w = _run_pass("graph.fuse", {"rules": "transformer", "ort_transformer": False}, art, d, target)
             notes[comp] = {"fusions": n.get("fusions", {}), "warnings": w}
-        elif name in ("int8-dynamic", "fused-int8"):
+        elif name == "ort-transformers":
+            res, n, w = _ort_transformers(art, d, target)
+            notes[comp] = {"fusions": n.get("fusions", {}), "model_type": n.get("model_type"), "warnings": w}
+        elif name in ("int8-dynamic", "fused-int8", "int8-encoder"):
             res, n, w = _run_pass("graph.quantize_dynamic", {}, art, d, target)
             notes[comp] = {k: v for k, v in n.items() if isinstance(v, (str, int, float, bool, dict, list))}
-        elif name in ("openvino", "openvino-bf16"):
-            res, n, w = _run_pass("convert.openvino", {"precision": "bf16" if name.endswith("bf16") else "f32"},
+        elif name in ("openvino", "openvino-bf16", "ov-bf16-encoder"):
+            res, n, w = _run_pass("convert.openvino", {"precision": "f32" if name == "openvino" else "bf16"},
                                   art, d, target)
             notes[comp] = n.get("openvino", {})
         else:  # openvino-int8: NNCF on the encoder's real inputs; int8 weights for the decoder (OpenVINO's
@@ -180,6 +213,20 @@ def _build_one(name: str, base: SpeechStage, model: Any, folder: Path, target: A
             notes[comp] = {k: v for k, v in n.items() if isinstance(v, (str, int, float, bool, dict, list))}
         files[comp] = Path(res.path)
     return files, notes
+
+
+def _ort_transformers(art: Any, d: Path, target: Any) -> tuple[Any, dict[str, Any], list[str]]:
+    """ONNX Runtime's transformer optimizer alone (no edgeopt rules) through graph.fuse, with the model type
+    ONNX Runtime's own Whisper tooling uses (bart); where its bart fusions fail on a graph (they break the
+    decoder-with-past's topological order), the bert fusions, with a warning saying so."""
+    from edgeopt.errors import PassError
+
+    try:
+        res, n, w = _run_pass("graph.fuse", {"rules": (), "ort_transformer": "bart"}, art, d, target)
+        return res, {**n, "model_type": "bart"}, w
+    except PassError as e:
+        res, n, w = _run_pass("graph.fuse", {"rules": (), "ort_transformer": "bert"}, art, d, target)
+        return res, {**n, "model_type": "bert"}, [*w, f"bart fusions failed ({str(e)[:160]}); used bert's"]
 
 
 # --- measurement -----------------------------------------------------------------------------------------------

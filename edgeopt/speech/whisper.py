@@ -13,7 +13,7 @@ numerical equivalence with `WhisperForConditionalGeneration` is checked in the t
 
 Runners share one protocol: `encode(features) -> state`, `step(ids, state) -> (logits, state)`. `TorchWhisper`
 is the untouched Hugging Face model in eager PyTorch with its own KV cache (the baseline); `OrtWhisper` and
-`OvWhisper` run the exported graphs. `transcribe` runs the same greedy loop (Whisper's suppress lists, no
+`OvWhisper` run the exported graphs, `MixedWhisper` one component on each. `transcribe` runs the same greedy loop (Whisper's suppress lists, no
 timestamps) on any runner and records encoder and per-token decoder latency.
 """
 
@@ -349,30 +349,42 @@ def export_onnx(model: Any, out: str | Path, opset: int = 17) -> dict[str, Path]
     return paths
 
 
-class OrtWhisper:
-    """The exported encoder and decoder on ONNX Runtime (CPU, `threads` intra-op threads)."""
+def _empty_cache(dims: tuple[int, int, int], batch: int) -> np.ndarray:
+    layers, heads, head_dim = dims
+    return np.zeros((layers, batch, heads, 0, head_dim), np.float32)
 
-    def __init__(self, encoder: str | Path, decoder: str | Path, threads: int = 2, name: str = "ort"):
+
+class OrtWhisper:
+    """The exported encoder and decoder on ONNX Runtime (CPU, `threads` intra-op threads). Either graph may be None
+    when another runner serves that component (`MixedWhisper`)."""
+
+    def __init__(self, encoder: str | Path | None, decoder: str | Path | None, threads: int = 2, name: str = "ort"):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3
         self.name = name
+        self.enc = self.dec = None
         try:
-            self.enc = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"])
-            self.dec = ort.InferenceSession(str(decoder), so, providers=["CPUExecutionProvider"])
+            if encoder is not None:
+                self.enc = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"])
+            if decoder is not None:
+                self.dec = ort.InferenceSession(str(decoder), so, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise InputError(f"{encoder}: ONNX Runtime cannot load the Whisper graphs: "
+            raise InputError(f"{encoder or decoder}: ONNX Runtime cannot load the Whisper graphs: "
                              f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
-        shp = self.dec.get_inputs()[1].shape
-        self.layers, self.heads, self.head_dim = (int(d) if isinstance(d, int) else 0
-                                                  for d in (shp[0], shp[2], shp[4]))
+        if self.dec is not None:
+            shp = self.dec.get_inputs()[1].shape
+            self.dims = tuple(int(d) if isinstance(d, int) else 0 for d in (shp[0], shp[2], shp[4]))
+
+    def cross(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ck, cv = self.enc.run(None, {"input_features": feats})
+        return ck, cv
 
     def encode(self, feats: np.ndarray) -> Any:
-        ck, cv = self.enc.run(None, {"input_features": feats})
-        b = feats.shape[0]
-        empty = np.zeros((self.layers, b, self.heads, 0, self.head_dim), np.float32)
+        ck, cv = self.cross(feats)
+        empty = _empty_cache(self.dims, feats.shape[0])
         return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
 
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
@@ -381,10 +393,11 @@ class OrtWhisper:
 
 
 class OvWhisper:
-    """The exported encoder and decoder on OpenVINO (CPU, `threads` inference threads, latency hint)."""
+    """The exported encoder and decoder on OpenVINO (CPU, `threads` inference threads, latency hint; `hint` the
+    inference precision). Either graph may be None when another runner serves that component (`MixedWhisper`)."""
 
-    def __init__(self, encoder: str | Path, decoder: str | Path, threads: int = 2, name: str = "openvino",
-                 hint: str | None = None):
+    def __init__(self, encoder: str | Path | None, decoder: str | Path | None, threads: int = 2,
+                 name: str = "openvino", hint: str | None = None):
         import openvino as ov
 
         core = ov.Core()
@@ -392,22 +405,45 @@ class OvWhisper:
         if hint:
             cfg["INFERENCE_PRECISION_HINT"] = hint
         self.name = name
-        self.enc = core.compile_model(str(encoder), "CPU", cfg).create_infer_request()
-        dec_model = core.read_model(str(decoder))
-        shp = dec_model.input("self_k").get_partial_shape()
-        self.layers, self.heads, self.head_dim = shp[0].get_length(), shp[2].get_length(), shp[4].get_length()
-        self.dec = core.compile_model(dec_model, "CPU", cfg).create_infer_request()
+        self.enc = self.dec = None
+        if encoder is not None:
+            self.enc = core.compile_model(str(encoder), "CPU", cfg).create_infer_request()
+        if decoder is not None:
+            dec_model = core.read_model(str(decoder))
+            shp = dec_model.input("self_k").get_partial_shape()
+            self.dims = (shp[0].get_length(), shp[2].get_length(), shp[4].get_length())
+            self.dec = core.compile_model(dec_model, "CPU", cfg).create_infer_request()
 
-    def encode(self, feats: np.ndarray) -> Any:
+    def cross(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.enc.infer({"input_features": feats})
         ck, cv = (np.array(t) for t in r.values())
-        empty = np.zeros((self.layers, feats.shape[0], self.heads, 0, self.head_dim), np.float32)
+        return ck, cv
+
+    def encode(self, feats: np.ndarray) -> Any:
+        ck, cv = self.cross(feats)
+        empty = _empty_cache(self.dims, feats.shape[0])
         return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
 
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         r = self.dec.infer({"input_ids": ids, **state})
         logits, k, v = (np.array(t) for t in r.values())
         return logits, {**state, "self_k": k, "self_v": v}
+
+
+class MixedWhisper:
+    """The encoder on one runtime and the decoder on another (e.g. OpenVINO bf16 encoder, ONNX Runtime fp32
+    decoder): the cross keys/values pass between them as plain arrays."""
+
+    def __init__(self, encoder: OrtWhisper | OvWhisper, decoder: OrtWhisper | OvWhisper, name: str = "mixed"):
+        self.encoder, self.decoder, self.name = encoder, decoder, name
+
+    def encode(self, feats: np.ndarray) -> Any:
+        ck, cv = self.encoder.cross(feats)
+        empty = _empty_cache(self.decoder.dims, feats.shape[0])
+        return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
+
+    def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        return self.decoder.step(ids, state)
 
 
 def resolve_folder(model: str | Path) -> Path:
