@@ -24,7 +24,6 @@ The exit status is 1 when a check does not hold.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from rich.console import Console
 
-    from edgeopt.report.claims import exit_code, markdown, summary, table, to_json
+    from edgeopt.report.claims import finish
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -177,15 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             results[part] = fn(args, claims, console)
             seconds[part] = time.perf_counter() - t0
-    console.print(table(claims, title=f"checks on {cpu_line()}"))
-    console.print("seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
-                  + f"; 1-min load average {load:.2f} before, {os.getloadavg()[0]:.2f} after")
-    if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_line(), "args": vars(args) | {"json": str(args.json)},
-                                         "results": results, "seconds": seconds, "checks": to_json(claims),
-                                         "markdown": markdown(claims)}, indent=1, default=str))
-    console.print(summary(claims))
-    return exit_code(claims)
+    return finish(claims, console, cpu=cpu_line(), args=args, results=results, seconds=seconds, load_before=load)
 
 
 if __name__ == "__main__":

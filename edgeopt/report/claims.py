@@ -77,4 +77,22 @@ def to_json(claims: Iterable[Claim]) -> list[dict[str, Any]]:
     return [{"claim": c.claim, "holds": c.holds, "numbers": c.numbers} for c in claims]
 
 
-__all__ = ["Claim", "statement", "failed", "exit_code", "table", "summary", "markdown", "to_json"]
+def finish(claims: list[Claim], console: Any, *, cpu: str, args: Any, results: dict[str, Any],
+           seconds: dict[str, float], load_before: float) -> int:
+    """A benchmark's ending: the checks table (titled with the CPU), seconds per part and the load average before
+    and after, the JSON record when `args.json` names a file, the summary line; returns the exit status."""
+    import json
+    import os
+
+    console.print(table(claims, title=f"checks on {cpu}"))
+    console.print("seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+                  + f"; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps({"cpu": cpu, "args": vars(args) | {"json": str(args.json)},
+                                         "results": results, "seconds": seconds, "checks": to_json(claims),
+                                         "markdown": markdown(claims)}, indent=1, default=str))
+    console.print(summary(claims))
+    return exit_code(claims)
+
+
+__all__ = ["Claim", "statement", "failed", "exit_code", "table", "summary", "markdown", "to_json", "finish"]

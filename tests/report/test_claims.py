@@ -37,3 +37,23 @@ def test_renderings_show_every_claim_and_its_verdict():
     console.print(table(cs))
     text = console.export_text()
     assert "NO" in text and "statement" in text and "accurate" in text
+
+
+def test_finish_prints_the_checks_and_writes_the_json_record(tmp_path):
+    import argparse
+    import json
+
+    from rich.console import Console
+
+    from edgeopt.report.claims import finish
+
+    claims = [Claim("fast", True, "2.0x"), Claim("small", False, "9 MB"), statement("note", "x")]
+    args = argparse.Namespace(threads=2, json=tmp_path / "out.json")
+    console = Console(record=True, width=200)
+    rc = finish(claims, console, cpu="Some CPU; flags: avx2", args=args, results={"a": 1}, seconds={"a": 1.5},
+                load_before=0.5)
+    text = console.export_text()
+    assert rc == 1 and "checks on Some CPU; flags: avx2" in text and "1 of 2 checks hold" in text
+    rec = json.loads((tmp_path / "out.json").read_text())
+    assert rec["cpu"].startswith("Some CPU") and rec["args"]["threads"] == 2 and rec["results"] == {"a": 1}
+    assert [c["holds"] for c in rec["checks"]] == [True, False, None]
