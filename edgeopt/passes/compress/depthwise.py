@@ -4,7 +4,7 @@ blocks, then recover accuracy by fine-tuning or by distillation from the origina
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -12,45 +12,11 @@ from pydantic import Field, model_validator
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.passes.base import Pass, PassContext, register
-from edgeopt.nn import blocks
+from edgeopt.nn.separable import Block, flops_reduction, replace_conv_with_depthwise_separable, replacement
 from edgeopt.passes.compress._common import (FineTune, derived, example_args, forward_with_hooks, layer_macs,
                                              matches, module_copy, param_count, task_data)
 from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
 from edgeopt.train import TrainConfig
-
-
-def flops_reduction(in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                    spatial_size: int | tuple[int, int]) -> float:
-    """Exact MACs ratio dense / depthwise-separable for one k×k conv producing a `spatial_size` output.
-
-    dense: H·W·Cin·Cout·k², separable: H·W·(Cin·k² + Cin·Cout) (depthwise k×k then pointwise 1×1), so the
-    ratio is Cout·k² / (k² + Cout) — independent of the spatial size, which is taken for clarity.
-    """
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    h, w = (spatial_size, spatial_size) if isinstance(spatial_size, int) else spatial_size
-    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kh * kw), ("spatial_size", h * w)):
-        if v < 1:
-            raise ValueError(f"flops_reduction: {name} must be positive, got {v}")
-    dense = h * w * in_channels * out_channels * kh * kw
-    separable = h * w * (in_channels * kh * kw + in_channels * out_channels)
-    return dense / separable
-
-
-@dataclass(frozen=True)
-class Block:
-    """The block that replaces a conv: `separable` (depthwise k×k → BN → `act` → pointwise 1×1) or
-    `inverted_residual` (MobileNetV2's, hidden channels = in × `expand_ratio` × `width`, ReLU6)."""
-
-    block: Literal["separable", "inverted_residual"] = "separable"
-    act: Literal["relu", "relu6", "silu", "gelu", "hardswish"] = "relu"
-    expand_ratio: float = 2.0
-    width: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.block not in ("separable", "inverted_residual"):
-            raise ValueError(f"Block: field 'block': expected separable or inverted_residual, got {self.block!r}")
-        if self.expand_ratio <= 0 or self.width <= 0:
-            raise ValueError(f"Block: fields 'expand_ratio' and 'width' must be > 0, got {self.expand_ratio}, {self.width}")
 
 
 @register("arch.depthwise")
@@ -107,16 +73,12 @@ class Depthwise(Pass):
         macs_before = layer_macs(model, example)
         shapes = _conv_output_shapes(model, example)
         torch.manual_seed(cfg.train.seed)
-        replaced, skipped = {}, {}
         block = cfg.replacement_block()
-        for name, conv in list(model.named_modules()):
-            if not isinstance(conv, torch.nn.Conv2d):
-                continue
-            why = _ineligible(name, conv, cfg)
-            if why:
-                skipped[name] = why
-                continue
-            model.set_submodule(name, replacement(conv, block))
+        report: dict[str, Any] = {}
+        replace_conv_with_depthwise_separable(model, cfg.min_channels, block,
+                                              exclude=lambda n: matches(n, cfg.exclude), report=report)
+        replaced, skipped = {}, report["skipped"]
+        for name, conv in report["replaced"].items():
             hw = shapes.get(name, (1, 1))
             replaced[name] = {"in": conv.in_channels, "out": conv.out_channels, "kernel": list(conv.kernel_size),
                               "output_hw": list(hw),
@@ -148,40 +110,6 @@ class Depthwise(Pass):
         ctx.notes[self.name] = notes
         rebuild = {"replaced": list(replaced), **asdict(block)}
         return derived(model, art, ("arch.depthwise", rebuild), depthwise_replaced=len(replaced))
-
-
-def _ineligible(name: str, conv: Any, cfg: Depthwise.Config) -> str | None:
-    if matches(name, cfg.exclude):
-        return "excluded"
-    if conv.groups != 1:
-        return f"already grouped (groups={conv.groups})"
-    if conv.kernel_size[0] * conv.kernel_size[1] == 1:
-        return "1×1 kernel"
-    if conv.in_channels < cfg.min_channels or conv.out_channels < cfg.min_channels:
-        return f"{conv.in_channels}→{conv.out_channels} channels < min_channels {cfg.min_channels}"
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        return f"padding {conv.padding!r} / mode {conv.padding_mode} not handled"
-    if cfg.block == "inverted_residual" and (conv.stride[0] != conv.stride[1] or conv.stride[0] not in (1, 2)):
-        return f"stride {tuple(conv.stride)} not 1 or 2"
-    return None
-
-
-def replacement(conv: Any, spec: Block) -> Any:
-    """The block that takes `conv`'s place (same channels, stride, padding, dilation)."""
-    from torch import nn
-
-    if spec.block == "inverted_residual":
-        hidden = blocks.make_divisible(conv.in_channels * spec.expand_ratio * spec.width, 8)
-        return blocks.InvertedResidual(conv.in_channels, conv.out_channels, conv.stride[0],
-                                       expand_ratio=hidden / conv.in_channels, kernel_size=conv.kernel_size[0],
-                                       act="relu6", padding=conv.padding, dilation=conv.dilation)
-    return nn.Sequential(
-        nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, conv.stride, conv.padding,
-                  dilation=conv.dilation, groups=conv.in_channels, bias=False),
-        nn.BatchNorm2d(conv.in_channels),
-        blocks.make_act(spec.act),
-        nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None),
-    )
 
 
 @register_builder("arch.depthwise")

@@ -13,6 +13,7 @@ from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError, RecipeError
 from edgeopt.load import load_model
+from edgeopt.nn.distill import teacher_layer_indices
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress import padding, policy
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count
@@ -178,13 +179,10 @@ def layer_stack(model: Any) -> tuple[str, Any] | None:
 def pick_layers(n_teacher: int, n_student: int, layer_map: str) -> list[int]:
     """Teacher layer indices (0-based) matched to student layers 1..k-1 (the last student layer is matched
     through the output loss): PKD-skip takes every (N/k)-th layer, PKD-last the last k-1 before the top."""
-    k = n_student
-    if k <= 1:
+    if n_student <= 1:
         return []
-    if layer_map == "pkd-last":
-        return list(range(n_teacher - k, n_teacher - 1))
-    step = n_teacher / k
-    return [int(round(step * (i + 1))) - 1 for i in range(k - 1)]
+    variant = "last" if layer_map == "pkd-last" else "skip"
+    return [i - 1 for i in teacher_layer_indices(n_teacher, n_student, variant)]
 
 
 def student_init_layers(n_teacher: int, n_student: int, layer_map: str) -> list[int]:

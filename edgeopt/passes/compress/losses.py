@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from edgeopt.errors import RecipeError
+# one KD implementation for the passes and the public API: freeze and kd_loss live in edgeopt.nn.distill
+# (torch-free at import) and stay importable from here
+from edgeopt.nn.distill import freeze, kd_loss
+
+__all__ = ["DistillLoss", "FeatureDistiller", "LossKind", "freeze", "kd_loss", "make_loss"]
 
 LossKind = Literal["kd", "cosine", "mse"]
 
@@ -36,23 +41,6 @@ class DistillLoss:
     def for_outputs(cls, labelled: bool, temperature: float = 4.0, alpha: float = 0.7) -> "DistillLoss":
         """The recovery loss a pass uses against its unchanged input model: KD with labels, cosine without."""
         return cls("kd" if labelled else "cosine", temperature, alpha)
-
-
-def freeze(model: Any) -> Any:
-    """Teacher mode: eval (dropout off, BatchNorm statistics fixed) and no gradients, for good."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
-    """KL(softmax(t/T) ‖ softmax(s/T)) · T² (Hinton et al., 2015), averaged over the batch."""
-    import torch.nn.functional as F
-
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                    reduction="batchmean", log_target=True) * (t * t)
 
 
 class FeatureDistiller:

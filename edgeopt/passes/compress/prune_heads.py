@@ -5,7 +5,6 @@ cut out of the weights, so the result is a plain, smaller model that still expor
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -13,193 +12,14 @@ from pydantic import Field
 from edgeopt import train as tr
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import PassError
-from edgeopt.extras import require
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, example_args, module_copy, param_count, task_data
 from edgeopt.passes.compress.losses import DistillLoss, freeze, make_loss
 from edgeopt.passes.compress.obs import layer_stats, obs_remove
+from edgeopt.nn.attention import (AttentionUnit, choose_heads, convert_multihead_attention, find_attention,
+                                  head_importance)
 from edgeopt.passes.compress.padding import art_mask_index
 from edgeopt.train import TrainConfig
-
-Q_NAMES = ("query", "q_proj", "q", "q_lin", "to_q")
-K_NAMES = ("key", "k_proj", "k", "k_lin", "to_k")
-V_NAMES = ("value", "v_proj", "v", "v_lin", "to_v")
-OUT_NAMES = ("out_proj", "o_proj", "out", "proj", "o", "out_lin", "to_out", "dense")
-HEAD_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "n_head", "heads")
-
-
-@dataclass
-class AttentionUnit:
-    """One attention block: its q/k/v projections (out rows = heads × head_dim) and the output projection
-    whose input columns are the concatenated heads."""
-
-    name: str
-    module: Any
-    q: Any
-    k: Any
-    v: Any
-    out: Any
-    heads: int
-    head_dim: int
-
-    def set_heads(self, keep: list[int]) -> None:
-        """Cut the weights down to the heads in `keep` (sorted) and update the block's head-count attributes.
-
-        The cut is torch-pruning's per-layer surgery (`prune_linear_out_channels` on q/k/v, `..._in_channels`
-        on the output projection), the coupling comes from the block's structure. Measured on the tiny
-        2-layer BERT (heads [1, 3] / [0, 2] kept): the same weights and outputs, bit for bit, as the slicing
-        it replaced and as pruning the dependency-graph group of q's rows (which couples exactly q, k, v and
-        the output projection there). The graph itself is not used: it needs a traced example, which neither
-        this method nor the resume builder has. Nor is torch-pruning's head pruner (MetaPruner with
-        `num_heads` / `prune_num_heads`): it picks heads by its weight-norm importance, while prune.heads
-        picks them by head-mask gradients or activations (`head_importance`), and it leaves the head-count
-        attributes to the caller too."""
-        tp = require("torch_pruning", "prune.heads")  # lazy: an optional extra
-
-        d, drop = self.head_dim, [h for h in range(self.heads) if h not in keep]
-        idxs = [c for h in drop for c in range(h * d, (h + 1) * d)]
-        if idxs:
-            for lin in (self.q, self.k, self.v):
-                tp.prune_linear_out_channels(lin, idxs)
-            tp.prune_linear_in_channels(self.out, idxs)
-        for attr in HEAD_ATTRS:
-            if isinstance(getattr(self.module, attr, None), int):
-                setattr(self.module, attr, len(keep))
-        for attr in ("all_head_size", "inner_dim", "embed_dim_inner"):
-            if isinstance(getattr(self.module, attr, None), int):
-                setattr(self.module, attr, len(keep) * d)
-        self.heads = len(keep)
-
-
-def find_attention(model: Any) -> tuple[list[AttentionUnit], dict[str, str]]:
-    """Every attention block with separate q/k/v Linear projections and a known head count; blocks that look
-    like attention but cannot be handled (packed in_proj, unknown head count, no output projection) are
-    returned with the reason."""
-    from torch import nn
-
-    units, skipped = [], {}
-    parents = {n: m for n, m in model.named_modules()}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.MultiheadAttention):
-            skipped[name] = "nn.MultiheadAttention packs q/k/v in one in_proj (not handled)"
-            continue
-        children = dict(m.named_children())
-        q = next((children[n] for n in Q_NAMES if isinstance(children.get(n), nn.Linear)), None)
-        k = next((children[n] for n in K_NAMES if isinstance(children.get(n), nn.Linear)), None)
-        v = next((children[n] for n in V_NAMES if isinstance(children.get(n), nn.Linear)), None)
-        if q is None or k is None or v is None:
-            continue
-        heads = next((getattr(m, a) for a in HEAD_ATTRS if isinstance(getattr(m, a, None), int)), None)
-        if not heads:
-            skipped[name] = "no head count attribute (num_attention_heads / num_heads / n_head)"
-            continue
-        out = next((children[n] for n in OUT_NAMES if isinstance(children.get(n), nn.Linear)), None)
-        if out is None:  # Hugging Face BERT: the output projection is the sibling `output.dense`
-            parent = parents.get(name.rsplit(".", 1)[0] if "." in name else "")
-            cand = getattr(getattr(parent, "output", None), "dense", None)
-            out = cand if isinstance(cand, nn.Linear) else None
-        if out is None:
-            skipped[name] = "no output projection found"
-            continue
-        d = q.out_features // heads
-        if d * heads != q.out_features or k.out_features != q.out_features or v.out_features != q.out_features \
-                or out.in_features != q.out_features:
-            skipped[name] = "q/k/v/out widths do not split into heads"
-            continue
-        units.append(AttentionUnit(name, m, q, k, v, out, heads, d))
-    return units, skipped
-
-
-def _mask_hooks(units: list[AttentionUnit], mask: Any) -> list[Any]:
-    """Pre-hooks on each output projection multiplying its input (the concatenated heads) by mask[layer]."""
-    handles = []
-    for i, u in enumerate(units):
-        def pre(_mod, args, i=i, d=u.head_dim):
-            x = args[0]
-            return (x * mask[i].repeat_interleave(d).to(x.dtype), *args[1:])
-        handles.append(u.out.register_forward_pre_hook(pre))
-    return handles
-
-
-def head_importance(model: Any, units: list[AttentionUnit], data: Any, kind: str, batches: int, seed: int = 0) -> Any:
-    """(layers, heads) importance. `gradient`: |∂L/∂mask| of a head mask (Michel et al., 2019), L the task loss
-    with labels; without labels the first-order output change is estimated with random projections of the
-    output, E[(rᵀ ∂y/∂mask)²]^½. `activation`: mean norm of each head's output."""
-    import torch
-    import torch.nn.functional as F
-
-    h = max(u.heads for u in units)
-    mask = torch.ones(len(units), h, requires_grad=(kind == "gradient"))
-    score = torch.zeros(len(units), h, dtype=torch.float64)
-    bs = min(32, len(data))
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    if kind == "activation":
-        handles = []
-        for i, u in enumerate(units):
-            def pre(_mod, args, i=i, u=u):
-                x = args[0].detach()
-                per = x.reshape(-1, u.heads, u.head_dim).norm(dim=-1).mean(0)  # (heads,)
-                score[i, :u.heads] += per.double()
-            handles.append(u.out.register_forward_pre_hook(pre))
-        try:
-            with torch.no_grad():
-                for b, (x, _) in enumerate(data.batches(bs)):
-                    if b >= batches:
-                        break
-                    model(*x)
-        finally:
-            for hd in handles:
-                hd.remove()
-        return score
-    handles = _mask_hooks(units, mask)
-    try:
-        for b, (x, y) in enumerate(data.batches(bs)):
-            if b >= batches:
-                break
-            out = model(*x)
-            if y is not None and not y.is_floating_point():
-                g, = torch.autograd.grad(F.cross_entropy(out, y), mask)
-                score += g.abs().double()
-            else:
-                for _ in range(4):
-                    r = torch.randn(out.shape, generator=gen)
-                    g, = torch.autograd.grad((out * r).sum() / out.shape[0], mask, retain_graph=True)
-                    score += g.double() ** 2
-    finally:
-        for hd in handles:
-            hd.remove()
-    return score.sqrt() if (data.targets is None or data.targets.is_floating_point()) else score
-
-
-def choose_heads(score: Any, heads: list[int], sparsity: float, scope: str, min_heads: int) -> list[list[int]]:
-    """Heads kept per layer (sorted): `layer` scope keeps the top (1 - sparsity) of each layer, `global` ranks
-    scores normalized per layer across the model; every layer keeps at least `min_heads`."""
-    if scope == "layer":
-        keep = []
-        for i, n in enumerate(heads):
-            k = max(min_heads, n - int(round(sparsity * n)))
-            order = sorted(range(n), key=lambda j: -float(score[i, j]))
-            keep.append(sorted(order[:k]))
-        return keep
-    total = sum(heads)
-    n_drop = int(round(sparsity * total))
-    entries = []
-    for i, n in enumerate(heads):
-        s = score[i, :n]
-        s = s / s.sum().clamp(min=1e-12)
-        entries += [(float(s[j]), i, j) for j in range(n)]
-    entries.sort()
-    left = list(heads)
-    dropped: set[tuple[int, int]] = set()
-    for _, i, j in entries:
-        if len(dropped) >= n_drop:
-            break
-        if left[i] - 1 < max(1, min_heads):
-            continue
-        dropped.add((i, j))
-        left[i] -= 1
-    return [sorted(j for j in range(n) if (i, j) not in dropped) for i, n in enumerate(heads)]
 
 
 def obs_heads(model: Any, units: list[AttentionUnit], calib: Any, mask_at: int | None, cfg: Any
@@ -247,7 +67,8 @@ class PruneHeads(Pass):
     """Remove the least important attention heads (`sparsity` of all heads; at least `min_heads` per layer).
 
     Heads are found in every block with separate q/k/v Linear projections and a head-count attribute
-    (Hugging Face BERT/MiniLM's BertSelfAttention, or your own); a head goes by slicing its rows out of
+    (Hugging Face BERT/MiniLM's BertSelfAttention, or your own) and in `nn.MultiheadAttention` (converted to
+    `edgeopt.nn.PrunedMultiHeadAttention` first: the same outputs); a head goes by slicing its rows out of
     q/k/v and its columns out of the output projection (torch-pruning's layer surgery, see
     AttentionUnit.set_heads), so the pruned model is ordinary PyTorch and exports to ONNX. Then, with `recover` and train.epochs > 0, a short distillation from the unpruned model.
     `importance: obs` picks the heads layer by layer (each layer loses round(sparsity × heads), `scope` is not
@@ -279,6 +100,7 @@ class PruneHeads(Pass):
         cfg = self.config
         original = module_copy(art, self.name)
         model = copy.deepcopy(original)
+        convert_multihead_attention(model)  # nn.MultiheadAttention -> separate q/k/v/out, the same outputs
         units, skipped = find_attention(model)
         for name, why in skipped.items():
             ctx.warnings.append(f"{self.name}: skipped {name}: {why}")
@@ -335,6 +157,7 @@ def rebuild_heads(parent: Artifact, args: dict[str, Any], ctx: Any) -> Any:
     """The input model with each attention block cut to `args["heads"][block]` heads (its first ones: the
     weights are loaded afterwards)."""
     model = module_copy(parent, "prune.heads")
+    convert_multihead_attention(model)
     units = {u.name: u for u in find_attention(model)[0]}
     for name, n in args["heads"].items():
         if name not in units or not 0 < int(n) <= units[name].heads:

@@ -8,6 +8,7 @@ from helpers import run_onnx
 
 from edgeopt.data import random_feeds
 from edgeopt.errors import RecipeError
+from edgeopt.nn import attention as nn_attention
 from edgeopt.passes.base import PassContext, build_pass
 from edgeopt.passes.compress import prune_heads as ph
 
@@ -41,7 +42,7 @@ def test_pruned_equals_masked(tiny_bert_torch, bert_ctx):
     for i, u in enumerate(units):
         mask[i, kept[u.name]] = 1.0
     ids = tiny_bert_torch.meta["example_inputs"]
-    handles = ph._mask_hooks(units, mask)
+    handles = nn_attention._mask_hooks(units, mask)
     try:
         with torch.no_grad():
             masked = tiny_bert_torch.module(**ids)
@@ -143,7 +144,7 @@ def test_obs_heads_equal_per_layer_and_compensated(tiny_bert_torch, tmp_path):
     x = tuple(torch.from_numpy(np.concatenate([f[k] for f in feeds[:32]])) for k in tiny_bert_torch.input_spec.names)
     with torch.no_grad():
         ref = tiny_bert_torch.module(*x)
-        handles = ph._mask_hooks(units, mask)
+        handles = nn_attention._mask_hooks(units, mask)
         try:
             masked = tiny_bert_torch.module(*x)
         finally:
