@@ -33,7 +33,7 @@ from edgeopt.nn import blocks
 # torch is imported on first use (`import edgeopt.nn` stays torch-free): the module classes resolve through the
 # module-level __getattr__.
 __all__ = ["OFAConfig", "SubnetConfig", "create_progressive_shrinking_schedule", "OFANet", "OFASubNetworkExtractor",
-           "ElasticKernelConv", "ElasticInvertedResidual"]
+           "ElasticKernelConv", "ElasticInvertedResidual", "train_progressive", "calibrate_bn", "evaluate_subnet"]
 _BUILT: dict[str, Any] = {}
 
 
@@ -197,6 +197,141 @@ def create_progressive_shrinking_schedule(config: OFAConfig, total_epochs: int) 
         phases.append(Phase(name, max(1, round(share * total_epochs)), k, d, e, rs,
                             subnets_per_step=1 if name == "full" else 2, distill=distill))
     return phases
+
+
+def calibrate_bn(net: Any, subnet: SubnetConfig | dict[str, Any], data: Any, batches: int = 8,
+                 batch_size: int = 64, seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running statistics for `subnet` (its channels, depth and resolution) from
+    `batches` batches of `data` (a TensorData), as an exact cumulative average; the net is left set to `subnet`,
+    in eval mode. OFA's subnets share BatchNorm layers whose statistics belong to whatever ran last: without this,
+    a subnet's accuracy is not its own."""
+    import torch
+
+    net.set_active(subnet)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+    net.train()
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for i, (x, _) in enumerate(data.batches(batch_size, gen)):
+                if i >= batches:
+                    break
+                for bn in bns:
+                    bn.momentum = 1.0 / (i + 1)
+                net(*x)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+        net.eval()
+
+
+def evaluate_subnet(net: Any, subnet: SubnetConfig | dict[str, Any], data: Any, calibration: Any = None) -> float:
+    """Top-1 accuracy of `subnet` on `data` after recalibrating BatchNorm on `calibration` (default: `data`)."""
+    from edgeopt.train import evaluate
+
+    calibrate_bn(net, subnet, calibration if calibration is not None else data)
+    return float(evaluate(net, data))
+
+
+def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e-3, batch_size: int = 64,
+                      seed: int = 0, checkpoint: Any = None, progress: Any = None, augment_shift: float = 0.0,
+                      temperature: float = 1.0, max_batches: int | None = None) -> list[dict[str, Any]]:
+    """Train `net` (an OFANet) through the progressive-shrinking `schedule` on `data` (TensorData with labels).
+
+    "full" trains the largest subnet on the labels. Each later phase samples `subnets_per_step` random subnets
+    of its space per batch and trains them on the labels plus KD (`edgeopt.nn.distill.kd_loss` at `temperature`)
+    from a frozen copy of the network as it left the "full" phase, set to its largest subnet; the first phase with
+    an elastic width first importance-sorts the channels. Each phase is `edgeopt.train.fit` (seeded, cosine
+    learning rate, rich progress). `checkpoint`: a folder; after each phase the weights (safetensors) and the
+    phases done are written there, and a later call with the same schedule resumes after the last finished
+    phase (the teacher is rebuilt from the saved "full" weights). Returns one record per phase."""
+    import copy
+    import json
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    from edgeopt.nn.distill import freeze, kd_loss
+    from edgeopt.train import TrainConfig, fit
+
+    if not data.labelled:
+        raise ValueError("train_progressive: data needs class labels")
+    folder = Path(checkpoint) if checkpoint is not None else None
+    plan = [p.to_dict() for p in schedule]
+    done: list[dict[str, Any]] = []
+    teacher = None
+    if folder is not None and (folder / "ofa.json").is_file():
+        from safetensors.torch import load_file
+
+        state = json.loads((folder / "ofa.json").read_text())
+        if state.get("schedule") == plan and state.get("config") == repr(net.config):
+            net.load_state_dict(load_file(str(folder / "supernet.safetensors")))
+            done = state["done"]
+            if (folder / "teacher.safetensors").is_file():
+                teacher = copy.deepcopy(net)
+                teacher.load_state_dict(load_file(str(folder / "teacher.safetensors")))
+                teacher.set_active(teacher.largest())
+                freeze(teacher)
+    rng = _random.Random(seed)
+    sorted_width = any(p["expand_ratios"] != [net.config.max_expand] for p in done)
+    for i, phase in enumerate(schedule):
+        if i < len(done):
+            continue
+        if phase.name != "full" and teacher is None:
+            teacher = freeze(copy.deepcopy(net))
+            teacher.set_active(teacher.largest())
+        if len(phase.expand_ratios) > 1 and not sorted_width:
+            net.sort_channels()
+            sorted_width = True
+        n = net.config.stages * net.config.max_depth
+
+        def sample() -> SubnetConfig:
+            return SubnetConfig(rng.choice(phase.resolutions), tuple(rng.choice(phase.depths)
+                                                                     for _ in range(net.config.stages)),
+                                tuple(rng.choice(phase.kernel_sizes) for _ in range(n)),
+                                tuple(rng.choice(phase.expand_ratios) for _ in range(n)))
+
+        def loss_fn(model: Any, x: tuple[Any, ...], y: Any) -> Any:
+            subs = [model.largest()] if phase.name == "full" else [sample() for _ in range(phase.subnets_per_step)]
+            soft = None
+            if phase.distill and teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(*x)
+            total = 0.0
+            for sub in subs:
+                model.set_active(sub)
+                out = model(*x)
+                loss = F.cross_entropy(out, y)
+                if soft is not None:
+                    loss = 0.5 * loss + 0.5 * kd_loss(out, soft, temperature)
+                total = total + loss
+            return total / len(subs)
+
+        cfg = TrainConfig(epochs=phase.epochs, batch_size=batch_size, lr=lr, seed=seed + i, augment_shift=augment_shift,
+                          max_batches=max_batches, weight_decay=1e-5)
+        res = fit(net, data, cfg, loss_fn=loss_fn, progress=progress, description=f"ofa {phase.name}")
+        net.set_active(net.largest())
+        done.append({**phase.to_dict(), "loss": res.history[-1]["loss"] if res.history else None,
+                     "seconds": round(res.seconds, 1)})
+        if folder is not None:  # each file through a temporary name; the record of finished phases last
+            import os
+
+            from safetensors.torch import save_file
+
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, m in (("supernet", net), ("teacher", teacher)):
+                if m is not None:
+                    tmp = folder / f".{name}.tmp"
+                    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp))
+                    os.replace(tmp, folder / f"{name}.safetensors")
+            tmp = folder / ".ofa.json.tmp"
+            tmp.write_text(json.dumps({"config": repr(net.config), "schedule": plan, "done": done}))
+            os.replace(tmp, folder / "ofa.json")
+    return done
 
 
 def __getattr__(name: str) -> Any:

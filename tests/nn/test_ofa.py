@@ -121,3 +121,43 @@ def test_progressive_shrinking_schedule():
     assert [p.name for p in full][-1] == "elastic_width_2" and len(full) == 6
     with pytest.raises(ValueError, match="total_epochs"):
         ofa.create_progressive_shrinking_schedule(CFG, 0)
+
+
+def _digits_like(n: int = 256, seed: int = 0):
+    """A learnable 4-class problem on 16×16 images: which quadrant is bright."""
+    from edgeopt.train import TensorData
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 16, 16, generator=g)
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, 0, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1.0
+    return TensorData((x,), y)
+
+
+def test_progressive_shrinking_trains_every_subnet_and_resumes(tmp_path):
+    cfg = ofa.OFAConfig(depths=(1, 2), kernel_sizes=(3, 5), expand_ratios=(2, 3), resolutions=(12, 16),
+                        widths=(8, 16), strides=(1, 2), stem_width=8, head_width=16, num_classes=4)
+    torch.manual_seed(0)
+    net = ofa.OFANet(cfg)
+    data, val = _digits_like(256, 0), _digits_like(128, 1)
+    ex = ofa.OFASubNetworkExtractor(net)
+    small = ex.sample_smallest()
+    before = ofa.evaluate_subnet(net, small, val, calibration=data)
+    schedule = ofa.create_progressive_shrinking_schedule(cfg, 8)
+    done = ofa.train_progressive(net, data, schedule, lr=1e-2, batch_size=32, checkpoint=tmp_path / "ckpt",
+                                 progress=False)
+    assert [d["name"] for d in done] == [p.name for p in schedule]
+    accs = {n: ofa.evaluate_subnet(net, s, val, calibration=data)
+            for n, s in (("small", small), ("large", ex.sample_largest()), ("mid", ex.sample_random(seed=1)))}
+    assert min(accs.values()) >= 0.9 > before + 0.2, (before, accs)  # every subnet learned, not only the largest
+    # a second call with the same schedule finds every phase done and trains nothing
+    again = ofa.OFANet(cfg)
+    redone = ofa.train_progressive(again, data, schedule, checkpoint=tmp_path / "ckpt", progress=False)
+    assert redone == done
+    x = val.inputs[0][:4]
+    ofa.calibrate_bn(net, small, data)
+    ofa.calibrate_bn(again, small, data)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x))
