@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import random as _random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from edgeopt.nn import blocks
 
 # torch is imported on first use (`import edgeopt.nn` stays torch-free): the module classes resolve through the
 # module-level __getattr__.
 __all__ = ["OFAConfig", "SubnetConfig", "create_progressive_shrinking_schedule", "OFANet", "OFASubNetworkExtractor",
-           "ElasticKernelConv", "ElasticInvertedResidual", "train_progressive", "calibrate_bn", "evaluate_subnet"]
+           "ElasticKernelConv", "ElasticInvertedResidual", "train_progressive", "calibrate_bn", "evaluate_subnet",
+           "encode", "AccuracyPredictor", "search_subnet"]
 _BUILT: dict[str, Any] = {}
 
 
@@ -332,6 +333,93 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
             tmp.write_text(json.dumps({"config": repr(net.config), "schedule": plan, "done": done}))
             os.replace(tmp, folder / "ofa.json")
     return done
+
+
+def encode(config: OFAConfig, subnet: SubnetConfig | dict[str, Any]) -> list[float]:
+    """A subnet as features: resolution and per-stage depth one-hot; per block slot kernel and expansion one-hot
+    (all zeros for a slot its stage does not run)."""
+    sub = SubnetConfig.of(subnet).check(config)
+    c = config
+    f = [float(sub.r == r) for r in c.resolutions]
+    i = 0
+    for d in sub.d:
+        f += [float(d == x) for x in c.depths]
+        for j in range(c.max_depth):
+            on = j < d
+            f += [float(on and sub.k[i] == k) for k in c.kernel_sizes]
+            f += [float(on and sub.e[i] == e) for e in c.expand_ratios]
+            i += 1
+    return f
+
+
+class AccuracyPredictor:
+    """Predicts a subnet's accuracy from `encode(subnet)`: ridge regression with its penalty chosen by
+    cross-validation (scikit-learn's RidgeCV), fit on subnets whose accuracy was measured."""
+
+    def __init__(self, config: OFAConfig):
+        self.config = config
+        self.model: Any = None
+
+    def fit(self, subnets: Sequence[Any], accuracies: Sequence[float]) -> "AccuracyPredictor":
+        import numpy as np
+        from sklearn.linear_model import RidgeCV
+
+        if len(subnets) != len(accuracies) or len(subnets) < 3:
+            raise ValueError(f"AccuracyPredictor.fit: need 3 or more subnets with one accuracy each, got "
+                             f"{len(subnets)} and {len(accuracies)}")
+        x = np.array([encode(self.config, s) for s in subnets])
+        self.model = RidgeCV(alphas=np.logspace(-3, 2, 12)).fit(x, np.asarray(accuracies, dtype=float))
+        return self
+
+    def predict(self, subnets: Sequence[Any]) -> list[float]:
+        import numpy as np
+
+        if self.model is None:
+            raise ValueError("AccuracyPredictor: fit it first")
+        return [float(v) for v in self.model.predict(np.array([encode(self.config, s) for s in subnets]))]
+
+    def score(self, subnets: Sequence[Any], accuracies: Sequence[float]) -> dict[str, float]:
+        """RMSE and Spearman rank correlation of the predictions against measured `accuracies`."""
+        import numpy as np
+        from scipy.stats import spearmanr
+
+        p, a = np.array(self.predict(subnets)), np.asarray(accuracies, dtype=float)
+        return {"rmse": float(np.sqrt(np.mean((p - a) ** 2))), "spearman": float(spearmanr(p, a).statistic)}
+
+
+def search_subnet(config: OFAConfig, fitness: Callable[[SubnetConfig], float], cost: Callable[[SubnetConfig], float],
+                  budget: float, trials: int = 300, seed: int = 0) -> dict[str, Any]:
+    """The subnet with the highest `fitness` whose `cost` is within `budget` (e.g. predicted accuracy under a
+    latency table's milliseconds, or under a FLOPs count): Optuna's TPE sampler over the space, the budget as its
+    constraint. Returns {"subnet", "fitness", "cost", "feasible", "trials"}; without a feasible trial the
+    cheapest one is returned with feasible False."""
+    import optuna
+
+    c = config
+    n = c.stages * c.max_depth
+
+    def build(trial: Any) -> SubnetConfig:
+        return SubnetConfig(trial.suggest_categorical("r", list(c.resolutions)),
+                            tuple(trial.suggest_categorical(f"d{s}", list(c.depths)) for s in range(c.stages)),
+                            tuple(trial.suggest_categorical(f"k{i}", list(c.kernel_sizes)) for i in range(n)),
+                            tuple(trial.suggest_categorical(f"e{i}", list(c.expand_ratios)) for i in range(n)))
+
+    def objective(trial: Any) -> float:
+        sub = build(trial)
+        price = float(cost(sub))
+        trial.set_user_attr("cost", price)
+        trial.set_user_attr("subnet", sub.to_dict())
+        return float(fitness(sub))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: [t.user_attrs["cost"] - budget])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=trials)
+    done = [t for t in study.trials if t.value is not None]
+    feasible = [t for t in done if t.user_attrs["cost"] <= budget]
+    best = max(feasible, key=lambda t: t.value) if feasible else min(done, key=lambda t: t.user_attrs["cost"])
+    return {"subnet": SubnetConfig.of(best.user_attrs["subnet"]), "fitness": float(best.value),
+            "cost": float(best.user_attrs["cost"]), "feasible": bool(feasible), "trials": len(done)}
 
 
 def __getattr__(name: str) -> Any:

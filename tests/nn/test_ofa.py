@@ -161,3 +161,22 @@ def test_progressive_shrinking_trains_every_subnet_and_resumes(tmp_path):
     ofa.calibrate_bn(again, small, data)
     with torch.no_grad():
         torch.testing.assert_close(again(x), net(x))
+
+
+def test_accuracy_predictor_and_search_under_a_budget():
+    import random
+
+    ex = ofa.OFASubNetworkExtractor(_net())
+    subs = [ex.sample_random(seed=i) for i in range(60)]
+    # a synthetic "accuracy": more MACs help, with diminishing returns; the predictor must rank it
+    macs = [ex.get_complexity(s)["macs"] for s in subs]
+    acc = [0.5 + 0.4 * (m / max(macs)) ** 0.5 + random.Random(i).uniform(-0.005, 0.005) for i, m in enumerate(macs)]
+    pred = ofa.AccuracyPredictor(CFG).fit(subs[:40], acc[:40])
+    assert pred.score(subs[40:], acc[40:])["spearman"] > 0.8
+    budget = sorted(macs)[len(macs) // 2]
+    cost = lambda s: ex.get_complexity(s)["macs"]  # noqa: E731
+    res = ofa.search_subnet(CFG, lambda s: pred.predict([s])[0], cost, budget, trials=80, seed=0)
+    assert res["feasible"] and res["cost"] <= budget and res["trials"] == 80
+    assert res["fitness"] >= max(pred.predict([s])[0] for s, m in zip(subs, macs) if m <= budget) - 0.02
+    with pytest.raises(ValueError, match="3 or more"):
+        ofa.AccuracyPredictor(CFG).fit(subs[:2], acc[:2])
