@@ -1,4 +1,5 @@
-"""Building blocks and once-for-all benchmark (issue 15). Built so far: part `nn` (the `edgeopt.nn` checks).
+"""Building blocks and once-for-all benchmark (issue 15): part `nn` (the `edgeopt.nn` checks) and part `digits` (a
+once-for-all supernet on zoo:digits, subnets for three latency budgets).
 
 Prints the CPU flags, then, in one process:
 - `nn`: `compute_flops_reduction(64, 128, 3, 56)` against the Conv MACs / FLOPs counted (`edgeopt.analyze.flops`)
@@ -8,11 +9,18 @@ Prints the CPU flags, then, in one process:
   the original and the pruned graph timed interleaved (`--threads`, blocks of 5 calls, the first untimed),
   with a paired bootstrap interval; the pruned graph's outputs equal the original's with the removed heads
   masked.
-The once-for-all parts (supernet training, latency table, subnet search on zoo:digits) are not built yet.
+- `digits`: a MobileNetV3-style `OFANet` (depths 1-3, kernels 3/5/7, expansions 3/4/6, resolutions 24/28/32) trained
+  on the zoo:digits train split by progressive shrinking (`--epochs`, resumable under `--out`); a latency table
+  of its parts on ONNX Runtime (`--threads`); `--samples` random subnets' validation accuracy (BatchNorm
+  recalibrated per subnet) fit the accuracy predictor (held-out rank correlation); whole subnets measured against
+  the table's prediction (median absolute % error) beside the FLOPs proxy's rank correlation with latency; then
+  the most accurate subnet (predicted) under three latency budgets, each also searched with FLOPs as the cost
+  (same MACs budget), and each trained from scratch for an equal share of the supernet's CPU time. Test-split
+  accuracy and measured latency (interleaved) for every model.
 The exit status is 1 when a check does not hold.
 
-    .venv/bin/python benchmarks/ofa.py [--parts nn] [--threads 2] [--runs 200] [--seq 128] [--out runs/bench-ofa]
-        [--json out.json]
+    .venv/bin/python benchmarks/ofa.py [--parts nn,digits] [--threads 2] [--runs 200] [--seq 128] [--epochs 40]
+        [--samples 60] [--out runs/bench-ofa] [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 
 from edgeopt.report.claims import Claim, statement
 
-PARTS = ("nn",)
+PARTS = ("nn", "digits")
 BLOCK, SETTLE = 5, 1
 
 
@@ -140,6 +148,135 @@ def nn_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> dict
     return res
 
 
+def _scratch(arch: Any, fit_data: Any, seconds: float, seed: int) -> tuple[Any, int]:
+    """`arch` re-initialised and trained on the labels one epoch at a time until `seconds` of CPU time are spent."""
+    import torch
+
+    from edgeopt.train import TrainConfig, fit
+
+    torch.manual_seed(seed)
+    for m in arch.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    t0, epochs = time.process_time(), 0
+    while time.process_time() - t0 < seconds:
+        fit(arch, fit_data, TrainConfig(epochs=1, lr=3e-3, schedule="constant", seed=seed + epochs,
+                                        augment_shift=0.1, weight_decay=1e-5), progress=False)
+        epochs += 1
+    return arch.eval(), epochs
+
+
+def digits_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from rich.table import Table
+    from scipy.stats import spearmanr
+
+    from edgeopt.measure.latency_table import LatencyTable, measure_subnets
+    from edgeopt.nn import ofa
+    from edgeopt.train import TensorData, evaluate
+    from edgeopt.zoo.digits import load_split
+
+    out = Path(args.out) / "digits"
+    xtr, ytr = (a.copy() for a in load_split("train"))
+    xte, yte = (a.copy() for a in load_split("test"))
+    data = TensorData((torch.from_numpy(xtr),), torch.from_numpy(ytr))
+    fit_data, val = data.split(0.2, seed=0)
+    test = TensorData((torch.from_numpy(xte),), torch.from_numpy(yte))
+    cfg = ofa.OFAConfig(stem_stride=2)  # the digits are 8×8 upscaled: the stem halves 32×32 at no accuracy cost
+    torch.manual_seed(0)
+    net = ofa.OFANet(cfg)
+    schedule = ofa.create_progressive_shrinking_schedule(cfg, args.epochs)
+    t0 = time.process_time()
+    done = ofa.train_progressive(net, fit_data, schedule, lr=3e-3, batch_size=64, checkpoint=out / "supernet",
+                                 progress=True, augment_shift=0.1)
+    train_cpu = sum(d["cpu_seconds"] for d in done)  # recorded per phase, so a resumed run knows it too
+    console.print(f"supernet: {len(done)} phases, {args.epochs} epochs, {sum(d['seconds'] for d in done):.0f} s "
+                  f"wall, {train_cpu:.0f} s CPU (this call {time.process_time() - t0:.0f} s CPU)")
+    ex = ofa.OFASubNetworkExtractor(net)
+
+    def acc(sub: Any, on: Any) -> float:
+        return ofa.evaluate_subnet(net, sub, on, calibration=fit_data)
+
+    table = LatencyTable.build(net, out / "table", threads=args.threads, runs=30)
+    table.save(out / "latency_table.json")
+    subs = [ex.sample_smallest(), ex.sample_largest()] + [ex.sample_random(seed=i) for i in range(args.samples)]
+    val_acc = [acc(s, val) for s in subs]
+    n_fit = int(len(subs) * 0.75)
+    pred = ofa.AccuracyPredictor(cfg).fit(subs[:n_fit], val_acc[:n_fit])
+    pscore = pred.score(subs[n_fit:], val_acc[n_fit:])
+    # the latency table against whole subnets, and FLOPs as a latency proxy
+    probe = subs[:2] + subs[2:22]
+    measured = measure_subnets(ex, probe, out / "probe", threads=args.threads, runs=30)
+    predicted = [table.predict(net, s) for s in probe]
+    flops = [ex.get_complexity(s)["flops"] for s in probe]
+    err = float(np.median([abs(p - m) / m * 100 for p, m in zip(predicted, measured)]))
+    rho_table = float(spearmanr(predicted, measured).statistic)
+    rho_flops = float(spearmanr(flops, measured).statistic)
+    # three budgets between the smallest and largest subnet's predicted latency
+    lo, hi = table.predict(net, subs[0]), table.predict(net, subs[1])
+    budgets = [lo + f * (hi - lo) for f in (0.2, 0.45, 0.7)]
+    picks = []
+    for b in budgets:
+        by_lat = ofa.search_subnet(cfg, lambda s: pred.predict([s])[0], lambda s: table.predict(net, s), b,
+                                   trials=300, seed=0)
+        macs_budget = ex.get_complexity(by_lat["subnet"])["macs"]
+        by_flops = ofa.search_subnet(cfg, lambda s: pred.predict([s])[0], lambda s: ex.get_complexity(s)["macs"],
+                                     macs_budget, trials=300, seed=0)
+        picks.append((b, by_lat, by_flops))
+    models = {"largest": subs[1], "smallest": subs[0]}
+    for i, (b, by_lat, by_flops) in enumerate(picks):
+        models[f"budget {b:.3f} ms"] = by_lat["subnet"]
+        models[f"budget {b:.3f} ms (FLOPs search)"] = by_flops["subnet"]
+    lat = dict(zip(models, measure_subnets(ex, list(models.values()), out / "final", threads=args.threads,
+                                            runs=args.runs)))
+    test_acc = {k: acc(s, test) for k, s in models.items()}
+    scratch = {}
+    share = train_cpu / len(picks)
+    for i, (b, by_lat, _) in enumerate(picks):
+        arch, epochs = _scratch(ex.extract(by_lat["subnet"]).train(), fit_data, share, seed=i)
+        scratch[f"budget {b:.3f} ms"] = (float(evaluate(arch, test)), epochs)
+    t = Table(title=f"once-for-all on zoo:digits (test split, {len(test)} images); ONNX Runtime {args.threads} threads, "
+                    "batch 1, interleaved", title_justify="left")
+    for c in ("model", "subnet", "MACs", "predicted ms", "measured ms", "test acc %", "from scratch % (epochs)"):
+        t.add_column(c, justify="left" if c in ("model", "subnet") else "right")
+    rows = {}
+    for k, s in models.items():
+        c = ex.get_complexity(s)
+        sc = scratch.get(k)
+        rows[k] = {"subnet": s.to_dict(), "macs": c["macs"], "params": c["params"], "predicted_ms": table.predict(net, s),
+                   "measured_ms": lat[k], "test_accuracy": test_acc[k], "scratch": sc}
+        t.add_row(k, f"r{s.r} d{list(s.d)}", f"{c['macs'] / 1e6:.2f}M", f"{rows[k]['predicted_ms']:.3f}",
+                  f"{lat[k]:.3f}", f"{100 * test_acc[k]:.2f}", f"{100 * sc[0]:.2f} ({sc[1]})" if sc else "-")
+    console.print(t)
+    full = test_acc["largest"]
+    for b, by_lat, by_flops in picks:
+        k = f"budget {b:.3f} ms"
+        a, sc = test_acc[k], scratch[k][0]
+        claims.append(Claim(f"digits, latency budget {b:.3f} ms: the subnet is within 1.5 points of the full "
+                            "supernet's accuracy or better than its architecture trained from scratch for an equal "
+                            "share of the supernet's CPU time", a >= full - 0.015 or a > sc,
+                            f"{100 * a:.2f} % vs full {100 * full:.2f} %, scratch {100 * sc:.2f} %; measured "
+                            f"{lat[k]:.3f} ms (budget {b:.3f})"))
+        kf = f"{k} (FLOPs search)"
+        claims.append(statement(f"digits, budget {b:.3f} ms, FLOPs as the cost (same MACs)",
+                                f"picked r{by_flops['subnet'].r} d{list(by_flops['subnet'].d)}, measured "
+                                f"{lat[kf]:.3f} ms ({'over' if lat[kf] > b else 'within'} the budget), test "
+                                f"{100 * test_acc[kf]:.2f} % vs the latency search's {100 * test_acc[k]:.2f} %"))
+    fastest = min((f"budget {b:.3f} ms" for b, _, _ in picks), key=lambda k: lat[k])
+    claims.append(Claim("digits: the fastest budget subnet is >= 3x faster than the largest subnet (ONNX Runtime)",
+                        lat["largest"] / lat[fastest] >= 3.0,
+                        f"{lat['largest']:.3f} ms / {lat[fastest]:.3f} ms = {lat['largest'] / lat[fastest]:.2f}x"))
+    claims.append(statement("latency table vs measured whole subnets (22 subnets)",
+                            f"median absolute error {err:.1f} %; rank correlation {rho_table:.3f}; FLOPs proxy's rank "
+                            f"correlation with measured latency {rho_flops:.3f}"))
+    claims.append(statement("accuracy predictor on held-out subnets",
+                            f"{len(subs) - n_fit} subnets: RMSE {100 * pscore['rmse']:.2f} points, Spearman "
+                            f"{pscore['spearman']:.3f}"))
+    return {"phases": done, "train_cpu_s": train_cpu, "table_error_pct": err, "spearman_table": rho_table,
+            "spearman_flops": rho_flops, "predictor": pscore, "rows": rows, "budgets": budgets}
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -150,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=40, help="digits: progressive-shrinking epochs in all")
+    ap.add_argument("--samples", type=int, default=60, help="digits: random subnets that fit the accuracy predictor")
     ap.add_argument("--out", default="runs/bench-ofa")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -164,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     claims: list[Claim] = []
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for part, fn in (("nn", nn_part),):
+    for part, fn in (("nn", nn_part), ("digits", digits_part)):
         if part in parts:
             t0 = time.perf_counter()
             results[part] = fn(args, claims, console)

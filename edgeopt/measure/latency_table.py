@@ -29,8 +29,8 @@ def parts_of(net: Any, subnet: Any) -> list[str]:
     from edgeopt.nn.ofa import SubnetConfig
 
     sub = SubnetConfig.of(subnet).check(net.config)
-    r = sub.r
-    keys = [f"stem@{r}"]
+    keys = [f"stem@{sub.r}"]
+    r = _ceil_div(sub.r, net.config.stem_stride)
     i = 0
     for s, (stage, d) in enumerate(zip(net.stages, sub.d)):
         for j, blk in enumerate(stage):
@@ -86,7 +86,7 @@ class LatencyTable:
         graphs: dict[str, tuple[Any, tuple[int, ...]]] = {}
         for r in c.resolutions:
             graphs[f"stem@{r}"] = (net.stem, (1, c.in_channels, r, r))
-            size = r
+            size = _ceil_div(r, c.stem_stride)
             for s, stage in enumerate(net.stages):
                 for j, blk in enumerate(stage[:2]):  # the first block of a stage, and the rest (all alike)
                     inp = size if j == 0 else _ceil_div(size, stage[0].stride)
@@ -129,7 +129,8 @@ def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, th
         for i, (key, (module, shape)) in enumerate(graphs.items()):
             path = _export(module, shape, folder / f"part{i}.onnx")
             feed = {"x": np.random.default_rng(i).standard_normal(shape).astype(np.float32)}
-            live[key] = _Fixed(make_runner(Artifact.from_onnx(path), threads=threads, spinning=True), feed)
+            # spinning off: hundreds of live sessions whose idle workers busy-wait would time each other
+            live[key] = _Fixed(make_runner(Artifact.from_onnx(path), threads=threads, spinning=False), feed)
         stats = measure_interleaved(live, {}, warmup=5, runs=runs, block=BLOCK, settle=SETTLE, progress=progress)
     finally:
         for r in live.values():

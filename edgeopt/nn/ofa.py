@@ -62,6 +62,7 @@ class OFAConfig:
     widths: tuple[int, ...] = (16, 24, 40)
     strides: tuple[int, ...] = (1, 2, 2)
     stem_width: int = 16
+    stem_stride: int = 1
     head_width: int = 64
     in_channels: int = 1
     num_classes: int = 10
@@ -96,6 +97,8 @@ class OFAConfig:
         for name in ("stem_width", "head_width", "in_channels", "num_classes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"OFAConfig: field {name!r}: must be >= 1, got {getattr(self, name)}")
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"OFAConfig: field 'stem_stride': 1 or 2, got {self.stem_stride}")
         if self.act not in ("relu", "relu6", "silu", "gelu", "hardswish"):
             raise ValueError(f"OFAConfig: field 'act': expected relu, relu6, silu, gelu or hardswish, got {self.act!r}")
 
@@ -246,11 +249,12 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
     of its space per batch and trains them on the labels plus KD (`edgeopt.nn.distill.kd_loss` at `temperature`)
     from a frozen copy of the network as it left the "full" phase, set to its largest subnet; the first phase with
     an elastic width first importance-sorts the channels. Each phase is `edgeopt.train.fit` (seeded, cosine
-    learning rate, rich progress). `checkpoint`: a folder; after each phase the weights (safetensors) and the
+    learning rate, rich progress; each record has the phase's wall and CPU seconds). `checkpoint`: a folder; after each phase the weights (safetensors) and the
     phases done are written there, and a later call with the same schedule resumes after the last finished
     phase (the teacher is rebuilt from the saved "full" weights). Returns one record per phase."""
     import copy
     import json
+    import time
     from pathlib import Path
 
     import torch
@@ -314,10 +318,11 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
 
         cfg = TrainConfig(epochs=phase.epochs, batch_size=batch_size, lr=lr, seed=seed + i, augment_shift=augment_shift,
                           max_batches=max_batches, weight_decay=1e-5)
+        cpu0 = time.process_time()
         res = fit(net, data, cfg, loss_fn=loss_fn, progress=progress, description=f"ofa {phase.name}")
         net.set_active(net.largest())
         done.append({**phase.to_dict(), "loss": res.history[-1]["loss"] if res.history else None,
-                     "seconds": round(res.seconds, 1)})
+                     "seconds": round(res.seconds, 1), "cpu_seconds": round(time.process_time() - cpu0, 1)})
         if folder is not None:  # each file through a temporary name; the record of finished phases last
             import os
 
@@ -584,7 +589,7 @@ def _build() -> dict[str, Any]:
         def __init__(self, config: OFAConfig | None = None):
             super().__init__()
             self.config = c = config or OFAConfig()
-            self.stem = blocks.ConvBNAct(c.in_channels, c.stem_width, 3, 1, act=c.act)
+            self.stem = blocks.ConvBNAct(c.in_channels, c.stem_width, 3, c.stem_stride, act=c.act)
             stages, cin = [], c.stem_width
             for w, s in zip(c.widths, c.strides):
                 stages.append(nn.ModuleList([ElasticInvertedResidual(cin if i == 0 else w, w, s if i == 0 else 1, c)
@@ -672,8 +677,8 @@ def _build() -> dict[str, Any]:
             (2 × MACs) and parameters of the extracted dense subnet."""
             sub = SubnetConfig.of(subnet).check(self.config)
             c = self.config
-            r = sub.r
-            macs = r * r * c.in_channels * c.stem_width * 9  # stem: 3×3, stride 1
+            r = (sub.r + c.stem_stride - 1) // c.stem_stride  # the stem's output size (3×3, padding 1)
+            macs = r * r * c.in_channels * c.stem_width * 9
             for blk, k, e in self.net.active_blocks(sub):
                 h = blk.hidden(e)
                 out = (r + blk.stride - 1) // blk.stride
