@@ -280,7 +280,7 @@ def digits_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from edgeopt.report.claims import finish
+    from edgeopt.report.claims import finish, run_parts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default=",".join(PARTS))
@@ -301,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"CPU: {cpu_line()}")
     load = os.getloadavg()[0]
     claims: list[Claim] = []
-    results: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    for part, fn in (("nn", nn_part), ("digits", digits_part)):
-        if part in parts:
-            t0 = time.perf_counter()
-            results[part] = fn(args, claims, console)
-            seconds[part] = time.perf_counter() - t0
+    results, seconds = run_parts((("nn", nn_part), ("digits", digits_part)), parts, args, claims, console)
     return finish(claims, console, cpu=cpu_line(), args=args, results=results, seconds=seconds, load_before=load)
 
 

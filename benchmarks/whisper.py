@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from rich.console import Console
 
-    from edgeopt.report.claims import finish
+    from edgeopt.report.claims import finish, run_parts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -169,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{torch.__version__}; 1-min load average {load:.2f}")
     torch.set_num_threads(args.threads)
     claims: list[Claim] = []
-    results: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    for part, fn in (("whisper", whisper_part), ("vad", vad_part)):
-        if part in parts:
-            t0 = time.perf_counter()
-            results[part] = fn(args, claims, console)
-            seconds[part] = time.perf_counter() - t0
+    results, seconds = run_parts((("whisper", whisper_part), ("vad", vad_part)), parts, args, claims, console)
     return finish(claims, console, cpu=cpu_line(), args=args, results=results, seconds=seconds, load_before=load)
 
 

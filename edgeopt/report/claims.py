@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 STATEMENT = "statement"  # what a claim that is not pass/fail shows in the "holds" column
 
@@ -77,6 +77,21 @@ def to_json(claims: Iterable[Claim]) -> list[dict[str, Any]]:
     return [{"claim": c.claim, "holds": c.holds, "numbers": c.numbers} for c in claims]
 
 
+def run_parts(parts: Sequence[tuple[str, Callable[..., Any]]], wanted: Sequence[str], *args: Any
+              ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run each benchmark part `fn(*args)` named in `wanted`, in `parts` order; returns (results, seconds) per part."""
+    import time
+
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name, fn in parts:
+        if name in wanted:
+            t0 = time.perf_counter()
+            results[name] = fn(*args)
+            seconds[name] = time.perf_counter() - t0
+    return results, seconds
+
+
 def finish(claims: list[Claim], console: Any, *, cpu: str, args: Any, results: dict[str, Any],
            seconds: dict[str, float], load_before: float) -> int:
     """A benchmark's ending: the checks table (titled with the CPU), seconds per part and the load average before
@@ -95,4 +110,4 @@ def finish(claims: list[Claim], console: Any, *, cpu: str, args: Any, results: d
     return exit_code(claims)
 
 
-__all__ = ["Claim", "statement", "failed", "exit_code", "table", "summary", "markdown", "to_json", "finish"]
+__all__ = ["Claim", "statement", "failed", "exit_code", "table", "summary", "markdown", "to_json", "run_parts", "finish"]

@@ -57,3 +57,13 @@ def test_finish_prints_the_checks_and_writes_the_json_record(tmp_path):
     rec = json.loads((tmp_path / "out.json").read_text())
     assert rec["cpu"].startswith("Some CPU") and rec["args"]["threads"] == 2 and rec["results"] == {"a": 1}
     assert [c["holds"] for c in rec["checks"]] == [True, False, None]
+
+
+def test_run_parts_runs_the_wanted_parts_in_order_and_times_them():
+    from edgeopt.report.claims import run_parts
+
+    calls = []
+    results, seconds = run_parts((("a", lambda x: calls.append("a") or x + 1), ("b", lambda x: calls.append("b") or x)),
+                                 ["b", "a"], 1)
+    assert calls == ["a", "b"] and results == {"a": 2, "b": 1} and set(seconds) == {"a", "b"}
+    assert run_parts((("a", lambda: 1),), []) == ({}, {})
