@@ -243,9 +243,10 @@ def evaluate_subnet(net: Any, subnet: SubnetConfig | dict[str, Any], data: Any, 
 def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e-3, batch_size: int = 64,
                       seed: int = 0, checkpoint: Any = None, progress: Any = None, augment_shift: float = 0.0,
                       temperature: float = 1.0, max_batches: int | None = None) -> list[dict[str, Any]]:
-    """Train `net` (an OFANet) through the progressive-shrinking `schedule` on `data` (TensorData with labels).
+    """Train `net` (an OFANet) through the progressive-shrinking `schedule` on `data` (TensorData with class labels,
+    or reference outputs to regress, e.g. a model's logits).
 
-    "full" trains the largest subnet on the labels. Each later phase samples `subnets_per_step` random subnets
+    "full" trains the largest subnet on the targets (cross-entropy, or MSE to reference outputs). Each later phase samples `subnets_per_step` random subnets
     of its space per batch and trains them on the labels plus KD (`edgeopt.nn.distill.kd_loss` at `temperature`)
     from a frozen copy of the network as it left the "full" phase, set to its largest subnet; the first phase with
     an elastic width first importance-sorts the channels. Each phase is `edgeopt.train.fit` (seeded, cosine
@@ -263,8 +264,8 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
     from edgeopt.nn.distill import freeze, kd_loss
     from edgeopt.train import TrainConfig, fit
 
-    if not data.labelled:
-        raise ValueError("train_progressive: data needs class labels")
+    if data.targets is None:
+        raise ValueError("train_progressive: data needs targets (class labels or reference outputs)")
     folder = Path(checkpoint) if checkpoint is not None else None
     plan = [p.to_dict() for p in schedule]
     done: list[dict[str, Any]] = []
@@ -310,7 +311,7 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
             for sub in subs:
                 model.set_active(sub)
                 out = model(*x)
-                loss = F.cross_entropy(out, y)
+                loss = F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
                 if soft is not None:
                     loss = 0.5 * loss + 0.5 * kd_loss(out, soft, temperature)
                 total = total + loss

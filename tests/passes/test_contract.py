@@ -50,6 +50,11 @@ CASES: dict[str, Case] = {
     "prune.heads": BERT_TORCH,
     "prune.ffn": Case("tiny_bert_torch", "tiny_bert_feeds", {"sparsity": 0.5, "round_to": 8}),
     "arch.depthwise": CNN,
+    "compress.ofa": Case("tiny_convnet_torch", "tiny_convnet_feeds",  # a small space, a few epochs: seconds
+                         {"space": {"depths": [1, 2], "kernel_sizes": [3, 5], "expand_ratios": [2, 3],
+                                    "resolutions": [12, 16], "widths": [8, 16], "strides": [1, 2],
+                                    "stem_width": 8, "head_width": 16},
+                          "epochs": 6, "samples": 4, "trials": 20, "threads": 1, "train": {"lr": 0.01}}),
     "distill": CNN,
     "quant.qat": CNN,
     "convert.ncnn": CNN,
@@ -251,6 +256,15 @@ CHANGED: dict[str, Callable[..., None]] = {
 }
 
 
+def _ofa_dense(art, out, ctx, feeds):
+    kinds = {type(m).__name__ for m in out.module.modules()}
+    assert not kinds & {"ElasticKernelConv", "ElasticInvertedResidual", "OFANet"}, "a plain dense subnet"
+    assert out.meta["ofa"] == ctx.notes["compress.ofa"]["subnet"] and out.rebuild["builder"] == "compress.ofa"
+
+
+CHANGED["compress.ofa"] = _ofa_dense
+
+
 # ------------------------------------------------------------------------------------- what a reason promises
 def _sparsity_reached(name, art, out, ctx, ref, got):
     target = CASES[name].config["sparsity"]
@@ -342,6 +356,8 @@ REASON_CHECKS: dict[str, Callable[..., None]] = {
     "prune.heads": _scored("score", "score_before_recovery", 0.9),
     "prune.ffn": _scored("score", "score_before_recovery", 0.9),
     "arch.depthwise": _scored("score_after_recovery", "score_before_recovery", 0.75),
+    # a new network trained to match the input's outputs (no labels here): held-out cosine and contract-feed cosine
+    "compress.ofa": _scored("val_accuracy", 0.8, 0.8),
     "distill": _scored("student_score", "student_score_before", 0.9),
     "quant.qat": _scored("score_qat_onnx", 0.9, 0.9),
     "convert.litert_llm": _top1_agrees(0.99),  # fp32: the same next tokens as the Hugging Face model
