@@ -414,11 +414,12 @@ def search_subnet(config: OFAConfig, fitness: Callable[[SubnetConfig], float], c
         sub = build(trial)
         price = float(cost(sub))
         trial.set_user_attr("cost", price)
+        trial.set_constraint("budget", price - budget)  # feasible when <= 0
         trial.set_user_attr("subnet", sub.to_dict())
         return float(fitness(sub))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: [t.user_attrs["cost"] - budget])
+    sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=trials)
     done = [t for t in study.trials if t.value is not None]
