@@ -45,3 +45,28 @@ def test_bad_space_and_budget_are_recipe_errors():
         build_pass("compress.ofa", {"budget": 1.5})
     with pytest.raises(RecipeError, match="space"):
         build_pass("compress.ofa", {"space": {"kernels": [3]}})
+
+
+def test_the_bundled_recipe_makes_each_budget_a_measured_stage(tiny_digits_resnet, tmp_path):
+    """recipes/ofa-digits.yaml's steps on a tiny space and a few epochs (the bundled one trains ~15 CPU-minutes)."""
+    from edgeopt.pipeline import optimize
+    from edgeopt.recipe import load_recipe
+
+    recipe = load_recipe("ofa-digits").to_dict()
+    recipe["data"] = {"calibration": "zoo:digits[train][:64]", "eval": "zoo:digits[test][:64]"}
+    recipe["measure"] = {"threads": 1, "batch": 1, "warmup": 1, "runs": 6, "block": 2, "settle": 0, "memory": False,
+                         "energy": False}
+    recipe["gates"] = {"max_accuracy_drop": 100}
+    for step in recipe["passes"]:
+        (name, cfg), = step.items()
+        if name == "compress.ofa":
+            cfg.update({k: v for k, v in CFG.items()}, space=SPACE)
+    led = optimize(tiny_digits_resnet, recipe=recipe, out=tmp_path / "run", progress=False).ledger
+    st = {s.name: s for s in led.stages}
+    assert [n for n in st if n.startswith("ofa")] == ["ofa-fast", "ofa-fast-onnx", "ofa-mid", "ofa-mid-onnx",
+                                                      "ofa-large", "ofa-large-onnx"]
+    assert all(s.status == "done" and s.latency_ms and s.accuracy for n, s in st.items() if n.startswith("ofa"))
+    assert st["ofa-fast-onnx"].latency_ms.runtime == "onnxruntime"
+    caches = {st[n].notes["compress.ofa"]["cache"] for n in ("ofa-fast", "ofa-mid", "ofa-large")}
+    assert len(caches) == 1  # one supernet for the three budgets
+    assert "ofa-mid" in (tmp_path / "run" / "report.md").read_text()
