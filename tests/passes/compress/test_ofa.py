@@ -70,3 +70,28 @@ def test_the_bundled_recipe_makes_each_budget_a_measured_stage(tiny_digits_resne
     caches = {st[n].notes["compress.ofa"]["cache"] for n in ("ofa-fast", "ofa-mid", "ofa-large")}
     assert len(caches) == 1  # one supernet for the three budgets
     assert "ofa-mid" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_an_extracted_subnet_converts_to_litert_with_the_same_outputs(tmp_path):
+    pytest.importorskip("litert_torch")
+    import numpy as np
+
+    from edgeopt.load import load_model
+    from edgeopt.measure.runners import make_runner
+    from edgeopt.nn import ofa
+
+    torch.manual_seed(0)
+    net = ofa.OFANet(ofa.OFAConfig(**{**SPACE, "num_classes": 10})).eval()
+    ex = ofa.OFASubNetworkExtractor(net)
+    sub = ex.sample_random(seed=1)
+    x = torch.randn(1, 1, sub.r, sub.r)
+    art = load_model(ex.extract(sub), {"image": x})
+    out = build_pass("convert.litert", {})(art, PassContext(stage_dir=tmp_path / "litert"))
+    assert out.kind == "tflite"
+    r = make_runner(out, threads=1)
+    try:
+        got = r.run({"image": x.numpy()})[0]
+    finally:
+        r.close()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, art.module(x).numpy(), atol=1e-4, rtol=1e-3)
