@@ -34,7 +34,7 @@ from edgeopt.nn import blocks
 # module-level __getattr__.
 __all__ = ["OFAConfig", "SubnetConfig", "create_progressive_shrinking_schedule", "OFANet", "OFASubNetworkExtractor",
            "ElasticKernelConv", "ElasticInvertedResidual", "train_progressive", "calibrate_bn", "evaluate_subnet",
-           "encode", "AccuracyPredictor", "search_subnet"]
+           "encode", "AccuracyPredictor", "search_subnet", "random_subnet"]
 _BUILT: dict[str, Any] = {}
 
 
@@ -175,6 +175,16 @@ class Phase:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+def random_subnet(rng: _random.Random, config: OFAConfig, space: Phase | None = None) -> SubnetConfig:
+    """A uniformly random subnet drawn with `rng` (resolution, depths, kernels, expansions, in that order), from
+    `space`'s choices when given (a progressive-shrinking phase), else the whole of `config`'s."""
+    c, n = config, config.stages * config.max_depth
+    s = space or c
+    return SubnetConfig(rng.choice(s.resolutions), tuple(rng.choice(s.depths) for _ in range(c.stages)),
+                        tuple(rng.choice(s.kernel_sizes) for _ in range(n)),
+                        tuple(rng.choice(s.expand_ratios) for _ in range(n)))
+
+
 def create_progressive_shrinking_schedule(config: OFAConfig, total_epochs: int) -> list[Phase]:
     """Progressive shrinking (Cai et al., 2020): the full network, then elastic kernel, elastic depth (the
     deeper choices first, then all), elastic width (the wider expansions first, then all), each later phase
@@ -293,13 +303,9 @@ def train_progressive(net: Any, data: Any, schedule: list[Phase], lr: float = 3e
         if len(phase.expand_ratios) > 1 and not sorted_width:
             net.sort_channels()
             sorted_width = True
-        n = net.config.stages * net.config.max_depth
 
         def sample() -> SubnetConfig:
-            return SubnetConfig(rng.choice(phase.resolutions), tuple(rng.choice(phase.depths)
-                                                                     for _ in range(net.config.stages)),
-                                tuple(rng.choice(phase.kernel_sizes) for _ in range(n)),
-                                tuple(rng.choice(phase.expand_ratios) for _ in range(n)))
+            return random_subnet(rng, net.config, phase)
 
         def loss_fn(model: Any, x: tuple[Any, ...], y: Any) -> Any:
             subs = [model.largest()] if phase.name == "full" else [sample() for _ in range(phase.subnets_per_step)]
@@ -662,14 +668,7 @@ def _build() -> dict[str, Any]:
 
         def sample_random(self, seed: int | None = None, space: Phase | None = None) -> SubnetConfig:
             """A uniformly random subnet (of `space`'s choices when given, e.g. a progressive-shrinking phase)."""
-            rng = _random.Random(seed)
-            c, n = self.config, self._n()
-            ks = space.kernel_sizes if space else c.kernel_sizes
-            ds = space.depths if space else c.depths
-            es = space.expand_ratios if space else c.expand_ratios
-            rs = space.resolutions if space else c.resolutions
-            return SubnetConfig(rng.choice(rs), tuple(rng.choice(ds) for _ in range(c.stages)),
-                                tuple(rng.choice(ks) for _ in range(n)), tuple(rng.choice(es) for _ in range(n)))
+            return random_subnet(_random.Random(seed), self.config, space)
 
         def set_config(self, subnet: SubnetConfig | dict[str, Any]) -> SubnetConfig:
             return self.net.set_active(subnet)
