@@ -277,7 +277,7 @@ class Pipeline:
         A failure is recorded in the ledger and raised as PassError (an interrupt is recorded and re-raised)."""
         ctx = PassContext(stage_dir=stage_dir, target=self.target, calibration=run.calibration,
                           evaluation=run.evaluation, progress=run.progress, baseline=run.stages[0][1],
-                          measure=self.recipe.measure, gates=self.recipe.gates)
+                          measure=self.recipe.measure, gates=self.recipe.gates, executor=self.executor)
         stage = Stage(name=step.name, **{"pass": step.pass_name}, config=step.config, cache_key=key,
                       versions=run.versions, parent=parent)
         t0 = time.perf_counter()

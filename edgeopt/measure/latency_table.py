@@ -3,8 +3,10 @@ predicted as the sum of its parts, and whole extracted subnets measured to check
 
 An entry is one part at one input size: the stem at resolution r, each block kind (stage, first block of its stage
 or not, kernel, expansion) at its input size, the head at the final feature size. Each part is exported from the
-supernet's weights as a dense ONNX graph and all parts are timed interleaved in one process (`measure_interleaved`,
-blocks of calls with the first untimed, the order rotating). A subnet's prediction is the sum of its parts'
+supernet's weights as a dense ONNX graph (converted to LiteRT for a LiteRT table; OpenVINO reads the ONNX file) and all
+parts are timed interleaved in one process on the table's runtime (`measure_interleaved`, blocks of calls with the
+first untimed, the order rotating). The timing is a measure task of the search's executor (`edgeopt.executor`): on a
+Ray cluster it runs only on a node of the target, and the files it reads must be on a folder every node sees. A subnet's prediction is the sum of its parts'
 medians less (parts - 1) × the per-call overhead of the runtime (timed on a one-op graph), since a whole subnet
 is one call. Hand-written: OFA's own latency tables (the unmaintained once-for-all repository) are for its
 networks and mobile phones, not for the runtime edgeopt deploys to.
@@ -75,11 +77,11 @@ class LatencyTable:
         return cls(dict(d["entries"]), float(d["overhead_ms"]), d.get("runtime", "onnxruntime"), int(d["threads"]))
 
     @classmethod
-    def build(cls, net: Any, folder: str | Path, threads: int = 2, runs: int = 30, progress: Any = None
-              ) -> "LatencyTable":
-        """Measure every part of `net`'s search space (an OFANet) on ONNX Runtime with `threads` threads."""
-        import torch
-
+    def build(cls, net: Any, folder: str | Path, threads: int = 2, runs: int = 30, progress: Any = None,
+              runtime: str = "onnxruntime", executor: Any = None) -> "LatencyTable":
+        """Measure every part of `net`'s search space (an OFANet) on `runtime` (one of RUNTIMES) with `threads`
+        threads; the timing is one measure task of `executor` (an `edgeopt.executor` executor: on a Ray cluster it
+        runs on a node of the target; default: here)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         c = net.config
@@ -97,9 +99,19 @@ class LatencyTable:
                 size = _ceil_div(size, stage[0].stride)
             graphs[f"head@{size}"] = (net.head, (1, net.head.conv[0].in_channels, size, size))
         graphs["overhead"] = (_AddOne(), (1, 1, 1, 1))
-        med = time_graphs(graphs, folder, threads, runs, progress)
+        med = time_graphs(graphs, folder, threads, runs, progress, runtime=runtime, executor=executor)
         overhead = med.pop("overhead")
-        return cls(med, overhead, "onnxruntime", threads)
+        return cls(med, overhead, check_runtime(runtime), threads)
+
+
+RUNTIMES = ("onnxruntime", "openvino", "litert")
+
+
+def check_runtime(runtime: str) -> str:
+    """`runtime` when it is one the tables are measured on, else ValueError naming the choices."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"latency table: field 'runtime': {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    return runtime
 
 
 def _AddOne() -> Any:  # noqa: N802 (a module factory: torch is imported lazily)
@@ -115,27 +127,65 @@ def _AddOne() -> Any:  # noqa: N802 (a module factory: torch is imported lazily)
 
 
 def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, threads: int, runs: int,
-                progress: Any = None) -> dict[str, float]:
-    """Median ms of each (module, input shape), exported to ONNX under `folder` and timed interleaved on ONNX
-    Runtime, each on its own random input."""
+                progress: Any = None, runtime: str = "onnxruntime", executor: Any = None) -> dict[str, float]:
+    """Median ms of each (module, input shape) on `runtime`, each on its own random input, all timed interleaved.
+
+    The modules are exported here (ONNX under `folder`, and for LiteRT converted by litert-torch to .tflite: build
+    work); the timing is `time_parts`, run inline (with `progress`) or as one measure task of `executor`."""
+    check_runtime(runtime)
+    folder = Path(folder)
+    parts: dict[str, dict[str, Any]] = {}
+    for i, (key, (module, shape)) in enumerate(graphs.items()):
+        path = folder / f"part{i}.{'tflite' if runtime == 'litert' else 'onnx'}"
+        if runtime == "litert":
+            _to_litert(module, shape, path)
+        else:
+            _export(module, shape, path)
+        parts[key] = {"path": str(path.resolve()), "shape": list(shape), "seed": i}
+    job = {"parts": parts, "runtime": runtime, "threads": int(threads), "runs": int(runs)}
+    if executor is None or getattr(executor, "name", "local") == "local":
+        res = time_parts(job, progress=progress)
+    else:
+        res = executor.measure(time_parts, job).result()
+    return {k: float(v) for k, v in res["p50"].items()}
+
+
+def time_parts(job: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+    """A measure task (plain data in and out): the files of `job["parts"]` ({key: {path, shape, seed}}) opened on
+    `job["runtime"]` with `job["threads"]` threads and timed interleaved (blocks of calls, the first untimed, the
+    order rotating), each on a seeded random input. Returns {"p50": {key: ms}, "runtime", "threads"}."""
     import numpy as np
 
-    from edgeopt.artifact import Artifact
     from edgeopt.measure.latency import measure_interleaved
-    from edgeopt.measure.runners import make_runner
 
+    runtime, threads = check_runtime(job["runtime"]), int(job["threads"])
     live: dict[str, Any] = {}
     try:
-        for i, (key, (module, shape)) in enumerate(graphs.items()):
-            path = _export(module, shape, folder / f"part{i}.onnx")
-            feed = {"x": np.random.default_rng(i).standard_normal(shape).astype(np.float32)}
-            # spinning off: hundreds of live sessions whose idle workers busy-wait would time each other
-            live[key] = _Fixed(make_runner(Artifact.from_onnx(path), threads=threads, spinning=False), feed)
-        stats = measure_interleaved(live, {}, warmup=5, runs=runs, block=BLOCK, settle=SETTLE, progress=progress)
+        for key, part in job["parts"].items():
+            shape = tuple(int(x) for x in part["shape"])
+            feed = {"x": np.random.default_rng(int(part["seed"])).standard_normal(shape).astype(np.float32)}
+            live[key] = _Fixed(_runner(Path(part["path"]), runtime, threads), feed)
+        stats = measure_interleaved(live, {}, warmup=5, runs=int(job.get("runs", 30)), block=BLOCK, settle=SETTLE,
+                                    progress=progress)
     finally:
         for r in live.values():
             r.close()
-    return {k: float(s.p50) for k, s in stats.items()}
+    return {"p50": {k: float(s.p50) for k, s in stats.items()}, "runtime": runtime, "threads": threads}
+
+
+def _runner(path: Path, runtime: str, threads: int) -> Any:
+    """A runner of one part's file on `runtime` (spinning off for ONNX Runtime: hundreds of live sessions whose
+    idle workers busy-wait would time each other)."""
+    from edgeopt.artifact import Artifact
+    from edgeopt.measure.runners import OvRunner, make_runner
+
+    if runtime == "openvino":
+        return OvRunner(path, threads)  # OpenVINO reads the ONNX file itself
+    if runtime == "litert":
+        from edgeopt.measure.litert import LiteRtRunner  # lazy: LiteRT is the optional [mobile] extra
+
+        return LiteRtRunner(path, threads)
+    return make_runner(Artifact.from_onnx(path), threads=threads, spinning=False)
 
 
 class _Fixed:
@@ -165,14 +215,59 @@ def _export(module: Any, shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
+def _to_litert(module: Any, shape: tuple[int, ...], path: Path) -> Path:
+    """`module` (eval) converted by litert-torch to a .tflite file whose one input is named "x" (written atomically);
+    a module litert-torch cannot convert is a one-line InputError."""
+    import io
+    import warnings
+    from contextlib import redirect_stderr
+
+    import torch
+
+    from edgeopt.artifact import write_bytes_atomic
+    from edgeopt.errors import InputError
+    from edgeopt.extras import require
+    from edgeopt.measure.litert import quiet_native_stderr
+
+    with quiet_native_stderr():  # TensorFlow's and absl's start-up lines
+        litert_torch = require("litert_torch", "latency tables on LiteRT")
+    litert_torch.config.show_progress = False
+    try:
+        with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            edge = litert_torch.convert(_XInput(module.eval()), (), sample_kwargs={"x": torch.randn(*shape)})
+            content = bytes(edge.model_content())
+    except Exception as e:  # noqa: BLE001 (litert-torch raises many kinds; keep one line)
+        raise InputError(f"{path.name}: litert-torch could not convert {type(module).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    write_bytes_atomic(path, content)
+    return path
+
+
+def _XInput(module: Any) -> Any:  # noqa: N802 (a module factory: torch is imported lazily)
+    import torch
+
+    class XInput(torch.nn.Module):
+        """`module` behind a forward whose one parameter is named x (the name LiteRT gives the input)."""
+
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    return XInput(module).eval()
+
+
 def measure_subnets(extractor: Any, subnets: Iterable[Any], folder: str | Path, threads: int = 2, runs: int = 30,
-                    progress: Any = None) -> list[float]:
-    """Median milliseconds of each subnet extracted (dense) and exported, all timed interleaved on ONNX Runtime."""
+                    progress: Any = None, runtime: str = "onnxruntime", executor: Any = None) -> list[float]:
+    """Median milliseconds of each subnet extracted (dense) and exported, all timed interleaved on `runtime`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for i, sub in enumerate(subnets):
         dense = extractor.extract(sub)
         graphs[f"subnet{i}"] = (dense, (1, extractor.config.in_channels, sub.r, sub.r))
-    med = time_graphs(graphs, folder, threads, runs, progress)
+    med = time_graphs(graphs, folder, threads, runs, progress, runtime=runtime, executor=executor)
     return [med[f"subnet{i}"] for i in range(len(graphs))]

@@ -23,7 +23,8 @@ _WHERE = {
     **{n: "attention" for n in ("PrunedMultiHeadAttention", "HeadImportanceScorer", "AttentionHeadPruner",
                                 "PruningConfig", "convert_multihead_attention", "find_attention")},
     **{n: "ofa" for n in ("OFAConfig", "SubnetConfig", "OFANet", "OFASubNetworkExtractor", "ElasticKernelConv",
-                          "ElasticInvertedResidual", "create_progressive_shrinking_schedule")},
+                          "ElasticKernel", "ElasticInvertedResidual", "ElasticBlock", "ElasticWidth", "ElasticDepth",
+                          "create_progressive_shrinking_schedule")},
     **{n: "distill" for n in ("DistillationConfig", "PatientDistillationLoss", "create_distillation_trainer",
                               "DistillationTrainer", "teacher_layer_indices", "kd_loss", "freeze")},
 }

@@ -14,9 +14,12 @@ Following Cai et al., "Once-for-All: Train One Network and Specialize it for Eff
 - elastic kernel: the depthwise conv keeps the largest kernel; a smaller one is the centre crop of the next
   larger one passed through a learned kernel transformation matrix (one per size step and layer, shared by
   the channels, initialised to the identity);
-- elastic depth: a stage runs its first d blocks;
-- elastic width: an inverted residual's expanded channels are the first in × e of the largest; `sort_channels`
-  reorders them by importance (L1 norm) so the kept ones are the important ones;
+- elastic depth (`ElasticDepth`, a stage): a stage runs its first d blocks;
+- elastic width (`ElasticWidth`, the 1×1 convs of a block): an inverted residual's expanded channels are the first
+  in × e of the largest; `sort_channels` reorders them by importance (L1 norm) so the kept ones are the important
+  ones;
+- `ElasticKernel` / `ElasticBlock` are the names the paper's terms map to (`ElasticKernelConv`,
+  `ElasticInvertedResidual`);
 - resolution: the input is resized to the subnet's resolution.
 Written by hand: the original once-for-all repository has been unmaintained since 2023 and NNCF removed its
 elastic (BootstrapNAS) support in 3.0, so no maintained library provides these modules.
@@ -33,8 +36,11 @@ from edgeopt.nn import blocks
 # torch is imported on first use (`import edgeopt.nn` stays torch-free): the module classes resolve through the
 # module-level __getattr__.
 __all__ = ["OFAConfig", "SubnetConfig", "create_progressive_shrinking_schedule", "OFANet", "OFASubNetworkExtractor",
-           "ElasticKernelConv", "ElasticInvertedResidual", "train_progressive", "calibrate_bn", "evaluate_subnet",
+           "ElasticKernelConv", "ElasticKernel", "ElasticInvertedResidual", "ElasticBlock", "ElasticWidth",
+           "ElasticDepth", "train_progressive", "calibrate_bn", "evaluate_subnet",
            "encode", "AccuracyPredictor", "search_subnet", "random_subnet"]
+_MODULES = ("OFANet", "OFASubNetworkExtractor", "ElasticKernelConv", "ElasticKernel", "ElasticInvertedResidual",
+            "ElasticBlock", "ElasticWidth", "ElasticDepth")
 _BUILT: dict[str, Any] = {}
 
 
@@ -436,7 +442,7 @@ def search_subnet(config: OFAConfig, fitness: Callable[[SubnetConfig], float], c
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("OFANet", "OFASubNetworkExtractor", "ElasticKernelConv", "ElasticInvertedResidual"):
+    if name in _MODULES:
         if not _BUILT:
             _BUILT.update(_build())
         return _BUILT[name]
@@ -481,6 +487,30 @@ def _build() -> dict[str, Any]:
             k, c = self.active_kernel, x.shape[1]
             return F.conv2d(x, self.kernel(k)[:c], None, self.stride, k // 2, 1, c)
 
+    class ElasticWidth(nn.Conv2d):
+        """A 1×1 convolution (no bias) of elastic width: it produces its first `active_out` output channels (all by
+        default) from however many input channels it is given (the first ones of its weight), so one weight serves
+        every width. The weight is the largest one's; `sort_channels` of the block orders it by importance."""
+
+        def __init__(self, in_channels: int, out_channels: int):
+            super().__init__(in_channels, out_channels, 1, bias=False)
+            self.active_out = out_channels
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.weight[:self.active_out, :x.shape[1]])
+
+    class ElasticDepth(nn.ModuleList):
+        """A stage of blocks of elastic depth: it runs its first `active_depth` blocks (all by default)."""
+
+        def __init__(self, blocks_: Sequence[nn.Module]):
+            super().__init__(blocks_)
+            self.active_depth = len(self)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for blk in self[:self.active_depth]:
+                x = blk(x)
+            return x
+
     def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         """BatchNorm over the first x.shape[1] channels of `bn` (running statistics sliced the same way)."""
         c = x.shape[1]
@@ -499,24 +529,32 @@ def _build() -> dict[str, Any]:
             super().__init__()
             self.cin, self.cout, self.stride = cin, cout, stride
             self.hidden_max = blocks.make_divisible(cin * cfg.max_expand, 8)
-            self.expand = nn.Conv2d(cin, self.hidden_max, 1, bias=False)
+            self.expand = ElasticWidth(cin, self.hidden_max)       # elastic output: the expansion
             self.bn1 = nn.BatchNorm2d(self.hidden_max)
             self.dw = ElasticKernelConv(self.hidden_max, cfg.kernel_sizes, stride)
             self.bn2 = nn.BatchNorm2d(self.hidden_max)
-            self.project = nn.Conv2d(self.hidden_max, cout, 1, bias=False)
+            self.project = ElasticWidth(self.hidden_max, cout)     # its input follows the expansion
             self.bn3 = nn.BatchNorm2d(cout)
             self.act = blocks.make_act(cfg.act)
             self.use_res = stride == 1 and cin == cout
             self.active_expand = cfg.max_expand
 
+        @property
+        def active_expand(self) -> float:
+            return self._active_expand
+
+        @active_expand.setter
+        def active_expand(self, e: float) -> None:
+            self._active_expand = float(e)
+            self.expand.active_out = self.hidden(e)
+
         def hidden(self, e: float) -> int:
             return min(self.hidden_max, blocks.make_divisible(self.cin * e, 8))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.hidden(self.active_expand)
-            y = self.act(_bn(self.bn1, F.conv2d(x, self.expand.weight[:h])))
+            y = self.act(_bn(self.bn1, self.expand(x)))
             y = self.act(_bn(self.bn2, self.dw(y)))
-            y = self.bn3(F.conv2d(y, self.project.weight[:, :h]))
+            y = self.bn3(self.project(y))
             return x + y if self.use_res else y
 
         @torch.no_grad()
@@ -600,8 +638,8 @@ def _build() -> dict[str, Any]:
             self.stem = blocks.ConvBNAct(c.in_channels, c.stem_width, 3, c.stem_stride, act=c.act)
             stages, cin = [], c.stem_width
             for w, s in zip(c.widths, c.strides):
-                stages.append(nn.ModuleList([ElasticInvertedResidual(cin if i == 0 else w, w, s if i == 0 else 1, c)
-                                             for i in range(c.max_depth)]))
+                stages.append(ElasticDepth([ElasticInvertedResidual(cin if i == 0 else w, w, s if i == 0 else 1, c)
+                                            for i in range(c.max_depth)]))
                 cin = w
             self.stages = nn.ModuleList(stages)
             self.head = _Head(cin, c.head_width, c.num_classes, c.act)
@@ -615,7 +653,8 @@ def _build() -> dict[str, Any]:
         def set_active(self, subnet: SubnetConfig | dict[str, Any]) -> SubnetConfig:
             sub = SubnetConfig.of(subnet).check(self.config)
             i = 0
-            for stage in self.stages:
+            for stage, d in zip(self.stages, sub.d):
+                stage.active_depth = d
                 for blk in stage:
                     blk.dw.active_kernel, blk.active_expand = sub.k[i], sub.e[i]
                     i += 1
@@ -638,8 +677,8 @@ def _build() -> dict[str, Any]:
             if x.shape[-1] != r or x.shape[-2] != r:
                 x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
             x = self.stem(x)
-            for blk, _, _ in self.active_blocks():
-                x = blk(x)
+            for stage in self.stages:
+                x = stage(x)
             return self.head(x)
 
         def sort_channels(self) -> None:
@@ -699,5 +738,7 @@ def _build() -> dict[str, Any]:
             return _DenseNet(copy.deepcopy(self.net.stem), blocks_, copy.deepcopy(self.net.head), sub.r).eval()
 
     return {"OFANet": OFANet, "OFASubNetworkExtractor": OFASubNetworkExtractor,
-            "ElasticKernelConv": ElasticKernelConv, "ElasticInvertedResidual": ElasticInvertedResidual}
+            "ElasticKernelConv": ElasticKernelConv, "ElasticKernel": ElasticKernelConv,
+            "ElasticInvertedResidual": ElasticInvertedResidual, "ElasticBlock": ElasticInvertedResidual,
+            "ElasticWidth": ElasticWidth, "ElasticDepth": ElasticDepth}
 

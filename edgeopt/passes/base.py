@@ -38,6 +38,7 @@ class PassContext:
     baseline: Artifact | None = None
     measure: Any = None
     gates: Any = None
+    executor: Any = None  # the run's edgeopt.executor executor (None: work runs here) for passes that fan out
     notes: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -51,3 +51,59 @@ def test_whole_subnets_are_measured(built, tmp_path):
     ex = ofa.OFASubNetworkExtractor(net)
     ms = measure_subnets(ex, [ex.sample_smallest(), ex.sample_largest()], tmp_path, threads=1, runs=4)
     assert len(ms) == 2 and all(v > 0 for v in ms)
+
+
+TINY = ofa.OFAConfig(depths=(1,), kernel_sizes=(3, 5), expand_ratios=(2,), resolutions=(12,), widths=(8,),
+                     strides=(1,), stem_width=8, head_width=16, num_classes=4)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "litert"])
+def test_tables_on_other_runtimes_cover_the_space_and_predict_whole_subnets(runtime, tmp_path):
+    pytest.importorskip({"openvino": "openvino", "litert": "litert_torch"}[runtime])
+    torch.manual_seed(0)
+    net = ofa.OFANet(TINY).eval()
+    table = LatencyTable.build(net, tmp_path / "t", threads=1, runs=4, runtime=runtime)
+    assert table.runtime == runtime and set(table.entries) == {"stem@12", "head@12", "s0f-k3-e2@12", "s0f-k5-e2@12"}
+    suffix = ".tflite" if runtime == "litert" else ".onnx"
+    assert sorted(p.suffix for p in (tmp_path / "t").iterdir()) == [suffix] * 5  # 4 parts and the overhead graph
+    ex = ofa.OFASubNetworkExtractor(net)
+    (ms,) = measure_subnets(ex, [ex.sample_largest()], tmp_path / "m", threads=1, runs=4, runtime=runtime)
+    assert ms > 0 and table.predict(net, ex.sample_largest()) > 0
+    assert LatencyTable.load(table.save(tmp_path / "t.json")).runtime == runtime
+
+
+def test_an_unknown_runtime_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="field 'runtime'.*tensorrt"):
+        LatencyTable.build(ofa.OFANet(TINY), tmp_path, runtime="tensorrt")
+
+
+class _Recording:
+    """An executor that is not local: runs each task inline after checking its job is plain data."""
+
+    name, slots = "recording", 2
+
+    def __init__(self):
+        self.log = []
+
+    def _run(self, kind, fn, job):
+        import json
+
+        from edgeopt.executor import _DoneFuture
+
+        json.dumps(job)  # plain data: it could travel to another node
+        self.log.append((kind, f"{fn.__module__}.{fn.__name__}"))
+        return _DoneFuture(fn(job))
+
+    def build(self, fn, job):
+        return self._run("build", fn, job)
+
+    def measure(self, fn, job):
+        return self._run("measure", fn, job)
+
+
+def test_the_timing_is_one_measure_task_of_the_executor(tmp_path):
+    torch.manual_seed(0)
+    net = ofa.OFANet(TINY).eval()
+    ex = _Recording()
+    table = LatencyTable.build(net, tmp_path, threads=1, runs=3, executor=ex)
+    assert ex.log == [("measure", "edgeopt.measure.latency_table.time_parts")] and len(table.entries) == 4

@@ -184,3 +184,34 @@ def test_accuracy_predictor_and_search_under_a_budget():
     assert res["fitness"] >= max(pred.predict([s])[0] for s, m in zip(subs, macs) if m <= budget) - 0.02
     with pytest.raises(ValueError, match="3 or more"):
         ofa.AccuracyPredictor(CFG).fit(subs[:2], acc[:2])
+
+
+def test_elastic_width_uses_the_first_channels_of_one_weight():
+    torch.manual_seed(0)
+    conv = ofa.ElasticWidth(8, 16)
+    assert isinstance(conv, torch.nn.Conv2d) and conv.active_out == 16 and set(conv.state_dict()) == {"weight"}
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight))
+    conv.active_out = 6
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight[:6]))
+    narrow = x[:, :3]  # fewer input channels: the weight's first input channels serve them
+    torch.testing.assert_close(conv(narrow), torch.nn.functional.conv2d(narrow, conv.weight[:6, :3]))
+
+
+def test_elastic_depth_runs_the_first_blocks_and_the_supernet_sets_it():
+    torch.manual_seed(0)
+    stage = ofa.ElasticDepth([torch.nn.Linear(4, 4) for _ in range(3)])
+    x = torch.randn(2, 4)
+    assert stage.active_depth == 3
+    stage.active_depth = 2
+    torch.testing.assert_close(stage(x), stage[1](stage[0](x)))
+    net = _net()
+    assert all(isinstance(s, ofa.ElasticDepth) for s in net.stages)
+    assert ofa.ElasticBlock is ofa.ElasticInvertedResidual and ofa.ElasticKernel is ofa.ElasticKernelConv
+    sub = ofa.OFASubNetworkExtractor(net).sample_random(seed=3)
+    net.set_active(sub)
+    assert [s.active_depth for s in net.stages] == list(sub.d)
+    blk = net.stages[0][0]
+    assert isinstance(blk.expand, ofa.ElasticWidth) and blk.expand.active_out == blk.hidden(sub.e[0])
+    # the parameter names are those of a plain inverted residual (checkpoints of earlier runs load)
+    assert {"stages.0.0.expand.weight", "stages.0.0.project.weight", "stages.1.1.dw.weight"} <= set(net.state_dict())

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgeopt.artifact import Artifact, register_builder
-from edgeopt.errors import PassError
+from edgeopt.errors import InputError, PassError
 from edgeopt.nn import ofa as O
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, module_copy, task_data
@@ -22,13 +22,16 @@ from edgeopt.train import TrainConfig
 class OnceForAll(Pass):
     """Train a once-for-all supernet (`space`: an `edgeopt.nn.ofa.OFAConfig`; input channels and classes come from
     the data) by progressive shrinking on the task's labels (or, without labels, the input model's outputs),
-    in-place distilled from its own largest subnet; time every block kind on ONNX Runtime at
-    `threads` (a latency table); fit an accuracy predictor on `samples` random subnets' held-out accuracy; and
+    in-place distilled from its own largest subnet; time every block kind on `runtime` (ONNX Runtime, OpenVINO or
+    LiteRT) at `threads` (a latency table); fit an accuracy predictor on `samples` random subnets' held-out accuracy; and
     return the subnet of highest predicted accuracy whose predicted latency is within `latency_ms` (or, without it,
     `budget` of the way from the smallest to the largest subnet's latency), its BatchNorm recalibrated, as a plain
     dense module. The supernet, table and predictor's samples are kept in the run folder (`.ofa/<key>`), so the
     stages of one recipe that ask for other budgets reuse them, and an interrupted training resumes by phase.
-    ctx.notes["compress.ofa"]: the subnet, predicted and table latency, predictor quality, training phases."""
+    With the run's executor on a Ray cluster (`--executor ray`), the table's timing is a measure task on a node of the
+    target and the predictor's samples are evaluated as build tasks spread over the cluster (the run folder must be
+    one every node sees). ctx.notes["compress.ofa"]: the subnet, predicted and table latency, predictor quality,
+    training phases."""
 
     class Config(FineTune):
         space: dict[str, Any] = Field(default_factory=dict, description="OFAConfig fields (depths, kernel_sizes, ...)")
@@ -39,6 +42,8 @@ class OnceForAll(Pass):
         samples: int = Field(default=40, ge=4, description="random subnets measured to fit the accuracy predictor")
         trials: int = Field(default=300, ge=10)
         threads: int = Field(default=2, ge=1)
+        runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
+            default="onnxruntime", description="the runtime the latency table is measured on")
         train: TrainConfig = TrainConfig(epochs=0, lr=3e-3, batch_size=64, augment_shift=0.1)
         val_fraction: float = Field(default=0.2, gt=0, lt=1)
         selection: Literal["latency", "flops"] = "latency"
@@ -92,13 +97,18 @@ class OnceForAll(Pass):
                                      seed=cfg.train.seed, checkpoint=folder / "supernet", progress=ctx.progress,
                                      augment_shift=cfg.train.augment_shift)
         ex = O.OFASubNetworkExtractor(net)
-        table_path = folder / f"latency-{cfg.threads}t.json"
+        tag = "" if cfg.runtime == "onnxruntime" else f"{cfg.runtime}-"  # ONNX Runtime keeps its earlier name
+        table_path = folder / f"latency-{tag}{cfg.threads}t.json"
         if table_path.is_file():
             table = LatencyTable.load(table_path)
         else:
-            table = LatencyTable.build(net, folder / "table", threads=cfg.threads, progress=ctx.progress)
+            try:
+                table = LatencyTable.build(net, folder / f"table-{tag}".rstrip("-"), threads=cfg.threads,
+                                           progress=ctx.progress, runtime=cfg.runtime, executor=ctx.executor)
+            except InputError as e:
+                raise PassError(f"{self.name}: latency table on {cfg.runtime}: {e}") from None
             table.save(table_path)
-        subs, accs = self._samples(net, ex, fit_data, val, folder, cfg.samples, cfg.train.seed)
+        subs, accs = self._samples(net, ex, fit_data, val, folder, cfg.samples, cfg.train.seed, ctx.executor)
         pred = O.AccuracyPredictor(space).fit(subs, accs)
         small, large = ex.sample_smallest(), ex.sample_largest()
         if cfg.selection == "latency":
@@ -122,25 +132,77 @@ class OnceForAll(Pass):
             "val_accuracy": O.evaluate_subnet(net, sub, val, calibration=fit_data),
             "complexity": ex.get_complexity(sub), "latency_range_ms": [table.predict(net, small),
                                                                        table.predict(net, large)],
-            "predictor_samples": len(subs), "phases": phases, "cache": str(folder)}
+            "predictor_samples": len(subs), "phases": phases, "cache": str(folder), "runtime": cfg.runtime,
+            "executor": getattr(ctx.executor, "name", "local")}
         space_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.__dict__.items()}
         return derived(model, art, ("compress.ofa", {"space": space_args, "subnet": sub.to_dict()}),
                        ofa=sub.to_dict())
 
     @staticmethod
-    def _samples(net: Any, ex: Any, fit_data: Any, val: Any, folder: Path, n: int, seed: int
+    def _samples(net: Any, ex: Any, fit_data: Any, val: Any, folder: Path, n: int, seed: int, executor: Any = None
                  ) -> tuple[list[Any], list[float]]:
-        """`n` random subnets (and the smallest and largest) with their held-out accuracy, cached in `folder`."""
+        """`n` random subnets (and the smallest and largest) with their held-out accuracy, cached in `folder`;
+        on a cluster executor, evaluated by build tasks (`evaluate_subnets`), one chunk per slot."""
         path = folder / f"samples-{n}-{seed}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
             return [O.SubnetConfig.of(s) for s in rec["subnets"]], rec["accuracy"]
         subs = [ex.sample_smallest(), ex.sample_largest()] + [ex.sample_random(seed=seed * 1000 + i) for i in range(n)]
-        accs = [O.evaluate_subnet(net, s, val, calibration=fit_data) for s in subs]
+        folder.mkdir(parents=True, exist_ok=True)
+        if executor is None or getattr(executor, "name", "local") == "local":
+            accs = [O.evaluate_subnet(net, s, val, calibration=fit_data) for s in subs]
+        else:
+            accs = _evaluate_on(executor, net, subs, fit_data, val, folder)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"subnets": [s.to_dict() for s in subs], "accuracy": accs}))
         tmp.replace(path)
         return subs, accs
+
+
+def _evaluate_on(executor: Any, net: Any, subs: list[Any], fit_data: Any, val: Any, folder: Path) -> list[float]:
+    """Held-out accuracy of `subs`, evaluated by `executor`'s build tasks: the supernet's weights and the data go to
+    `folder` (safetensors; every node must see it), one task per slot, results in order."""
+    import os
+
+    from safetensors.torch import save_file
+
+    weights, data = folder / "samples-supernet.safetensors", folder / "samples-data.safetensors"
+    for path, tensors in ((weights, net.state_dict()),
+                          (data, {"fit_x": fit_data.inputs[0], "fit_y": fit_data.targets,
+                                  "val_x": val.inputs[0], "val_y": val.targets})):
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    space = {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.config.__dict__.items()}
+    slots = max(1, int(getattr(executor, "slots", 1)))
+    chunks = [list(range(i, len(subs), slots)) for i in range(slots)]
+    futures = [(idx, executor.build(evaluate_subnets, {"space": space, "weights": str(weights.resolve()),
+                                                       "data": str(data.resolve()),
+                                                       "subnets": [subs[i].to_dict() for i in idx]}))
+               for idx in chunks if idx]
+    accs: list[float] = [0.0] * len(subs)
+    for idx, fut in futures:
+        for i, a in zip(idx, fut.result()["accuracy"]):
+            accs[i] = float(a)
+    return accs
+
+
+def evaluate_subnets(job: dict[str, Any]) -> dict[str, Any]:
+    """A build task (plain data in and out): the supernet of `job["space"]` with the weights in `job["weights"]`,
+    each of `job["subnets"]` evaluated on the held-out part of `job["data"]` after recalibrating BatchNorm on its
+    fit part. Returns {"accuracy": [...]} in the subnets' order."""
+    from safetensors.torch import load_file
+
+    from edgeopt.train import TensorData
+
+    for key in ("weights", "data"):
+        if not Path(job[key]).is_file():
+            raise InputError(f"{job[key]}: not visible on this worker; the run folder must be one every node shares")
+    net = O.OFANet(O.OFAConfig(**job["space"]))
+    net.load_state_dict(load_file(job["weights"]))
+    d = load_file(job["data"])
+    fit_data, val = TensorData((d["fit_x"],), d["fit_y"]), TensorData((d["val_x"],), d["val_y"])
+    return {"accuracy": [O.evaluate_subnet(net, s, val, calibration=fit_data) for s in job["subnets"]]}
 
 
 @register_builder("compress.ofa")

@@ -95,3 +95,107 @@ def test_an_extracted_subnet_converts_to_litert_with_the_same_outputs(tmp_path):
         r.close()
     with torch.no_grad():
         np.testing.assert_allclose(got, art.module(x).numpy(), atol=1e-4, rtol=1e-3)
+
+
+def _tiny_task():
+    """An untrained tiny supernet and a few digits-like samples split into fit and held-out parts."""
+    from edgeopt.nn import ofa
+    from edgeopt.train import TensorData
+
+    torch.manual_seed(0)
+    net = ofa.OFANet(ofa.OFAConfig(**{**SPACE, "num_classes": 10})).eval()
+    g = torch.Generator().manual_seed(0)
+    data = TensorData((torch.randn(96, 1, 32, 32, generator=g),), torch.randint(0, 10, (96,), generator=g))
+    return net, ofa.OFASubNetworkExtractor(net), *data.split(0.25)
+
+
+class _Remote:
+    """An executor that is not local: each task's job must be plain data; it runs inline and is logged."""
+
+    name, slots = "remote", 2
+
+    def __init__(self):
+        self.log = []
+
+    def _run(self, kind, fn, job):
+        import json
+
+        from edgeopt.executor import _DoneFuture
+
+        json.dumps(job)
+        self.log.append((kind, fn.__name__))
+        return _DoneFuture(fn(job))
+
+    def build(self, fn, job):
+        return self._run("build", fn, job)
+
+    def measure(self, fn, job):
+        return self._run("measure", fn, job)
+
+
+def test_predictor_samples_through_a_cluster_executor_match_the_local_ones(tmp_path):
+    from edgeopt.passes.compress.ofa import OnceForAll
+
+    net, ex, fit, val = _tiny_task()
+    local = OnceForAll._samples(net, ex, fit, val, tmp_path / "local", 5, 0)
+    remote = _Remote()
+    spread = OnceForAll._samples(net, ex, fit, val, tmp_path / "remote", 5, 0, remote)
+    assert remote.log == [("build", "evaluate_subnets")] * 2  # one task per slot
+    assert [s.to_dict() for s in spread[0]] == [s.to_dict() for s in local[0]]
+    assert spread[1] == pytest.approx(local[1])
+    # cached: a second call reads the samples back, no task runs
+    OnceForAll._samples(net, ex, fit, val, tmp_path / "remote", 5, 0, remote)
+    assert len(remote.log) == 2
+
+
+def test_a_worker_that_cannot_see_the_run_folder_says_so(tmp_path):
+    from edgeopt.errors import InputError
+    from edgeopt.passes.compress.ofa import evaluate_subnets
+
+    with pytest.raises(InputError, match="not visible on this worker"):
+        evaluate_subnets({"space": SPACE, "weights": str(tmp_path / "w.safetensors"),
+                          "data": str(tmp_path / "d.safetensors"), "subnets": []})
+
+
+def test_the_table_runtime_is_validated():
+    with pytest.raises(RecipeError, match="runtime"):
+        build_pass("compress.ofa", {"runtime": "tensorrt"})
+
+
+@pytest.mark.slow
+def test_on_a_two_node_ray_cluster_the_table_is_timed_only_on_the_target_node(tiny_digits_resnet, tmp_path):
+    """The pass with the run's executor on Ray: the latency table's timing is one measure task on the node with
+    the target's resource; the predictor's samples are build tasks over both nodes."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from edgeopt.executor import make_executor, ray_on_loopback, target_resource
+    from edgeopt.target import get_target
+
+    target = get_target("auto")
+    res_name = target_resource(target.name)
+    try:
+        with ray_on_loopback():
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "resources": {res_name: 1}, "include_dashboard": False})
+            cluster.add_node(num_cpus=1, resources={"builder": 2})
+            cluster.wait_for_nodes()
+    except Exception as e:
+        pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
+    try:
+        ex = make_executor("ray", address=cluster.address, target=target.name)
+        try:
+            ctx = PassContext(stage_dir=tmp_path / "ofa", executor=ex)
+            out = build_pass("compress.ofa", {**CFG, "epochs": 2, "budget": 0.5})(tiny_digits_resnet, ctx)
+            log = [r.to_dict() for r in ex.log]
+        finally:
+            ex.close()
+    finally:
+        cluster.shutdown()
+    notes = ctx.notes["compress.ofa"]
+    assert notes["executor"] == "ray" and out.module(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+    timing = [r for r in log if r["kind"] == "measure"]
+    builds = [r for r in log if r["kind"] == "build"]
+    assert [r["function"].rsplit(".", 1)[-1] for r in timing] == ["time_parts"]
+    assert all(res_name in r["resources"] for r in timing) and all(r["ok"] for r in log)
+    assert len(builds) == 2 and {r["function"].rsplit(".", 1)[-1] for r in builds} == {"evaluate_subnets"}
