@@ -17,9 +17,13 @@ Prints the CPU flags, then, in one process:
   the most accurate subnet (predicted) under three latency budgets, each also searched with FLOPs as the cost
   (same MACs budget), and each trained from scratch for an equal share of the supernet's CPU time. Test-split
   accuracy and measured latency (interleaved) for every model.
+- `runtimes`: the same supernet's latency table on each of `--runtimes` (ONNX Runtime, OpenVINO, LiteRT/XNNPACK;
+  the LiteRT table converts every part with litert-torch, ~10 min), each against the same 22 whole subnets measured
+  on that runtime (median absolute % error, rank correlation) beside the FLOPs proxy's rank correlation; and at the
+  middle budget the subnet the table picks against the one FLOPs picks (same MACs), both measured there.
 The exit status is 1 when a check does not hold.
 
-    .venv/bin/python benchmarks/ofa.py [--parts nn,digits] [--threads 2] [--runs 200] [--seq 128] [--epochs 40]
+    .venv/bin/python benchmarks/ofa.py [--parts nn,digits,runtimes] [--runtimes onnxruntime,openvino,litert] [--threads 2] [--runs 200] [--seq 128] [--epochs 40]
         [--samples 60] [--out runs/bench-ofa] [--json out.json]
 """
 
@@ -35,7 +39,7 @@ from typing import Any
 
 from edgeopt.report.claims import Claim, statement
 
-PARTS = ("nn", "digits")
+PARTS = ("nn", "digits", "runtimes")
 BLOCK, SETTLE = 5, 1
 
 
@@ -166,15 +170,13 @@ def _scratch(arch: Any, fit_data: Any, seconds: float, seed: int) -> tuple[Any, 
     return arch.eval(), epochs
 
 
-def digits_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> dict[str, Any]:
-    import numpy as np
+def _digits_supernet(args: argparse.Namespace, console: Any) -> tuple[Any, ...]:
+    """The digits supernet trained by progressive shrinking under --out (resumed: trained once for every part), its
+    search space, the fit / validation / test data and the phases' records."""
     import torch
-    from rich.table import Table
-    from scipy.stats import spearmanr
 
-    from edgeopt.measure.latency_table import LatencyTable, measure_subnets
     from edgeopt.nn import ofa
-    from edgeopt.train import TensorData, evaluate
+    from edgeopt.train import TensorData
     from edgeopt.zoo.digits import load_split
 
     out = Path(args.out) / "digits"
@@ -190,9 +192,90 @@ def digits_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> 
     t0 = time.process_time()
     done = ofa.train_progressive(net, fit_data, schedule, lr=3e-3, batch_size=64, checkpoint=out / "supernet",
                                  progress=True, augment_shift=0.1)
-    train_cpu = sum(d["cpu_seconds"] for d in done)  # recorded per phase, so a resumed run knows it too
     console.print(f"supernet: {len(done)} phases, {args.epochs} epochs, {sum(d['seconds'] for d in done):.0f} s "
-                  f"wall, {train_cpu:.0f} s CPU (this call {time.process_time() - t0:.0f} s CPU)")
+                  f"wall, {sum(d['cpu_seconds'] for d in done):.0f} s CPU (this call "
+                  f"{time.process_time() - t0:.0f} s CPU)")
+    return cfg, net, fit_data, val, test, done
+
+
+def runtimes_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> dict[str, Any]:
+    """The digits supernet's latency table on each runtime (ONNX Runtime, OpenVINO, LiteRT/XNNPACK) against the same
+    22 whole subnets measured on that runtime, beside the FLOPs proxy; and at the middle budget, the subnet the
+    table picks against the one FLOPs picks, both measured on that runtime."""
+    import numpy as np
+    from rich.table import Table
+    from scipy.stats import spearmanr
+
+    from edgeopt.measure.latency_table import RUNTIMES, LatencyTable, measure_subnets
+    from edgeopt.nn import ofa
+
+    out = Path(args.out) / "runtimes"
+    cfg, net, fit_data, val, _, _ = _digits_supernet(args, console)
+    ex = ofa.OFASubNetworkExtractor(net)
+    subs = [ex.sample_smallest(), ex.sample_largest()] + [ex.sample_random(seed=i) for i in range(20)]
+    flops = [ex.get_complexity(s)["flops"] for s in subs]
+    accs = [ofa.evaluate_subnet(net, s, val, calibration=fit_data) for s in subs]
+    pred = ofa.AccuracyPredictor(cfg).fit(subs, accs)
+    t = Table(title=f"latency tables per runtime: 22 subnets of the digits supernet, {args.threads} threads, batch 1",
+              title_justify="left")
+    for c in ("runtime", "table s", "median |error| %", "Spearman table", "Spearman FLOPs", "largest / smallest ms",
+              "mid budget: table pick ms", "FLOPs pick ms"):
+        t.add_column(c, justify="left" if c == "runtime" else "right")
+    res: dict[str, Any] = {}
+    for rt in args.runtimes.split(","):
+        if rt not in RUNTIMES:
+            raise SystemExit(f"error: unknown runtime {rt!r}; known: {', '.join(RUNTIMES)}")
+        path = out / f"table-{rt}-{args.threads}t.json"
+        t0 = time.perf_counter()
+        if path.is_file():
+            table = LatencyTable.load(path)
+        else:
+            table = LatencyTable.build(net, out / f"parts-{rt}", threads=args.threads, runs=30, runtime=rt)
+            table.save(path)
+        built_s = time.perf_counter() - t0
+        measured = measure_subnets(ex, subs, out / f"probe-{rt}", threads=args.threads, runs=30, runtime=rt)
+        predicted = [table.predict(net, s) for s in subs]
+        err = float(np.median([abs(p - m) / m * 100 for p, m in zip(predicted, measured)]))
+        rho_t = float(spearmanr(predicted, measured).statistic)
+        rho_f = float(spearmanr(flops, measured).statistic)
+        lo, hi = predicted[0], predicted[1]
+        budget = lo + 0.45 * (hi - lo)
+        by_t = ofa.search_subnet(cfg, lambda s: pred.predict([s])[0], lambda s: table.predict(net, s), budget,
+                                 trials=300, seed=0)["subnet"]
+        macs = ex.get_complexity(by_t)["macs"]
+        by_f = ofa.search_subnet(cfg, lambda s: pred.predict([s])[0], lambda s: ex.get_complexity(s)["macs"], macs,
+                                 trials=300, seed=0)["subnet"]
+        pick_t, pick_f = measure_subnets(ex, [by_t, by_f], out / f"picks-{rt}", threads=args.threads,
+                                         runs=args.runs, runtime=rt)
+        res[rt] = {"table_seconds": built_s, "entries": len(table.entries), "error_pct": err, "spearman_table": rho_t,
+                   "spearman_flops": rho_f, "largest_ms": measured[1], "smallest_ms": measured[0],
+                   "budget_ms": budget, "table_pick": {"subnet": by_t.to_dict(), "ms": pick_t},
+                   "flops_pick": {"subnet": by_f.to_dict(), "ms": pick_f}}
+        t.add_row(rt, f"{built_s:.0f}", f"{err:.1f}", f"{rho_t:.3f}", f"{rho_f:.3f}",
+                  f"{measured[1]:.3f} / {measured[0]:.3f}", f"{pick_t:.3f} (budget {budget:.3f})", f"{pick_f:.3f}")
+        claims.append(Claim(f"{rt}: the latency table ranks the 22 measured subnets at least as well as FLOPs",
+                            rho_t >= rho_f, f"Spearman {rho_t:.3f} vs FLOPs {rho_f:.3f}; median |error| {err:.1f} %"))
+        claims.append(statement(f"{rt}: at the middle budget ({budget:.3f} ms) the table's pick and FLOPs' pick "
+                                "(same MACs budget)", f"table pick r{by_t.r} d{list(by_t.d)} {pick_t:.3f} ms "
+                                f"({'over' if pick_t > budget else 'within'}); FLOPs pick r{by_f.r} d{list(by_f.d)} "
+                                f"{pick_f:.3f} ms ({'over' if pick_f > budget else 'within'})"))
+    console.print(t)
+    return res
+
+
+def digits_part(args: argparse.Namespace, claims: list[Claim], console: Any) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from rich.table import Table
+    from scipy.stats import spearmanr
+
+    from edgeopt.measure.latency_table import LatencyTable, measure_subnets
+    from edgeopt.nn import ofa
+    from edgeopt.train import evaluate
+
+    out = Path(args.out) / "digits"
+    cfg, net, fit_data, val, test, done = _digits_supernet(args, console)
+    train_cpu = sum(d["cpu_seconds"] for d in done)  # recorded per phase, so a resumed run knows it too
     ex = ofa.OFASubNetworkExtractor(net)
 
     def acc(sub: Any, on: Any) -> float:
@@ -289,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=40, help="digits: progressive-shrinking epochs in all")
     ap.add_argument("--samples", type=int, default=60, help="digits: random subnets that fit the accuracy predictor")
+    ap.add_argument("--runtimes", default="onnxruntime,openvino,litert", help="runtimes: the tables' runtimes")
     ap.add_argument("--out", default="runs/bench-ofa")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -301,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"CPU: {cpu_line()}")
     load = os.getloadavg()[0]
     claims: list[Claim] = []
-    results, seconds = run_parts((("nn", nn_part), ("digits", digits_part)), parts, args, claims, console)
+    results, seconds = run_parts((("nn", nn_part), ("digits", digits_part), ("runtimes", runtimes_part)), parts, args,
+                                 claims, console)
     return finish(claims, console, cpu=cpu_line(), args=args, results=results, seconds=seconds, load_before=load)
 
 

@@ -21,7 +21,7 @@ from edgeopt.extras import require
 Feed = dict[str, np.ndarray]
 
 # session dict keys a tuning pass may set (meta["session"]), and graph optimization level names
-SESSION_KEYS = ("threads", "graph_optimization_level", "provider")
+SESSION_KEYS = ("threads", "graph_optimization_level", "provider", "spinning")
 OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -71,6 +71,9 @@ class OrtRunner:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        if session.get("spinning") is not None:  # the model's own setting (session.spinning) wins
+            spinning = bool(session["spinning"])
+        self.spinning = bool(spinning)
         flag = "1" if spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", flag)
         so.add_session_config_entry("session.inter_op.allow_spinning", flag)

@@ -72,6 +72,20 @@ def _prefix(info: ModelInfo) -> Chain:
     return [("graph.simplify", {}), ("graph.fuse", _fuse(info))]
 
 
+def _session_chain(settings: str, info: ModelInfo) -> Chain:
+    """graph.static_shapes before the fp32 prefix (onnxslim then folds the fixed shapes), session.spinning off last
+    (the prefix's passes start from fresh session settings)."""
+    parts = set(str(settings).split("+"))
+    unknown = parts - {"static", "nospin"}
+    if unknown:
+        raise ValueError(f"ort-session: unknown setting {sorted(unknown)[0]!r} (known: static, nospin)")
+    chain: Chain = [("graph.static_shapes", {})] if "static" in parts else []
+    chain += _prefix(info)
+    if "nospin" in parts:
+        chain.append(("session.spinning", {"spinning": False}))
+    return chain
+
+
 def _q(params: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: params[k] for k in keys if params.get(k) is not None}
 
@@ -223,6 +237,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("ort-tuned", 5, "onnxruntime", "ONNX Runtime fp32 with intra-op threads and graph optimization level "
            "chosen by timing (session.tune)", {"levels": ("extended,all", "basic,extended,all")},
            lambda p, i: [*_prefix(i), ("session.tune", {"levels": p["levels"].split(",")})]),
+    Family("ort-session", 2, "onnxruntime", "ONNX Runtime fp32 with session settings: inputs fixed to the measured "
+           "shapes (static: memory planned once, shape arithmetic folded) and/or worker threads that sleep instead "
+           "of spinning between ops", {"settings": ("static", "static+nospin", "nospin")},
+           lambda p, i: _session_chain(p["settings"], i)),
     Family("ov-fp32", 2, "openvino", "OpenVINO fp32 (static shapes compile to specialized kernels)",
            {"static_shapes": (True, False)},
            lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "f32",
@@ -233,9 +251,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                                                         "static_shapes": p["static_shapes"]})],
            skip=_ov_bf16_skip),
     Family("ov-int8", 3, "openvino", "OpenVINO INT8 through NNCF post-training quantization (transformer model "
-           "type for transformers)", {"preset": ("mixed", "performance")},
+           "type for transformers), optionally with NNCF's accuracy control (layers back to float until the metric "
+           "is within max_drop)", {"preset": ("mixed", "performance"), "max_drop": (None, 0.004)},
            lambda p, i: [("graph.simplify", {}), ("convert.openvino", {"precision": "auto", "static_shapes": True}),
-                         ("openvino.quantize", {"preset": p["preset"], "model_type": "auto"})],
+                         ("openvino.quantize", {"preset": p["preset"], "model_type": "auto",
+                                                **_q(p, "max_drop")})],
            skip=_no_openvino),
     Family("litert", 3, "litert", "LiteRT (TFLite + XNNPACK) converted from the PyTorch model: dynamic INT8 "
            "(int8 weights, activations quantized at run time), fp32, or static INT8 calibrated on the calibration data",

@@ -41,6 +41,8 @@ CASES: dict[str, Case] = {
     "graph.quantize_static": BERT_ONNX,
     "graph.simplify": BERT_ONNX,
     "session.tune": Case("tiny_bert_onnx", "tiny_bert_feeds", {"runs": 3, "warmup": 1}),
+    "session.spinning": BERT_ONNX,
+    "graph.static_shapes": BERT_ONNX,
     "openvino.quantize": Case("tiny_bert_openvino", "tiny_bert_feeds"),
     "kernels.attention": Case("tiny_bert_torch", "tiny_bert_feeds", {"impl": "flash", "q_block": 8, "k_block": 8}),
     "kernels.fused_norm": Case("tiny_gn_convnet_torch", "tiny_convnet_feeds"),
@@ -178,6 +180,18 @@ def _session_tuned(art, out, ctx, feeds):
     assert out.sha256 == art.sha256, "session.tune chooses how to run the graph, never changes it"
 
 
+def _spinning_set(art, out, ctx, feeds):
+    assert out.meta["session"]["spinning"] is False and out.sha256 == art.sha256, "a session setting, same graph"
+
+
+def _shapes_fixed(art, out, ctx, feeds):
+    import onnx
+
+    from edgeopt.passes.graph.static_shapes import dynamic_inputs
+
+    assert dynamic_inputs(onnx.load(str(art.path))) and not dynamic_inputs(onnx.load(str(out.path)))
+
+
 def _ov_quantized(art, out, ctx, feeds):
     before, after = _ov_ops(art), _ov_ops(out)
     assert before["FakeQuantize"] == 0 and after["FakeQuantize"] > 0, after
@@ -248,7 +262,8 @@ CHANGED: dict[str, Callable[..., None]] = {
     "convert.onnx": _converted_onnx, "convert.openvino": _converted_openvino, "graph.fp16": _fp16,
     "graph.fuse": _fused, "graph.simplify": _simplified, "graph.quantize_dynamic": _onnx_quantized,
     "graph.quantize_static": _onnx_quantized, "graph.quantize_mixed": _onnx_quantized,
-    "session.tune": _session_tuned, "openvino.quantize": _ov_quantized, "kernels.attention": _attention_swapped,
+    "session.tune": _session_tuned, "session.spinning": _spinning_set, "graph.static_shapes": _shapes_fixed,
+    "openvino.quantize": _ov_quantized, "kernels.attention": _attention_swapped,
     "kernels.winograd": _winograd, "kernels.fused_norm": _fused_norm, "prune.magnitude": _zeroed,
     "prune.channels": _fewer_channels, "prune.heads": _fewer_params, "prune.ffn": _fewer_params,
     "arch.depthwise": _depthwise,

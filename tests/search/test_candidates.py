@@ -97,3 +97,20 @@ def test_litert_family_needs_the_pytorch_model():
     assert "needs the PyTorch model" in plan(get_target("cpu-avx2"), onnx_only).skipped["litert"]
     chain = FAMILIES["litert"].chain(FAMILIES["litert"].defaults(), INFO)
     assert chain == [("convert.litert", {"quantize": "dynamic_int8"})] and FAMILIES["litert"].from_baseline
+
+
+def test_session_family_fixes_shapes_before_the_fp32_prefix_and_turns_spinning_off_last():
+    fam = FAMILIES["ort-session"]
+    chains = {p["settings"]: [n for n, _ in fam.chain(p, INFO)] for p in fam.combos()}
+    assert chains == {"static": ["graph.static_shapes", "graph.simplify", "graph.fuse"],
+                      "static+nospin": ["graph.static_shapes", "graph.simplify", "graph.fuse", "session.spinning"],
+                      "nospin": ["graph.simplify", "graph.fuse", "session.spinning"]}
+    with pytest.raises(ValueError, match="unknown setting 'warp'"):
+        check_space((), {"ort-session": {"settings": ["static+warp"]}})
+
+
+def test_openvino_int8_family_offers_nncf_accuracy_control():
+    fam = FAMILIES["ov-int8"]
+    quant = [dict(fam.chain(p, INFO))["openvino.quantize"] for p in fam.combos()]
+    assert {q.get("max_drop") for q in quant} == {None, 0.004}
+    assert fam.combos()[0]["max_drop"] is None  # plain NNCF first: it is the cheaper one

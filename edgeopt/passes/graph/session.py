@@ -51,7 +51,7 @@ def session_options(meta_session: dict[str, Any] | None, threads: int | None = N
     if member is None or not hasattr(ort.GraphOptimizationLevel, member):
         raise ValueError(f"graph_optimization_level must be one of {', '.join(LEVELS)}, got {level!r}")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, member)
-    if not allow_spinning:
+    if not allow_spinning or meta.get("spinning") is False:  # session.spinning's setting, or the caller's
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return so

@@ -17,6 +17,37 @@ from edgeopt.passes.convert.openvino import save_ir
 TRANSFORMER_FAMILIES = {"bert", "roberta", "distilbert", "albert", "electra", "xlm-roberta", "mpnet", "deberta"}
 
 
+def _validation(ov, model, feeds: list[dict], names: list[str]):
+    """NNCF's validation function for accuracy control, and the metric's name: top-1 accuracy when the feeds carry
+    labels, else the mean cosine of the first output to the float `model`'s. The validation "dataset" is the feeds'
+    indices, so labels and float outputs stay beside their feed. Returns (metric, per-sample values)."""
+    import numpy as np
+
+    from edgeopt.data import LABEL_KEY
+
+    labelled = all(LABEL_KEY in f for f in feeds)
+    reference = None
+    if not labelled:
+        ref = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        reference = [np.asarray(ref({k: f[k] for k in names})[0]) for f in feeds]
+
+    def validate(compiled, indices) -> tuple[float, list[float]]:
+        values: list[float] = []
+        for i in indices:
+            f = feeds[int(i)]
+            out = np.asarray(compiled({k: f[k] for k in names})[0])
+            if labelled:
+                y = np.atleast_1d(f[LABEL_KEY])
+                values += [float(v) for v in (out.reshape(len(y), -1).argmax(-1) == y)]
+            else:
+                a, b = out.reshape(out.shape[0], -1), reference[int(i)].reshape(out.shape[0], -1)
+                cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+                values += [float(c) for c in cos]
+        return float(np.mean(values)) if values else 0.0, values
+
+    return validate, "top1" if labelled else "mean_cosine"
+
+
 @register("openvino.quantize")
 class QuantizeOpenVINO(Pass):
     """INT8 weights and activations for OpenVINO's CPU plugin (VNNI / AMX kernels), through NNCF.
@@ -26,6 +57,10 @@ class QuantizeOpenVINO(Pass):
     run at `precision` (f32 by default: mixing bf16 with int8 was slower in our measurements).
     `weights_only`: INT8 weights only (NNCF's `compress_weights`, asymmetric per channel), activations stay
     float and no calibration data is needed — what OpenVINO uses for autoregressive decoders.
+    `max_drop`: NNCF's accuracy control (`quantize_with_accuracy_control`): layers are returned to float, most
+    harmful first, until the metric is within `max_drop` (absolute) of the float model's. The metric is top-1
+    accuracy where the calibration data has labels, else the mean cosine of the first output to the float model's
+    (per sample, so NNCF can rank the layers); it is judged on the calibration feeds, never the evaluation split.
     """
 
     class Config(PassConfig):
@@ -36,6 +71,8 @@ class QuantizeOpenVINO(Pass):
         precision: Literal["keep", "f32", "bf16", "f16"] = "f32"
         ignored: tuple[str, ...] = ()
         weights_only: bool = False
+        max_drop: float | None = Field(default=None, gt=0, lt=1, description="accuracy control: the largest "
+                                       "absolute metric drop NNCF may leave (top-1 with labels, else mean cosine)")
 
     accepts = ("openvino",)
     produces = "openvino"
@@ -68,9 +105,16 @@ class QuantizeOpenVINO(Pass):
         try:
             # NNCF draws its own progress bars on rich's global console (stdout): held back, ours says "calibrating"
             with contextlib.redirect_stdout(io.StringIO()):
-                q = nncf.quantize(model, nncf.Dataset([{k: f[k] for k in names} for f in feeds]),
-                                  preset=nncf.QuantizationPreset(cfg.preset), subset_size=len(feeds),
-                                  fast_bias_correction=cfg.fast_bias_correction, **kwargs)
+                dataset = nncf.Dataset([{k: f[k] for k in names} for f in feeds])
+                common = {"preset": nncf.QuantizationPreset(cfg.preset), "subset_size": len(feeds),
+                          "fast_bias_correction": cfg.fast_bias_correction, **kwargs}
+                if cfg.max_drop is None:
+                    q = nncf.quantize(model, dataset, **common)
+                else:
+                    validate, metric = _validation(ov, model, feeds, names)
+                    q = nncf.quantize_with_accuracy_control(
+                        model, dataset, nncf.Dataset(list(range(len(feeds)))), validate, max_drop=cfg.max_drop,
+                        drop_type=nncf.DropType.ABSOLUTE, **common)
         except Exception as e:
             raise PassError(f"openvino.quantize: NNCF failed: {(str(e).strip().splitlines() or [''])[0][:300]}") from None
         finally:
@@ -82,6 +126,10 @@ class QuantizeOpenVINO(Pass):
             settings["precision"] = cfg.precision
         ctx.notes["quantization"] = {"mode": "static-int8-openvino", "preset": cfg.preset, "samples": len(feeds),
                                      "scheme": "transformer" if transformer else "default", "nncf": nncf.__version__}
+        if cfg.max_drop is not None:
+            fq = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
+            ctx.notes["quantization"]["accuracy_control"] = {"max_drop": cfg.max_drop, "metric": metric,
+                                                             "fake_quantize_nodes": fq}
         return Artifact.from_openvino(ctx.stage_dir / "model.xml", meta={**art.meta, "openvino": settings})
 
     def _weights_only(self, art: Artifact, ctx: PassContext, ov, nncf) -> Artifact:
