@@ -2,7 +2,7 @@
 
 Each trial picks a family and its settings (Optuna's multi-objective TPE sampler, seeded; every family's
 default settings are enqueued first, cheapest family first), builds the candidate through the executor's
-build tasks, times it interleaved against the search root on a node of the target (a measure task), and
+build tasks (as many trials at once as the executor has build slots: one locally, several on a Ray cluster), times it interleaved against the search root on a node of the target (a measure task), and
 tells the study four objectives: latency (ms, from the paired speedup over the root), fidelity (accuracy
 with labels, else mean cosine; maximized), size (MB) and peak memory (MB). A trial that fails its gates is
 infeasible (Optuna's constraints). A family whose first trial measures no gain on this target (not faster
@@ -201,34 +201,49 @@ class Search:
         task = self.inp.progress.add_task("search", total=spec.trials) if self.inp.progress else None
         self._progress(task)
         seen = {(r["family"], json.dumps(r["params"], sort_keys=True)) for r in self.records}
+        # trials in flight at once: one per build slot of the executor (1 locally; a Ray cluster builds several
+        # candidates in parallel, while their timing still runs one at a time on the target's node)
+        width = max(1, int(getattr(self.inp.executor, "slots", 1) or 1))
         while self._counted() < spec.trials and asks < cap and not self._exhausted(seen):
             if spec.minutes is not None and time.monotonic() - t0 > spec.minutes * 60:
                 self._say(f"search: time budget of {spec.minutes:g} min reached")
                 break
-            asks += 1
-            trial = study.ask()
-            family = trial.suggest_categorical("family", names)
-            params = {k: trial.suggest_categorical(f"{family}.{k}", list(v))
-                      for k, v in self.plan.spaces[family].items()}
-            sig = (family, json.dumps(params, sort_keys=True))
-            if family in self.dropped or sig in seen:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            batch: list[tuple[Any, str, dict[str, Any]]] = []
+            while (len(batch) < width and self._counted() + len(batch) < spec.trials and asks < cap
+                   and not self._exhausted(seen)):
+                asks += 1
+                trial = study.ask()
+                family = trial.suggest_categorical("family", names)
+                params = {k: trial.suggest_categorical(f"{family}.{k}", list(v))
+                          for k, v in self.plan.spaces[family].items()}
+                sig = (family, json.dumps(params, sort_keys=True))
+                if family in self.dropped or sig in seen:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    continue
+                seen.add(sig)
+                batch.append((trial, family, params))
+            if not batch:
                 continue
-            seen.add(sig)
+            labels = self._labels(batch)
             try:
-                rec = self._evaluate(trial.number, family, params)
+                started = [self._start(t.number, fam, params, labels[t.number]) for t, fam, params in batch]
+                for (trial, _, _), (rec, build, t_start) in zip(batch, started):
+                    rec = self._finish(rec, build, t_start)
+                    trial.set_user_attr("record", rec)
+                    if rec["status"] == "done":
+                        trial.set_constraint("gates", 0.0 if rec["gate"]["passed"] else 1.0)
+                        study.tell(trial, [rec[k] if k != "fidelity" else rec["fidelity_value"] for k in OBJECTIVES])
+                    else:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    self.records.append(rec)
+                    self._after(rec)
+                    self._progress(task)
             except KeyboardInterrupt:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                told = {r["number"] for r in self.records}
+                for trial, _, _ in batch:
+                    if trial.number not in told:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            trial.set_user_attr("record", rec)
-            if rec["status"] == "done":
-                trial.set_constraint("gates", 0.0 if rec["gate"]["passed"] else 1.0)
-                study.tell(trial, [rec[k] if k != "fidelity" else rec["fidelity_value"] for k in OBJECTIVES])
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self.records.append(rec)
-            self._after(rec)
-            self._progress(task)
         if task is not None:
             self.inp.progress.update(task, visible=False)
         return self._result()
@@ -266,18 +281,38 @@ class Search:
             desc += f" · best {best['speedup']['ratio']:.2f}× ({best['label']})"
         self.inp.progress.update(task, completed=self._counted(), description=desc)
 
-    def _evaluate(self, number: int, family: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Build, judge and time one candidate; any error becomes a failed record."""
-        fam = candidates.FAMILIES[family]
-        chain = fam.chain(params, self.info)
-        label = family if not any(r["family"] == family for r in self.records) else f"{family}-{number}"
+    def _labels(self, batch: list[tuple[Any, str, dict[str, Any]]]) -> dict[int, str]:
+        """A trial's label: its family's name for the family's first trial, else family-number."""
+        had = {r["family"] for r in self.records}
+        out = {}
+        for trial, family, _ in batch:
+            out[trial.number] = family if family not in had else f"{family}-{trial.number}"
+            had.add(family)
+        return out
+
+    def _start(self, number: int, family: str, params: dict[str, Any], label: str) -> tuple[dict[str, Any], Any, float]:
+        """Submit one candidate's build task: (its record so far, the build's future or the error, start time)."""
         rec: dict[str, Any] = {"number": number, "family": family, "label": label, "params": params,
-                               "chain": [[p, c] for p, c in chain], "status": "failed", "error": None}
+                               "chain": [], "status": "failed", "error": None}
         t0 = time.perf_counter()
-        start = self.inp.baseline if fam.from_baseline else self.inp.root
         try:
+            fam = candidates.FAMILIES[family]
+            chain = fam.chain(params, self.info)
+            rec["chain"] = [[p, c] for p, c in chain]
+            start = self.inp.baseline if fam.from_baseline else self.inp.root
             job = {**self._job_base(), "start": portable(start), "chain": chain}
-            built = self.inp.executor.build(build_candidate, job).result()
+            return rec, self.inp.executor.build(build_candidate, job), t0
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 (a candidate that cannot even be submitted is a failed trial)
+            return rec, e, t0
+
+    def _finish(self, rec: dict[str, Any], build: Any, t0: float) -> dict[str, Any]:
+        """Wait for a candidate's build, then judge and time it (a measure task); any error becomes a failed record."""
+        try:
+            if isinstance(build, BaseException):
+                raise build
+            built = build.result()
             rec.update(artifact=built["artifact"], steps=built["steps"], fidelity=built["fidelity"],
                        gate=built["gate"], accuracy=built.get("accuracy"))
             m, s = self.inp.measure, self.inp.spec

@@ -229,3 +229,39 @@ def test_litert_family_converts_from_the_pytorch_model_and_is_timed_against_the_
     assert trial["artifact"]["kind"] == "tflite" and trial["chain"] == [["convert.litert", {"quantize": "dynamic_int8"}]]
     assert trial["speedup"]["lo"] <= trial["speedup"]["ratio"] <= trial["speedup"]["hi"]
     assert abs(trial["fidelity_value"] - led.stage("baseline").accuracy["top1"]) < 0.05
+
+
+class Deferred(Inline):
+    """An executor with two build slots whose builds run only when their result is asked for (as on a cluster,
+    where they run in parallel): the search must submit a batch of builds before it times any."""
+
+    name, slots = "deferred", 2
+
+    def build(self, fn, *a, **k):
+        self.log.append(("build", fn.__name__))
+        outer = self
+
+        class Later:
+            value = None
+
+            def result(self, timeout=None):
+                if self.value is None:
+                    outer.log.append(("build-ran", fn.__name__))
+                    self.value = Inline._run(Inline(), "build", fn, *a, **k)
+                return self.value.result()
+
+            def done(self):
+                return self.value is not None
+
+        return Later()
+
+
+def test_trials_are_built_as_many_at_once_as_the_executor_has_slots(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+    ex = Deferred()
+    res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, ex))
+    assert [r["status"] for r in res.trials] == ["done", "done"], [r.get("error") for r in res.trials]
+    assert [r["label"] for r in res.trials] == ["ort-fp32", "ort-int8-dynamic"]
+    kinds = [k for k, _ in ex.log]
+    assert kinds[:2] == ["build", "build"]  # both builds submitted before any waits or timing
+    assert kinds.index("measure") > kinds.index("build-ran")
