@@ -46,23 +46,59 @@ def parts_of(net: Any, subnet: Any) -> list[str]:
 
 @dataclass
 class LatencyTable:
-    """Median milliseconds per part (see the module docstring), the per-call overhead, and how it was measured."""
+    """Median milliseconds per part (see the module docstring), the per-call overhead, and how it was measured.
+
+    A prediction is `scale` × (sum of the parts − (parts − 1) × `overhead_ms`). Uncalibrated, `scale` is 1 and the
+    overhead is the one-op graph's; `calibrate` refits both by least squares on whole subnets measured on the same
+    runtime (`calibrated` says on how many), since a runtime's fixed cost per call is not all in the one-op graph
+    (OpenVINO reorders each part's input and output into its blocked layouts: a whole subnet does that once)."""
 
     entries: dict[str, float] = field(default_factory=dict)
     overhead_ms: float = 0.0
     runtime: str = "onnxruntime"
     threads: int = 2
+    scale: float = 1.0
+    calibrated: int = 0
 
-    def predict(self, net: Any, subnet: Any) -> float:
+    def parts_sum(self, net: Any, subnet: Any) -> tuple[float, int]:
+        """(sum of the subnet's parts' medians, number of parts)."""
         keys = parts_of(net, subnet)
         missing = [k for k in keys if k not in self.entries]
         if missing:
             raise ValueError(f"latency table has no entry for {missing[0]} (built for another search space?)")
-        return sum(self.entries[k] for k in keys) - (len(keys) - 1) * self.overhead_ms
+        return sum(self.entries[k] for k in keys), len(keys)
+
+    def predict(self, net: Any, subnet: Any) -> float:
+        total, n = self.parts_sum(net, subnet)
+        return self.scale * (total - (n - 1) * self.overhead_ms)
+
+    def calibrate(self, net: Any, folder: str | Path, subnets: int = 8, runs: int = 30, progress: Any = None,
+                  executor: Any = None, seed: int = 10_000) -> dict[str, Any]:
+        """Measure `subnets` random whole subnets (seeds `seed`, `seed`+1, ...) on the table's runtime and refit
+        `scale` and `overhead_ms` to them by least squares (kept as they were if the fit is not a positive
+        scale). Returns the fit's figures: median absolute % error before and after on those subnets."""
+        import numpy as np
+
+        from edgeopt.nn.ofa import OFASubNetworkExtractor
+
+        ex = OFASubNetworkExtractor(net)
+        subs = [ex.sample_random(seed=seed + i) for i in range(int(subnets))]
+        measured = np.asarray(measure_subnets(ex, subs, folder, threads=self.threads, runs=runs, progress=progress,
+                                              runtime=self.runtime, executor=executor))
+        sums = np.asarray([self.parts_sum(net, s) for s in subs], dtype=float)
+        before = np.asarray([self.predict(net, s) for s in subs])
+        design = np.stack([sums[:, 0], -(sums[:, 1] - 1)], axis=1)
+        (a, ao), *_ = np.linalg.lstsq(design, measured, rcond=None)
+        if len(subs) >= 3 and a > 0:
+            self.scale, self.overhead_ms, self.calibrated = float(a), float(ao / a), len(subs)
+        after = np.asarray([self.predict(net, s) for s in subs])
+        err = lambda p: float(np.median(np.abs(p - measured) / measured * 100))  # noqa: E731
+        return {"subnets": len(subs), "error_before_pct": err(before), "error_after_pct": err(after),
+                "scale": self.scale, "overhead_ms": self.overhead_ms}
 
     def to_json(self) -> dict[str, Any]:
         return {"entries": self.entries, "overhead_ms": self.overhead_ms, "runtime": self.runtime,
-                "threads": self.threads}
+                "threads": self.threads, "scale": self.scale, "calibrated": self.calibrated}
 
     def save(self, path: str | Path) -> Path:
         from edgeopt.ledger import write_text_atomic
@@ -74,7 +110,8 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
         d = json.loads(Path(path).read_text())
-        return cls(dict(d["entries"]), float(d["overhead_ms"]), d.get("runtime", "onnxruntime"), int(d["threads"]))
+        return cls(dict(d["entries"]), float(d["overhead_ms"]), d.get("runtime", "onnxruntime"), int(d["threads"]),
+                   float(d.get("scale", 1.0)), int(d.get("calibrated", 0)))
 
     @classmethod
     def build(cls, net: Any, folder: str | Path, threads: int = 2, runs: int = 30, progress: Any = None,

@@ -107,3 +107,18 @@ def test_the_timing_is_one_measure_task_of_the_executor(tmp_path):
     ex = _Recording()
     table = LatencyTable.build(net, tmp_path, threads=1, runs=3, executor=ex)
     assert ex.log == [("measure", "edgeopt.measure.latency_table.time_parts")] and len(table.entries) == 4
+
+
+def test_calibration_refits_scale_and_overhead_on_measured_whole_subnets(built, tmp_path):
+    import dataclasses
+
+    net, table = built
+    off = dataclasses.replace(table, overhead_ms=0.0)  # no overhead taken off: every prediction too high
+    fit = off.calibrate(net, tmp_path, subnets=5, runs=4)
+    assert fit["subnets"] == 5 and off.calibrated == 5 and off.scale > 0
+    assert fit["error_after_pct"] <= fit["error_before_pct"]
+    back = LatencyTable.load(off.save(tmp_path / "t.json"))
+    assert (back.scale, back.calibrated, back.overhead_ms) == (off.scale, 5, off.overhead_ms)
+    ex = ofa.OFASubNetworkExtractor(net)
+    total, n = off.parts_sum(net, ex.sample_largest())
+    assert off.predict(net, ex.sample_largest()) == pytest.approx(off.scale * (total - (n - 1) * off.overhead_ms))

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
+from edgeopt.ledger import write_text_atomic
 from edgeopt.nn import ofa as O
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, module_copy, task_data
@@ -23,7 +24,8 @@ class OnceForAll(Pass):
     """Train a once-for-all supernet (`space`: an `edgeopt.nn.ofa.OFAConfig`; input channels and classes come from
     the data) by progressive shrinking on the task's labels (or, without labels, the input model's outputs),
     in-place distilled from its own largest subnet; time every block kind on `runtime` (ONNX Runtime, OpenVINO or
-    LiteRT) at `threads` (a latency table); fit an accuracy predictor on `samples` random subnets' held-out accuracy; and
+    LiteRT) at `threads` (a latency table, its scale and per-call overhead refit on `calibrate` measured whole
+    subnets); fit an accuracy predictor on `samples` random subnets' held-out accuracy; and
     return the subnet of highest predicted accuracy whose predicted latency is within `latency_ms` (or, without it,
     `budget` of the way from the smallest to the largest subnet's latency), its BatchNorm recalibrated, as a plain
     dense module. The supernet, table and predictor's samples are kept in the run folder (`.ofa/<key>`), so the
@@ -44,6 +46,8 @@ class OnceForAll(Pass):
         threads: int = Field(default=2, ge=1)
         runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
             default="onnxruntime", description="the runtime the latency table is measured on")
+        calibrate: int = Field(default=8, ge=0, description="random whole subnets measured to refit the table's "
+                                                            "scale and per-call overhead (0: the raw sum of parts)")
         train: TrainConfig = TrainConfig(epochs=0, lr=3e-3, batch_size=64, augment_shift=0.1)
         val_fraction: float = Field(default=0.2, gt=0, lt=1)
         selection: Literal["latency", "flops"] = "latency"
@@ -55,6 +59,13 @@ class OnceForAll(Pass):
                 O.OFAConfig(**v)
             except TypeError as e:
                 raise ValueError(f"space: {e}") from None
+            return v
+
+        @field_validator("calibrate")
+        @classmethod
+        def _enough(cls, v: int) -> int:
+            if 0 < v < 3:
+                raise ValueError(f"calibrate: 0 (no calibration) or at least 3 subnets to fit two figures, got {v}")
             return v
 
         @model_validator(mode="after")
@@ -98,16 +109,22 @@ class OnceForAll(Pass):
                                      augment_shift=cfg.train.augment_shift)
         ex = O.OFASubNetworkExtractor(net)
         tag = "" if cfg.runtime == "onnxruntime" else f"{cfg.runtime}-"  # ONNX Runtime keeps its earlier name
-        table_path = folder / f"latency-{tag}{cfg.threads}t.json"
+        cal = f"-c{cfg.calibrate}" if cfg.calibrate else ""
+        table_path = folder / f"latency-{tag}{cfg.threads}t{cal}.json"
+        fit_path = folder / f"calibration-{tag}{cfg.threads}t{cal}.json"
         if table_path.is_file():
             table = LatencyTable.load(table_path)
         else:
             try:
                 table = LatencyTable.build(net, folder / f"table-{tag}".rstrip("-"), threads=cfg.threads,
                                            progress=ctx.progress, runtime=cfg.runtime, executor=ctx.executor)
+                fit = (table.calibrate(net, folder / f"calibration-{tag}".rstrip("-"), cfg.calibrate,
+                                       progress=ctx.progress, executor=ctx.executor) if cfg.calibrate else None)
             except InputError as e:
                 raise PassError(f"{self.name}: latency table on {cfg.runtime}: {e}") from None
             table.save(table_path)
+            if fit is not None:
+                write_text_atomic(fit_path, json.dumps(fit))
         subs, accs = self._samples(net, ex, fit_data, val, folder, cfg.samples, cfg.train.seed, ctx.executor)
         pred = O.AccuracyPredictor(space).fit(subs, accs)
         small, large = ex.sample_smallest(), ex.sample_largest()
@@ -133,6 +150,7 @@ class OnceForAll(Pass):
             "complexity": ex.get_complexity(sub), "latency_range_ms": [table.predict(net, small),
                                                                        table.predict(net, large)],
             "predictor_samples": len(subs), "phases": phases, "cache": str(folder), "runtime": cfg.runtime,
+            "table_calibration": json.loads(fit_path.read_text()) if fit_path.is_file() else None,
             "executor": getattr(ctx.executor, "name", "local")}
         space_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.__dict__.items()}
         return derived(model, art, ("compress.ofa", {"space": space_args, "subnet": sub.to_dict()}),

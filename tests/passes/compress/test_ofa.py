@@ -28,6 +28,7 @@ def test_subnets_for_two_budgets_from_one_supernet(tiny_digits_resnet, tmp_path)
         assert not kinds & {"ElasticKernelConv", "ElasticInvertedResidual", "OFANet"}
         assert out.module(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
         assert n["predicted_ms"] <= n["budget"] + 1e-9 and n["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
+        assert n["table_calibration"]["subnets"] == 8 and n["table_calibration"]["scale"] > 0
         assert out.meta["ofa"] == n["subnet"]
     assert nf["budget"] < ns["budget"] and nf["complexity"]["macs"] <= ns["complexity"]["macs"]
     # the resume builder rebuilds the same architecture; the saved weights then give the same outputs
@@ -160,6 +161,8 @@ def test_a_worker_that_cannot_see_the_run_folder_says_so(tmp_path):
 def test_the_table_runtime_is_validated():
     with pytest.raises(RecipeError, match="runtime"):
         build_pass("compress.ofa", {"runtime": "tensorrt"})
+    with pytest.raises(RecipeError, match="calibrate: 0 .* or at least 3"):
+        build_pass("compress.ofa", {"calibrate": 2})
 
 
 @pytest.mark.slow
@@ -196,6 +199,6 @@ def test_on_a_two_node_ray_cluster_the_table_is_timed_only_on_the_target_node(ti
     assert notes["executor"] == "ray" and out.module(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
     timing = [r for r in log if r["kind"] == "measure"]
     builds = [r for r in log if r["kind"] == "build"]
-    assert [r["function"].rsplit(".", 1)[-1] for r in timing] == ["time_parts"]
+    assert [r["function"].rsplit(".", 1)[-1] for r in timing] == ["time_parts"] * 2  # the parts, then calibration
     assert all(res_name in r["resources"] for r in timing) and all(r["ok"] for r in log)
     assert len(builds) == 2 and {r["function"].rsplit(".", 1)[-1] for r in builds} == {"evaluate_subnets"}
