@@ -96,3 +96,52 @@ def check_session_limits(session, ids) -> None:
     session.decode(ids[7])
     with pytest.raises(InputError, match="KV cache is full"):
         session.decode(ids[8])
+
+
+class RecordingExecutor:
+    """An executor that is not local (`slots` 2): each task's job must be plain data (JSON), as if it went to
+    another node; it runs inline and is logged as (kind, function name)."""
+
+    name, slots = "recording", 2
+
+    def __init__(self):
+        self.log: list[tuple[str, str]] = []
+
+    def _run(self, kind: str, fn, job):
+        import json
+
+        from edgeopt.executor import _DoneFuture
+
+        json.dumps(job)
+        self.log.append((kind, fn.__name__))
+        return _DoneFuture(fn(job))
+
+    def build(self, fn, job):
+        return self._run("build", fn, job)
+
+    def measure(self, fn, job):
+        return self._run("measure", fn, job)
+
+    def close(self) -> None:
+        pass
+
+
+def two_node_ray_cluster(head_resource: str):
+    """A local Ray cluster on 127.0.0.1: a head (1 CPU) offering one unit of `head_resource` and a worker (1 CPU)
+    offering only `builder`; pytest skips where Ray is missing or cannot start. Shut it down when done."""
+    import pytest
+
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from edgeopt.executor import ray_on_loopback
+
+    try:
+        with ray_on_loopback():
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "resources": {head_resource: 1}, "include_dashboard": False})
+            cluster.add_node(num_cpus=1, resources={"builder": 2})
+            cluster.wait_for_nodes()
+    except Exception as e:  # noqa: BLE001 (Ray's start-up failures vary)
+        pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
+    return cluster

@@ -119,26 +119,30 @@ class LatencyTable:
         """Measure every part of `net`'s search space (an OFANet) on `runtime` (one of RUNTIMES) with `threads`
         threads; the timing is one measure task of `executor` (an `edgeopt.executor` executor: on a Ray cluster it
         runs on a node of the target; default: here)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        c = net.config
-        graphs: dict[str, tuple[Any, tuple[int, ...]]] = {}
-        for r in c.resolutions:
-            graphs[f"stem@{r}"] = (net.stem, (1, c.in_channels, r, r))
-            size = _ceil_div(r, c.stem_stride)
-            for s, stage in enumerate(net.stages):
-                for j, blk in enumerate(stage[:2]):  # the first block of a stage, and the rest (all alike)
-                    inp = size if j == 0 else _ceil_div(size, stage[0].stride)
-                    for k in c.kernel_sizes:
-                        for e in c.expand_ratios:
-                            graphs[f"s{s}{'f' if j == 0 else 'r'}-k{k}-e{e:g}@{inp}"] = (
-                                blk.dense(k, e), (1, blk.cin, inp, inp))
-                size = _ceil_div(size, stage[0].stride)
-            graphs[f"head@{size}"] = (net.head, (1, net.head.conv[0].in_channels, size, size))
-        graphs["overhead"] = (_AddOne(), (1, 1, 1, 1))
+        graphs = table_graphs(net)
         med = time_graphs(graphs, folder, threads, runs, progress, runtime=runtime, executor=executor)
         overhead = med.pop("overhead")
         return cls(med, overhead, check_runtime(runtime), threads)
+
+
+def table_graphs(net: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """Every part of `net`'s search space (an OFANet) as {table key: (dense module, input shape)}, and "overhead" (a
+    one-op graph) last."""
+    c = net.config
+    graphs: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    for r in c.resolutions:
+        graphs[f"stem@{r}"] = (net.stem, (1, c.in_channels, r, r))
+        size = _ceil_div(r, c.stem_stride)
+        for s, stage in enumerate(net.stages):
+            for j, blk in enumerate(stage[:2]):  # the first block of a stage, and the rest (all alike)
+                inp = size if j == 0 else _ceil_div(size, stage[0].stride)
+                for k in c.kernel_sizes:
+                    for e in c.expand_ratios:
+                        graphs[f"s{s}{'f' if j == 0 else 'r'}-k{k}-e{e:g}@{inp}"] = (blk.dense(k, e), (1, blk.cin, inp, inp))
+            size = _ceil_div(size, stage[0].stride)
+        graphs[f"head@{size}"] = (net.head, (1, net.head.conv[0].in_channels, size, size))
+    graphs["overhead"] = (_AddOne(), (1, 1, 1, 1))
+    return graphs
 
 
 RUNTIMES = ("onnxruntime", "openvino", "litert")
@@ -168,16 +172,29 @@ def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, th
     """Median ms of each (module, input shape) on `runtime`, each on its own random input, all timed interleaved.
 
     The modules are exported here (ONNX under `folder`, and for LiteRT converted by litert-torch to .tflite: build
-    work); the timing is `time_parts`, run inline (with `progress`) or as one measure task of `executor`."""
+    work; a file whose manifest entry in `folder`/parts.json matches the part's fingerprint is reused, so an
+    interrupted or repeated table converts nothing twice); the timing is `time_parts`, run inline (with `progress`) or as one measure task of `executor`."""
+    from edgeopt.ledger import write_text_atomic
+
     check_runtime(runtime)
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "parts.json"  # file name -> fingerprint of what it holds: a rerun converts nothing twice
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError):
+        manifest = {}
     parts: dict[str, dict[str, Any]] = {}
     for i, (key, (module, shape)) in enumerate(graphs.items()):
         path = folder / f"part{i}.{'tflite' if runtime == 'litert' else 'onnx'}"
-        if runtime == "litert":
-            _to_litert(module, shape, path)
-        else:
-            _export(module, shape, path)
+        mark = _fingerprint(module, shape, runtime)
+        if not (path.is_file() and manifest.get(path.name) == mark):
+            if runtime == "litert":
+                _to_litert(module, shape, path)
+            else:
+                _export(module, shape, path)
+            manifest[path.name] = mark
+            write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
         parts[key] = {"path": str(path.resolve()), "shape": list(shape), "seed": i}
     job = {"parts": parts, "runtime": runtime, "threads": int(threads), "runs": int(runs)}
     if executor is None or getattr(executor, "name", "local") == "local":
@@ -185,6 +202,18 @@ def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, th
     else:
         res = executor.measure(time_parts, job).result()
     return {k: float(v) for k, v in res["p50"].items()}
+
+
+def _fingerprint(module: Any, shape: tuple[int, ...], runtime: str) -> str:
+    """A hash of a part: its runtime, input shape, module class and every tensor of its state (weights and BatchNorm
+    statistics), so a file converted from the same part is reused and one from other weights is not."""
+    import hashlib
+
+    h = hashlib.sha256(f"{runtime}|{list(shape)}|{type(module).__qualname__}".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def time_parts(job: dict[str, Any], progress: Any = None) -> dict[str, Any]:

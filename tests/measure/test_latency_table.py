@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import RecordingExecutor
 
 from edgeopt.measure.latency_table import LatencyTable, measure_subnets, parts_of
 from edgeopt.nn import ofa
@@ -65,7 +66,8 @@ def test_tables_on_other_runtimes_cover_the_space_and_predict_whole_subnets(runt
     table = LatencyTable.build(net, tmp_path / "t", threads=1, runs=4, runtime=runtime)
     assert table.runtime == runtime and set(table.entries) == {"stem@12", "head@12", "s0f-k3-e2@12", "s0f-k5-e2@12"}
     suffix = ".tflite" if runtime == "litert" else ".onnx"
-    assert sorted(p.suffix for p in (tmp_path / "t").iterdir()) == [suffix] * 5  # 4 parts and the overhead graph
+    files = sorted(p.suffix for p in (tmp_path / "t").iterdir() if p.name != "parts.json")
+    assert files == [suffix] * 5  # 4 parts and the overhead graph
     ex = ofa.OFASubNetworkExtractor(net)
     (ms,) = measure_subnets(ex, [ex.sample_largest()], tmp_path / "m", threads=1, runs=4, runtime=runtime)
     assert ms > 0 and table.predict(net, ex.sample_largest()) > 0
@@ -77,36 +79,12 @@ def test_an_unknown_runtime_names_the_field(tmp_path):
         LatencyTable.build(ofa.OFANet(TINY), tmp_path, runtime="tensorrt")
 
 
-class _Recording:
-    """An executor that is not local: runs each task inline after checking its job is plain data."""
-
-    name, slots = "recording", 2
-
-    def __init__(self):
-        self.log = []
-
-    def _run(self, kind, fn, job):
-        import json
-
-        from edgeopt.executor import _DoneFuture
-
-        json.dumps(job)  # plain data: it could travel to another node
-        self.log.append((kind, f"{fn.__module__}.{fn.__name__}"))
-        return _DoneFuture(fn(job))
-
-    def build(self, fn, job):
-        return self._run("build", fn, job)
-
-    def measure(self, fn, job):
-        return self._run("measure", fn, job)
-
-
 def test_the_timing_is_one_measure_task_of_the_executor(tmp_path):
     torch.manual_seed(0)
     net = ofa.OFANet(TINY).eval()
-    ex = _Recording()
+    ex = RecordingExecutor()
     table = LatencyTable.build(net, tmp_path, threads=1, runs=3, executor=ex)
-    assert ex.log == [("measure", "edgeopt.measure.latency_table.time_parts")] and len(table.entries) == 4
+    assert ex.log == [("measure", "time_parts")] and len(table.entries) == 4
 
 
 def test_calibration_refits_scale_and_overhead_on_measured_whole_subnets(built, tmp_path):
@@ -122,3 +100,20 @@ def test_calibration_refits_scale_and_overhead_on_measured_whole_subnets(built, 
     ex = ofa.OFASubNetworkExtractor(net)
     total, n = off.parts_sum(net, ex.sample_largest())
     assert off.predict(net, ex.sample_largest()) == pytest.approx(off.scale * (total - (n - 1) * off.overhead_ms))
+
+
+def test_part_files_are_reused_only_for_the_same_part(tmp_path):
+    from edgeopt.measure.latency_table import time_graphs
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1).eval()
+    graphs = {"a": (conv, (1, 2, 6, 6))}
+    time_graphs(graphs, tmp_path, threads=1, runs=3)
+    part = tmp_path / "part0.onnx"
+    first = part.stat().st_mtime_ns
+    time_graphs(graphs, tmp_path, threads=1, runs=3)
+    assert part.stat().st_mtime_ns == first  # same part: the file is reused
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    time_graphs(graphs, tmp_path, threads=1, runs=3)
+    assert part.stat().st_mtime_ns != first  # other weights: exported again

@@ -170,21 +170,13 @@ def test_front_keeps_only_feasible_undominated_trials():
 
 @pytest.mark.slow
 def test_the_search_on_a_two_node_ray_cluster_times_only_on_the_target_node(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
-    pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
+    from helpers import two_node_ray_cluster
 
-    from edgeopt.executor import make_executor, ray_on_loopback, target_resource
+    from edgeopt.executor import make_executor, target_resource
 
     target = get_target("auto")
     res_name = target_resource(target.name)
-    try:
-        with ray_on_loopback():
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": {res_name: 1}, "include_dashboard": False})
-            cluster.add_node(num_cpus=1, resources={"builder": 2})
-            cluster.wait_for_nodes()
-    except Exception as e:
-        pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
+    cluster = two_node_ray_cluster(res_name)
     try:
         ex = make_executor("ray", address=cluster.address, target=target.name)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import RecordingExecutor, two_node_ray_cluster
 
 from edgeopt.errors import RecipeError
 from edgeopt.passes.base import PassContext, build_pass
@@ -110,36 +111,12 @@ def _tiny_task():
     return net, ofa.OFASubNetworkExtractor(net), *data.split(0.25)
 
 
-class _Remote:
-    """An executor that is not local: each task's job must be plain data; it runs inline and is logged."""
-
-    name, slots = "remote", 2
-
-    def __init__(self):
-        self.log = []
-
-    def _run(self, kind, fn, job):
-        import json
-
-        from edgeopt.executor import _DoneFuture
-
-        json.dumps(job)
-        self.log.append((kind, fn.__name__))
-        return _DoneFuture(fn(job))
-
-    def build(self, fn, job):
-        return self._run("build", fn, job)
-
-    def measure(self, fn, job):
-        return self._run("measure", fn, job)
-
-
 def test_predictor_samples_through_a_cluster_executor_match_the_local_ones(tmp_path):
     from edgeopt.passes.compress.ofa import OnceForAll
 
     net, ex, fit, val = _tiny_task()
     local = OnceForAll._samples(net, ex, fit, val, tmp_path / "local", 5, 0)
-    remote = _Remote()
+    remote = RecordingExecutor()
     spread = OnceForAll._samples(net, ex, fit, val, tmp_path / "remote", 5, 0, remote)
     assert remote.log == [("build", "evaluate_subnets")] * 2  # one task per slot
     assert [s.to_dict() for s in spread[0]] == [s.to_dict() for s in local[0]]
@@ -169,22 +146,12 @@ def test_the_table_runtime_is_validated():
 def test_on_a_two_node_ray_cluster_the_table_is_timed_only_on_the_target_node(tiny_digits_resnet, tmp_path):
     """The pass with the run's executor on Ray: the latency table's timing is one measure task on the node with
     the target's resource; the predictor's samples are build tasks over both nodes."""
-    pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    from edgeopt.executor import make_executor, ray_on_loopback, target_resource
+    from edgeopt.executor import make_executor, target_resource
     from edgeopt.target import get_target
 
     target = get_target("auto")
     res_name = target_resource(target.name)
-    try:
-        with ray_on_loopback():
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": {res_name: 1}, "include_dashboard": False})
-            cluster.add_node(num_cpus=1, resources={"builder": 2})
-            cluster.wait_for_nodes()
-    except Exception as e:
-        pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
+    cluster = two_node_ray_cluster(res_name)
     try:
         ex = make_executor("ray", address=cluster.address, target=target.name)
         try:
