@@ -18,9 +18,10 @@ Prints the CPU flags, then, in one process:
   (same MACs budget), and each trained from scratch for an equal share of the supernet's CPU time. Test-split
   accuracy and measured latency (interleaved) for every model.
 - `runtimes`: the same supernet's latency table on each of `--runtimes` (ONNX Runtime, OpenVINO, LiteRT/XNNPACK;
-  the LiteRT table converts every part with litert-torch, ~10 min), each against the same 22 whole subnets measured
-  on that runtime (median absolute % error of the raw sum of parts and after `LatencyTable.calibrate` on 8 other
-  subnets, rank correlation) beside the FLOPs proxy's rank correlation; and at the
+  the LiteRT table converts every part with litert-torch, ~10 min, reused by later runs), each against the same 22
+  whole subnets timed in the same session as the parts (median absolute % error of the raw sum of parts and of the
+  table calibrated on 8 other subnets timed there too, rank correlation) beside the FLOPs proxy's rank
+  correlation; and at the
   middle budget the subnet the table picks against the one FLOPs picks (same MACs), both measured there.
 The exit status is 1 when a check does not hold.
 
@@ -226,22 +227,15 @@ def runtimes_part(args: argparse.Namespace, claims: list[Claim], console: Any) -
     for rt in args.runtimes.split(","):
         if rt not in RUNTIMES:
             raise SystemExit(f"error: unknown runtime {rt!r}; known: {', '.join(RUNTIMES)}")
-        path, cal_path = out / f"table-{rt}-{args.threads}t.json", out / f"table-{rt}-{args.threads}t-calibrated.json"
         t0 = time.perf_counter()
-        if path.is_file():
-            raw = LatencyTable.load(path)
-        else:
-            raw = LatencyTable.build(net, out / f"parts-{rt}", threads=args.threads, runs=30, runtime=rt)
-            raw.save(path)
+        # the parts, 8 calibration subnets (seeds 10000+) and the 22 probe subnets timed in ONE session: the error
+        # is the table's, not the machine's drift between sessions
+        table = LatencyTable.build(net, out / f"parts-{rt}", threads=args.threads, runs=30, runtime=rt, calibrate=8,
+                                   probe=subs)
         built_s = time.perf_counter() - t0
-        if cal_path.is_file():
-            table = LatencyTable.load(cal_path)
-        else:  # the pass's default: 8 random whole subnets (seeds 10000+, none of the 22 probed below)
-            table = LatencyTable.load(path)
-            table.calibrate(net, out / f"calibration-{rt}", subnets=8, runs=30)
-            table.save(cal_path)
-        measured = measure_subnets(ex, subs, out / f"probe-{rt}", threads=args.threads, runs=30, runtime=rt)
-        raw_err = float(np.median([abs(raw.predict(net, s) - m) / m * 100 for s, m in zip(subs, measured)]))
+        table.save(out / f"table-{rt}-{args.threads}t.json")
+        measured = table.probe_ms
+        raw_err = float(np.median([abs(table.raw_predict(net, s) - m) / m * 100 for s, m in zip(subs, measured)]))
         predicted = [table.predict(net, s) for s in subs]
         err = float(np.median([abs(p - m) / m * 100 for p, m in zip(predicted, measured)]))
         rho_t = float(spearmanr(predicted, measured).statistic)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 BLOCK, SETTLE = 5, 1
+CALIBRATION_SEED = 10_000  # calibration subnets' seeds start here, apart from the ones a search samples
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -59,6 +60,9 @@ class LatencyTable:
     threads: int = 2
     scale: float = 1.0
     calibrated: int = 0
+    call_ms: float = 0.0  # the one-op graph's time (the uncalibrated overhead)
+    # milliseconds of the `probe` subnets build() timed in the same session as the parts (not saved)
+    probe_ms: list[float] = field(default_factory=list, compare=False, repr=False)
 
     def parts_sum(self, net: Any, subnet: Any) -> tuple[float, int]:
         """(sum of the subnet's parts' medians, number of parts)."""
@@ -73,32 +77,44 @@ class LatencyTable:
         return self.scale * (total - (n - 1) * self.overhead_ms)
 
     def calibrate(self, net: Any, folder: str | Path, subnets: int = 8, runs: int = 30, progress: Any = None,
-                  executor: Any = None, seed: int = 10_000) -> dict[str, Any]:
+                  executor: Any = None, seed: int = CALIBRATION_SEED) -> dict[str, Any]:
         """Measure `subnets` random whole subnets (seeds `seed`, `seed`+1, ...) on the table's runtime and refit
-        `scale` and `overhead_ms` to them by least squares (kept as they were if the fit is not a positive
-        scale). Returns the fit's figures: median absolute % error before and after on those subnets."""
-        import numpy as np
-
+        `scale` and `overhead_ms` to them (`fit`). In a session of their own, so the machine may have drifted
+        since the parts were timed: `build(calibrate=N)` times both in one session."""
         from edgeopt.nn.ofa import OFASubNetworkExtractor
 
         ex = OFASubNetworkExtractor(net)
-        subs = [ex.sample_random(seed=seed + i) for i in range(int(subnets))]
-        measured = np.asarray(measure_subnets(ex, subs, folder, threads=self.threads, runs=runs, progress=progress,
-                                              runtime=self.runtime, executor=executor))
-        sums = np.asarray([self.parts_sum(net, s) for s in subs], dtype=float)
-        before = np.asarray([self.predict(net, s) for s in subs])
+        subs = calibration_subnets(net, subnets, seed)
+        measured = measure_subnets(ex, subs, folder, threads=self.threads, runs=runs, progress=progress,
+                                   runtime=self.runtime, executor=executor)
+        return self.fit(net, subs, measured)
+
+    def fit(self, net: Any, subnets: Sequence[Any], measured: Sequence[float]) -> dict[str, Any]:
+        """Refit `scale` and `overhead_ms` by least squares to whole subnets' measured milliseconds (kept as they
+        were unless there are >= 3 and the scale comes out positive). Returns the fit's figures: median absolute
+        % error on those subnets before and after."""
+        import numpy as np
+
+        m = np.asarray(measured, dtype=float)
+        sums = np.asarray([self.parts_sum(net, s) for s in subnets], dtype=float)
+        before = np.asarray([self.predict(net, s) for s in subnets])
         design = np.stack([sums[:, 0], -(sums[:, 1] - 1)], axis=1)
-        (a, ao), *_ = np.linalg.lstsq(design, measured, rcond=None)
-        if len(subs) >= 3 and a > 0:
-            self.scale, self.overhead_ms, self.calibrated = float(a), float(ao / a), len(subs)
-        after = np.asarray([self.predict(net, s) for s in subs])
-        err = lambda p: float(np.median(np.abs(p - measured) / measured * 100))  # noqa: E731
-        return {"subnets": len(subs), "error_before_pct": err(before), "error_after_pct": err(after),
+        (a, ao), *_ = np.linalg.lstsq(design, m, rcond=None)
+        if len(subnets) >= 3 and a > 0:
+            self.scale, self.overhead_ms, self.calibrated = float(a), float(ao / a), len(subnets)
+        after = np.asarray([self.predict(net, s) for s in subnets])
+        err = lambda p: float(np.median(np.abs(p - m) / m * 100))  # noqa: E731
+        return {"subnets": len(subnets), "error_before_pct": err(before), "error_after_pct": err(after),
                 "scale": self.scale, "overhead_ms": self.overhead_ms}
+
+    def raw_predict(self, net: Any, subnet: Any) -> float:
+        """The uncalibrated prediction: sum of the parts less (parts − 1) × the one-op graph's time."""
+        total, n = self.parts_sum(net, subnet)
+        return total - (n - 1) * self.call_ms
 
     def to_json(self) -> dict[str, Any]:
         return {"entries": self.entries, "overhead_ms": self.overhead_ms, "runtime": self.runtime,
-                "threads": self.threads, "scale": self.scale, "calibrated": self.calibrated}
+                "threads": self.threads, "scale": self.scale, "calibrated": self.calibrated, "call_ms": self.call_ms}
 
     def save(self, path: str | Path) -> Path:
         from edgeopt.ledger import write_text_atomic
@@ -111,18 +127,43 @@ class LatencyTable:
     def load(cls, path: str | Path) -> "LatencyTable":
         d = json.loads(Path(path).read_text())
         return cls(dict(d["entries"]), float(d["overhead_ms"]), d.get("runtime", "onnxruntime"), int(d["threads"]),
-                   float(d.get("scale", 1.0)), int(d.get("calibrated", 0)))
+                   float(d.get("scale", 1.0)), int(d.get("calibrated", 0)),
+                   float(d.get("call_ms", d["overhead_ms"])))
 
     @classmethod
     def build(cls, net: Any, folder: str | Path, threads: int = 2, runs: int = 30, progress: Any = None,
-              runtime: str = "onnxruntime", executor: Any = None) -> "LatencyTable":
+              runtime: str = "onnxruntime", executor: Any = None, calibrate: int = 0,
+              probe: Sequence[Any] = ()) -> "LatencyTable":
         """Measure every part of `net`'s search space (an OFANet) on `runtime` (one of RUNTIMES) with `threads`
-        threads; the timing is one measure task of `executor` (an `edgeopt.executor` executor: on a Ray cluster it
-        runs on a node of the target; default: here)."""
+        threads. With `calibrate` >= 3, that many random whole subnets are timed in the same session and the table
+        is `fit` to them; `probe` subnets are timed there too, their milliseconds in `.probe_ms` (to judge the
+        predictions without the machine's drift between sessions). The timing is one measure task of `executor`
+        (an `edgeopt.executor` executor: on a Ray cluster it runs on a node of the target; default: here)."""
+        from edgeopt.nn.ofa import OFASubNetworkExtractor
+
         graphs = table_graphs(net)
+        cal = calibration_subnets(net, calibrate) if calibrate else []
+        ex = OFASubNetworkExtractor(net)
+        for name, subs in (("calibration", cal), ("probe", list(probe))):
+            for i, sub in enumerate(subs):
+                graphs[f"{name}{i}"] = (ex.extract(sub), (1, net.config.in_channels, sub.r, sub.r))
         med = time_graphs(graphs, folder, threads, runs, progress, runtime=runtime, executor=executor)
         overhead = med.pop("overhead")
-        return cls(med, overhead, check_runtime(runtime), threads)
+        whole = {k: med.pop(k) for k in list(med) if k.startswith(("calibration", "probe"))}
+        table = cls(med, overhead, check_runtime(runtime), threads, call_ms=overhead)
+        if cal:
+            table.fit(net, cal, [whole[f"calibration{i}"] for i in range(len(cal))])
+        table.probe_ms = [whole[f"probe{i}"] for i in range(len(probe))]
+        return table
+
+
+def calibration_subnets(net: Any, n: int, seed: int = CALIBRATION_SEED) -> list[Any]:
+    """The `n` random subnets a table is calibrated on (seeds `seed`, `seed`+1, ...: apart from the seeds a search
+    samples from)."""
+    from edgeopt.nn.ofa import OFASubNetworkExtractor
+
+    ex = OFASubNetworkExtractor(net)
+    return [ex.sample_random(seed=seed + i) for i in range(int(n))]
 
 
 def table_graphs(net: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:

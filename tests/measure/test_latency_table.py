@@ -117,3 +117,16 @@ def test_part_files_are_reused_only_for_the_same_part(tmp_path):
         conv.weight.add_(1.0)
     time_graphs(graphs, tmp_path, threads=1, runs=3)
     assert part.stat().st_mtime_ns != first  # other weights: exported again
+
+
+def test_calibration_and_probe_subnets_are_timed_with_the_parts(tmp_path):
+    torch.manual_seed(0)
+    net = ofa.OFANet(CFG).eval()
+    ex = ofa.OFASubNetworkExtractor(net)
+    probe = [ex.sample_smallest(), ex.sample_largest()]
+    table = LatencyTable.build(net, tmp_path, threads=1, runs=4, calibrate=4, probe=probe)
+    assert table.calibrated == 4 and table.scale > 0 and len(table.entries) == 2 * 2 + 2 * 2 * 2 * 2 * 2
+    assert len(table.probe_ms) == 2 and all(ms > 0 for ms in table.probe_ms)
+    assert table.raw_predict(net, probe[1]) == pytest.approx(
+        table.parts_sum(net, probe[1])[0] - (table.parts_sum(net, probe[1])[1] - 1) * table.call_ms)
+    assert LatencyTable.load(table.save(tmp_path / "t.json")).call_ms == table.call_ms

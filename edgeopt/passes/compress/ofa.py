@@ -12,7 +12,6 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
-from edgeopt.ledger import write_text_atomic
 from edgeopt.nn import ofa as O
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, module_copy, task_data
@@ -46,8 +45,8 @@ class OnceForAll(Pass):
         threads: int = Field(default=2, ge=1)
         runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
             default="onnxruntime", description="the runtime the latency table is measured on")
-        calibrate: int = Field(default=8, ge=0, description="random whole subnets measured to refit the table's "
-                                                            "scale and per-call overhead (0: the raw sum of parts)")
+        calibrate: int = Field(default=8, ge=0, description="random whole subnets timed with the parts to refit the "
+                                                            "table's scale and per-call overhead (0: the raw sum)")
         train: TrainConfig = TrainConfig(epochs=0, lr=3e-3, batch_size=64, augment_shift=0.1)
         val_fraction: float = Field(default=0.2, gt=0, lt=1)
         selection: Literal["latency", "flops"] = "latency"
@@ -111,20 +110,16 @@ class OnceForAll(Pass):
         tag = "" if cfg.runtime == "onnxruntime" else f"{cfg.runtime}-"  # ONNX Runtime keeps its earlier name
         cal = f"-c{cfg.calibrate}" if cfg.calibrate else ""
         table_path = folder / f"latency-{tag}{cfg.threads}t{cal}.json"
-        fit_path = folder / f"calibration-{tag}{cfg.threads}t{cal}.json"
         if table_path.is_file():
             table = LatencyTable.load(table_path)
         else:
             try:
                 table = LatencyTable.build(net, folder / f"table-{tag}".rstrip("-"), threads=cfg.threads,
-                                           progress=ctx.progress, runtime=cfg.runtime, executor=ctx.executor)
-                fit = (table.calibrate(net, folder / f"calibration-{tag}".rstrip("-"), cfg.calibrate,
-                                       progress=ctx.progress, executor=ctx.executor) if cfg.calibrate else None)
+                                           progress=ctx.progress, runtime=cfg.runtime, executor=ctx.executor,
+                                           calibrate=cfg.calibrate)
             except InputError as e:
                 raise PassError(f"{self.name}: latency table on {cfg.runtime}: {e}") from None
             table.save(table_path)
-            if fit is not None:
-                write_text_atomic(fit_path, json.dumps(fit))
         subs, accs = self._samples(net, ex, fit_data, val, folder, cfg.samples, cfg.train.seed, ctx.executor)
         pred = O.AccuracyPredictor(space).fit(subs, accs)
         small, large = ex.sample_smallest(), ex.sample_largest()
@@ -150,7 +145,8 @@ class OnceForAll(Pass):
             "complexity": ex.get_complexity(sub), "latency_range_ms": [table.predict(net, small),
                                                                        table.predict(net, large)],
             "predictor_samples": len(subs), "phases": phases, "cache": str(folder), "runtime": cfg.runtime,
-            "table_calibration": json.loads(fit_path.read_text()) if fit_path.is_file() else None,
+            "table_calibration": {"subnets": table.calibrated, "scale": table.scale,
+                                  "overhead_ms": table.overhead_ms, "one_op_ms": table.call_ms},
             "executor": getattr(ctx.executor, "name", "local")}
         space_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.__dict__.items()}
         return derived(model, art, ("compress.ofa", {"space": space_args, "subnet": sub.to_dict()}),
