@@ -177,7 +177,8 @@ def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
     """Feed-forward neurons pruned (structured OBS with a least-squares refit on generated data: in
     benchmarks/structural_minilm.py this alone kept MiniLM at mean cosine 0.9905 for 1.35× on 1000 sentences,
     better than adding distillation) and optionally attention heads first; then exported, fused and optionally
-    quantized (ONNX Runtime dynamic INT8 or OpenVINO INT8)."""
+    quantized (ONNX Runtime dynamic INT8 or OpenVINO INT8), or converted to LiteRT (fp32 or dynamic INT8), whose
+    XNNPACK kernels were the fastest fp32 path on an AVX2-only CPU."""
     fit = _fit_data(info)
     chain: Chain = []
     if params.get("heads"):
@@ -187,7 +188,10 @@ def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
     if params.get("ffn"):
         chain.append(("prune.ffn", {"sparsity": params["ffn"], "recover": "none", **fit,
                                     **({"samples": TRAIN_SAMPLES} if fit else {})}))
-    return [*chain, ("convert.onnx", {}), *_int8_tail(params.get("int8"), info)]
+    tail = params.get("int8")
+    if tail in ("litert", "litert-int8"):  # the pruned PyTorch model straight to LiteRT (XNNPACK)
+        return [*chain, ("convert.litert", {"quantize": "dynamic_int8" if tail == "litert-int8" else "none"})]
+    return [*chain, ("convert.onnx", {}), *_int8_tail(tail, info)]
 
 
 def _channels_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
@@ -263,7 +267,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lambda p, i: [("convert.litert", {"quantize": p["quantize"]})], skip=_no_litert, from_baseline=True),
     Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
            "refitted on the calibration data (structured OBS), then exported and fused",
-           {"ffn": (0.5, 0.25), "heads": (0.0, 0.25), "int8": (None, "ov", "ort")}, _heads_chain,
+           {"ffn": (0.5, 0.25), "heads": (0.0, 0.25), "int8": (None, "ov", "ort", "litert", "litert-int8")},
+           _heads_chain,
            skip=_structural_skip("transformer"), structural=True, from_baseline=True),
     Family("structural-channels", 20, "onnxruntime", "channels pruned from the PyTorch CNN and fine-tuned, then exported",
            {"sparsity": (0.5, 0.3, 0.7), "int8": (True, False), "epochs": (4, 8)}, _channels_chain,
@@ -314,6 +319,8 @@ def plan(target: Any, info: ModelInfo, names: tuple[str, ...] = (), space: dict[
         sp = {**fam.space, **{k: tuple(v) for k, v in (space or {}).get(fam.name, {}).items()}}
         if "int8" in sp and "ov" in sp["int8"] and _no_openvino(target, info, train_minutes):
             sp["int8"] = tuple(c for c in sp["int8"] if c != "ov") or (None,)  # OpenVINO INT8 needs OpenVINO
+        if "int8" in sp and {"litert", "litert-int8"} & set(sp["int8"]) and _no_litert(target, info, train_minutes):
+            sp["int8"] = tuple(c for c in sp["int8"] if c not in ("litert", "litert-int8")) or (None,)
         spaces[fam.name] = sp
     return Plan(keep, spaces, skipped)
 

@@ -80,6 +80,17 @@ def test_structural_int8_tails_and_openvino_int8_only_with_openvino():
     t = get_target("cpu-avx2")
     no_ov = type("T", (), {"isa": t.isa, "runtimes": {"onnxruntime": "1"}, "arch": "x86_64", "device": "cpu"})()
     assert "ov" not in plan(no_ov, INFO, ("structural-heads",), train_minutes=5).spaces["structural-heads"]["int8"]
+    lite = fam.chain({"ffn": 0.5, "int8": "litert-int8"}, INFO)
+    assert [p for p, _ in lite] == ["prune.ffn", "convert.litert"] and lite[-1][1] == {"quantize": "dynamic_int8"}
+    assert fam.chain({"ffn": 0.5, "int8": "litert"}, INFO)[-1] == ("convert.litert", {"quantize": "none"})
+
+
+def test_structural_litert_tails_only_with_litert(monkeypatch):
+    from edgeopt.search import candidates
+
+    monkeypatch.setattr(candidates, "_no_litert", lambda *a: "LiteRT is not installed")
+    tails = plan(get_target("cpu-avx2"), INFO, ("structural-heads",), train_minutes=5).spaces["structural-heads"]["int8"]
+    assert not {"litert", "litert-int8"} & set(tails) and None in tails
 
 
 def test_student_family_is_the_course_chain_for_labelled_cnns():
