@@ -110,11 +110,11 @@ def test_litert_family_needs_the_pytorch_model():
     assert chain == [("convert.litert", {"quantize": "dynamic_int8"})] and FAMILIES["litert"].from_baseline
 
 
-def test_session_family_fixes_shapes_before_the_fp32_prefix_and_turns_spinning_off_last():
+def test_session_family_fixes_shapes_after_the_fusions_and_turns_spinning_off_last():
     fam = FAMILIES["ort-session"]
     chains = {p["settings"]: [n for n, _ in fam.chain(p, INFO)] for p in fam.combos()}
-    assert chains == {"static": ["graph.static_shapes", "graph.simplify", "graph.fuse"],
-                      "static+nospin": ["graph.static_shapes", "graph.simplify", "graph.fuse", "session.spinning"],
+    assert chains == {"static": ["graph.simplify", "graph.fuse", "graph.static_shapes"],
+                      "static+nospin": ["graph.simplify", "graph.fuse", "graph.static_shapes", "session.spinning"],
                       "nospin": ["graph.simplify", "graph.fuse", "session.spinning"]}
     with pytest.raises(ValueError, match="unknown setting 'warp'"):
         check_space((), {"ort-session": {"settings": ["static+warp"]}})
