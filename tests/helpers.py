@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -126,22 +127,34 @@ class RecordingExecutor:
         pass
 
 
-def two_node_ray_cluster(head_resource: str):
-    """A local Ray cluster on 127.0.0.1: a head (1 CPU) offering one unit of `head_resource` and a worker (1 CPU)
-    offering only `builder`; pytest skips where Ray is missing or cannot start. Shut it down when done."""
+@contextlib.contextmanager
+def two_node_ray_executor():
+    """A Ray executor on a local two-node cluster on 127.0.0.1: the head (1 CPU) offers one unit of this machine's
+    target resource, the worker (1 CPU) only `builder`. Yields (executor, target resource name); pytest skips where
+    Ray is missing or cannot start. The executor is closed and the cluster shut down afterwards."""
     import pytest
 
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from edgeopt.executor import ray_on_loopback
+    from edgeopt.executor import make_executor, ray_on_loopback, target_resource
+    from edgeopt.target import get_target
 
+    target = get_target("auto")
+    resource = target_resource(target.name)
     try:
         with ray_on_loopback():
             cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": {head_resource: 1}, "include_dashboard": False})
+                "num_cpus": 1, "resources": {resource: 1}, "include_dashboard": False})
             cluster.add_node(num_cpus=1, resources={"builder": 2})
             cluster.wait_for_nodes()
     except Exception as e:  # noqa: BLE001 (Ray's start-up failures vary)
         pytest.skip(f"cannot start a local Ray cluster here: {type(e).__name__}: {e}")
-    return cluster
+    try:
+        ex = make_executor("ray", address=cluster.address, target=target.name)
+        try:
+            yield ex, resource
+        finally:
+            ex.close()
+    finally:
+        cluster.shutdown()

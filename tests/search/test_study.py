@@ -170,22 +170,11 @@ def test_front_keeps_only_feasible_undominated_trials():
 
 @pytest.mark.slow
 def test_the_search_on_a_two_node_ray_cluster_times_only_on_the_target_node(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
-    from helpers import two_node_ray_cluster
+    from helpers import two_node_ray_executor
 
-    from edgeopt.executor import make_executor, target_resource
-
-    target = get_target("auto")
-    res_name = target_resource(target.name)
-    cluster = two_node_ray_cluster(res_name)
-    try:
-        ex = make_executor("ray", address=cluster.address, target=target.name)
-        try:
-            spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
-            res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, ex))
-        finally:
-            ex.close()
-    finally:
-        cluster.shutdown()
+    with two_node_ray_executor() as (ex, res_name):
+        spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+        res = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, ex))
     assert [r["status"] for r in res.trials] == ["done", "done"], [r.get("error") for r in res.trials]
     log = res.summary["executor_log"]
     timing = [r for r in log if r["kind"] == "measure"]

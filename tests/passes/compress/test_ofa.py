@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import RecordingExecutor, two_node_ray_cluster
+from helpers import RecordingExecutor, two_node_ray_executor
 
 from edgeopt.errors import RecipeError
 from edgeopt.passes.base import PassContext, build_pass
@@ -146,22 +146,10 @@ def test_the_table_runtime_is_validated():
 def test_on_a_two_node_ray_cluster_the_table_is_timed_only_on_the_target_node(tiny_digits_resnet, tmp_path):
     """The pass with the run's executor on Ray: the latency table's timing is one measure task on the node with
     the target's resource; the predictor's samples are build tasks over both nodes."""
-    from edgeopt.executor import make_executor, target_resource
-    from edgeopt.target import get_target
-
-    target = get_target("auto")
-    res_name = target_resource(target.name)
-    cluster = two_node_ray_cluster(res_name)
-    try:
-        ex = make_executor("ray", address=cluster.address, target=target.name)
-        try:
-            ctx = PassContext(stage_dir=tmp_path / "ofa", executor=ex)
-            out = build_pass("compress.ofa", {**CFG, "epochs": 2, "budget": 0.5})(tiny_digits_resnet, ctx)
-            log = [r.to_dict() for r in ex.log]
-        finally:
-            ex.close()
-    finally:
-        cluster.shutdown()
+    with two_node_ray_executor() as (ex, res_name):
+        ctx = PassContext(stage_dir=tmp_path / "ofa", executor=ex)
+        out = build_pass("compress.ofa", {**CFG, "epochs": 2, "budget": 0.5})(tiny_digits_resnet, ctx)
+        log = [r.to_dict() for r in ex.log]
     notes = ctx.notes["compress.ofa"]
     assert notes["executor"] == "ray" and out.module(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
     timing = [r for r in log if r["kind"] == "measure"]
