@@ -482,6 +482,12 @@ def wait_any(futures: Sequence[TaskFuture], timeout: float | None = None) -> lis
     return [f for f in futures if f.done()]
 
 
+def is_local(executor: Any) -> bool:
+    """Whether work handed to `executor` runs in this process (None or the local executor): then a caller may run
+    it directly, with its progress display, instead of as a task of plain data."""
+    return executor is None or getattr(executor, "name", "local") == "local"
+
+
 def make_executor(kind: str = "local", *, address: str | None = None, target: str = "auto",
                   num_cpus_per_build: float = 1) -> Executor:
     """A LocalExecutor ("local") or a RayExecutor ("ray"; `address` an existing cluster's HOST:PORT, None

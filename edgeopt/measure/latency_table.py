@@ -6,10 +6,10 @@ or not, kernel, expansion) at its input size, the head at the final feature size
 supernet's weights as a dense ONNX graph (converted to LiteRT for a LiteRT table; OpenVINO reads the ONNX file) and all
 parts are timed interleaved in one process on the table's runtime (`measure_interleaved`, blocks of calls with the
 first untimed, the order rotating). The timing is a measure task of the search's executor (`edgeopt.executor`): on a
-Ray cluster it runs only on a node of the target, and the files it reads must be on a folder every node sees. A subnet's prediction is the sum of its parts'
-medians less (parts - 1) × the per-call overhead of the runtime (timed on a one-op graph), since a whole subnet
-is one call. Hand-written: OFA's own latency tables (the unmaintained once-for-all repository) are for its
-networks and mobile phones, not for the runtime edgeopt deploys to.
+Ray cluster it runs only on a node of the target, and the files it reads must be on a folder every node sees. A
+subnet's prediction is the sum of its parts' medians less (parts - 1) × the per-call overhead of the runtime (timed
+on a one-op graph), since a whole subnet is one call. Hand-written: OFA's own latency tables (the unmaintained
+once-for-all repository) are for its networks and mobile phones, not for the runtime edgeopt deploys to.
 """
 
 from __future__ import annotations
@@ -160,10 +160,11 @@ class LatencyTable:
 def calibration_subnets(net: Any, n: int, seed: int = CALIBRATION_SEED) -> list[Any]:
     """The `n` random subnets a table is calibrated on (seeds `seed`, `seed`+1, ...: apart from the seeds a search
     samples from)."""
-    from edgeopt.nn.ofa import OFASubNetworkExtractor
+    import random
 
-    ex = OFASubNetworkExtractor(net)
-    return [ex.sample_random(seed=seed + i) for i in range(int(n))]
+    from edgeopt.nn.ofa import random_subnet
+
+    return [random_subnet(random.Random(seed + i), net.config) for i in range(int(n))]
 
 
 def table_graphs(net: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:
@@ -179,7 +180,8 @@ def table_graphs(net: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:
                 inp = size if j == 0 else _ceil_div(size, stage[0].stride)
                 for k in c.kernel_sizes:
                     for e in c.expand_ratios:
-                        graphs[f"s{s}{'f' if j == 0 else 'r'}-k{k}-e{e:g}@{inp}"] = (blk.dense(k, e), (1, blk.cin, inp, inp))
+                        graphs[f"s{s}{'f' if j == 0 else 'r'}-k{k}-e{e:g}@{inp}"] = (
+                            blk.dense(k, e), (1, blk.cin, inp, inp))
             size = _ceil_div(size, stage[0].stride)
         graphs[f"head@{size}"] = (net.head, (1, net.head.conv[0].in_channels, size, size))
     graphs["overhead"] = (_AddOne(), (1, 1, 1, 1))
@@ -214,7 +216,8 @@ def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, th
 
     The modules are exported here (ONNX under `folder`, and for LiteRT converted by litert-torch to .tflite: build
     work; a file whose manifest entry in `folder`/parts.json matches the part's fingerprint is reused, so an
-    interrupted or repeated table converts nothing twice); the timing is `time_parts`, run inline (with `progress`) or as one measure task of `executor`."""
+    interrupted or repeated table converts nothing twice); the timing is `time_parts`, run inline (with `progress`)
+    or as one measure task of `executor`."""
     from edgeopt.ledger import write_text_atomic
 
     check_runtime(runtime)
@@ -238,7 +241,9 @@ def time_graphs(graphs: dict[str, tuple[Any, tuple[int, ...]]], folder: Path, th
             write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
         parts[key] = {"path": str(path.resolve()), "shape": list(shape), "seed": i}
     job = {"parts": parts, "runtime": runtime, "threads": int(threads), "runs": int(runs)}
-    if executor is None or getattr(executor, "name", "local") == "local":
+    from edgeopt.executor import is_local
+
+    if is_local(executor):
         res = time_parts(job, progress=progress)
     else:
         res = executor.measure(time_parts, job).result()
@@ -334,7 +339,7 @@ def _to_litert(module: Any, shape: tuple[int, ...], path: Path) -> Path:
     from edgeopt.artifact import write_bytes_atomic
     from edgeopt.errors import InputError
     from edgeopt.extras import require
-    from edgeopt.measure.litert import quiet_native_stderr
+    from edgeopt.measure.litert import conversion_error, named_inputs, quiet_native_stderr
 
     with quiet_native_stderr():  # TensorFlow's and absl's start-up lines
         litert_torch = require("litert_torch", "latency tables on LiteRT")
@@ -342,29 +347,13 @@ def _to_litert(module: Any, shape: tuple[int, ...], path: Path) -> Path:
     try:
         with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            edge = litert_torch.convert(_XInput(module.eval()), (), sample_kwargs={"x": torch.randn(*shape)})
+            edge = litert_torch.convert(named_inputs(module.eval(), ["x"]), (),
+                                        sample_kwargs={"x": torch.randn(*shape)})
             content = bytes(edge.model_content())
     except Exception as e:  # noqa: BLE001 (litert-torch raises many kinds; keep one line)
-        raise InputError(f"{path.name}: litert-torch could not convert {type(module).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise InputError(conversion_error(e, module, f"{path.name} ({type(module).__name__})")) from None
     write_bytes_atomic(path, content)
     return path
-
-
-def _XInput(module: Any) -> Any:  # noqa: N802 (a module factory: torch is imported lazily)
-    import torch
-
-    class XInput(torch.nn.Module):
-        """`module` behind a forward whose one parameter is named x (the name LiteRT gives the input)."""
-
-        def __init__(self, inner: Any):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x)
-
-    return XInput(module).eval()
 
 
 def measure_subnets(extractor: Any, subnets: Iterable[Any], folder: str | Path, threads: int = 2, runs: int = 30,

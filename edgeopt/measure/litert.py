@@ -96,6 +96,25 @@ def _quiet_teardown() -> None:
         pass
 
 
+def named_inputs(module: Any, names: list[str]) -> Any:
+    """`module` behind a forward whose parameters carry the model's input names, so litert-torch names the
+    signature's inputs after them (it takes them from the keyword arguments it traces with). Written by hand:
+    litert-torch names positional inputs args_0, args_1, ... ."""
+    import torch  # lazy: torch only when a conversion runs
+
+    param = inspect.Parameter
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, *(kwargs[n] for n in names[len(args):]))
+
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [param("self", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.POSITIONAL_OR_KEYWORD) for n in names])
+    cls = type("LiteRtInputs", (torch.nn.Module,), {"forward": forward})
+    wrapper = cls()
+    wrapper.inner = module
+    return wrapper.eval()
+
+
 def signature_name(name: str) -> str:
     """The name an input gets in a litert-torch signature: `name` itself when it is a Python identifier
     (litert-torch generates Python code with it), else with every other character replaced by `_`."""

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeopt.artifact import Artifact, register_builder
 from edgeopt.errors import InputError, PassError
+from edgeopt.executor import is_local
 from edgeopt.nn import ofa as O
 from edgeopt.passes.base import Pass, PassContext, register
 from edgeopt.passes.compress._common import FineTune, derived, module_copy, task_data
@@ -163,7 +164,7 @@ class OnceForAll(Pass):
             return [O.SubnetConfig.of(s) for s in rec["subnets"]], rec["accuracy"]
         subs = [ex.sample_smallest(), ex.sample_largest()] + [ex.sample_random(seed=seed * 1000 + i) for i in range(n)]
         folder.mkdir(parents=True, exist_ok=True)
-        if executor is None or getattr(executor, "name", "local") == "local":
+        if is_local(executor):
             accs = [O.evaluate_subnet(net, s, val, calibration=fit_data) for s in subs]
         else:
             accs = _evaluate_on(executor, net, subs, fit_data, val, folder)

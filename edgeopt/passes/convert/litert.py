@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import sys
@@ -20,7 +19,8 @@ from edgeopt.artifact import Artifact, InputSpec, TensorSpec, write_bytes_atomic
 from edgeopt.data import random_feeds
 from edgeopt.errors import EdgeoptError, PassError, first_line
 from edgeopt.extras import require
-from edgeopt.measure.litert import LiteRtRunner, conversion_error, quiet_native_stderr, signature_name
+from edgeopt.measure.litert import (LiteRtRunner, conversion_error, named_inputs, quiet_native_stderr,
+                                    signature_name)
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register, torch_module_copy
 from edgeopt.passes.convert._export import FP32_REL_TOL, min_cosine, relative_error, torch_outputs
 
@@ -41,25 +41,6 @@ class SignatureSpec(PassConfig):
     batch: int | None = Field(default=None, ge=1)
     seq_len: int | None = Field(default=None, ge=1)
     shapes: dict[str, list[int]] = Field(default_factory=dict)
-
-
-def _named_inputs(module: Any, names: list[str]) -> Any:
-    """`module` behind a forward whose parameters carry the model's input names, so litert-torch names the
-    signature's inputs after them (it takes them from the keyword arguments it traces with). Written by hand:
-    litert-torch names positional inputs args_0, args_1, ... ."""
-    import torch  # lazy: torch only when a conversion runs
-
-    param = inspect.Parameter
-
-    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.inner(*args, *(kwargs[n] for n in names[len(args):]))
-
-    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [param("self", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.POSITIONAL_OR_KEYWORD) for n in names])
-    cls = type("LiteRtInputs", (torch.nn.Module,), {"forward": forward})
-    wrapper = cls()
-    wrapper.inner = module
-    return wrapper.eval()
 
 
 @contextmanager
@@ -140,7 +121,7 @@ class ConvertLiteRT(Pass):
         specs = cfg.signatures or [SignatureSpec(name=DEFAULT_SIGNATURE)]
         samples = {s.name: self._sample(art, ctx, s) for s in specs}
         calibration = self._calibration(ctx, specs, samples) if cfg.quantize == "static_int8" else None
-        wrapper = _named_inputs(module, [signature_name(n) for n in names])
+        wrapper = named_inputs(module, [signature_name(n) for n in names])
         converter = litert_torch.Converter()
         for s in specs:
             kwargs = {signature_name(n): torch.from_numpy(np.ascontiguousarray(samples[s.name][n])) for n in names}
