@@ -4,7 +4,9 @@ variant edgeopt exports, measured side by side on THIS CPU with 2 threads.
 Rows: PyTorch eager fp32 (Hugging Face model with its KV cache, the loop `generate` runs), PyTorch dynamic int8 on
 the Linear layers, ONNX Runtime GenAI int8 (its model builder run on the same local folder: 8-bit MatMulNBits,
 block 32, int8 compute), and LiteRT fp32 / dynamic int8 / weight-only int8 / fp16 / int4 variants, all exported by
-edgeopt from one conversion (prefill_32 / prefill_128 / decode / score_128 signatures, 1024-position KV cache).
+edgeopt from one conversion (prefill_32 / prefill_128 / decode / score_128 signatures, a `--kv-cache`-position KV
+cache, default 1024, in `--kv-layout`, default transposed), and the `--engine` rows: the same .tflite bundled as
+.litertlm and run by the LiteRT-LM engine (text in, text out: its fidelity is that of the .tflite it holds).
 Columns: TTFT for a 128-token prompt, prefill tok/s, decode tok/s (median per-token time over `--decode-tokens` x
 `--repeats`), peak RSS, size, and on `--sequences` held-out sequences x 128 tokens (generated text, never
 calibration text) next-token top-1 agreement with PyTorch fp32, mean KL and perplexity; the greedy answer to
@@ -18,6 +20,7 @@ fails):
 - an int4 variant is listed and keeps the France answer.
 
     .venv/bin/python benchmarks/llm.py [--out runs/bench-llm] [--repeats 3] [--decode-tokens 64] [--sequences 64]
+                                       [--kv-cache 1024] [--kv-layout transposed] [--engine ROW ...]
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
-def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None = None) -> dict[str, Any]:
+def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None = None, kv_cache: int = 1024,
+             kv_layout: str = "default") -> dict[str, Any]:
     """The fp32 export in `d` (converted once; reused when there)."""
     from edgeopt.llm import export as E
 
@@ -72,13 +76,14 @@ def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None 
             model = copy.deepcopy(hf)
             cal = heldout_sequences(load_tokenizer(folder), 16, 128, start=0, seed=7)
             smoothed = sq(model, cal, smooth)
-        facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=1024, score_len=128)
+        facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
+                          kv_layout=kv_layout)
         facts.update(hf_config=hf.config.to_dict(), smooth=smoothed)
         E.write_sidecar(d, facts, folder)
     return E.read_sidecar(d)
 
 
-def exports(folder: Path, out: Path, console: Any) -> dict[str, Path]:
+def exports(folder: Path, out: Path, console: Any, kv_cache: int = 1024, kv_layout: str = "default") -> dict[str, Path]:
     """The LiteRT files (converted once per fp32 export, then quantized per variant), reused when in `out`."""
     from transformers import AutoModelForCausalLM
 
@@ -88,7 +93,10 @@ def exports(folder: Path, out: Path, console: Any) -> dict[str, Path]:
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
     for variants, fp32_label, smooth in ((LITERT, "LiteRT fp32", None), (SMOOTHED, "LiteRT SQ fp32", 0.5)):
         fp32_dir = out / _slug(fp32_label)
-        facts = _convert(hf, folder, fp32_dir, console, smooth)
+        facts = _convert(hf, folder, fp32_dir, console, smooth, kv_cache, kv_layout)
+        if (facts["kv_cache_max_len"], facts.get("kv_layout", "default")) != (kv_cache, kv_layout):
+            raise SystemExit(f"error: {fp32_dir} holds an export with a {facts['kv_cache_max_len']}-position "
+                             f"{facts.get('kv_layout', 'default')} KV cache; use another --out")
         for label, kw in variants.items():
             d = out / _slug(label)
             if kw is not None and not (d / "model.tflite").exists():
@@ -101,10 +109,20 @@ def exports(folder: Path, out: Path, console: Any) -> dict[str, Path]:
     return paths
 
 
+def _stamp(path: Path) -> str:
+    """A fingerprint of a model file or folder (names, sizes, modification times)."""
+    import hashlib
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return hashlib.sha256("|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:16]
+
+
 def file_mb(path: Path) -> float:
     p = Path(path)
     files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
-    return sum(f.stat().st_size for f in files if f.suffix in (".tflite", ".onnx", ".data", ".safetensors")) / 1e6
+    return sum(f.stat().st_size for f in files
+               if f.suffix in (".tflite", ".onnx", ".data", ".safetensors", ".litertlm")) / 1e6
 
 
 def check(results: dict[str, dict[str, Any]], bw: float, weight_bytes: dict[str, int]) -> list[Claim]:
@@ -112,7 +130,8 @@ def check(results: dict[str, dict[str, Any]], bw: float, weight_bytes: dict[str,
     bandwidth_pct): the best LiteRT variant with top-1 >= 0.95 against PyTorch fp32 and ORT GenAI int8, and an
     int4 variant that keeps the France answer."""
     claims: list[Claim] = []
-    good = {k: v for k, v in results.items() if v["runtime"] == "litert" and v["top1_agreement"] >= 0.95}
+    good = {k: v for k, v in results.items()
+            if v["runtime"] in ("litert", "litert-lm") and v["top1_agreement"] >= 0.95}
     if not good:
         claims.append(Claim("a LiteRT variant keeps top-1 agreement >= 0.95", False, "none does"))
     else:
@@ -153,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--no-ortgenai", action="store_true", help="leave out the ONNX Runtime GenAI row")
+    ap.add_argument("--kv-cache", type=int, default=1024, help="KV cache positions of the LiteRT exports")
+    ap.add_argument("--kv-layout", default="transposed", choices=("default", "transposed"),
+                    help="KV cache layout of the LiteRT exports (see edgeopt.llm.export.convert)")
+    ap.add_argument("--engine", nargs="*", default=["LiteRT SQ dynamic int8", "LiteRT SQ dynamic int8, wo-int8 output"],
+                    help="LiteRT rows also bundled as .litertlm and timed on the LiteRT-LM engine (transposed "
+                         "layout only)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -181,19 +206,55 @@ def main(argv: list[str] | None = None) -> int:
             console.print("building the ONNX Runtime GenAI int8 model with its model builder …")
             build_ortgenai(folder, og, precision="int8")
         rows["ORT GenAI int8"] = (og, "ortgenai")
-    for label, path in exports(folder, out, console).items():
+    for label, path in exports(folder, out, console, args.kv_cache, args.kv_layout).items():
         rows[label] = (path, "litert")
+    engine_of: dict[str, str] = {}  # LiteRT-LM engine row -> the LiteRT row whose .tflite it bundles
+    if args.kv_layout == "transposed":
+        from edgeopt.llm.litertlm import bundle
 
-    # fidelity and the probe answer, in this process (never timed)
+        for label in args.engine:
+            if label not in rows:
+                raise SystemExit(f"error: --engine {label!r} is not a LiteRT row ({', '.join(LITERT)}, {', '.join(SMOOTHED)})")
+            path = rows[label][0]
+            lm_file = path.with_suffix(".litertlm")
+            if not lm_file.exists():
+                bundle(path, lm_file)
+            engine_of[f"LiteRT-LM engine: {label.removeprefix('LiteRT ')}"] = label
+            rows[f"LiteRT-LM engine: {label.removeprefix('LiteRT ')}"] = (lm_file, "litert-lm")
+
+    # fidelity and the probe answer, in this process (never timed); kept in fidelity.json per row and file, so a
+    # rerun (or an interrupted run) recomputes only the rows whose files changed
     seqs = lm.heldout_sequences(tok, args.sequences, 128)
-    ref = lm.open_session(folder, "torch", args.threads)
-    cands = {label: lm.open_session(p, rt, args.threads) for label, (p, rt) in rows.items() if label != "PyTorch fp32"}
-    with console.status("teacher-forced fidelity on held-out text …"):
-        fid = lm.fidelity(ref, cands, seqs)
-    fid["PyTorch fp32"] = {"top1_agreement": 1.0, "kl": 0.0, "ppl": next(iter(fid.values()))["ppl_ref"]}
-    answers = {label: lm.greedy_answer(s, tok, PROBE, 8) for label, s in {"PyTorch fp32": ref, **cands}.items()}
-    for s in [ref, *cands.values()]:
-        s.close()
+    fid_file = out / "fidelity.json"
+    known = json.loads(fid_file.read_text()) if fid_file.is_file() else {}
+    keys = {label: f"{_stamp(p)}|{args.sequences}" for label, (p, rt) in rows.items() if rt != "litert-lm"}
+    fid = {k: known[k]["fidelity"] for k in keys if known.get(k, {}).get("key") == keys[k]}
+    answers = {k: known[k]["answer"] for k in fid}
+    todo = [k for k in keys if k not in fid]
+    if todo:
+        ref = lm.open_session(folder, "torch", args.threads)
+        cands = {label: lm.open_session(rows[label][0], rows[label][1], args.threads)
+                 for label in todo if label != "PyTorch fp32"}
+        with console.status(f"teacher-forced fidelity on held-out text ({len(cands)} rows) …"):
+            fid.update(lm.fidelity(ref, cands, seqs) if cands else {})
+        if "PyTorch fp32" in todo:
+            ppl_ref = next((v["ppl_ref"] for v in fid.values() if "ppl_ref" in v), None)
+            if ppl_ref is None:  # every other row was known: the reference scores itself
+                ppl_ref = lm.fidelity(ref, {"self": ref}, seqs)["self"]["ppl"]
+            fid["PyTorch fp32"] = {"top1_agreement": 1.0, "kl": 0.0, "ppl": ppl_ref}
+        answers.update({label: lm.greedy_answer(s, tok, PROBE, 8) for label, s in
+                        {"PyTorch fp32": ref, **cands}.items() if label in todo})
+        for s in [ref, *cands.values()]:
+            s.close()
+        known.update({k: {"key": keys[k], "fidelity": fid[k], "answer": answers[k]} for k in todo})
+        fid_file.write_text(json.dumps(known, indent=1))
+    for label, src in engine_of.items():  # the engine returns text only: fidelity is its .tflite's (fp32 activations)
+        from edgeopt.llm.litertlm import LiteRtLmGenerator
+
+        fid[label] = dict(fid[src])
+        gen = LiteRtLmGenerator(rows[label][0], args.threads)
+        answers[label] = gen.generate(PROBE, max_new_tokens=8, chat=False).text  # (after the engine's BOS)
+        gen.session.close()
 
     prompt = lm.prompt_ids(tok, args.prompt_tokens)
     with console.status("timing: a child process per row and round …"):
@@ -211,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, (path, rt) in rows.items():
         tm, f = times[label], fid[label]
         size = file_mb(path if rt != "torch-int8" else path)
-        weights = (lm.weight_bytes_per_token(path, shape) if rt == "litert" else size * 1e6)
+        src = rows[engine_of[label]][0] if label in engine_of else path
+        weights = (lm.weight_bytes_per_token(src, shape) if rt in ("litert", "litert-lm") else size * 1e6)
         pct = 100 * tm["decode_tok_s"] / lm.ceiling_tok_s(bw, weights)
         results[label] = {**{k: v for k, v in tm.items() if k != "decode_samples_ms"}, **f, "size_mb": size,
                           "bandwidth_pct": pct, "answer": answers[label], "runtime": rt}
@@ -225,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps({"cpu": t.cpu_model, "flags": t.isa, "threads": args.threads,
                                                   "copy_bandwidth_gbs": bw, "rows": results}, indent=1))
 
-    claims = check(results, bw, {k: lm.weight_bytes_per_token(p, shape) for k, (p, rt) in rows.items()
-                                 if rt == "litert"})
+    claims = check(results, bw, {k: lm.weight_bytes_per_token(rows[engine_of.get(k, k)][0], shape)
+                                 for k, (p, rt) in rows.items() if rt in ("litert", "litert-lm")})
     console.print(table(claims, title=f"checks on {t.cpu_model}"))
     console.print(summary(claims))
     return exit_code(claims)

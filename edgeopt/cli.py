@@ -310,6 +310,19 @@ def generate(model: str = typer.Argument(..., help="an exported LLM (.tflite, or
 
 
 @app.command()
+def litertlm(model: str = typer.Argument(..., help="an exported LLM stage folder (or its .tflite) with llm.json and "
+                                         "the tokenizer, exported with kv_layout transposed"),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="the .litertlm file (default: beside the "
+                                                "model)")):
+    """Bundle an exported LLM as a .litertlm file for the LiteRT-LM engine (`edgeopt generate FILE.litertlm`)."""
+    from edgeopt.llm.litertlm import bundle  # lazy: keeps `edgeopt --help` fast
+
+    path = _guard(bundle, model, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it: edgeopt generate {path} -p \"Hi\"",
+                  highlight=False)
+
+
+@app.command()
 def diffuse(model: str = typer.Argument(..., help="zoo:sd-1.4, zoo:sd-small (random weights) or a local Stable "
                                         "Diffusion 1.x folder (safetensors)"),
             prompt: str = typer.Option(..., "--prompt", "-p"),

@@ -15,7 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "pruning": ("torch_pruning",),
     "ray": ("ray",),
     "mobile": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "pnnx", "ncnn", "coremltools"),
-    "llm": ("gguf", "accelerate", "onnxruntime_genai"),
+    "llm": ("gguf", "accelerate", "onnxruntime_genai", "litert_lm"),
 }
 _EXTRA_OF = {mod: extra for extra, mods in EXTRAS.items() for mod in mods}
 

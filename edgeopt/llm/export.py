@@ -29,6 +29,7 @@ from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, reauthor, v
 VARIANTS = ("none", "dynamic_int8", "weight_only_int8", "fp16", "dynamic_int4_block32", "dynamic_int4_block64",
             "dynamic_int4_block128")
 EMBEDDING = ("same", "dynamic_int8", "weight_only_int8", "none")  # the embedding (and a tied lm_head) may differ
+KV_LAYOUTS = ("default", "transposed")  # how the KV cache is laid out and attended (see `convert`)
 LLM_JSON = "llm.json"  # beside the .tflite: signatures, shape, tokenizer facts
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt")
@@ -96,9 +97,14 @@ def ai_edge_recipe(variant: str, embedding: str = "same", attention: str = "same
 
 
 def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128), kv_cache_max_len: int = 1024,
-            score_len: int | None = 128, verify_ids: Any = None) -> dict[str, Any]:
+            score_len: int | None = 128, verify_ids: Any = None, kv_layout: str = "default") -> dict[str, Any]:
     """Re-author `hf_model`, check it against the HF logits on `verify_ids`, and write the fp32 multi-signature
-    .tflite to `out` (atomically). Returns the facts llm.json records (signatures, shape, verification)."""
+    .tflite to `out` (atomically). Returns the facts llm.json records (signatures, shape, verification).
+
+    `kv_layout`: "default" caches K and V as (1, len, kv heads, dim) and attends through repeated K/V heads
+    (grouped-query attention materializes every K/V head once per query head, every token); "transposed" caches
+    K as (1, kv heads, len, dim) and V as (1, kv heads, dim, len) and attends with one batched matmul per KV
+    group, so nothing is repeated (litert-torch's `KV_LAYOUT_TRANSPOSED`)."""
     import torch  # lazy: heavy
 
     shape = hf_shape(hf_model.config)
@@ -109,6 +115,8 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"the longest prefill ({lens[-1]}) must be shorter than the KV cache ({kv_cache_max_len})")
     if score_len is not None and score_len > kv_cache_max_len:
         raise InputError(f"score_len {score_len} is longer than the KV cache ({kv_cache_max_len})")
+    if kv_layout not in KV_LAYOUTS:
+        raise InputError(f"unknown KV cache layout {kv_layout!r} (one of: {', '.join(KV_LAYOUTS)})")
     api = generative_api()
     from litert_torch._convert import interface as converter_utils  # lazy: optional extra
 
@@ -117,9 +125,11 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     litert_torch.config.show_progress = False
     model = reauthor(hf_model, kv_cache_max_len, api)
     ids = verify_ids if verify_ids is not None else (torch.arange(min(32, lens[-1])) * 7919 + 13) % shape.vocab_size
-    checked = verify(hf_model, model, ids, kv_cache_max_len, api)
+    checked = verify(hf_model, model, ids, kv_cache_max_len, api, kv_layout=kv_layout)
     ExportConfig, Exportable = api.export_config.ExportConfig, api.converter.ExportableModule
-    plain, scoring = ExportConfig(), ExportConfig(output_logits_on_prefill=True)
+    layout = api.kv_cache.KV_LAYOUT_TRANSPOSED if kv_layout == "transposed" else api.kv_cache.KV_LAYOUT_DEFAULT
+    plain = ExportConfig(kvcache_layout=layout)
+    scoring = ExportConfig(output_logits_on_prefill=True, kvcache_layout=layout)
     kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=plain.kvcache_layout)
     from edgeopt.measure.litert import quiet_native_stderr
 
@@ -146,7 +156,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, bytes(content))
-    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len),
+    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout,
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",
             "embedding": "same", "verification": checked,
             "rope_base": float(model.config.block_config(0).attn_config.rotary_base)}

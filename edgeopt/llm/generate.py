@@ -237,17 +237,24 @@ def model_folder(model: str | Path) -> tuple[str, Path]:
     p = Path(model)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    if p.suffix == ".litertlm":
+        return "litert-lm", p.parent
     if p.suffix == ".tflite" or (p.is_dir() and (p / LLM_JSON).is_file()):
         return "litert", p if p.is_dir() else p.parent
     if p.is_dir() and (p / "config.json").is_file():
         return "torch", p
-    raise InputError(f"{p}: not an LLM edgeopt can run (an exported .tflite with llm.json, or a Hugging Face "
-                     "causal-LM folder)")
+    raise InputError(f"{p}: not an LLM edgeopt can run (an exported .tflite with llm.json, a .litertlm bundle, or "
+                     "a Hugging Face causal-LM folder)")
 
 
 def open_generator(model: str | Path, threads: int = 2) -> Generator:
-    """A Generator for `model` (see `model_folder`), with the tokenizer found beside it."""
+    """A Generator for `model` (see `model_folder`), with the tokenizer found beside it; a `.litertlm` bundle runs
+    on the LiteRT-LM engine (edgeopt.llm.litertlm.LiteRtLmGenerator, the same interface)."""
     runtime, folder = model_folder(model)
+    if runtime == "litert-lm":
+        from edgeopt.llm.litertlm import LiteRtLmGenerator  # lazy: imports this module
+
+        return LiteRtLmGenerator(model, threads)  # type: ignore[return-value]
     tokenizer = load_tokenizer(folder)
     session = open_session(model if runtime == "litert" else folder, runtime, threads)
     return Generator(session, tokenizer, folder)

@@ -106,8 +106,9 @@ class LiteRtLlm:
                                  if k.startswith("score_") and k.split("_", 1)[1].isdigit())
         dec = self.signatures["decode"]
         self._kv_names = [t["name"] for t in dec["inputs"] if t["name"].startswith("kv_cache_")]
-        kv0 = next(t for t in dec["inputs"] if t["name"] == self._kv_names[0])
-        self.max_cache = int(kv0["shape"][1])
+        kv_specs = {t["name"]: t for t in dec["inputs"] if t["name"] in self._kv_names}
+        # positions: the sidecar's (in the transposed layout K is (1, kv heads, len, dim) and V (1, kv heads, dim, len))
+        self.max_cache = int(self.facts["kv_cache_max_len"])
         logits = next(t for t in dec["outputs"] if t["name"] == "logits")
         self.vocab_size = int(logits["shape"][-1])
         self.max_prompt = (self.prefill_lens[-1] if self.prefill_lens else 0) + 1
@@ -121,9 +122,8 @@ class LiteRtLlm:
                 self._kv = {n: self._cm.create_input_buffer_by_name("decode", n) for n in self._kv_names}
                 # new buffers hold whatever memory they got: a NaN there poisons attention (the causal mask is
                 # added, and NaN + -inf is NaN), so the cache starts as zeros
-                zeros = np.zeros([int(d) for d in kv0["shape"]], dtype=np.dtype(kv0["dtype"]))
-                for b in self._kv.values():
-                    b.write(zeros)
+                for n, b in self._kv.items():
+                    b.write(np.zeros([int(d) for d in kv_specs[n]["shape"]], dtype=np.dtype(kv_specs[n]["dtype"])))
                 self._io: dict[str, dict[str, Any]] = {}
                 for sig in self.signatures:
                     self._io[sig] = {

@@ -289,6 +289,8 @@ def _child(argv: list[str]) -> int:
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.runtime == "litert-lm":
+        return _engine_child(a)
     try:
         s = open_session(a.model, a.runtime, a.threads)
         ids = (json.loads(Path(a.prompt_file).read_text()) if a.prompt_file else
@@ -298,6 +300,30 @@ def _child(argv: list[str]) -> int:
         print(str(e), file=sys.stderr)
         return 2
     print(json.dumps({"ttft_ms": timed["ttft_ms"], "decode_ms": timed["decode_samples_ms"], "peak_mb": maxrss_mb()}))
+    return 0
+
+
+def _engine_child(a: Any) -> int:
+    """The timing child for a .litertlm bundle on the LiteRT-LM engine, which takes text: the prompt ids are
+    decoded (without special tokens; the engine adds its start token), a warm-up generates 8 tokens, then one
+    timed generation of `decode_tokens` + 1 greedy tokens (fewer when the model ends its answer)."""
+    from edgeopt.llm.litertlm import LiteRtLmGenerator  # lazy: optional extra
+    from edgeopt.measure.memory import maxrss_mb
+
+    try:
+        gen = LiteRtLmGenerator(a.model, a.threads)
+        ids = (json.loads(Path(a.prompt_file).read_text()) if a.prompt_file else
+               [int(t) for t in np.random.default_rng(0).integers(3, len(gen.tokenizer), a.prompt_tokens)])
+        text = gen.tokenizer.decode(ids, skip_special_tokens=True)
+        gen.generate(text, max_new_tokens=8, chat=False)
+        gen.generate(text, max_new_tokens=a.decode_tokens + 1, chat=False)
+        st = gen.stats
+        gen.session.close()
+    except InputError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(json.dumps({"ttft_ms": st.ttft_ms, "decode_ms": st.decode_ms, "peak_mb": maxrss_mb(),
+                      "prompt_tokens": st.prompt_tokens}))
     return 0
 
 

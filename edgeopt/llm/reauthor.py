@@ -155,12 +155,15 @@ def reauthor(hf_model: Any, kv_cache_max_len: int, api: types.SimpleNamespace | 
     return model.eval()
 
 
-def reauthored_logits(model: Any, ids: Any, kv_cache_max_len: int, api: types.SimpleNamespace | None = None) -> Any:
-    """Logits (T, vocab) of the re-authored `model` on token ids (1, T), through its KV-cache forward (prefill)."""
+def reauthored_logits(model: Any, ids: Any, kv_cache_max_len: int, api: types.SimpleNamespace | None = None,
+                      kv_layout: str = "default") -> Any:
+    """Logits (T, vocab) of the re-authored `model` on token ids (1, T), through its KV-cache forward (prefill) with
+    the cache in `kv_layout` ("default" or "transposed", see `export.convert`)."""
     import torch  # lazy: heavy
 
     api = api or generative_api()
-    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config)
+    layout = api.kv_cache.KV_LAYOUT_TRANSPOSED if kv_layout == "transposed" else api.kv_cache.KV_LAYOUT_DEFAULT
+    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=layout)
     ids = torch.as_tensor(ids, dtype=torch.int32).reshape(1, -1)
     pos = torch.arange(ids.shape[1], dtype=torch.int32)
     with torch.inference_mode():
@@ -169,7 +172,7 @@ def reauthored_logits(model: Any, ids: Any, kv_cache_max_len: int, api: types.Si
 
 
 def verify(hf_model: Any, model: Any, ids: Any, kv_cache_max_len: int, api: types.SimpleNamespace | None = None,
-           rtol: float = 1e-4) -> dict[str, float]:
+           rtol: float = 1e-4, kv_layout: str = "default") -> dict[str, float]:
     """The re-authored model's logits against the HF model's on `ids`: max abs error, the error relative to the
     logits' scale, and top-1 agreement. Raises InputError when the relative error exceeds `rtol` (a wrong config,
     e.g. SmolLM v1's RoPE base on SmolLM2 weights, shows up here)."""
@@ -178,7 +181,7 @@ def verify(hf_model: Any, model: Any, ids: Any, kv_cache_max_len: int, api: type
     ids_t = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
     with torch.inference_mode():
         ref = hf_model(input_ids=ids_t, use_cache=False).logits[0].float()
-    got = reauthored_logits(model, ids_t, kv_cache_max_len, api)
+    got = reauthored_logits(model, ids_t, kv_cache_max_len, api, kv_layout)
     max_abs = float((ref - got).abs().max())
     rel = max_abs / max(float(ref.abs().max()), 1e-12)
     top1 = float((ref.argmax(-1) == got.argmax(-1)).float().mean())

@@ -31,6 +31,30 @@ def test_prefill_then_decode_matches_hugging_face(tiny_llm):
         np.testing.assert_allclose(s.prefill(IDS[:3]), ref[2], atol=1e-4 * np.abs(ref).max())
 
 
+def test_transposed_kv_cache_layout_computes_the_same_logits(tiny_llm, tmp_path):
+    """The transposed layout (K as (1, kv heads, len, dim), V as (1, kv heads, dim, len), attention without repeated
+    K/V heads) is a different graph with the same function: prefill, decode and score all match Hugging Face."""
+    from edgeopt.analyze.tflite import tflite_info
+    from edgeopt.llm import export as E
+
+    hf, _ = tiny_llm
+    ref = _hf_logits(hf, IDS)
+    out = tmp_path / "t" / "model.tflite"
+    facts = E.convert(hf, out, prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32, kv_layout="transposed")
+    E.write_sidecar(out.parent, facts, None)
+    assert facts["kv_layout"] == "transposed" and facts["verification"]["rel_error"] < 1e-4
+    dec = {t["name"]: t["shape"] for t in tflite_info(out)["signatures"]["decode"]["inputs"]}
+    assert dec["kv_cache_k_0"] == [1, 1, 64, 16] and dec["kv_cache_v_0"] == [1, 1, 16, 64]  # 1 KV head, dim 16
+    with LiteRtLlm(out, threads=1) as s:
+        assert (s.max_prompt, s.max_cache) == (17, 64)
+        got = [s.prefill(IDS[:10])] + [s.decode(t) for t in IDS[10:]]
+        np.testing.assert_allclose(np.stack(got), ref[9:], atol=1e-4 * np.abs(ref).max())
+        np.testing.assert_allclose(s.score(IDS), ref, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(InputError, match="unknown KV cache layout 'sideways'"):
+        E.convert(hf, tmp_path / "x.tflite", kv_layout="sideways")
+    assert not (tmp_path / "x.tflite").exists()
+
+
 def test_score_is_teacher_forced_and_never_nan(tiny_llm):
     hf, d = tiny_llm
     ref = _hf_logits(hf, IDS)

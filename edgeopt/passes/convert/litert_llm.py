@@ -35,11 +35,20 @@ def _hf_model(art: Artifact, pass_name: str) -> Any:
     return lm
 
 
-def _llm_artifact(path: Path, facts: dict[str, Any], art_meta: dict[str, Any], ctx: PassContext) -> Artifact:
+def _llm_artifact(path: Path, facts: dict[str, Any], art_meta: dict[str, Any], ctx: PassContext,
+                  litertlm: bool = False, pass_name: str = "") -> Artifact:
     info = tflite_info(path)
     facts = {**facts, "file_bytes": path.stat().st_size, "weight_dtypes": info["weight_dtypes"]}
     tok = art_meta.get("tokenizer")
     llm_export.write_sidecar(ctx.stage_dir, facts, Path(tok) if tok else None)
+    if litertlm:  # the same .tflite with its tokenizer and metadata, for the LiteRT-LM engine
+        from edgeopt.llm.litertlm import bundle
+
+        try:
+            facts["litertlm"] = bundle(path).name
+        except EdgeoptError as e:
+            raise PassError(f"{pass_name}: {e}") from None
+        llm_export.write_sidecar(ctx.stage_dir, facts, None)
     census = op_census(path)
     ctx.notes["litert_llm"] = {**{k: v for k, v in facts.items() if k != "hf_config"},
                                "signatures": list(info["signatures"]), "census": census_summary(census)}
@@ -66,6 +75,9 @@ class ConvertLiteRtLlm(Pass):
         prefill_lens: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
         kv_cache_max_len: int = Field(default=1024, ge=8)
         score_len: int | None = Field(default=128, ge=2, description="teacher-forced scoring signature (None: none)")
+        kv_layout: Literal["transposed", "default"] = Field(
+            default="transposed", description="KV cache layout: transposed attends per KV group without repeating "
+            "K/V heads (same function; decode 1.23x faster on SmolLM2-135M with a 1024-position cache)")
         quantize: Variant = "none"
         embedding: Embedding = "same"
         attention: Part = Field(default="same", description="the attention blocks' quantization, if not quantize's")
@@ -73,6 +85,8 @@ class ConvertLiteRtLlm(Pass):
         smooth: float | None = Field(default=None, gt=0, lt=1, description="SmoothQuant alpha: move activation "
                                      "outliers into the weights before export (same fp32 function; int8 keeps more)")
         smooth_sequences: int = Field(default=16, ge=1, description="calibration sequences x 128 tokens for smooth")
+        litertlm: bool = Field(default=False, description="also bundle model.litertlm (tokenizer + metadata) for "
+                               "the LiteRT-LM engine; needs kv_layout transposed")
 
         @field_validator("prefill_lens")
         @classmethod
@@ -113,7 +127,8 @@ class ConvertLiteRtLlm(Pass):
             llm_export.check_variant(cfg.quantize, cfg.embedding, hf_shape(hf.config))
             fp32 = ctx.stage_dir / (MODEL if cfg.quantize == "none" else ".fp32.tflite")
             facts = llm_export.convert(hf, fp32, prefill_lens=cfg.prefill_lens,
-                                       kv_cache_max_len=cfg.kv_cache_max_len, score_len=cfg.score_len)
+                                       kv_cache_max_len=cfg.kv_cache_max_len, score_len=cfg.score_len,
+                                       kv_layout=cfg.kv_layout)
             facts["hf_config"] = hf.config.to_dict()
             facts["smooth"] = smoothed
             if cfg.quantize != "none":
@@ -124,7 +139,7 @@ class ConvertLiteRtLlm(Pass):
                              feedforward=cfg.feedforward)
         except EdgeoptError as e:
             raise PassError(f"{self.name}: {e}") from None
-        return _llm_artifact(ctx.stage_dir / MODEL, facts, art.meta, ctx)
+        return _llm_artifact(ctx.stage_dir / MODEL, facts, art.meta, ctx, cfg.litertlm, self.name)
 
 
 @register("quantize.litert_llm")
@@ -138,6 +153,7 @@ class QuantizeLiteRtLlm(Pass):
         embedding: Embedding = "same"
         attention: Part = Field(default="same", description="the attention blocks' quantization, if not variant's")
         feedforward: Part = Field(default="same", description="the feed-forward blocks' quantization, if not variant's")
+        litertlm: bool = Field(default=False, description="also bundle model.litertlm for the LiteRT-LM engine")
 
     accepts = ("tflite",)
     produces = "tflite"
@@ -165,5 +181,5 @@ class QuantizeLiteRtLlm(Pass):
             raise PassError(f"{self.name}: {e}") from None
         facts.update(quantize=cfg.variant, embedding=cfg.embedding, attention=cfg.attention,
                      feedforward=cfg.feedforward)
-        return _llm_artifact(ctx.stage_dir / MODEL, facts, dict(art.meta), ctx)
+        return _llm_artifact(ctx.stage_dir / MODEL, facts, dict(art.meta), ctx, cfg.litertlm, self.name)
 

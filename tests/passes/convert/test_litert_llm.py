@@ -35,6 +35,9 @@ def test_export_is_structurally_an_llm_and_numerically_the_model(exported):
     facts = json.loads((out.path.parent / "llm.json").read_text())
     assert facts["prefill_lens"] == [8, 16] and facts["kv_cache_max_len"] == 48 and "hf_config" in facts
     assert facts["smooth"]["alpha"] == 0.5 and facts["smooth"]["sequences"] == 2
+    assert facts["kv_layout"] == "transposed"  # the default: K (1, KV heads, 48, dim), V (1, KV heads, dim, 48)
+    dec = {t["name"]: t["shape"] for t in tflite_info(out.path)["signatures"]["decode"]["inputs"]}
+    assert dec["kv_cache_k_0"][2] == 48 and dec["kv_cache_v_0"][3] == 48
     ids = [int(t) for t in (np.arange(12) * 101 + 7) % 32000]
     with torch.no_grad():
         ref = art.module.lm(input_ids=torch.tensor([ids])).logits[0].numpy()
@@ -50,6 +53,11 @@ def test_quantize_from_the_fp32_export(exported, tmp_path):
     facts = json.loads((q.path.parent / "llm.json").read_text())
     assert facts["quantize"] == "dynamic_int8" and facts["feedforward"] == "dynamic_int4_block32"
     assert q.size_bytes < 0.4 * out.size_bytes and q.meta["llm"]["prefill_lens"] == [8, 16]
+    # a bundle for the LiteRT-LM engine needs the model's tokenizer, which this tiny model has none of
+    with pytest.raises(PassError, match="quantize.litert_llm: .*no tokenizer.json"):
+        build_pass("quantize.litert_llm", {"variant": "dynamic_int8", "litertlm": True})(
+            out, PassContext(stage_dir=tmp_path / "lm"))
+    assert not (tmp_path / "lm" / "model.litertlm").exists()
     with pytest.raises(PassError, match="already quantized"):
         build_pass("quantize.litert_llm", {"variant": "fp16"})(q, PassContext(stage_dir=tmp_path / "qq"))
     assert not (tmp_path / "qq" / "model.tflite").exists()
