@@ -268,6 +268,31 @@ def test_generate_bad_input_is_one_line(tiny_chat_llm, args, match):
     assert r.exit_code != 0 and match in r.output and "Traceback" not in r.output
 
 
+def test_litertlm_bundles_and_generates_on_the_engine(tiny_chat_llm, tmp_path):
+    pytest.importorskip("litert_lm")
+    from edgeopt.llm import export as E
+    from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
+
+    # the default-layout export is refused with one line, and nothing is written
+    r = runner.invoke(app, ["litertlm", str(tiny_chat_llm)])
+    assert r.exit_code != 0 and "transposed layout" in r.output and "Traceback" not in r.output
+    assert not list(tiny_chat_llm.glob("*.litertlm"))
+    hf = tinyllama({**TINYLLAMA_MINI, "vocab_size": 16, "num_hidden_layers": 1, "eos_token_id": 2})
+    d = tmp_path / "t"
+    facts = E.convert(hf, d / "model.tflite", prefill_lens=(8,), kv_cache_max_len=24, score_len=None,
+                      kv_layout="transposed")
+    E.write_sidecar(d, facts, tiny_chat_llm.parent / "tok")
+    r = runner.invoke(app, ["litertlm", str(d), "-o", str(tmp_path / "b.litertlm")])
+    assert r.exit_code == 0 and "b.litertlm" in r.output, r.output
+    r = runner.invoke(app, ["generate", str(tmp_path / "b.litertlm"), "-p", "the capital of france is", "-n", "3",
+                            "--no-chat", "--json", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    assert "LiteRT-LM" in out["runtime"] and out["prompt_tokens"] == 6 and 1 <= out["new_tokens"] <= 3
+    r = runner.invoke(app, ["generate", str(tmp_path / "b.litertlm"), "-p", "hi", "-n", "0", "--threads", "1"])
+    assert r.exit_code != 0 and "max_new_tokens must be >= 1" in r.output and "Traceback" not in r.output
+
+
 def test_generate_missing_model(tmp_path):
     r = runner.invoke(app, ["generate", str(tmp_path / "nope"), "-p", "hi"])
     assert r.exit_code != 0 and "no such file or folder" in r.output

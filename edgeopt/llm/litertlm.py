@@ -138,14 +138,18 @@ class LiteRtLmGenerator:
 
     def __init__(self, path: str | Path, threads: int = 2, activations: str = "float32"):
         self.session = LiteRtLmEngine(path, threads, activations)
-        self.tokenizer = load_tokenizer(self.session.path.parent)
+        folder = self.session.path.parent
+        # the bundle holds the tokenizer the engine uses; the Hugging Face one beside it (an exported stage folder)
+        # adds the chat template, which a bundle copied elsewhere goes without
+        self.tokenizer = (load_tokenizer(folder) if any((folder / n).is_file() for n in ("tokenizer.json",
+                          "tokenizer.model")) else None)
         self.stats = GenerationStats()
 
     def prompt_text(self, prompt: str, chat: bool | None = None) -> str:
         """The text the engine gets: the chat template's (without its leading start token, which the engine adds)
         when the tokenizer has one and `chat` is not False, else `prompt`."""
         tok = self.tokenizer
-        has_template = bool(getattr(tok, "chat_template", None))
+        has_template = tok is not None and bool(getattr(tok, "chat_template", None))
         if chat and not has_template:
             raise InputError("the tokenizer has no chat template (use the raw prompt: chat off)")
         if not has_template or chat is False:
@@ -157,6 +161,8 @@ class LiteRtLmGenerator:
 
     def stream(self, prompt: str, *, max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                chat: bool | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         text = self.prompt_text(prompt, chat)
         n_prompt = len(self.session.tokenize(text)) + 1  # the engine adds the start token
         cache = self.session.max_cache

@@ -312,6 +312,8 @@ def _engine_child(a: Any) -> int:
 
     try:
         gen = LiteRtLmGenerator(a.model, a.threads)
+        if gen.tokenizer is None:
+            raise InputError(f"{a.model}: timing needs the Hugging Face tokenizer beside the bundle")
         ids = (json.loads(Path(a.prompt_file).read_text()) if a.prompt_file else
                [int(t) for t in np.random.default_rng(0).integers(3, len(gen.tokenizer), a.prompt_tokens)])
         text = gen.tokenizer.decode(ids, skip_special_tokens=True)
