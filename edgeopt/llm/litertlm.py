@@ -170,14 +170,14 @@ class LiteRtLmGenerator:
             raise InputError(f"the prompt ({n_prompt} tokens) does not fit the KV cache ({cache} tokens)")
         self.stats = st = GenerationStats(prompt_tokens=n_prompt)
         sess = self.session.session(max_new_tokens, sampling)
-        sent = ""
+        sent, chunks, done = "", None, False
         try:
             t0 = time.perf_counter()
             try:
                 sess.run_prefill([text])
                 chunks = sess.run_decode_async()
                 last = None
-                for resp in chunks:
+                for resp in chunks:  # one chunk per token that adds text (the engine skips empty ones)
                     now = time.perf_counter()
                     if last is None:
                         st.ttft_ms = (now - t0) * 1000
@@ -193,17 +193,24 @@ class LiteRtLmGenerator:
                         if tail:
                             yield tail
                         st.stopped = "stop string"
-                        sess.cancel_process()
                         return
                     sent += piece
                     if piece:
                         yield piece
+                done = True
             except InputError:
                 raise
             except Exception as e:
                 raise InputError(f"{self.session.path}: the LiteRT-LM engine failed: {first_line(e, 200)}") from None
             st.stopped = "max tokens" if st.new_tokens >= max_new_tokens else "eos"
         finally:
+            if chunks is not None and not done:  # stopped early (stop string, or the caller stopped reading):
+                sess.cancel_process()             # cancel the engine's decode and let its stream end before closing
+                try:
+                    for _ in chunks:
+                        pass
+                except Exception:  # the cancelled stream's own error
+                    pass
             sess.close()
 
     def generate(self, prompt: str, **kw: Any) -> Any:

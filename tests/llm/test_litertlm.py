@@ -68,6 +68,13 @@ def test_bundle_runs_on_the_engine_like_the_model_it_holds(word_llm):
         st = res.stats
         assert st.prompt_tokens == 6 and st.ttft_ms > 0 and st.new_tokens >= len(ref)
         assert st.stopped == ("max tokens" if len(ref) == 10 else "eos")
+        it = gen.stream(prompt, max_new_tokens=10, chat=False)
+        assert next(it)
+        it.close()  # the caller stops reading: the engine's decode is cancelled, the engine stays usable
+        assert gen.generate(prompt, max_new_tokens=10, chat=False).text == res.text
+        word = res.text.split()[1]
+        cut = gen.generate(prompt, max_new_tokens=10, chat=False, stop=[word])
+        assert cut.text == res.text[:res.text.find(word)] and gen.stats.stopped == "stop string"
         with pytest.raises(InputError, match="does not fit the KV cache \\(64"):
             list(gen.stream(" ".join(["the"] * 70), chat=False))
     finally:
