@@ -158,3 +158,21 @@ def two_node_ray_executor():
             ex.close()
     finally:
         cluster.shutdown()
+
+
+WORDS = ["<unk>", "<s>", "</s>", "the", "capital", "of", "france", "is", "paris", "a", "city", "user", ":",
+         "assistant", "hello", "world"]
+
+
+def word_tokenizer(chat_template: str | None = None):
+    """A real Hugging Face fast tokenizer over the 16 `WORDS` (built in code, no download): <s> / </s> are BOS / EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if chat_template:
+        t.chat_template = chat_template
+    return t

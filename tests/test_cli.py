@@ -226,20 +226,12 @@ def test_profile_of_a_tflite_shows_its_op_census_and_says_why(tmp_path, tiny_con
 @pytest.fixture(scope="module")
 def tiny_chat_llm(tmp_path_factory):
     """A 1-block Llama over a 16-word tokenizer, exported for LiteRT with the tokenizer beside it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from edgeopt.llm import export as E
     from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
+    from helpers import word_tokenizer
 
-    words = ["<unk>", "<s>", "</s>", "the", "capital", "of", "france", "is", "paris", "a", "city", "user", ":",
-             "assistant", "hello", "world"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
     d = tmp_path_factory.mktemp("chat_llm")
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(d / "tok")
+    word_tokenizer().save_pretrained(d / "tok")
     hf = tinyllama({**TINYLLAMA_MINI, "vocab_size": 16, "num_hidden_layers": 1, "eos_token_id": 2})
     facts = E.convert(hf, d / "llm" / "model.tflite", prefill_lens=(8,), kv_cache_max_len=24, score_len=None)
     E.write_sidecar(d / "llm", facts, d / "tok")

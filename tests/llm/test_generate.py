@@ -87,19 +87,9 @@ def test_bad_sampling_settings(kw, match):
 @pytest.fixture(scope="module")
 def word_tokenizer():
     """A real Hugging Face fast tokenizer over 16 words (built in code), with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from helpers import word_tokenizer
 
-    words = ["<unk>", "<s>", "</s>", "the", "capital", "of", "france", "is", "paris", "a", "city", "user", ":",
-             "assistant", "hello", "world"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece(prefix="##")
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    t.chat_template = "{% for m in messages %}user : {{ m['content'] }} {% endfor %}assistant :"
-    return t
+    return word_tokenizer("{% for m in messages %}user : {{ m['content'] }} {% endfor %}assistant :")
 
 
 def test_generator_streams_text_applies_the_chat_template_and_stops(word_tokenizer):

@@ -18,18 +18,11 @@ from edgeopt.llm.generate import Sampling, open_generator  # noqa: E402
 def word_llm(tmp_path_factory):
     """A 1-block TinyLlama-layout LM over a 16-word tokenizer (built in code; random weights), exported with the
     transposed KV cache and bundled: (hf model, tokenizer, stage folder, .litertlm path)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from edgeopt.llm import export as E
     from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
+    from helpers import word_tokenizer
 
-    words = ["<unk>", "<s>", "</s>", "the", "capital", "of", "france", "is", "paris", "a", "city", "user", ":",
-             "assistant", "hello", "world"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    t = word_tokenizer()
     torch.manual_seed(0)
     hf = tinyllama({**TINYLLAMA_MINI, "num_hidden_layers": 1, "vocab_size": 16, "bos_token_id": 1,
                     "eos_token_id": 2})
