@@ -7,7 +7,9 @@ Every decode step attends over the whole cache and writes its new K/V into it, s
 per query head (grouped-query attention through `repeat_interleave`) and transposes the result on every token;
 the transposed layout (K (1, KV heads, len, dim), V (1, KV heads, dim, len)) attends per KV group with one
 batched matmul and repeats nothing. Prints the CPU flags, decode tok/s and TTFT per export, and the ratio to the
-default layout at the longest cache. Exports are kept in `--out` and reused (a conversion takes minutes).
+default layout at the longest cache. One more export (`--windows`) has the longest cache, transposed, plus
+`decode_<W>` signatures that attend over the first W positions only: the decode loop picks the smallest window
+that holds the position, so a short conversation decodes at a short cache's speed in a long cache. Exports are kept in `--out` and reused (a conversion takes minutes).
 
     .venv/bin/python benchmarks/llm_kv.py [--out runs/bench-llm-kv] [--caches 256 1024] [--layouts default transposed]
 """
@@ -20,8 +22,9 @@ import sys
 from pathlib import Path
 
 
-def export(hf, folder: Path, d: Path, kv: int, layout: str, console) -> Path:
-    """The dynamic int8 export with a `kv`-position cache in `layout` (converted once, then reused)."""
+def export(hf, folder: Path, d: Path, kv: int, layout: str, console, windows: tuple[int, ...] = ()) -> Path:
+    """The dynamic int8 export with a `kv`-position cache in `layout` and `windows` decode windows (converted once,
+    then reused)."""
     from edgeopt.llm import export as E
 
     q = d / "int8" / "model.tflite"
@@ -29,8 +32,10 @@ def export(hf, folder: Path, d: Path, kv: int, layout: str, console) -> Path:
         return q
     fp32 = d / "fp32" / "model.tflite"
     if not fp32.exists():
-        console.print(f"converting: {kv}-position cache, {layout} layout (~3-6 min) …")
-        facts = E.convert(hf, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv, score_len=None, kv_layout=layout)
+        console.print(f"converting: {kv}-position cache, {layout} layout{f', windows {windows}' if windows else ''} "
+                      "(~3-6 min) …")
+        facts = E.convert(hf, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv, score_len=None, kv_layout=layout,
+                          decode_windows=windows)
         facts.update(hf_config=hf.config.to_dict())
         E.write_sidecar(fp32.parent, facts, folder)
     E.quantize_file(fp32, q, "dynamic_int8", hf.config)
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bench-llm-kv")
     ap.add_argument("--caches", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--layouts", nargs="+", default=["default", "transposed"], choices=("default", "transposed"))
+    ap.add_argument("--windows", type=int, nargs="*", default=[256, 512],
+                    help="decode windows of one more export: the longest cache, transposed, with decode_<W> "
+                         "signatures (none: leave it out)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
@@ -69,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         for layout in args.layouts:
             rows[f"{kv} positions, {layout}"] = (export(hf, folder, Path(args.out) / f"kv{kv}-{layout}", kv, layout,
                                                        console), "litert")
+    if args.windows:
+        kv = max(args.caches)
+        w = tuple(sorted(x for x in args.windows if x < kv))
+        rows[f"{kv} positions, transposed, windows {'/'.join(map(str, w))}"] = (
+            export(hf, folder, Path(args.out) / f"kv{kv}-transposed-w{'-'.join(map(str, w))}", kv, "transposed",
+                   console, w), "litert")
     del hf
     prompt = lm.prompt_ids(load_tokenizer(folder), 128)
     with console.status("timing: a child process per export and round …"):

@@ -18,9 +18,9 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from edgeopt.artifact import write_bytes_atomic
 from edgeopt.errors import InputError, first_line
@@ -96,15 +96,61 @@ def ai_edge_recipe(variant: str, embedding: str = "same", attention: str = "same
     return rm.get_quantization_recipe()
 
 
+_WINDOW: list[int] = []  # the attention window of the decode signature being traced (see `_windowed_attention`)
+
+
+@contextmanager
+def _windowed_attention(api: Any) -> Iterator[None]:
+    """While converting, litert-torch's transposed-layout attention attends over the first `_WINDOW[-1]` cache
+    positions only (K, V and the mask sliced before the matmuls) when a `decode_<W>` signature is traced; the cache
+    update before it is unchanged. Written here because the Generative API sizes attention by the whole cache."""
+    from litert_torch.generative.layers import scaled_dot_product_attention as sdpa  # lazy: optional extra
+
+    original = sdpa.scaled_dot_product_attention_transposed
+
+    def attend(query: Any, key: Any, value: Any, head_size: int, mask: Any = None, **kw: Any) -> Any:
+        if _WINDOW and mask is not None:
+            w = _WINDOW[-1]
+            key, value, mask = key[:, :, :w, :], value[:, :, :, :w], mask[..., :w]
+        return original(query, key, value, head_size, mask=mask, **kw)
+
+    sdpa.scaled_dot_product_attention_transposed = attend
+    try:
+        yield
+    finally:
+        sdpa.scaled_dot_product_attention_transposed = original
+
+
+def _windowed(exportable: Any, window: int) -> Any:
+    """`exportable` (a litert-torch ExportableModule) traced with a `window`-position attention window."""
+
+    class Windowed(type(exportable)):  # type: ignore[misc]
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            _WINDOW.append(window)
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                _WINDOW.pop()
+
+    exportable.__class__ = Windowed
+    return exportable
+
+
 def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128), kv_cache_max_len: int = 1024,
-            score_len: int | None = 128, verify_ids: Any = None, kv_layout: str = "default") -> dict[str, Any]:
+            score_len: int | None = 128, verify_ids: Any = None, kv_layout: str = "default",
+            decode_windows: Sequence[int] = ()) -> dict[str, Any]:
     """Re-author `hf_model`, check it against the HF logits on `verify_ids`, and write the fp32 multi-signature
     .tflite to `out` (atomically). Returns the facts llm.json records (signatures, shape, verification).
 
     `kv_layout`: "default" caches K and V as (1, len, kv heads, dim) and attends through repeated K/V heads
     (grouped-query attention materializes every K/V head once per query head, every token); "transposed" caches
     K as (1, kv heads, len, dim) and V as (1, kv heads, dim, len) and attends with one batched matmul per KV
-    group, so nothing is repeated (litert-torch's `KV_LAYOUT_TRANSPOSED`)."""
+    group, so nothing is repeated (litert-torch's `KV_LAYOUT_TRANSPOSED`).
+
+    `decode_windows` (transposed layout only): extra `decode_<W>` signatures that attend over the first W cache
+    positions only, so a decode step costs what the tokens in the cache need rather than what the whole cache
+    holds; they read and write the same cache as `decode`, and a runtime picks the smallest W above the position
+    (`LiteRtLlm` does)."""
     import torch  # lazy: heavy
 
     shape = hf_shape(hf_model.config)
@@ -117,6 +163,12 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"score_len {score_len} is longer than the KV cache ({kv_cache_max_len})")
     if kv_layout not in KV_LAYOUTS:
         raise InputError(f"unknown KV cache layout {kv_layout!r} (one of: {', '.join(KV_LAYOUTS)})")
+    windows = sorted({int(w) for w in decode_windows})
+    if windows and kv_layout != "transposed":
+        raise InputError("decode windows need the transposed KV cache layout (kv_layout: transposed)")
+    if windows and (windows[0] < 1 or windows[-1] >= kv_cache_max_len):
+        raise InputError(f"decode windows must be between 1 and the KV cache length ({kv_cache_max_len}) "
+                         f"exclusive, got {windows}")
     api = generative_api()
     from litert_torch._convert import interface as converter_utils  # lazy: optional extra
 
@@ -135,7 +187,8 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
 
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     try:  # tracing loads the converter's native libraries, which print absl / oneDNN lines: held back
-        with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
+        with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings(), \
+                _windowed_attention(api):
             warnings.simplefilter("ignore")
             conv = converter_utils.Converter()
             mod = Exportable(model, export_config=plain).eval()
@@ -146,6 +199,10 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
             conv.add_signature("decode", mod, sample_kwargs={
                 "tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros((1,), dtype=torch.int32),
                 "kv_cache": kv})
+            for w in windows:
+                conv.add_signature(f"decode_{w}", _windowed(Exportable(model, export_config=plain).eval(), w),
+                                   sample_kwargs={"tokens": torch.zeros((1, 1), dtype=torch.int32),
+                                                  "input_pos": torch.zeros((1,), dtype=torch.int32), "kv_cache": kv})
             if score_len:
                 conv.add_signature(f"score_{score_len}", Exportable(model, export_config=scoring).eval(),
                                    sample_kwargs={"tokens": torch.zeros((1, score_len), dtype=torch.int32),
@@ -156,7 +213,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, bytes(content))
-    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout,
+    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout, "decode_windows": windows,
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",
             "embedding": "same", "verification": checked,
             "rope_base": float(model.config.block_config(0).attn_config.rotary_base)}

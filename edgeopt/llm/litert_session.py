@@ -2,8 +2,10 @@
 
 The KV cache is one set of LiteRT tensor buffers (made with `create_input_buffer_by_name`) passed as both the
 input and the output of every signature, so no call copies the cache: the Interpreter's signature runner copies
-the whole cache (11.8 MB for SmolLM2-135M at 1024 positions) in and out on every token, which a probe on an
-AVX2 EPYC measured as 17-46 % slower decoding. Prefill signatures return no logits (litert-torch's layout):
+the whole cache (11.8 MB for SmolLM2-135M at 256 positions) in and out on every token, which a probe on an
+AVX2 EPYC measured as 17-46 % slower decoding. A decode step runs the smallest `decode_<W>` signature whose
+window holds the position (attention over W positions instead of the whole cache), else `decode`. Prefill
+signatures return no logits (litert-torch's layout):
 `prefill(ids)` runs the smallest `prefill_<N>` that holds ids[:-1] (zero-padded; the padded positions are
 overwritten before any later position attends to them, the causal mask hides them until then) and decodes the
 last prompt token, whose logits predict the first new token.
@@ -104,6 +106,9 @@ class LiteRtLlm:
                                    if k.startswith("prefill_") and k.split("_", 1)[1].isdigit())
         self.score_lens = sorted(int(k.split("_", 1)[1]) for k in self.signatures
                                  if k.startswith("score_") and k.split("_", 1)[1].isdigit())
+        # decode_<W>: decode attending over the first W positions (export.convert's decode_windows)
+        self.decode_windows = sorted(int(k.split("_", 1)[1]) for k in self.signatures
+                                     if k.startswith("decode_") and k.split("_", 1)[1].isdigit())
         dec = self.signatures["decode"]
         self._kv_names = [t["name"] for t in dec["inputs"] if t["name"].startswith("kv_cache_")]
         kv_specs = {t["name"]: t for t in dec["inputs"] if t["name"] in self._kv_names}
@@ -182,7 +187,8 @@ class LiteRtLlm:
     def decode(self, token: int) -> np.ndarray:
         if self.position >= self.max_cache:
             raise InputError(f"the KV cache is full ({self.max_cache} tokens)")
-        logits = self._run("decode", np.array([[int(token)]], dtype=np.int32),
+        window = next((w for w in self.decode_windows if w > self.position), None)
+        logits = self._run("decode" if window is None else f"decode_{window}", np.array([[int(token)]], dtype=np.int32),
                            np.array([self.position], dtype=np.int32))
         self.position += 1
         return logits[0]
