@@ -20,7 +20,8 @@ fails):
 - an int4 variant is listed and keeps the France answer.
 
     .venv/bin/python benchmarks/llm.py [--out runs/bench-llm] [--repeats 3] [--decode-tokens 64] [--sequences 64]
-                                       [--kv-cache 1024] [--kv-layout transposed] [--engine ROW ...]
+                                       [--kv-cache 1024] [--kv-layout transposed] [--decode-windows W ...]
+                                       [--engine ROW ...]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgeopt.report.claims import Claim, statement
 
@@ -58,7 +59,7 @@ def _slug(label: str) -> str:
 
 
 def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None = None, kv_cache: int = 1024,
-             kv_layout: str = "default") -> dict[str, Any]:
+             kv_layout: str = "default", windows: Sequence[int] = ()) -> dict[str, Any]:
     """The fp32 export in `d` (converted once; reused when there)."""
     from edgeopt.llm import export as E
 
@@ -77,13 +78,14 @@ def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None 
             cal = heldout_sequences(load_tokenizer(folder), 16, 128, start=0, seed=7)
             smoothed = sq(model, cal, smooth)
         facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
-                          kv_layout=kv_layout)
+                          kv_layout=kv_layout, decode_windows=windows)
         facts.update(hf_config=hf.config.to_dict(), smooth=smoothed)
         E.write_sidecar(d, facts, folder)
     return E.read_sidecar(d)
 
 
-def exports(folder: Path, out: Path, console: Any, kv_cache: int = 1024, kv_layout: str = "default") -> dict[str, Path]:
+def exports(folder: Path, out: Path, console: Any, kv_cache: int = 1024, kv_layout: str = "default",
+            windows: Sequence[int] = ()) -> dict[str, Path]:
     """The LiteRT files (converted once per fp32 export, then quantized per variant), reused when in `out`."""
     from transformers import AutoModelForCausalLM
 
@@ -93,10 +95,11 @@ def exports(folder: Path, out: Path, console: Any, kv_cache: int = 1024, kv_layo
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
     for variants, fp32_label, smooth in ((LITERT, "LiteRT fp32", None), (SMOOTHED, "LiteRT SQ fp32", 0.5)):
         fp32_dir = out / _slug(fp32_label)
-        facts = _convert(hf, folder, fp32_dir, console, smooth, kv_cache, kv_layout)
-        if (facts["kv_cache_max_len"], facts.get("kv_layout", "default")) != (kv_cache, kv_layout):
-            raise SystemExit(f"error: {fp32_dir} holds an export with a {facts['kv_cache_max_len']}-position "
-                             f"{facts.get('kv_layout', 'default')} KV cache; use another --out")
+        facts = _convert(hf, folder, fp32_dir, console, smooth, kv_cache, kv_layout, windows)
+        got = (facts["kv_cache_max_len"], facts.get("kv_layout", "default"), facts.get("decode_windows", []))
+        if got != (kv_cache, kv_layout, sorted(windows)):
+            raise SystemExit(f"error: {fp32_dir} holds an export with a {got[0]}-position {got[1]} KV cache and "
+                             f"decode windows {got[2]}; use another --out")
         for label, kw in variants.items():
             d = out / _slug(label)
             if kw is not None and not (d / "model.tflite").exists():
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-cache", type=int, default=1024, help="KV cache positions of the LiteRT exports")
     ap.add_argument("--kv-layout", default="transposed", choices=("default", "transposed"),
                     help="KV cache layout of the LiteRT exports (see edgeopt.llm.export.convert)")
+    ap.add_argument("--decode-windows", type=int, nargs="*", default=[],
+                    help="decode_<W> signatures attending over the first W positions (transposed layout)")
     ap.add_argument("--engine", nargs="*", default=["LiteRT SQ dynamic int8", "LiteRT SQ dynamic int8, wo-int8 output"],
                     help="LiteRT rows also bundled as .litertlm and timed on the LiteRT-LM engine (transposed "
                          "layout only)")
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print("building the ONNX Runtime GenAI int8 model with its model builder …")
             build_ortgenai(folder, og, precision="int8")
         rows["ORT GenAI int8"] = (og, "ortgenai")
-    for label, path in exports(folder, out, console, args.kv_cache, args.kv_layout).items():
+    for label, path in exports(folder, out, console, args.kv_cache, args.kv_layout, args.decode_windows).items():
         rows[label] = (path, "litert")
     engine_of: dict[str, str] = {}  # LiteRT-LM engine row -> the LiteRT row whose .tflite it bundles
     if args.kv_layout == "transposed":

@@ -243,6 +243,7 @@ def quantize_file(src: Path, out: Path, variant: str, hf_config: Any, embedding:
             content = translate_recipe.quantize_model(Path(src).read_bytes(), recipe)
     except Exception as e:
         raise InputError(f"the LiteRT quantizer failed on {variant}: {first_line(e, 200)}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, bytes(content))
 
 
