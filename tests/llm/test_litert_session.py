@@ -42,7 +42,7 @@ def test_transposed_kv_cache_layout_and_decode_windows_compute_the_same_logits(t
     ids = [int(x) for x in (np.arange(40) * 37 + 5) % 32000]
     ref = _hf_logits(hf, ids)
     out = tmp_path / "t" / "model.tflite"
-    facts = E.convert(hf, out, prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32, kv_layout="transposed",
+    facts = E.convert(hf, out, prefill_lens=(8,), kv_cache_max_len=64, score_len=32, kv_layout="transposed",
                       decode_windows=(32, 16))
     E.write_sidecar(out.parent, facts, None)
     assert facts["kv_layout"] == "transposed" and facts["verification"]["rel_error"] < 1e-4
@@ -52,14 +52,14 @@ def test_transposed_kv_cache_layout_and_decode_windows_compute_the_same_logits(t
     assert dec["kv_cache_k_0"] == [1, 1, 64, 16] and dec["kv_cache_v_0"] == [1, 1, 16, 64]  # 1 KV head, dim 16
     assert {t["name"]: t["shape"] for t in sigs["decode_16"]["inputs"]} == dec  # the same cache buffers
     with LiteRtLlm(out, threads=1) as s:
-        assert (s.max_prompt, s.max_cache, s.decode_windows) == (17, 64, [16, 32])
+        assert (s.max_prompt, s.max_cache, s.decode_windows) == (9, 64, [16, 32])
         ran = []
         run = s._run
         s._run = lambda sig, *a: ran.append(sig) or run(sig, *a)
-        # positions 9-15 decode in the 16-window, 16-31 in the 32-window, 32-39 over the whole cache
-        got = [s.prefill(ids[:10])] + [s.decode(t) for t in ids[10:]]
-        np.testing.assert_allclose(np.stack(got), ref[9:], atol=1e-4 * np.abs(ref).max())
-        assert ran.count("decode_16") == 7 and ran.count("decode_32") == 16 and ran.count("decode") == 8
+        # positions 8-15 decode in the 16-window, 16-31 in the 32-window, 32-39 over the whole cache
+        got = [s.prefill(ids[:9])] + [s.decode(t) for t in ids[9:]]
+        np.testing.assert_allclose(np.stack(got), ref[8:], atol=1e-4 * np.abs(ref).max())
+        assert ran.count("decode_16") == 8 and ran.count("decode_32") == 16 and ran.count("decode") == 8
         np.testing.assert_allclose(s.score(ids[:24]), ref[:24], atol=1e-4 * np.abs(ref).max())
     with pytest.raises(InputError, match="unknown KV cache layout 'sideways'"):
         E.convert(hf, tmp_path / "x.tflite", kv_layout="sideways")

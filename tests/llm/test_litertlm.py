@@ -17,7 +17,7 @@ from edgeopt.llm.generate import Sampling, open_generator  # noqa: E402
 @pytest.fixture(scope="module")
 def word_llm(tmp_path_factory):
     """A 1-block TinyLlama-layout LM over a 16-word tokenizer (built in code; random weights), exported with the
-    transposed KV cache and bundled: (hf model, tokenizer, stage folder, .litertlm path)."""
+    transposed KV cache and a decode window, and bundled: (hf model, tokenizer, stage folder, .litertlm path)."""
     from edgeopt.llm import export as E
     from edgeopt.zoo.llm import TINYLLAMA_MINI, tinyllama
     from helpers import word_tokenizer
@@ -28,8 +28,9 @@ def word_llm(tmp_path_factory):
                     "eos_token_id": 2})
     d = tmp_path_factory.mktemp("word_llm")
     t.save_pretrained(d / "tok")
+    # with a decode window: the engine runs `decode` and leaves decode_<W> alone
     facts = E.convert(hf, d / "stage" / "model.tflite", prefill_lens=(8, 16), kv_cache_max_len=64, score_len=None,
-                      kv_layout="transposed")
+                      kv_layout="transposed", decode_windows=(32,))
     E.write_sidecar(d / "stage", facts, d / "tok")
     return hf, t, d / "stage", LM.bundle(d / "stage")
 
