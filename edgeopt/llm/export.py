@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from edgeopt.artifact import write_bytes_atomic
 from edgeopt.errors import InputError, first_line
-from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, reauthor, verify
+from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, kv_layout_of, reauthor, verify
 
 VARIANTS = ("none", "dynamic_int8", "weight_only_int8", "fp16", "dynamic_int4_block32", "dynamic_int4_block64",
             "dynamic_int4_block128")
@@ -100,7 +100,7 @@ _WINDOW: list[int] = []  # the attention window of the decode signature being tr
 
 
 @contextmanager
-def _windowed_attention(api: Any) -> Iterator[None]:
+def _windowed_attention() -> Iterator[None]:
     """While converting, litert-torch's transposed-layout attention attends over the first `_WINDOW[-1]` cache
     positions only (K, V and the mask sliced before the matmuls) when a `decode_<W>` signature is traced; the cache
     update before it is unchanged. Written here because the Generative API sizes attention by the whole cache."""
@@ -179,7 +179,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     ids = verify_ids if verify_ids is not None else (torch.arange(min(32, lens[-1])) * 7919 + 13) % shape.vocab_size
     checked = verify(hf_model, model, ids, kv_cache_max_len, api, kv_layout=kv_layout)
     ExportConfig, Exportable = api.export_config.ExportConfig, api.converter.ExportableModule
-    layout = api.kv_cache.KV_LAYOUT_TRANSPOSED if kv_layout == "transposed" else api.kv_cache.KV_LAYOUT_DEFAULT
+    layout = kv_layout_of(api, kv_layout)
     plain = ExportConfig(kvcache_layout=layout)
     scoring = ExportConfig(output_logits_on_prefill=True, kvcache_layout=layout)
     kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=plain.kvcache_layout)
@@ -188,7 +188,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     try:  # tracing loads the converter's native libraries, which print absl / oneDNN lines: held back
         with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings(), \
-                _windowed_attention(api):
+                _windowed_attention():
             warnings.simplefilter("ignore")
             conv = converter_utils.Converter()
             mod = Exportable(model, export_config=plain).eval()
@@ -213,7 +213,8 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, bytes(content))
-    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout, "decode_windows": windows,
+    return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout,
+            "decode_windows": windows,
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",
             "embedding": "same", "verification": checked,
             "rope_base": float(model.config.block_config(0).attn_config.rotary_base)}

@@ -116,13 +116,19 @@ def stop_ids(tokenizer: Any, folder: str | Path | None = None) -> set[int]:
     return ids
 
 
+def use_chat_template(tokenizer: Any, chat: bool | None) -> bool:
+    """Whether a prompt goes through the tokenizer's chat template: when it has one and `chat` is not False
+    (None = when present); a one-line error when `chat` asks for a template the tokenizer (or None) lacks."""
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise InputError("the tokenizer has no chat template (use the raw prompt: chat off)")
+    return has_template and chat is not False
+
+
 def encode(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[int]:
     """Token ids of `prompt`: through the tokenizer's chat template as one user turn when it has one and `chat`
     is not False (None = when present), else the raw text with the tokenizer's own special tokens."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat and not has_template:
-        raise InputError("the tokenizer has no chat template (use the raw prompt: chat off)")
-    if has_template and chat is not False:
+    if use_chat_template(tokenizer, chat):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding

@@ -112,7 +112,7 @@ class LiteRtLlm:
         dec = self.signatures["decode"]
         self._kv_names = [t["name"] for t in dec["inputs"] if t["name"].startswith("kv_cache_")]
         kv_specs = {t["name"]: t for t in dec["inputs"] if t["name"] in self._kv_names}
-        # positions: the sidecar's (in the transposed layout K is (1, kv heads, len, dim) and V (1, kv heads, dim, len))
+        # positions: the sidecar's (transposed layout: K is (1, kv heads, len, dim), V (1, kv heads, dim, len))
         self.max_cache = int(self.facts["kv_cache_max_len"])
         logits = next(t for t in dec["outputs"] if t["name"] == "logits")
         self.vocab_size = int(logits["shape"][-1])
@@ -188,8 +188,8 @@ class LiteRtLlm:
         if self.position >= self.max_cache:
             raise InputError(f"the KV cache is full ({self.max_cache} tokens)")
         window = next((w for w in self.decode_windows if w > self.position), None)
-        logits = self._run("decode" if window is None else f"decode_{window}", np.array([[int(token)]], dtype=np.int32),
-                           np.array([self.position], dtype=np.int32))
+        sig = "decode" if window is None else f"decode_{window}"
+        logits = self._run(sig, np.array([[int(token)]], dtype=np.int32), np.array([self.position], dtype=np.int32))
         self.position += 1
         return logits[0]
 

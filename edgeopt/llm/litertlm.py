@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
 from edgeopt.llm.export import read_sidecar
-from edgeopt.llm.generate import GenerationStats, Sampling, load_tokenizer, stop_ids
+from edgeopt.llm.generate import GenerationStats, Sampling, load_tokenizer, stop_ids, use_chat_template
 from edgeopt.llm.litert_session import find_tflite
 from edgeopt.measure.litert import quiet_native_stderr
 
@@ -149,10 +149,7 @@ class LiteRtLmGenerator:
         """The text the engine gets: the chat template's (without its leading start token, which the engine adds)
         when the tokenizer has one and `chat` is not False, else `prompt`."""
         tok = self.tokenizer
-        has_template = tok is not None and bool(getattr(tok, "chat_template", None))
-        if chat and not has_template:
-            raise InputError("the tokenizer has no chat template (use the raw prompt: chat off)")
-        if not has_template or chat is False:
+        if not use_chat_template(tok, chat):
             return prompt
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                        tokenize=False)

@@ -155,6 +155,11 @@ def reauthor(hf_model: Any, kv_cache_max_len: int, api: types.SimpleNamespace | 
     return model.eval()
 
 
+def kv_layout_of(api: types.SimpleNamespace, kv_layout: str) -> Any:
+    """litert-torch's KV cache layout for edgeopt's name of it ("default" or "transposed", see `export.convert`)."""
+    return api.kv_cache.KV_LAYOUT_TRANSPOSED if kv_layout == "transposed" else api.kv_cache.KV_LAYOUT_DEFAULT
+
+
 def reauthored_logits(model: Any, ids: Any, kv_cache_max_len: int, api: types.SimpleNamespace | None = None,
                       kv_layout: str = "default") -> Any:
     """Logits (T, vocab) of the re-authored `model` on token ids (1, T), through its KV-cache forward (prefill) with
@@ -162,8 +167,7 @@ def reauthored_logits(model: Any, ids: Any, kv_cache_max_len: int, api: types.Si
     import torch  # lazy: heavy
 
     api = api or generative_api()
-    layout = api.kv_cache.KV_LAYOUT_TRANSPOSED if kv_layout == "transposed" else api.kv_cache.KV_LAYOUT_DEFAULT
-    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=layout)
+    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=kv_layout_of(api, kv_layout))
     ids = torch.as_tensor(ids, dtype=torch.int32).reshape(1, -1)
     pos = torch.arange(ids.shape[1], dtype=torch.int32)
     with torch.inference_mode():
