@@ -51,6 +51,24 @@ SMOOTHED: dict[str, dict[str, str]] = {
     "LiteRT SQ int4 b32 FFN, int8 rest": {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"},
     "LiteRT SQ dynamic int8, wo-int8 output": {"variant": "dynamic_int8", "embedding": "weight_only_int8"},
 }
+# the same from a rotated export (edgeopt.llm.rotate: residual stream rotated, online Hadamard before down_proj)
+ROTATED: dict[str, dict[str, str]] = {
+    "LiteRT rot dynamic int8": {"variant": "dynamic_int8"},
+    "LiteRT rot int4 b32 FFN, int8 rest": {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"},
+}
+INT4_FFN = {"variant": "dynamic_int8", "feedforward": "dynamic_int4_block32"}
+# export families: fp32 folder label -> (re-weighting before conversion, its variants). A GPTQ export holds weights
+# already on its variant's grid, so it serves that variant only; re-weighted fp32 exports compute what fp32 does
+# and are not rows of their own.
+FAMILIES: dict[str, tuple[dict[str, Any], dict[str, dict[str, str] | None]]] = {
+    "LiteRT fp32": ({}, LITERT),
+    "LiteRT SQ fp32": ({"smooth": 0.5}, SMOOTHED),
+    "LiteRT rot fp32": ({"rotate": True}, ROTATED),
+    "LiteRT rot+GPTQ int8 fp32": ({"rotate": True, "gptq": {"variant": "dynamic_int8"}},
+                                  {"LiteRT rot+GPTQ dynamic int8": {"variant": "dynamic_int8"}}),
+    "LiteRT rot+GPTQ int4 FFN fp32": ({"rotate": True, "gptq": INT4_FFN},
+                                      {"LiteRT rot+GPTQ int4 b32 FFN, int8 rest": INT4_FFN}),
+}
 PROBE = "The capital of France is"
 
 
@@ -58,57 +76,76 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
-def _convert(hf: Any, folder: Path, d: Path, console: Any, smooth: float | None = None, kv_cache: int = 1024,
+def _convert(hf: Any, folder: Path, d: Path, console: Any, reweight: dict[str, Any], kv_cache: int = 1024,
              kv_layout: str = "default", windows: Sequence[int] = ()) -> dict[str, Any]:
-    """The fp32 export in `d` (converted once; reused when there)."""
+    """The fp32 export in `d` (converted once; reused when there), re-weighted first as `reweight` says (smooth:
+    SmoothQuant alpha; rotate; gptq: the variant whose grid GPTQ rounds onto), calibrated as the passes do."""
     from edgeopt.llm import export as E
 
     fp32 = d / "model.tflite"
     if not fp32.exists():
-        console.print(f"converting SmolLM2-135M to LiteRT{' (SmoothQuant 0.5)' if smooth else ''} (~2-4 min) …")
-        model, smoothed = hf, None
-        if smooth:
+        console.print(f"converting SmolLM2-135M to LiteRT {reweight or ''} (~2-8 min) …")
+        model, done = hf, {}
+        if reweight:
             import copy
 
+            from edgeopt.llm import gptq
             from edgeopt.llm.generate import load_tokenizer
             from edgeopt.llm.measure import heldout_sequences
+            from edgeopt.llm.rotate import rotate
             from edgeopt.llm.smooth import smooth as sq
 
             model = copy.deepcopy(hf)
-            cal = heldout_sequences(load_tokenizer(folder), 16, 128, start=0, seed=7)
-            smoothed = sq(model, cal, smooth)
+            tok = load_tokenizer(folder)
+            if reweight.get("smooth"):
+                done["smooth"] = sq(model, heldout_sequences(tok, 16, 128, start=0, seed=7), reweight["smooth"])
+            if reweight.get("rotate"):
+                done["rotate"] = rotate(model)
+            if reweight.get("gptq"):
+                g = reweight["gptq"]
+                grids = gptq.plan(model, g["variant"], g.get("attention", "same"), g.get("feedforward", "same"))
+                done["gptq"] = gptq.gptq(model, heldout_sequences(tok, 16, 128, start=0, seed=11), grids)
+                console.print(f"  GPTQ: {done['gptq']}")
         facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
                           kv_layout=kv_layout, decode_windows=windows)
-        facts.update(hf_config=hf.config.to_dict(), smooth=smoothed)
+        facts.update(hf_config=model.config.to_dict(), **done)
+        facts.setdefault("smooth", None)
         E.write_sidecar(d, facts, folder)
     return E.read_sidecar(d)
 
 
 def exports(folder: Path, out: Path, console: Any, kv_cache: int = 1024, kv_layout: str = "default",
-            windows: Sequence[int] = ()) -> dict[str, Path]:
-    """The LiteRT files (converted once per fp32 export, then quantized per variant), reused when in `out`."""
+            windows: Sequence[int] = (), wanted: Any = lambda label: True) -> dict[str, Path]:
+    """The LiteRT files (converted once per export family, then quantized per variant), reused when in `out`;
+    only the families with a `wanted` row are converted."""
+    from types import SimpleNamespace
+
     from transformers import AutoModelForCausalLM
 
     from edgeopt.llm import export as E
 
     paths: dict[str, Path] = {}
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
-    for variants, fp32_label, smooth in ((LITERT, "LiteRT fp32", None), (SMOOTHED, "LiteRT SQ fp32", 0.5)):
+    for fp32_label, (reweight, variants) in FAMILIES.items():
+        if not any(wanted(label) for label in variants) and fp32_label != "LiteRT fp32":
+            continue
         fp32_dir = out / _slug(fp32_label)
-        facts = _convert(hf, folder, fp32_dir, console, smooth, kv_cache, kv_layout, windows)
+        facts = _convert(hf, folder, fp32_dir, console, reweight, kv_cache, kv_layout, windows)
         got = (facts["kv_cache_max_len"], facts.get("kv_layout", "default"), facts.get("decode_windows", []))
         if got != (kv_cache, kv_layout, sorted(windows)):
             raise SystemExit(f"error: {fp32_dir} holds an export with a {got[0]}-position {got[1]} KV cache and "
                              f"decode windows {got[2]}; use another --out")
         for label, kw in variants.items():
+            if not wanted(label):
+                continue
             d = out / _slug(label)
             if kw is not None and not (d / "model.tflite").exists():
                 d.mkdir(parents=True, exist_ok=True)
-                E.quantize_file(fp32_dir / "model.tflite", d / "model.tflite", hf_config=hf.config, **kw)
+                E.quantize_file(fp32_dir / "model.tflite", d / "model.tflite",
+                                hf_config=SimpleNamespace(**facts["hf_config"]), **kw)
                 E.write_sidecar(d, {**facts, "quantize": kw["variant"],
                                     **{k: v for k, v in kw.items() if k != "variant"}}, folder)
-            if kw is not None or not smooth:  # the smoothed fp32 computes what fp32 does: not a row of its own
-                paths[label] = d / "model.tflite"
+            paths[label] = fp32_dir / "model.tflite" if kw is None else d / "model.tflite"
     return paths
 
 
@@ -180,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="KV cache layout of the LiteRT exports (see edgeopt.llm.export.convert)")
     ap.add_argument("--decode-windows", type=int, nargs="*", default=[],
                     help="decode_<W> signatures attending over the first W positions (transposed layout)")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="only the LiteRT rows whose label contains one of these strings (PyTorch and GenAI rows "
+                         "always run); default: every row")
     ap.add_argument("--engine", nargs="*", default=["LiteRT SQ dynamic int8", "LiteRT SQ dynamic int8, wo-int8 output"],
                     help="LiteRT rows also bundled as .litertlm and timed on the LiteRT-LM engine (transposed "
                          "layout only)")
@@ -211,15 +251,20 @@ def main(argv: list[str] | None = None) -> int:
             console.print("building the ONNX Runtime GenAI int8 model with its model builder …")
             build_ortgenai(folder, og, precision="int8")
         rows["ORT GenAI int8"] = (og, "ortgenai")
-    for label, path in exports(folder, out, console, args.kv_cache, args.kv_layout, args.decode_windows).items():
+    wanted = (lambda label: True) if args.rows is None else (lambda label: any(r in label for r in args.rows))
+    for label, path in exports(folder, out, console, args.kv_cache, args.kv_layout, args.decode_windows,
+                               wanted).items():
         rows[label] = (path, "litert")
     engine_of: dict[str, str] = {}  # LiteRT-LM engine row -> the LiteRT row whose .tflite it bundles
     if args.kv_layout == "transposed":
         from edgeopt.llm.litertlm import bundle
 
         for label in args.engine:
+            if label not in rows and not wanted(label):
+                continue
             if label not in rows:
-                raise SystemExit(f"error: --engine {label!r} is not a LiteRT row ({', '.join(LITERT)}, {', '.join(SMOOTHED)})")
+                raise SystemExit(f"error: --engine {label!r} is not a LiteRT row "
+                                 f"({', '.join(k for _, v in FAMILIES.values() for k in v)})")
             path = rows[label][0]
             lm_file = path.with_suffix(".litertlm")
             if not lm_file.exists():

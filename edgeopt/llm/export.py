@@ -73,6 +73,7 @@ def _layer_recipe(api: Any, variant: str) -> Any:
 # (measured: int4 block 32 with an int8 embedding came out 215 MB, larger than all-int8's 153 MB).
 PART_REGEX = {"embedding": "Embedding_tok_embedding", "output": "_logits_output;",  # the quantizer matches "<output names>;"
               "attention": "CausalSelfAttention", "feedforward": "GatedFeedForward"}
+ROTATION_REGEX = "BlockHadamard_rotation"  # the online rotation's op (edgeopt.llm.rotate.BlockHadamard, `rotation`)
 
 
 def ai_edge_recipe(variant: str, embedding: str = "same", attention: str = "same", feedforward: str = "same",
@@ -93,6 +94,12 @@ def ai_edge_recipe(variant: str, embedding: str = "same", attention: str = "same
             continue
         kw = {"operation_name": op} if op is not None else {}
         translate_recipe._set_quant_config(rm, _layer_recipe(api, setting), PART_REGEX[part], **kw)
+    # a rotated model's online Hadamard (edgeopt.llm.rotate) stays float: quantizing its input per token would
+    # bring back the outliers it is there to spread
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName  # lazy: optional extra
+
+    rm.add_quantization_config(regex=ROTATION_REGEX, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                               algorithm_key=AlgorithmName.NO_QUANTIZE)
     return rm.get_quantization_recipe()
 
 

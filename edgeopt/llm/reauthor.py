@@ -4,7 +4,8 @@ its DecoderOnlyModel), load the HF weights into it and check it against the HF m
 The Generative API's own examples hard-code each model's config (and `examples/smollm/convert_to_tflite.py`
 builds SmolLM *v1*, RoPE base 1e4, which is silently wrong on SmolLM2 weights); here the config is read from
 the model's own `config.json` (`model_config_from_hf`), so SmolLM2, TinyLlama and a user's Llama-family folder
-go through one path. The weights are remapped by the Generative API's `ModelLoader` with its HF tensor names.
+go through one path. The weights are remapped by the Generative API's `ModelLoader` with its HF tensor names. A
+model rotated by edgeopt.llm.rotate keeps its online Hadamard before each down projection here too.
 
 The Generative API imports `tensorflow` in one place (`layers/lora.py`, for LoRA flatbuffer surgery, which
 edgeopt never uses); TensorFlow (1.5 GB) is not installed. `generative_api()` imports it with a module alias that
@@ -21,6 +22,7 @@ from typing import Any
 
 from edgeopt.errors import InputError
 from edgeopt.extras import require
+from edgeopt.llm.rotate import rotation_of, wrap_down_projections
 
 SUPPORTED = ("llama",)  # model_type values whose blocks map 1:1 onto the Generative API's (Llama, SmolLM2, TinyLlama)
 
@@ -152,6 +154,11 @@ def reauthor(hf_model: Any, kv_cache_max_len: int, api: types.SimpleNamespace | 
         loader.load(model, strict=not config.lm_head_share_weight_with_embedding)
     except (KeyError, RuntimeError, ValueError) as e:
         raise InputError(f"the checkpoint's weights do not fit the re-authored model: {str(e).splitlines()[0][:200]}") from None
+    rotation = rotation_of(hf_model.config)
+    if rotation:  # a rotated model (edgeopt.llm.rotate) rotates each down projection's input online
+        blocks = list(model.transformer_blocks)
+        for blk, wrapped in zip(blocks, wrap_down_projections([b.ff.w2 for b in blocks], int(rotation["down_block"]))):
+            blk.ff.w2 = wrapped
     return model.eval()
 
 

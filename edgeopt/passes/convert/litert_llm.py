@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgeopt.analyze.tflite import census_summary, op_census, tflite_info
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
@@ -67,7 +67,10 @@ class ConvertLiteRtLlm(Pass):
     Generative API's recipes; `embedding` quantizes the embedding table and a tied output layer differently,
     e.g. int4 blocks with an int8 embedding). `smooth` (SmoothQuant's alpha) re-weights a copy of the model first
     (edgeopt.llm.smooth: calibrated on 16 x 128 tokens of calibration text, the fp32 function unchanged), which on
-    SmolLM2-135M halved dynamic int8's KL to fp32 (0.023 -> 0.011). Writes llm.json and the tokenizer beside the model, so
+    SmolLM2-135M halved dynamic int8's KL to fp32 (0.023 -> 0.011). `rotate` rotates the residual stream instead
+    (edgeopt.llm.rotate, QuaRot-style: same fp32 function, outliers spread, one float Hadamard op per block), and
+    `gptq` rounds the weights onto `quantize`'s grid with GPTQ (edgeopt.llm.gptq) before the export, so this stage
+    quantizes exactly those weights. Writes llm.json and the tokenizer beside the model, so
     `edgeopt generate <stage folder>` runs it. To measure several variants from one conversion, convert once
     (quantize: none) and add `quantize.litert_llm` steps `from:` that stage."""
 
@@ -88,6 +91,12 @@ class ConvertLiteRtLlm(Pass):
         smooth: float | None = Field(default=None, gt=0, lt=1, description="SmoothQuant alpha: move activation "
                                      "outliers into the weights before export (same fp32 function; int8 keeps more)")
         smooth_sequences: int = Field(default=16, ge=1, description="calibration sequences x 128 tokens for smooth")
+        rotate: bool = Field(default=False, description="rotate the residual stream (QuaRot-style, edgeopt.llm.rotate: "
+                             "same fp32 function, outliers spread over all channels, one online 128-wide Hadamard "
+                             "before each down projection)")
+        gptq: bool = Field(default=False, description="round the weights onto `quantize`'s int8 / int4 grid with GPTQ "
+                           "(edgeopt.llm.gptq) before export; needs quantize")
+        gptq_sequences: int = Field(default=16, ge=1, description="calibration sequences x 128 tokens for gptq")
         litertlm: bool = Field(default=False, description="also bundle model.litertlm (tokenizer + metadata) for "
                                "the LiteRT-LM engine; needs kv_layout transposed")
 
@@ -98,6 +107,13 @@ class ConvertLiteRtLlm(Pass):
                 raise ValueError(f"prefill lengths must be >= 1, got {v}")
             return sorted(set(v))
 
+        @model_validator(mode="after")
+        def _gptq_needs_a_grid(self) -> "ConvertLiteRtLlm.Config":
+            if self.gptq and self.quantize == "none":
+                raise ValueError("gptq rounds the weights onto the stage's quantization grid: set quantize "
+                                 "(e.g. dynamic_int8)")
+            return self
+
     accepts = ("torch",)
     produces = "tflite"
     tolerance = None
@@ -107,23 +123,13 @@ class ConvertLiteRtLlm(Pass):
     def run(self, art: Artifact, ctx: PassContext) -> Artifact:
         cfg = self.config
         hf = _hf_model(art, self.name)
-        smoothed = None
-        if cfg.smooth is not None:
+        reweighted: dict[str, Any] = {}
+        if cfg.smooth is not None or cfg.rotate or cfg.gptq:
             import copy
 
-            from edgeopt.llm.measure import heldout_sequences
-            from edgeopt.llm.smooth import smooth
-
-            tok = None
-            if art.meta.get("tokenizer"):
-                from edgeopt.llm.generate import load_tokenizer
-
-                tok = load_tokenizer(Path(art.meta["tokenizer"]))
-            # calibration text: zoo:sentences from 0 (the held-out text the LLM is judged on starts at 20000)
-            cal = heldout_sequences(tok, cfg.smooth_sequences, 128, int(hf.config.vocab_size), start=0, seed=7)
             hf = copy.deepcopy(hf)  # the input model stays as it was
             try:
-                smoothed = smooth(hf, cal, cfg.smooth)
+                reweighted = self._reweight(hf, art, ctx)
             except EdgeoptError as e:
                 raise PassError(f"{self.name}: {e}") from None
         try:
@@ -133,7 +139,8 @@ class ConvertLiteRtLlm(Pass):
                                        kv_cache_max_len=cfg.kv_cache_max_len, score_len=cfg.score_len,
                                        kv_layout=cfg.kv_layout, decode_windows=cfg.decode_windows)
             facts["hf_config"] = hf.config.to_dict()
-            facts["smooth"] = smoothed
+            facts["smooth"] = reweighted.get("smooth")
+            facts.update({k: v for k, v in reweighted.items() if k != "smooth"})
             if cfg.quantize != "none":
                 llm_export.quantize_file(fp32, ctx.stage_dir / MODEL, cfg.quantize, hf.config, cfg.embedding,
                                          cfg.attention, cfg.feedforward)
@@ -143,6 +150,36 @@ class ConvertLiteRtLlm(Pass):
         except EdgeoptError as e:
             raise PassError(f"{self.name}: {e}") from None
         return _llm_artifact(ctx.stage_dir / MODEL, facts, art.meta, ctx, cfg.litertlm, self.name)
+
+    def _reweight(self, hf: Any, art: Artifact, ctx: PassContext) -> dict[str, Any]:
+        """SmoothQuant, rotation and GPTQ on the copy `hf`, in that order, calibrated on zoo:sentences text from 0
+        (the held-out text the LLM is judged on starts at 20000). Returns what each did."""
+        from edgeopt.llm.measure import heldout_sequences
+
+        cfg = self.config
+        tok = None
+        if art.meta.get("tokenizer"):
+            from edgeopt.llm.generate import load_tokenizer
+
+            tok = load_tokenizer(Path(art.meta["tokenizer"]))
+        vocab = int(hf.config.vocab_size)
+        out: dict[str, Any] = {}
+        if cfg.smooth is not None:
+            from edgeopt.llm.smooth import smooth
+
+            out["smooth"] = smooth(hf, heldout_sequences(tok, cfg.smooth_sequences, 128, vocab, start=0, seed=7),
+                                   cfg.smooth)
+        if cfg.rotate:
+            from edgeopt.llm.rotate import rotate
+
+            out["rotate"] = rotate(hf)
+        if cfg.gptq:
+            from edgeopt.llm import gptq
+
+            grids = gptq.plan(hf, cfg.quantize, cfg.attention, cfg.feedforward)
+            cal = heldout_sequences(tok, cfg.gptq_sequences, 128, vocab, start=0, seed=11)
+            out["gptq"] = gptq.gptq(hf, cal, grids, advance=ctx.task(f"{self.name}: GPTQ", len(grids)))
+        return out
 
 
 @register("quantize.litert_llm")

@@ -75,3 +75,48 @@ def test_bad_input(tiny_bert_torch, tmp_path):
         build_pass("convert.litert_llm", {"prefill_lens": [64], "kv_cache_max_len": 64})(
             art, PassContext(stage_dir=tmp_path / "x"))
     assert not (tmp_path / "x" / "model.tflite").exists()
+
+
+def _fc_weights(path):
+    """(dtype code, shape) of the weight of every FULLY_CONNECTED op in every signature's subgraph."""
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.Model.GetRootAsModel(path.read_bytes(), 0)
+    fc = [i for i in range(m.OperatorCodesLength())
+          if m.OperatorCodes(i).BuiltinCode() == S.BuiltinOperator.FULLY_CONNECTED]
+    out = []
+    for gi in range(m.SubgraphsLength()):
+        g = m.Subgraphs(gi)
+        for op in (g.Operators(i) for i in range(g.OperatorsLength())):
+            if op.OpcodeIndex() in fc:
+                t = g.Tensors(op.Inputs(1))
+                out.append((t.Type(), tuple(t.ShapeAsNumpy().tolist())))
+    return out
+
+
+def test_rotated_gptq_int8_export(tmp_path):
+    from edgeopt.llm.litert_session import LiteRtLlm
+
+    art = wrap_causal_lm(tinyllama({**TINYLLAMA_MINI, "tie_word_embeddings": True}), None, seq_len=16)
+    out = build_pass("convert.litert_llm", {"prefill_lens": [8], "kv_cache_max_len": 32, "score_len": None,
+                                            "rotate": True, "gptq": True, "gptq_sequences": 2,
+                                            "quantize": "dynamic_int8"})(art, PassContext(stage_dir=tmp_path / "r"))
+    facts = json.loads((out.path.parent / "llm.json").read_text())
+    assert facts["rotate"]["down_block"] == 32 and facts["hf_config"]["edgeopt_rotation"] == facts["rotate"]
+    assert facts["gptq"]["gptq_output_error"] < facts["gptq"]["rtn_output_error"]
+    assert facts["shape"]["tied_embeddings"] is False  # the rotated output layer has the final norm's gain
+    assert not (out.path.parent / ".fp32.tflite").exists()
+    # the online Hadamard (one per block) stays float, every other fully-connected op is int8
+    weights = _fc_weights(out.path)
+    assert {t for t, shape in weights if shape == (32, 32)} == {0}  # FLOAT32 (the 32-wide Hadamard block)
+    assert {t for t, shape in weights if shape != (32, 32)} == {9}  # INT8
+    assert sum(shape == (32, 32) for _, shape in weights) >= 3  # prefill (its last FFN pruned) and decode
+    assert art.module.lm.config.tie_word_embeddings is True  # the input model was not touched
+    ids = [int(t) for t in (np.arange(12) * 101 + 7) % 32000]
+    with torch.no_grad():
+        ref = art.module.lm(input_ids=torch.tensor([ids])).logits[0].numpy()
+    with LiteRtLlm(out.path, threads=1) as s:
+        got = np.stack([s.prefill(ids[:6])] + [s.decode(t) for t in ids[6:11]])
+    assert np.abs(got - ref[5:11]).max() < 0.05 * np.abs(ref).max()  # int8, and the same function
+    with pytest.raises(RecipeError, match="gptq rounds the weights onto the stage's quantization grid"):
+        build_pass("convert.litert_llm", {"gptq": True})
