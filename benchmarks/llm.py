@@ -16,12 +16,14 @@ the rows (runtimes never share a process). Prints the CPU flags and checks the i
 fails):
 - the best LiteRT variant with top-1 agreement >= 0.95 decodes >= 5x faster than PyTorch eager fp32 and >= 1.2x
   faster than ONNX Runtime GenAI int8, with a TTFT no worse than either;
-  (the SQ rows come from a second export that SmoothQuant re-weighted first, as recipes/llm-litert.yaml does)
+  (the SQ rows come from a second export that SmoothQuant re-weighted first; the rot rows from an export whose
+  residual stream was rotated (edgeopt.llm.rotate), and the rot+GPTQ rows from exports whose weights GPTQ also
+  rounded onto that row's grid (edgeopt.llm.gptq), as recipes/llm-litert.yaml does)
 - an int4 variant is listed and keeps the France answer.
 
     .venv/bin/python benchmarks/llm.py [--out runs/bench-llm] [--repeats 3] [--decode-tokens 64] [--sequences 64]
                                        [--kv-cache 1024] [--kv-layout transposed] [--decode-windows W ...]
-                                       [--engine ROW ...]
+                                       [--engine ROW ...] [--rows TEXT ...]
 """
 
 from __future__ import annotations

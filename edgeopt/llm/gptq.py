@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from edgeopt.errors import InputError
+from edgeopt.llm.calibrate import feed
 
 _SHARED_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
 
@@ -104,13 +105,7 @@ def hessians(model: Any, names: Sequence[str], sequences: Sequence[Sequence[int]
             slot[0] += x.T @ x
             slot[1] += x.shape[0]
         hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            for ids in sequences:
-                model(input_ids=torch.as_tensor([list(ids)], dtype=torch.long), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    feed(model, sequences, hooks)
     return {name: acc[_group(name)][0] / max(acc[_group(name)][1], 1) for name in names if _group(name) in acc}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from edgeopt.errors import InputError
+from edgeopt.llm.calibrate import feed
 
 
 def _act_max(model: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -30,13 +31,7 @@ def _act_max(model: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
                 x = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
                 stats[key] = torch.maximum(stats[key], x) if key in stats else x
             hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            for ids in sequences:
-                model(input_ids=torch.as_tensor([list(ids)], dtype=torch.long), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    feed(model, sequences, hooks)
     return stats
 
 
