@@ -90,3 +90,32 @@ def test_when_limits_a_step_to_a_model_kind():
     with pytest.raises(RecipeError, match="when"):
         parse_recipe({"passes": [{"convert.onnx": {"when": "tflite-ish"}}]})
     assert load_recipe("auto").passes[0].when == "torch"
+
+
+def _chain_breaks(recipe, baseline: str) -> str | None:
+    """The first step whose input kind its pass does not accept, following `from:` and `when:` as the pipeline does
+    (a step whose `when` does not match is skipped and passes its input on); None when the chain holds."""
+    from edgeopt.passes.base import get_pass
+
+    kinds = {"baseline": baseline}
+    last = baseline
+    for step in recipe.passes:
+        kind = kinds[step.source] if step.source else last
+        cls = get_pass(step.pass_name)
+        if step.when and step.when != kind:
+            out = kind
+        elif kind not in cls.accepts:
+            return f"{step.name} ({step.pass_name}) gets {kind}"
+        else:
+            out = cls.produces or kind
+        kinds[step.name] = last = out
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(bundled_recipes()))
+def test_bundled_recipes_chain_model_kinds(name):
+    """Every bundled recipe runs end to end for a torch or an ONNX model: a step fed a model kind its pass refuses
+    (e.g. a second convert.litert_llm without `from: baseline`) fails here instead of mid-run."""
+    r = load_recipe(name)
+    breaks = {b: _chain_breaks(r, b) for b in ("torch", "onnx")}
+    assert None in breaks.values(), breaks
