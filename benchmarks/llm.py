@@ -88,25 +88,16 @@ def _convert(hf: Any, folder: Path, d: Path, console: Any, reweight: dict[str, A
     if not fp32.exists():
         console.print(f"converting SmolLM2-135M to LiteRT {reweight or ''} (~2-8 min) …")
         model, done = hf, {}
-        if reweight:
+        if reweight:  # as convert.litert_llm does (same order, same calibration text)
             import copy
 
-            from edgeopt.llm import gptq
+            from edgeopt.llm.calibrate import reweight as apply
             from edgeopt.llm.generate import load_tokenizer
-            from edgeopt.llm.measure import heldout_sequences
-            from edgeopt.llm.rotate import rotate
-            from edgeopt.llm.smooth import smooth as sq
 
             model = copy.deepcopy(hf)
-            tok = load_tokenizer(folder)
-            if reweight.get("smooth"):
-                done["smooth"] = sq(model, heldout_sequences(tok, 16, 128, start=0, seed=7), reweight["smooth"])
-            if reweight.get("rotate"):
-                done["rotate"] = rotate(model)
-            if reweight.get("gptq"):
-                g = reweight["gptq"]
-                grids = gptq.plan(model, g["variant"], g.get("attention", "same"), g.get("feedforward", "same"))
-                done["gptq"] = gptq.gptq(model, heldout_sequences(tok, 16, 128, start=0, seed=11), grids)
+            done = apply(model, load_tokenizer(folder), smooth=reweight.get("smooth"),
+                         rotate=bool(reweight.get("rotate")), gptq=reweight.get("gptq"))
+            if "gptq" in done:
                 console.print(f"  GPTQ: {done['gptq']}")
         facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
                           kv_layout=kv_layout, decode_windows=windows)

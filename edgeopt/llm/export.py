@@ -203,13 +203,12 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
                 conv.add_signature(f"prefill_{n}", mod, sample_kwargs={
                     "tokens": torch.zeros((1, n), dtype=torch.int32), "input_pos": torch.arange(n, dtype=torch.int32),
                     "kv_cache": kv})
-            conv.add_signature("decode", mod, sample_kwargs={
-                "tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros((1,), dtype=torch.int32),
-                "kv_cache": kv})
+            one_token = {"tokens": torch.zeros((1, 1), dtype=torch.int32),
+                         "input_pos": torch.zeros((1,), dtype=torch.int32), "kv_cache": kv}
+            conv.add_signature("decode", mod, sample_kwargs=one_token)
             for w in windows:
                 conv.add_signature(f"decode_{w}", _windowed(Exportable(model, export_config=plain).eval(), w),
-                                   sample_kwargs={"tokens": torch.zeros((1, 1), dtype=torch.int32),
-                                                  "input_pos": torch.zeros((1,), dtype=torch.int32), "kv_cache": kv})
+                                   sample_kwargs=one_token)
             if score_len:
                 conv.add_signature(f"score_{score_len}", Exportable(model, export_config=scoring).eval(),
                                    sample_kwargs={"tokens": torch.zeros((1, score_len), dtype=torch.int32),

@@ -116,11 +116,9 @@ def quantize_weight(weight: Any, hessian: Any, grid: Grid, damp: float = 0.01, b
 
     w = weight.detach().double().clone()
     rows, cols = w.shape
-    block = grid.block or cols
-    if cols % block:
-        raise InputError(f"gptq: {cols} inputs are not a multiple of the block size {block}")
-    groups = w.reshape(rows, cols // block, block)
-    scale = (groups.abs().amax(-1) / grid.qmax).clamp(min=1e-12)  # (rows, groups)
+    groups, scale = _groups(w, grid)
+    block = groups.shape[-1]
+    scale = scale[..., 0]  # (rows, groups)
     pin = groups.abs().argmax(-1) + torch.arange(cols // block)[None, :] * block  # column that sets each scale
     pin_sign = torch.sign(torch.gather(w, 1, pin))
     h = hessian.double().clone()
@@ -173,11 +171,10 @@ def gptq(model: Any, sequences: Sequence[Sequence[int]], grids: dict[str, Grid],
         h = hs[name]
         w = mod.weight.data.double()
         q = quantize_weight(mod.weight.data, h, grid, damp).double()
-        # output error on the calibration inputs: tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)
-        base = float(torch.einsum("oi,ij,oj->", w, h, w)).__abs__() or 1.0
-        rtn = _round(w, grid)
-        rtn_err.append((float(torch.einsum("oi,ij,oj->", w - rtn, h, w - rtn)) / base) ** 0.5)
-        gptq_err.append((float(torch.einsum("oi,ij,oj->", w - q, h, w - q)) / base) ** 0.5)
+        energy = lambda d: float(torch.einsum("oi,ij,oj->", d, h, d))  # noqa: E731  ‖d·X‖² on the calibration inputs
+        base = abs(energy(w)) or 1.0
+        rtn_err.append((energy(w - _round(w, grid)) / base) ** 0.5)
+        gptq_err.append((energy(w - q) / base) ** 0.5)
         with torch.no_grad():
             mod.weight.data = q.to(mod.weight.dtype)
         if advance is not None:
@@ -187,10 +184,17 @@ def gptq(model: Any, sequences: Sequence[Sequence[int]], grids: dict[str, Grid],
             "rtn_output_error": sum(rtn_err) / len(rtn_err), "gptq_output_error": sum(gptq_err) / len(gptq_err)}
 
 
-def _round(w: Any, grid: Grid) -> Any:
-    """Plain min/max rounding onto `grid` (what the quantizer does without GPTQ)."""
+def _groups(w: Any, grid: Grid) -> tuple[Any, Any]:
+    """`w` (out, in) as (out, groups, block) and the quantizer's min/max scale of each group (out, groups, 1)."""
     rows, cols = w.shape
     block = grid.block or cols
+    if cols % block:
+        raise InputError(f"gptq: {cols} inputs are not a multiple of the block size {block}")
     g = w.reshape(rows, cols // block, block)
-    s = (g.abs().amax(-1, keepdim=True) / grid.qmax).clamp(min=1e-12)
-    return ((g / s).round().clamp(-grid.qmax, grid.qmax) * s).reshape(rows, cols)
+    return g, (g.abs().amax(-1, keepdim=True) / grid.qmax).clamp(min=1e-12)
+
+
+def _round(w: Any, grid: Grid) -> Any:
+    """Plain min/max rounding onto `grid` (what the quantizer does without GPTQ)."""
+    g, s = _groups(w, grid)
+    return ((g / s).round().clamp(-grid.qmax, grid.qmax) * s).reshape(w.shape)

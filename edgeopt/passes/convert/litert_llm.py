@@ -152,9 +152,8 @@ class ConvertLiteRtLlm(Pass):
         return _llm_artifact(ctx.stage_dir / MODEL, facts, art.meta, ctx, cfg.litertlm, self.name)
 
     def _reweight(self, hf: Any, art: Artifact, ctx: PassContext) -> dict[str, Any]:
-        """SmoothQuant, rotation and GPTQ on the copy `hf`, in that order, calibrated on zoo:sentences text from 0
-        (the held-out text the LLM is judged on starts at 20000). Returns what each did."""
-        from edgeopt.llm.measure import heldout_sequences
+        """SmoothQuant, rotation and GPTQ on the copy `hf` as the config asks (edgeopt.llm.calibrate.reweight)."""
+        from edgeopt.llm.calibrate import reweight
 
         cfg = self.config
         tok = None
@@ -162,24 +161,11 @@ class ConvertLiteRtLlm(Pass):
             from edgeopt.llm.generate import load_tokenizer
 
             tok = load_tokenizer(Path(art.meta["tokenizer"]))
-        vocab = int(hf.config.vocab_size)
-        out: dict[str, Any] = {}
-        if cfg.smooth is not None:
-            from edgeopt.llm.smooth import smooth
-
-            out["smooth"] = smooth(hf, heldout_sequences(tok, cfg.smooth_sequences, 128, vocab, start=0, seed=7),
-                                   cfg.smooth)
-        if cfg.rotate:
-            from edgeopt.llm.rotate import rotate
-
-            out["rotate"] = rotate(hf)
-        if cfg.gptq:
-            from edgeopt.llm import gptq
-
-            grids = gptq.plan(hf, cfg.quantize, cfg.attention, cfg.feedforward)
-            cal = heldout_sequences(tok, cfg.gptq_sequences, 128, vocab, start=0, seed=11)
-            out["gptq"] = gptq.gptq(hf, cal, grids, advance=ctx.task(f"{self.name}: GPTQ", len(grids)))
-        return out
+        gptq = ({"variant": cfg.quantize, "attention": cfg.attention, "feedforward": cfg.feedforward}
+                if cfg.gptq else None)
+        return reweight(hf, tok, smooth=cfg.smooth, smooth_sequences=cfg.smooth_sequences, rotate=cfg.rotate,
+                        gptq=gptq, gptq_sequences=cfg.gptq_sequences,
+                        task=lambda what, n: ctx.task(f"{self.name}: {what}", n))
 
 
 @register("quantize.litert_llm")
