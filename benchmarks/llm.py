@@ -80,30 +80,42 @@ def _slug(label: str) -> str:
 
 def _convert(hf: Any, folder: Path, d: Path, console: Any, reweight: dict[str, Any], kv_cache: int = 1024,
              kv_layout: str = "default", windows: Sequence[int] = ()) -> dict[str, Any]:
-    """The fp32 export in `d` (converted once; reused when there), re-weighted first as `reweight` says (smooth:
-    SmoothQuant alpha; rotate; gptq: the variant whose grid GPTQ rounds onto), calibrated as the passes do."""
+    """The fp32 export in `d` (made once; reused when there), re-weighted first as `reweight` says (smooth:
+    SmoothQuant alpha; rotate; gptq: the variant whose grid GPTQ rounds onto), calibrated as the passes do. A GPTQ
+    family is the export of its family without GPTQ with the GPTQ-ed weights swapped in, as quantize.litert_llm's
+    gptq does (edgeopt.llm.swap.gptq_into)."""
     from edgeopt.llm import export as E
+    from edgeopt.llm.generate import load_tokenizer
 
     fp32 = d / "model.tflite"
-    if not fp32.exists():
-        console.print(f"converting SmolLM2-135M to LiteRT {reweight or ''} (~2-8 min) …")
-        model, done = hf, {}
-        if reweight:  # as convert.litert_llm does (same order, same calibration text)
-            import copy
+    if fp32.exists():
+        return E.read_sidecar(d)
+    if "gptq" in reweight:
+        from edgeopt.llm.swap import gptq_into
 
-            from edgeopt.llm.calibrate import reweight as apply
-            from edgeopt.llm.generate import load_tokenizer
+        plain = {k: v for k, v in reweight.items() if k != "gptq"}
+        base = next(label for label, (rw, _) in FAMILIES.items() if rw == plain)
+        facts = _convert(hf, folder, d.parent / _slug(base), console, plain, kv_cache, kv_layout, windows)
+        console.print(f"GPTQ onto {reweight['gptq']} into the {base} export …")
+        done = gptq_into(hf, load_tokenizer(folder), d.parent / _slug(base) / "model.tflite", fp32, facts,
+                         reweight["gptq"])
+        console.print(f"  GPTQ: {done['gptq']}; written by {done['gptq_export']['method']}")
+        E.write_sidecar(d, {**facts, **done}, folder)
+        return E.read_sidecar(d)
+    console.print(f"converting SmolLM2-135M to LiteRT {reweight or ''} (~2-8 min) …")
+    model, done = hf, {}
+    if reweight:  # as convert.litert_llm does (same order, same calibration text)
+        import copy
 
-            model = copy.deepcopy(hf)
-            done = apply(model, load_tokenizer(folder), smooth=reweight.get("smooth"),
-                         rotate=bool(reweight.get("rotate")), gptq=reweight.get("gptq"))
-            if "gptq" in done:
-                console.print(f"  GPTQ: {done['gptq']}")
-        facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
-                          kv_layout=kv_layout, decode_windows=windows)
-        facts.update(hf_config=model.config.to_dict(), **done)
-        facts.setdefault("smooth", None)
-        E.write_sidecar(d, facts, folder)
+        from edgeopt.llm.calibrate import reweight as apply
+
+        model = copy.deepcopy(hf)
+        done = apply(model, load_tokenizer(folder), smooth=reweight.get("smooth"), rotate=bool(reweight.get("rotate")))
+    facts = E.convert(model, fp32, prefill_lens=(32, 128), kv_cache_max_len=kv_cache, score_len=128,
+                      kv_layout=kv_layout, decode_windows=windows)
+    facts.update(hf_config=model.config.to_dict(), **done)
+    facts.setdefault("smooth", None)
+    E.write_sidecar(d, facts, folder)
     return E.read_sidecar(d)
 
 

@@ -13,7 +13,9 @@ RECIPE = {
     "passes": [
         # one prefill length (the 12-token prompt's); every signature takes seconds to convert
         {"convert.litert_llm": {"stage": "litert", "prefill_lens": [16], "kv_cache_max_len": 48, "score_len": 24}},
-        {"quantize.litert_llm": {"from": "litert", "stage": "litert-int8", "variant": "dynamic_int8"}},
+        # GPTQ-ed weights swapped into the fp32 export (the baseline is the run's model)
+        {"quantize.litert_llm": {"from": "litert", "stage": "litert-int8", "variant": "dynamic_int8", "gptq": True,
+                                 "gptq_sequences": 2}},
         {"quantize.litert_llm": {"from": "litert", "stage": "litert-int4", "variant": "dynamic_int4_block32"}},
     ],
     "measure": {"threads": 1, "energy": False,
@@ -39,6 +41,8 @@ def test_llm_recipe_measures_every_stage(tmp_path):
     assert base.llm["runtime"] == "torch" and "LiteRT" in fp32.llm["runtime"]
     assert fp32.fidelity["top1_agreement"] == 1.0 and fp32.gate.passed  # fp32 export = the model
     assert led.stages[2].artifact["size_bytes"] < 0.4 * fp32.artifact["size_bytes"]
+    int8 = json.loads((tmp_path / "run" / "litert-int8" / "llm.json").read_text())
+    assert int8["gptq_export"]["method"] == "swap" and int8["gptq"]["gptq_output_error"] < int8["gptq"]["rtn_output_error"]
     # random weights built in code: no folder for a child, so timed in this process and no peak RSS for the baseline
     assert base.llm["timed_in"] == "this process, interleaved" and fp32.peak_rss_mb is not None
     assert led.best in {"litert", "litert-int8", "litert-int4"} and led.stage(led.best).gate.passed

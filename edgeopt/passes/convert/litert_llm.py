@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeopt.analyze.tflite import census_summary, op_census, tflite_info
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec
-from edgeopt.errors import EdgeoptError, PassError
+from edgeopt.errors import EdgeoptError, InputError, PassError
 from edgeopt.llm import export as llm_export
 from edgeopt.llm.reauthor import hf_shape
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register
@@ -172,7 +172,9 @@ class ConvertLiteRtLlm(Pass):
 class QuantizeLiteRtLlm(Pass):
     """Quantize an fp32 LLM exported by convert.litert_llm with a Generative API recipe (`variant`; `embedding`
     as in convert.litert_llm; `attention` / `feedforward` quantize those blocks differently, e.g. int8 with int4
-    feed-forward blocks), from its .tflite: no new conversion, seconds instead of minutes."""
+    feed-forward blocks), from its .tflite: no new conversion, seconds instead of minutes. `gptq` rounds the
+    weights onto the variant's grid with GPTQ first, as convert.litert_llm's `gptq` does, and writes them into a copy
+    of the export (edgeopt.llm.swap) instead of converting again: the GPTQ stages of recipes/llm-litert.yaml."""
 
     class Config(PassConfig):
         variant: Variant = "dynamic_int8"
@@ -180,6 +182,17 @@ class QuantizeLiteRtLlm(Pass):
         attention: Part = Field(default="same", description="the attention blocks' quantization, if not variant's")
         feedforward: Part = Field(default="same", description="the feed-forward blocks' quantization, if not variant's")
         litertlm: bool = Field(default=False, description="also bundle model.litertlm for the LiteRT-LM engine")
+        gptq: bool = Field(default=False, description="round the weights onto `variant`'s grid with GPTQ first: "
+                           "the run's baseline model, re-weighted as this export's was, is GPTQ-ed and its new "
+                           "weights written into a copy of the export (edgeopt.llm.swap), so no new conversion")
+        gptq_sequences: int = Field(default=16, ge=1, description="calibration sequences x 128 tokens for gptq")
+
+        @model_validator(mode="after")
+        def _gptq_needs_a_grid(self) -> "QuantizeLiteRtLlm.Config":
+            if self.gptq and self.variant == "none":
+                raise ValueError("gptq rounds the weights onto the stage's quantization grid: set variant "
+                                 "(e.g. dynamic_int8)")
+            return self
 
     accepts = ("tflite",)
     produces = "tflite"
@@ -200,12 +213,46 @@ class QuantizeLiteRtLlm(Pass):
         from types import SimpleNamespace
 
         hf_config = SimpleNamespace(**facts["hf_config"])
+        src = art.path
         try:
-            llm_export.quantize_file(art.path, ctx.stage_dir / MODEL, cfg.variant, hf_config, cfg.embedding,
+            if cfg.gptq:
+                src = ctx.stage_dir / ".fp32.tflite"
+                facts.update(self._gptq_export(art, facts, src, ctx))
+            llm_export.quantize_file(src, ctx.stage_dir / MODEL, cfg.variant, hf_config, cfg.embedding,
                                      cfg.attention, cfg.feedforward)
         except EdgeoptError as e:
             raise PassError(f"{self.name}: {e}") from None
+        finally:
+            if cfg.gptq:
+                src.unlink(missing_ok=True)
         facts.update(quantize=cfg.variant, embedding=cfg.embedding, attention=cfg.attention,
                      feedforward=cfg.feedforward)
         return _llm_artifact(ctx.stage_dir / MODEL, facts, dict(art.meta), ctx, cfg.litertlm, self.name)
 
+    def _gptq_export(self, art: Artifact, facts: dict[str, Any], out: Path, ctx: PassContext) -> dict[str, Any]:
+        """The fp32 export `art` with the run's baseline model's GPTQ-ed weights, written to `out`
+        (edgeopt.llm.swap.gptq_into); a warning when they had to be converted rather than swapped in."""
+        from edgeopt.llm import swap
+
+        cfg = self.config
+        base = ctx.baseline
+        lm = getattr(getattr(base, "module", None), "lm", None) if base is not None else None
+        if lm is None or base.meta.get("task") != "causal-lm":
+            raise InputError("gptq needs the run's baseline to be the Hugging Face causal LM this export was "
+                             "converted from")
+        recorded = facts["hf_config"]
+        keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
+        if any(recorded.get(k) != getattr(lm.config, k, None) for k in keys):
+            raise InputError("the run's baseline is not the model this export was converted from "
+                             f"({', '.join(f'{k} {getattr(lm.config, k, None)} vs {recorded.get(k)}' for k in keys)})")
+        tok = None
+        if art.meta.get("tokenizer"):
+            from edgeopt.llm.generate import load_tokenizer
+
+            tok = load_tokenizer(Path(art.meta["tokenizer"]))
+        grid = {"variant": cfg.variant, "attention": cfg.attention, "feedforward": cfg.feedforward}
+        done = swap.gptq_into(lm, tok, art.path, out, facts, grid, cfg.gptq_sequences,
+                              task=lambda what, n: ctx.task(f"{self.name}: {what}", n))
+        if done["gptq_export"]["method"] == "convert":
+            ctx.warnings.append(f"{self.name}: converted the GPTQ-ed model ({done['gptq_export']['reason']})")
+        return done

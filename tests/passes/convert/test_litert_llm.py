@@ -63,6 +63,62 @@ def test_quantize_from_the_fp32_export(exported, tmp_path):
     assert not (tmp_path / "qq" / "model.tflite").exists()
 
 
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_gptq_from_the_fp32_export_swaps_the_weights_in(exported, tmp_path):
+    art, out = exported
+    before = _digest(out.path)
+    q = build_pass("quantize.litert_llm", {"variant": "dynamic_int8", "gptq": True, "gptq_sequences": 2})(
+        out, PassContext(stage_dir=tmp_path / "g", baseline=art))
+    facts = json.loads((q.path.parent / "llm.json").read_text())
+    swapped = facts["gptq_export"]
+    # the smoothed baseline re-made as llm.json says, GPTQ-ed, and its 11 changed Linear weights (qkv, o, w1, w3, w2
+    # per block, the output layer) written into a copy of the export: no new conversion
+    assert swapped["method"] == "swap" and swapped["weights"] == 11 and swapped["verification"]["rel_error"] < 1e-4
+    assert facts["gptq"]["gptq_output_error"] < facts["gptq"]["rtn_output_error"]
+    assert facts["smooth"]["alpha"] == 0.5 and facts["quantize"] == "dynamic_int8"
+    assert _digest(out.path) == before and not (tmp_path / "g" / ".fp32.tflite").exists()
+    assert {t for t, _ in _fc_weights(q.path)} == {9}  # INT8
+    ids = [int(t) for t in (np.arange(12) * 101 + 7) % 32000]
+    with torch.no_grad():
+        ref = art.module.lm(input_ids=torch.tensor([ids])).logits[0].numpy()
+    from edgeopt.llm.litert_session import LiteRtLlm
+
+    with LiteRtLlm(q.path, threads=1) as s:
+        got = np.stack([s.prefill(ids[:6])] + [s.decode(t) for t in ids[6:11]])
+    assert np.abs(got - ref[5:11]).max() < 0.05 * np.abs(ref).max()
+    with pytest.raises(PassError, match="gptq needs the run's baseline"):
+        build_pass("quantize.litert_llm", {"gptq": True})(out, PassContext(stage_dir=tmp_path / "nb"))
+    other = wrap_causal_lm(tinyllama({**TINYLLAMA_MINI, "hidden_size": 64}), None, seq_len=16)
+    with pytest.raises(PassError, match="not the model this export was converted from"):
+        build_pass("quantize.litert_llm", {"gptq": True})(out, PassContext(stage_dir=tmp_path / "ob", baseline=other))
+    assert not (tmp_path / "nb" / "model.tflite").exists() and not (tmp_path / "ob" / "model.tflite").exists()
+    with pytest.raises(RecipeError, match="gptq rounds the weights onto the stage's quantization grid"):
+        build_pass("quantize.litert_llm", {"gptq": True, "variant": "none"})
+
+
+def test_gptq_converts_when_the_export_does_not_hold_the_weights(exported, tmp_path, monkeypatch):
+    from edgeopt.llm import swap
+
+    art, out = exported
+
+    def refuse(*a, **k):
+        raise swap.SwapError("w2 has no plain copy")
+
+    monkeypatch.setattr(swap, "swap_weights", refuse)
+    ctx = PassContext(stage_dir=tmp_path / "c", baseline=art)
+    q = build_pass("quantize.litert_llm", {"variant": "dynamic_int8", "gptq": True, "gptq_sequences": 2})(out, ctx)
+    facts = json.loads((q.path.parent / "llm.json").read_text())
+    assert facts["gptq_export"]["method"] == "convert" and "w2 has no plain copy" in facts["gptq_export"]["reason"]
+    assert facts["prefill_lens"] == [8, 16] and facts["kv_cache_max_len"] == 48
+    assert any("converted the GPTQ-ed model (w2 has no plain copy)" in w for w in ctx.warnings)
+    assert {t for t, _ in _fc_weights(q.path)} == {9}
+
+
 def test_bad_input(tiny_bert_torch, tmp_path):
     with pytest.raises(PassError, match="not a causal LM"):
         build_pass("convert.litert_llm", {})(tiny_bert_torch, PassContext(stage_dir=tmp_path))
