@@ -328,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         tm, f = times[label], fid[label]
         size = file_mb(path if rt != "torch-int8" else path)
         src = rows[engine_of[label]][0] if label in engine_of else path
-        weights = (lm.weight_bytes_per_token(src, shape) if rt in ("litert", "litert-lm") else size * 1e6)
+        weights = (lm.weight_bytes_per_token(src) if rt in ("litert", "litert-lm")
+                   else lm.onnx_weight_bytes_per_token(path) if rt == "ortgenai"
+                   else lm.decoder_weight_bytes(shape, 1 if rt == "torch-int8" else 4))
         pct = 100 * tm["decode_tok_s"] / lm.ceiling_tok_s(bw, weights)
         results[label] = {**{k: v for k, v in tm.items() if k != "decode_samples_ms"}, **f, "size_mb": size,
                           "bandwidth_pct": pct, "answer": answers[label], "runtime": rt}
@@ -338,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{f['kl']:.4f}", f"{f['ppl']:.2f}", repr(answers[label][:24]))
     console.print(tab)
     console.print("* PyTorch int8 quantizes in memory at load: the size is the fp32 folder it loads. "
-                  "% bw limit: decode tok/s over (2 x copy bandwidth, the traffic of a copy / weight bytes read per token).")
+                  "% bw limit: decode tok/s over (2 x copy bandwidth, the traffic of a copy / weight bytes read per token; "
+                  "an embedding table that is only looked up counts one row).")
     (out / "results.json").write_text(json.dumps({"cpu": t.cpu_model, "flags": t.isa, "threads": args.threads,
                                                   "copy_bandwidth_gbs": bw, "rows": results}, indent=1))
 
-    claims = check(results, bw, {k: lm.weight_bytes_per_token(rows[engine_of.get(k, k)][0], shape)
+    claims = check(results, bw, {k: lm.weight_bytes_per_token(rows[engine_of.get(k, k)][0])
                                  for k, (p, rt) in rows.items() if rt in ("litert", "litert-lm")})
     console.print(table(claims, title=f"checks on {t.cpu_model}"))
     console.print(summary(claims))

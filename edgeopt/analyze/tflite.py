@@ -158,6 +158,34 @@ def op_census(path: str | Path, signature: str | None = None) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def weight_bytes_read(path: str | Path, signature: str | None = None) -> int:
+    """Bytes of constant data one call of `signature` (all signatures when None) reads: every weight buffer its
+    subgraphs use, once however many ops share it, except that a table only ever looked up (the data input of
+    GATHER / EMBEDDING_LOOKUP, e.g. an LLM's embedding) counts one row."""
+    table_input = {"GATHER": 0, "EMBEDDING_LOOKUP": 1}  # which input of a lookup op is its table
+    with _Reader(path) as r:
+        m = r.model
+        uses: dict[int, tuple[int, int, bool]] = {}  # buffer -> (bytes, rows, only looked up)
+        for gi in r.main_subgraphs(signature):
+            sg = m.Subgraphs(gi)
+            for j in range(sg.OperatorsLength()):
+                op = sg.Operators(j)
+                table = table_input.get(r.op_name(op), -1)
+                for k in range(op.InputsLength()):
+                    ti = op.Inputs(k)
+                    if ti < 0:
+                        continue
+                    t = sg.Tensors(ti)
+                    b = m.Buffers(t.Buffer())
+                    n = b.Size() if b.Offset() > 1 else b.DataLength()
+                    if not n:
+                        continue
+                    rows = int(t.Shape(0)) if t.ShapeLength() else 1
+                    prev = uses.get(t.Buffer())
+                    uses[t.Buffer()] = (n, rows, k == table and (prev is None or prev[2]))
+    return int(sum(n // max(rows, 1) if lookup else n for n, rows, lookup in uses.values()))
+
+
 def tflite_info(path: str | Path) -> dict[str, Any]:
     """What the file declares, as JSON-ready values.
 

@@ -187,22 +187,55 @@ def ceiling_tok_s(copy_gbs: float, weight_bytes: int) -> float:
     return 2 * copy_gbs * 1e9 / max(int(weight_bytes), 1)
 
 
-def weight_bytes_per_token(path: str | Path, shape: dict[str, Any] | None = None) -> int:
-    """Bytes of weights a decode step reads: the .tflite's size (every weight is read once per token), less the
-    embedding table's share when it is not tied to the output layer (a lookup reads one row of it); the share is
-    the table's fraction of the parameter count, so it is an estimate for files that mix precisions."""
-    size = Path(path).stat().st_size
-    if shape and not shape.get("tied_embeddings", True) and shape.get("intermediate_size"):
-        size -= int(size * embedding_fraction(shape))
-    return int(size)
+def weight_bytes_per_token(path: str | Path) -> int:
+    """Bytes of weights a decode step of a LiteRT LLM reads: every constant its `decode` signature uses, once,
+    with the embedding table (only looked up) counted as one row (edgeopt.analyze.tflite.weight_bytes_read)."""
+    from edgeopt.analyze.tflite import weight_bytes_read
+
+    return weight_bytes_read(path, "decode")
 
 
-def embedding_fraction(shape: dict[str, Any]) -> float:
-    """The input embedding table's share of an untied Llama-family model's parameters."""
+def onnx_weight_bytes_per_token(path: str | Path) -> int:
+    """Bytes of weights a decode step of an ONNX LLM (a file, or a folder with one .onnx, e.g. ONNX Runtime GenAI's)
+    reads: every initializer, less all but one row of each table that is only looked up (the data input of Gather
+    ops, e.g. GenAI's fp32 embedding table). Sizes come from the graph, external data is never loaded."""
+    import onnx  # lazy: heavy
+
+    p = Path(path)
+    found = sorted(p.glob("*.onnx")) if p.is_dir() else [p] if p.is_file() else []
+    if not found:
+        raise InputError(f"{p}: no .onnx file")
+    p = found[0]
+    graph = onnx.load(str(p), load_external_data=False).graph
+
+    def nbytes(t: Any) -> int:
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+        return length if length is not None else len(t.raw_data) or onnx.helper.tensor_dtype_to_np_dtype(
+            t.data_type).itemsize * int(np.prod(t.dims, dtype=np.int64))
+
+    sizes = {t.name: nbytes(t) for t in graph.initializer}
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    uses: dict[str, set[bool]] = {}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in sizes:
+                uses.setdefault(name, set()).add(n.op_type == "Gather" and i == 0)
+    total = sum(sizes.values())
+    for name, how in uses.items():
+        if how == {True} and len(dims[name]) == 2 and dims[name][0] > 0:
+            total -= sizes[name] - sizes[name] // dims[name][0]  # one row read per token
+    return int(total)
+
+
+def decoder_weight_bytes(shape: dict[str, Any], bytes_per_weight: float) -> int:
+    """Bytes of weights a decode step of a Llama-family model reads when its Linears (and output layer) hold
+    `bytes_per_weight` bytes per weight and its norms fp32: every block's projections and the whole output layer
+    (tied or not; a lookup reads one embedding row). E.g. PyTorch fp32 (4) or its dynamic int8 Linears (1)."""
     h, v, i, n = shape["hidden_size"], shape["vocab_size"], shape["intermediate_size"], shape["num_layers"]
     kv = shape["num_kv_heads"] * shape["head_dim"]
-    total = 2 * v * h + n * (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) + h
-    return v * h / total
+    q = shape["num_heads"] * shape["head_dim"]
+    linears = n * (2 * h * q + 2 * h * kv + 3 * h * i) + v * h
+    return int(linears * bytes_per_weight + 4 * h * (2 * n + 1))
 
 
 def peak_rss_mb(model: str | Path, runtime: str, prompt_tokens: int, decode_tokens: int, threads: int,

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from edgeopt.errors import EdgeoptError
 from edgeopt.ledger import Gate, Latency, Stage
 from edgeopt.llm import measure as lm
+from edgeopt.llm.reauthor import hf_shape
 from edgeopt.measure import fidelity as fid
 from edgeopt.measure.latency import LatencyStats
 
@@ -134,7 +135,9 @@ def _measure(sessions: dict[str, Any], measured: list[tuple[Stage, Any]], tok: A
         stage.latency_ms = Latency(**stats.to_dict(), runtime=sessions[name].name, threads=threads, batch=1,
                                    shapes={"tokens": [1, 1]})
         stage.llm.update(t)
-        weights = (lm.weight_bytes_per_token(art.path, art.meta["llm"].get("shape")) if art.kind == "tflite"
+        hf = getattr(art.module, "lm", None) if art.kind == "torch" else None
+        weights = (lm.weight_bytes_per_token(art.path) if art.kind == "tflite"
+                   else lm.decoder_weight_bytes(hf_shape(hf.config).to_dict(), 4) if hf is not None
                    else int(art.size_bytes))
         ceiling = lm.ceiling_tok_s(bandwidth, weights)
         stage.llm.update(weight_bytes_per_token=weights, bandwidth_ceiling_tok_s=ceiling,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.analyze.tflite import NO_PROFILER, census_summary, op_census, tflite_info
+from edgeopt.analyze.tflite import NO_PROFILER, census_summary, op_census, tflite_info, weight_bytes_read
 from edgeopt.errors import InputError
 
 litert_torch = pytest.importorskip("litert_torch")
@@ -60,6 +60,29 @@ def test_info_names_inputs_outputs_and_weight_dtypes(files):
     assert fp32["weight_dtypes"]["float32"] >= 3 and fp32["int8_weights"] == 0
     assert dyn["int8_weights"] >= 3 and dyn["weight_bytes"] < fp32["weight_bytes"]
     assert fp32["size_bytes"] == files[0].stat().st_size and fp32["ops"] == sum(op_census(files[0]).values())
+
+
+class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(1000, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.fc(self.table(ids))
+
+
+def test_weight_bytes_read_counts_a_lookup_table_as_one_row(files, tmp_path):
+    fp32 = files[0]
+    conv = (8 * 3 * 9 + 8 + 8 * 8 * 9 + 8 + 8 * 5 + 5) * 4  # every weight and bias, fp32
+    assert conv <= weight_bytes_read(fp32) < conv + 64  # (+ a few small constants, e.g. the mean's axes)
+    assert weight_bytes_read(fp32, "serving_default") == weight_bytes_read(fp32)
+    model = litert_torch.convert(Lookup().eval(), sample_kwargs={"ids": torch.tensor([[1, 2, 3]])})
+    model.export(str(tmp_path / "lookup.tflite"))
+    got = weight_bytes_read(tmp_path / "lookup.tflite")
+    assert 16 * 4 + (16 * 4 + 4) * 4 <= got < 1000 * 16 * 4 / 10  # one row of the 64 KB table, and the Linear
+    with pytest.raises(InputError, match="no signature 'decode'"):
+        weight_bytes_read(fp32, "decode")
 
 
 def test_bad_files_are_one_line(files, tmp_path):

@@ -68,15 +68,33 @@ def test_fidelity_and_timing_on_litert(tiny_llm):
         lm.timing({"fp32": fp32}, list(range(1, 17)), decode_tokens=60)
 
 
-def test_bandwidth_and_bytes_per_token(tiny_llm):
-    _, d = tiny_llm
+def test_bandwidth_and_bytes_per_token(tiny_llm, tmp_path):
+    hf, d = tiny_llm
     assert lm.copy_bandwidth_gbs(mb=16, repeats=2) > 0.1
     size = (d / "int8.tflite").stat().st_size
-    shape = {"tied_embeddings": False, "vocab_size": 32000, "hidden_size": 128, "intermediate_size": 352,
-             "num_layers": 2, "num_kv_heads": 1, "head_dim": 16}
-    assert lm.weight_bytes_per_token(d / "int8.tflite") == size
-    # untied: the embedding table (a lookup reads one row) is left out
-    assert 0.4 * size < lm.weight_bytes_per_token(d / "int8.tflite", shape) < 0.6 * size
+    shape = {"vocab_size": 32000, "hidden_size": 128, "intermediate_size": 352, "num_layers": 2, "num_heads": 8,
+             "num_kv_heads": 1, "head_dim": 16}
+    linears = 2 * (2 * 128 * 128 + 2 * 128 * 16 + 3 * 128 * 352) + 32000 * 128
+    # every int8 Linear and the int8 output layer once (their scales besides), the embedding table (untied,
+    # only looked up) one row: the file holds both tables, so a token reads far less than its size
+    got = lm.weight_bytes_per_token(d / "int8.tflite")
+    assert linears < got < 1.1 * linears and got < 0.6 * size
+    assert lm.weight_bytes_per_token(d / "fp32.tflite") > 3.9 * linears
+    assert lm.decoder_weight_bytes(shape, 1) == linears + 4 * 128 * 5
+    assert lm.decoder_weight_bytes(shape, 4) == 4 * linears + 4 * 128 * 5
+    # an ONNX graph: all initializers, a table feeding only Gather counts one row
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((100, 8), np.float32), "table")
+    w = numpy_helper.from_array(np.zeros((8, 4), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])],
+                          "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [table, w])
+    onnx.save(helper.make_model(g), tmp_path / "m.onnx")
+    assert lm.onnx_weight_bytes_per_token(tmp_path) == 8 * 4 + 8 * 4 * 4
+    with pytest.raises(InputError, match="no .onnx file"):
+        lm.onnx_weight_bytes_per_token(tmp_path / "nothing")
 
 
 @pytest.mark.slow
