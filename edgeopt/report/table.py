@@ -311,8 +311,9 @@ def llm_notes(ledger: Ledger) -> list[str]:
                  "Bandwidth limit: copy bandwidth not recorded.")
     over = [s.name for s in ledger.stages if s.llm and (s.llm.get("bandwidth_pct") or 0) > 100]
     if over:
-        notes.append(f"Above 100% ({', '.join(over)}): the weights read per token fit in the CPU caches, so memory "
-                     f"bandwidth does not bound their decode.")
+        notes.append(f"Above 100% ({', '.join(over)}): the limit is an estimate from a copy, which writes as much as "
+                     f"it reads; a decode step mostly reads, and streaming reads can go faster (or the weights fit in "
+                     f"the CPU caches).")
     notes.append(f"Fidelity: next-token top-1 agreement, KL and perplexity on {d.get('sequences', '?')} held-out "
                  f"sequences × {d.get('seq_len', '?')} tokens, teacher-forced, against the {ledger.stages[0].name} "
                  f"stage.")

@@ -91,4 +91,4 @@ def test_a_decode_rate_above_the_bandwidth_limit_is_explained():
     led = make_llm_ledger()
     assert not any("Above 100%" in n for n in llm_notes(led))
     led.stage("litert-int4").llm["bandwidth_pct"] = 484.0  # a tiny model whose weights stay in cache
-    assert "Above 100% (litert-int4): the weights read per token fit in the CPU caches" in " ".join(llm_notes(led))
+    assert "Above 100% (litert-int4): the limit is an estimate from a copy" in " ".join(llm_notes(led))
