@@ -68,8 +68,19 @@ def test_structural_fits_on_1000_generated_sentences_past_the_bundled_set():
     chain = dict(FAMILIES["structural-heads"].chain({"ffn": 0.5, "heads": 0.25, "int8": None}, info))
     assert chain["prune.ffn"]["data"] == TRAIN_SENTENCES and chain["prune.ffn"]["samples"] == 1000
     assert chain["prune.heads"]["importance"] == "obs" and chain["prune.heads"]["limit"] == 1000
+    assert chain["prune.ffn"]["recover"] == "none" and "train" not in chain["prune.ffn"]
     plain = dict(FAMILIES["structural-heads"].chain({"ffn": 0.5, "heads": 0.0, "int8": None}, INFO))
     assert "data" not in plain["prune.ffn"]  # other data: the run's calibration data
+    # distilled after the pruning: 3000 generated sentences (the first 1000 calibrate the pruning), 2 epochs
+    distilled = dict(FAMILIES["structural-heads"].chain({"ffn": 0.6, "heads": 0.0, "recover": "distill"}, info))
+    assert distilled["prune.ffn"]["recover"] == "distill" and distilled["prune.ffn"]["train"] == {"epochs": 2}
+    assert distilled["prune.ffn"]["data"] == "zoo:sentences[640:3640]" and distilled["prune.ffn"]["limit"] == 3000
+    assert distilled["prune.ffn"]["samples"] == 1000
+    on_own = dict(FAMILIES["structural-heads"].chain({"ffn": 0.6, "recover": "distill"}, INFO))["prune.ffn"]
+    assert on_own["recover"] == "distill" and "data" not in on_own  # the run's calibration data
+    from edgeopt.passes.base import build_pass
+
+    build_pass("prune.ffn", distilled["prune.ffn"])  # a valid config
     assert model_info(None, None, False, "zoo:sentences").train_data == TRAIN_SENTENCES
 
 
