@@ -28,6 +28,7 @@ EXPECTED = {
 # loaded elsewhere or too big for the suite; each shares its loader with a model that is loaded here
 NOT_LOADED = {
     "digits-diffusion": "trained on first use (~10 CPU-minutes); its data is the diffusion recipe's own",
+    "digits-teacher": "trained on first use (~70 s on 2 cores); the same loader and inputs as digits-cnn",
     "smollm2-135m": "tests/zoo/test_llm.py builds it from its GGUF (~35 s) and checks its tokenizer",
     "tinyllama": "1.1B parameters; the same loader as tinyllama-mini",
     "unet-medium": "the same loader as unet-tiny",
