@@ -58,12 +58,6 @@ def prompt_ids(tokenizer: Any, n: int, vocab_size: int = 32000) -> list[int]:
     return heldout_sequences(tokenizer, 1, n, vocab_size, start=60000, seed=1)[0]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
 @dataclass
 class FidelityAccumulator:
     """Teacher-forced comparison of a candidate's next-token distributions with the reference's."""
@@ -75,13 +69,18 @@ class FidelityAccumulator:
     nll_ref: float = 0.0
 
     def add(self, ref_logits: np.ndarray, logits: np.ndarray, ids: Sequence[int]) -> None:
-        """Rows 0..T-2 of both (T, vocab) logits predict ids[1:]."""
-        ref, got = _log_softmax(ref_logits[:-1]), _log_softmax(logits[:-1])
-        target = np.asarray(ids[1:])
-        rows = np.arange(len(target))
+        """Rows 0..T-2 of both (T, vocab) logits predict ids[1:]. In float64 (an fp32 export's KL is ~1e-11),
+        through torch's log-softmax and KL kernels: half numpy's time on a 49152-token vocabulary."""
+        import torch  # lazy: heavy
+        import torch.nn.functional as F
+
+        ref = torch.log_softmax(torch.as_tensor(np.asarray(ref_logits[:-1]), dtype=torch.float64), -1)
+        got = torch.log_softmax(torch.as_tensor(np.asarray(logits[:-1]), dtype=torch.float64), -1)
+        target = torch.as_tensor(np.asarray(ids[1:], dtype=np.int64))
+        rows = torch.arange(len(target))
         self.agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         self.positions += len(target)
-        self.kl_sum += float((np.exp(ref) * (ref - got)).sum())
+        self.kl_sum += float(F.kl_div(got, ref, log_target=True, reduction="sum"))  # sum p_ref (log p_ref - log p)
         self.nll -= float(got[rows, target].sum())
         self.nll_ref -= float(ref[rows, target].sum())
 

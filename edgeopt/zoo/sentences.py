@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 
 N_SENTENCES = 640  # the bundled set (calibration / eval slices of the recipes); a slice past it generates more
@@ -64,10 +63,15 @@ def sentences(n: int = N_SENTENCES, seed: int = 1234) -> list[str]:
     The generator is sequential, so `sentences(m)[:n] == sentences(n)` for m > n: slices past the bundled 640
     (e.g. 1000 calibration sentences at [640:1640]) never overlap the recipes' eval slices.
     """
-    return list(_generate(n, seed))
+    have = _LONGEST.get(seed, ())
+    if len(have) < n:  # the generator is sequential: the longest list made so far serves every shorter request
+        have = _LONGEST[seed] = _generate(n, seed)
+    return list(have[:n])
 
 
-@functools.lru_cache(maxsize=4)
+_LONGEST: dict[int, tuple[str, ...]] = {}
+
+
 def _generate(n: int, seed: int) -> tuple[str, ...]:
     rng = random.Random(seed)
     out: list[str] = []

@@ -45,3 +45,16 @@ def test_slice_bounds_checked():
         split("[-5:]", slice(0, 1))
     with pytest.raises(ValueError, match="at most"):
         split("[0:10000000]", slice(0, 1))
+
+
+def test_the_longest_list_serves_shorter_requests(monkeypatch):
+    from edgeopt.zoo import sentences as S
+
+    made = []
+    real = S._generate
+    monkeypatch.setattr(S, "_LONGEST", {})
+    monkeypatch.setattr(S, "_generate", lambda n, seed: made.append(n) or real(n, seed))
+    long = S.sentences(3000, seed=5)
+    assert S.sentences(1200, seed=5) == long[:1200] and made == [3000]  # sliced, not generated again
+    assert S.sentences(3500, seed=5)[:3000] == long and made == [3000, 3500]
+    assert S.sentences(10, seed=6) != long[:10] and made[-1] == 10  # another seed, another list
