@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeopt.errors import InputError, first_line
 from edgeopt.artifact import write_bytes_atomic
+from edgeopt.errors import InputError, first_line
 from edgeopt.llm.reauthor import generative_api, reauthor, reauthored_logits
 
 
@@ -63,9 +63,9 @@ def swap_weights(src: Path, out: Path, before: Any, after: Any, kv_cache_max_len
     new = {k: v.detach().float().contiguous().numpy() for k, v in new_model.state_dict().items()}
     if old.keys() != new.keys():
         raise SwapError("the two models have different weights (names); convert instead")
-    changed = [k for k in new if old[k].shape != new[k].shape or not np.array_equal(old[k], new[k])]
-    if any(old[k].shape != new[k].shape for k in changed):
+    if any(old[k].shape != new[k].shape for k in new):
         raise SwapError("a weight changed shape; convert instead")
+    changed = [k for k in new if not np.array_equal(old[k], new[k])]
     data = bytearray(Path(src).read_bytes())
     views = _buffers(data)
     by_size: dict[int, list[int]] = {}

@@ -180,8 +180,8 @@ def _int8_tail(kind: str | None, info: ModelInfo) -> Chain:
 
 def _heads_chain(params: dict[str, Any], info: ModelInfo) -> Chain:
     """Feed-forward neurons pruned (structured OBS with a least-squares refit on generated data: in
-    benchmarks/structural_minilm.py this alone kept MiniLM at mean cosine 0.9905 for 1.35× on 1000 sentences,
-    better than adding distillation) and optionally attention heads first; then exported, fused and optionally
+    benchmarks/structural_minilm.py this alone kept MiniLM at mean cosine 0.9905 for 1.35× on 1000 sentences)
+    and optionally attention heads first; then exported, fused and optionally
     quantized (ONNX Runtime dynamic INT8 or OpenVINO INT8), or converted to LiteRT (fp32 or dynamic INT8), whose
     XNNPACK kernels were the fastest fp32 path on an AVX2-only CPU.
 
