@@ -100,9 +100,9 @@ def hessians(model: Any, names: Sequence[str], sequences: Sequence[Sequence[int]
             x = inp[0].detach()
             if hasattr(m, "rotation"):
                 x = m.rotation(x)
-            x = x.reshape(-1, x.shape[-1]).double()
+            x = x.reshape(-1, x.shape[-1]).float()  # one sequence's XᵀX in fp32 (2 x faster), summed in float64
             slot = acc.setdefault(key, [torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64), 0])
-            slot[0] += x.T @ x
+            slot[0] += (x.T @ x).double()
             slot[1] += x.shape[0]
         hooks.append(mod.register_forward_pre_hook(hook))
     feed(model, sequences, hooks)
@@ -111,7 +111,8 @@ def hessians(model: Any, names: Sequence[str], sequences: Sequence[Sequence[int]
 
 def quantize_weight(weight: Any, hessian: Any, grid: Grid, damp: float = 0.01, block_cols: int = 128) -> Any:
     """GPTQ of one weight matrix (out, in) with the inputs' Hessian (in, in): the float weights on `grid`
-    (integers times the min/max scale, the scale-setting element of each group pinned at ±qmax)."""
+    (integers times the min/max scale, the scale-setting element of each group pinned at ±qmax). Rows are
+    independent given the Hessian, so Linears that read the same input can be stacked into one call (`gptq` does)."""
     import torch  # lazy: heavy
 
     w = weight.detach().double().clone()
@@ -126,27 +127,32 @@ def quantize_weight(weight: Any, hessian: Any, grid: Grid, damp: float = 0.01, b
     h[dead, dead] = 1.0
     order = torch.argsort(torch.diagonal(h), descending=True)  # act-order: the most-used inputs first
     inv_order = torch.argsort(order)
-    w, h = w[:, order], h[order][:, order]
+    h = h[order][:, order]
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    q = torch.zeros_like(w)
-    row_idx = torch.arange(rows)
-    for b0 in range(0, cols, block_cols):
-        b1 = min(b0 + block_cols, cols)
-        w1, err = w[:, b0:b1].clone(), torch.zeros(rows, b1 - b0, dtype=torch.float64)
-        hi = hinv[b0:b1, b0:b1]
-        for i in range(b1 - b0):
-            col = int(order[b0 + i])
-            s = scale[:, col // block]
-            qi = torch.clamp(torch.round(w1[:, i] / s), -grid.qmax, grid.qmax)
-            pinned = pin[row_idx, col // block] == col
-            qi = torch.where(pinned, pin_sign[row_idx, col // block] * grid.qmax, qi)
-            q[:, b0 + i] = qi * s
-            e = (w1[:, i] - q[:, b0 + i]) / hi[i, i]
-            w1[:, i:] -= e[:, None] * hi[i, i:][None, :]
-            err[:, i] = e
-        w[:, b1:] -= err @ hinv[b0:b1, b1:]
-    return q[:, inv_order].to(weight.dtype)
+    # column-major working copies (one contiguous row per input column, in act-order), with each column's scale,
+    # whether its element sets its group's scale, and that element's pinned integer precomputed
+    grp = order // block
+    wt = w.T[order].contiguous()  # (cols, rows)
+    st = scale.T[grp].contiguous()
+    pinned = (pin.T[grp] == order[:, None]).contiguous()
+    pinval = (pin_sign.T[grp] * grid.qmax).contiguous()
+    qt = torch.empty_like(wt)
+    with torch.no_grad():
+        for b0 in range(0, cols, block_cols):
+            b1 = min(b0 + block_cols, cols)
+            w1, err = wt[b0:b1], torch.empty(b1 - b0, rows, dtype=torch.float64)
+            hi = hinv[b0:b1, b0:b1]
+            for i in range(b1 - b0):
+                j = b0 + i
+                qi = torch.where(pinned[j], pinval[j], torch.round(w1[i] / st[j]).clamp_(-grid.qmax, grid.qmax))
+                qi.mul_(st[j])
+                qt[j] = qi
+                e = (w1[i] - qi).div_(hi[i, i])
+                w1[i:].addr_(hi[i, i:], e, alpha=-1)
+                err[i] = e
+            wt[b1:].sub_(hinv[b0:b1, b1:].T @ err)
+    return qt[inv_order].T.to(weight.dtype)
 
 
 def gptq(model: Any, sequences: Sequence[Sequence[int]], grids: dict[str, Grid], damp: float = 0.01,
@@ -165,20 +171,25 @@ def gptq(model: Any, sequences: Sequence[Sequence[int]], grids: dict[str, Grid],
     if missing:
         raise InputError(f"gptq: the model has no Linear {missing[0]!r}")
     hs = hessians(model, list(grids), sequences)
-    rtn_err, gptq_err = [], []
+    stacks: dict[tuple[str, Grid], list[str]] = {}  # Linears reading one input on one grid: one GPTQ call
     for name, grid in grids.items():
-        mod = modules[name]
-        h = hs[name]
-        w = mod.weight.data.double()
-        q = quantize_weight(mod.weight.data, h, grid, damp).double()
-        energy = lambda d: float(torch.einsum("oi,ij,oj->", d, h, d))  # noqa: E731  ‖d·X‖² on the calibration inputs
-        base = abs(energy(w)) or 1.0
-        rtn_err.append((energy(w - _round(w, grid)) / base) ** 0.5)
-        gptq_err.append((energy(w - q) / base) ** 0.5)
-        with torch.no_grad():
-            mod.weight.data = q.to(mod.weight.dtype)
-        if advance is not None:
-            advance(1)
+        stacks.setdefault((_group(name), grid), []).append(name)
+    rtn_err, gptq_err = [], []
+    for (_, grid), names in stacks.items():
+        h = hs[names[0]]
+        ws = [modules[n].weight.data for n in names]
+        qs = quantize_weight(torch.cat(ws), h, grid, damp).split([len(w) for w in ws])
+        hf = h.float()
+        for name, w, q in zip(names, ws, qs):
+            energy = lambda d: float(((d @ hf) * d).sum(dtype=torch.float64))  # noqa: E731  ‖d·X‖² (calibration)
+            w = w.float()
+            base = abs(energy(w)) or 1.0
+            rtn_err.append((energy(w - _round(w, grid)) / base) ** 0.5)
+            gptq_err.append((energy(w - q.float()) / base) ** 0.5)
+            with torch.no_grad():
+                modules[name].weight.data = q.to(modules[name].weight.dtype)
+            if advance is not None:
+                advance(1)
     return {"linears": len(grids), "sequences": len(sequences), "damp": damp,
             "grids": sorted({f"int{g.bits}" + (f"_block{g.block}" if g.block else "") for g in grids.values()}),
             "rtn_output_error": sum(rtn_err) / len(rtn_err), "gptq_output_error": sum(gptq_err) / len(gptq_err)}

@@ -1,10 +1,13 @@
 """Size: bytes of a model's file(s), their deflate-compressed size (what sparsity buys once zipped), parameter count.
 
-MB here means 2**20 bytes, the unit peak RSS is reported in too.
+MB here means 2**20 bytes, the unit peak RSS is reported in too. Above `SAMPLE_ABOVE` bytes the deflated size is
+estimated from an evenly spaced sample of 64 KiB pieces (`sampled_deflated_size`; within 0.5 % on SmolLM2's LiteRT
+files, a tenth of the time), and the report says so.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +20,9 @@ from edgeopt.errors import InputError
 MB = float(1 << 20)
 DEFLATE_LEVEL = 6  # zip's default
 _CHUNK = 4 << 20  # chunks compress independently (as pigz does): sizes match one stream to ~0.1%
+SAMPLE_ABOVE = 256 << 20  # larger models get a sampled deflated size
+_PIECE = 64 << 10  # sampled pieces: small enough that every tensor of an LLM file is hit many times
+_SAMPLED = 64 << 20  # about this many bytes are deflated when sampling
 
 
 def model_files(art: Artifact) -> list[Path]:
@@ -82,19 +88,48 @@ def deflated_size(blocks: Iterator[bytes], level: int = DEFLATE_LEVEL) -> int:
         return total + sum(f.result() for f in pending)
 
 
+def sampled_deflated_size(blocks: Iterator[bytes], every: int, level: int = DEFLATE_LEVEL) -> int:
+    """The deflated size of the byte stream `blocks` estimated from one 64 KiB piece in `every` (evenly spaced,
+    each compressed on its own; a piece never spans two blocks): the pieces' compression ratio times the stream's
+    length. A systematic sample, deterministic; `every` 1 deflates the whole stream in 64 KiB pieces (a piece
+    compresses a little worse than a 4 MiB chunk: +1.5 % on a stream with long runs of zeros, +0.1 % on weights)."""
+    stride = max(1, int(every)) * _PIECE
+    seen = taken = 0
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal seen, taken
+        for block in blocks:
+            for i in range((-seen) % stride, len(block), stride):
+                piece = block[i:i + _PIECE]
+                taken += len(piece)
+                yield piece
+            seen += len(block)
+
+    packed = deflated_size(pieces(), level)
+    return round(packed * seen / taken) if taken else 0
+
+
 def size_report(art: Artifact) -> dict[str, Any]:
     """{"bytes", "mb", "zipped_bytes", "zipped_mb"} of the model file(s); for a torch artifact without a
-    file, of its parameters and buffers as raw bytes."""
+    file, of its parameters and buffers as raw bytes. Above `SAMPLE_ABOVE` bytes the zipped size is sampled
+    (`sampled_deflated_size`) and "zipped_estimate" says how."""
     files = model_files(art)
     if files:
         size = sum(f.stat().st_size for f in files)
-        zipped = deflated_size(_file_blocks(files))
+        blocks = lambda: _file_blocks(files)  # noqa: E731
     elif art.kind == "torch" and art.module is not None:
         size = int(art.size_bytes)
-        zipped = deflated_size(_module_blocks(art.module))
+        blocks = lambda: _module_blocks(art.module)  # noqa: E731
     else:
         raise InputError(f"{art.kind} artifact has neither a file nor a live module to size")
-    return {"bytes": int(size), "mb": size / MB, "zipped_bytes": int(zipped), "zipped_mb": zipped / MB}
+    out: dict[str, Any] = {"bytes": int(size), "mb": size / MB}
+    if size > SAMPLE_ABOVE:
+        every = math.ceil(size / _SAMPLED)
+        zipped = sampled_deflated_size(blocks(), every)
+        out["zipped_estimate"] = f"deflate of 1 in {every} evenly spaced 64 KiB pieces, scaled to the whole"
+    else:
+        zipped = deflated_size(blocks())
+    return {**out, "zipped_bytes": int(zipped), "zipped_mb": zipped / MB}
 
 
 def _all_initializers(graph: Any) -> Iterator[Any]:

@@ -104,3 +104,25 @@ def test_peak_rss_child(tiny_llm):
     assert 20 < mb < 2000
     with pytest.raises(InputError, match="measuring child failed: .*no such file"):
         lm.peak_rss_mb(d / "missing.tflite", "litert", 12, 4, 1)
+
+
+@pytest.mark.slow
+def test_time_in_children_keeps_each_model_loaded_across_rounds(tiny_llm):
+    import psutil
+
+    _, d = tiny_llm
+    prompt = list(range(3, 15))
+    models = {"fp32": (d / "fp32.tflite", "litert"), "int8": (d / "int8.tflite", "litert")}
+    done = []
+    t = lm.time_in_children(models, prompt, decode_tokens=4, repeats=2, threads=1, advance=lambda: done.append(1))
+    assert len(done) == 4 and set(t) == {"fp32", "int8"}
+    for r in t.values():
+        assert r["repeats"] == 2 and r["decode_tokens"] == 8 and r["prompt_tokens"] == 12
+        assert r["decode_tok_s"] > 0 and 20 < r["peak_rss_mb"] < 2000
+    assert not psutil.Process().children()  # every resident child was ended
+    # one round: a fresh child per model, no resident ones
+    one = lm.time_in_children({"int8": models["int8"]}, prompt, decode_tokens=3, repeats=1, threads=1)
+    assert one["int8"]["decode_tokens"] == 3 and one["int8"]["peak_rss_mb"] > 20
+    with pytest.raises(InputError, match="gone: the measuring child failed: .*no such file"):
+        lm.time_in_children({**models, "gone": (d / "gone.tflite", "litert")}, prompt, 4, repeats=2, threads=1)
+    assert not psutil.Process().children()

@@ -68,6 +68,30 @@ def test_deflated_size_matches_zlib_on_one_block():
     assert deflated_size(iter([])) == 0
 
 
+def test_sampled_deflated_size_estimates_a_mixed_stream(tmp_path, monkeypatch):
+    import edgeopt.measure.size as size_mod
+
+    rng = np.random.default_rng(0)
+    # stretches that compress very differently: zeros, int8-like small integers, random floats
+    parts = [np.zeros(3 << 20, np.uint8), rng.integers(-6, 7, 5 << 20).astype(np.int8).view(np.uint8),
+             rng.standard_normal(1 << 20).astype(np.float32).view(np.uint8)]
+    data = np.concatenate(parts).tobytes()
+    blocks = lambda: iter([data[i:i + (4 << 20)] for i in range(0, len(data), 4 << 20)])  # noqa: E731
+    exact = deflated_size(blocks())
+    pieces = [data[i:i + (64 << 10)] for i in range(0, len(data), 64 << 10)]
+    assert size_mod.sampled_deflated_size(blocks(), 1) == deflated_size(iter(pieces))  # every piece: no sampling
+    est = size_mod.sampled_deflated_size(blocks(), 8)
+    assert est != exact and abs(est / exact - 1) < 0.02
+    f = tmp_path / "big.bin"
+    f.write_bytes(data)
+    art = Artifact(kind="tflite", path=f, input_spec=InputSpec(()), sha256="0", size_bytes=len(data))
+    assert "zipped_estimate" not in size_report(art)
+    monkeypatch.setattr(size_mod, "SAMPLE_ABOVE", 1 << 20)
+    monkeypatch.setattr(size_mod, "_SAMPLED", 2 << 20)  # 12 MiB in all: 1 piece in 6
+    r = size_report(art)
+    assert "1 in 6 evenly spaced" in r["zipped_estimate"] and abs(r["zipped_bytes"] / exact - 1) < 0.02
+
+
 def test_torch_artifact_without_file_uses_its_tensors(tiny_mlp_torch):
     r = size_report(tiny_mlp_torch)
     assert r["bytes"] == tiny_mlp_torch.size_bytes == (16 * 64 + 64 + 64 + 64 + 64 * 8 + 8) * 4
