@@ -22,9 +22,11 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from edgeopt.artifact import write_bytes_atomic
 from edgeopt.errors import InputError, first_line
-from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, kv_layout_of, reauthor, verify
+from edgeopt.llm.reauthor import LlmShape, generative_api, hf_shape, kv_layout_of, reauthor, reauthored_logits, verify
 
 VARIANTS = ("none", "dynamic_int8", "weight_only_int8", "fp16", "dynamic_int4_block32", "dynamic_int4_block64",
             "dynamic_int4_block128")
@@ -143,9 +145,185 @@ def _windowed(exportable: Any, window: int) -> Any:
     return exportable
 
 
+def signature_names(prefill_lens: Sequence[int], decode_windows: Sequence[int], score_len: int | None) -> list[str]:
+    """The export's signatures, in file order: prefill_<N>..., decode, decode_<W>..., score_<L>."""
+    return ([f"prefill_{int(n)}" for n in sorted(set(prefill_lens))] + ["decode"]
+            + [f"decode_{int(w)}" for w in sorted(set(decode_windows))] + ([f"score_{int(score_len)}"] if score_len else []))
+
+
+def convert_signatures(model: Any, api: Any, kv_cache_max_len: int, kv_layout: str, names: Sequence[str]) -> bytes:
+    """The re-authored `model` converted to one flatbuffer with the signatures `names` (see `signature_names`)."""
+    import torch  # lazy: heavy
+    from litert_torch._convert import interface as converter_utils  # lazy: optional extra
+
+    import litert_torch  # lazy: optional extra
+
+    litert_torch.config.show_progress = False
+    ExportConfig, Exportable = api.export_config.ExportConfig, api.converter.ExportableModule
+    layout = kv_layout_of(api, kv_layout)
+    plain = ExportConfig(kvcache_layout=layout)
+    scoring = ExportConfig(output_logits_on_prefill=True, kvcache_layout=layout)
+    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=plain.kvcache_layout)
+    from edgeopt.measure.litert import quiet_native_stderr
+
+    def tokens(n: int) -> dict[str, Any]:
+        return {"tokens": torch.zeros((1, n), dtype=torch.int32), "input_pos": torch.arange(n, dtype=torch.int32),
+                "kv_cache": kv}
+
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    try:  # tracing loads the converter's native libraries, which print absl / oneDNN lines: held back
+        with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings(), \
+                _windowed_attention():
+            warnings.simplefilter("ignore")
+            conv = converter_utils.Converter()
+            mod = Exportable(model, export_config=plain).eval()
+            for name in names:
+                kind, _, n = name.partition("_")
+                if kind == "prefill":
+                    conv.add_signature(name, mod, sample_kwargs=tokens(int(n)))
+                elif kind == "decode" and not n:
+                    conv.add_signature(name, mod, sample_kwargs=tokens(1))
+                elif kind == "decode":
+                    conv.add_signature(name, _windowed(Exportable(model, export_config=plain).eval(), int(n)),
+                                       sample_kwargs=tokens(1))
+                elif kind == "score":
+                    conv.add_signature(name, Exportable(model, export_config=scoring).eval(), sample_kwargs=tokens(int(n)))
+                else:
+                    raise InputError(f"unknown signature {name!r}")
+            return bytes(conv.convert().model_content())
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
+
+
+def default_workers(n_signatures: int, num_layers: int) -> int:
+    """Conversion processes for `n_signatures` of a `num_layers`-block model: one per CPU this process may use, at
+    most one per 2 signatures, while 5 GiB of memory per extra process is available (a SmolLM2 conversion peaks at
+    ~4 GiB), and 1 for small jobs (under 48 block-signatures: a child's start, ~5 s, would cost more than it saves)."""
+    import os
+
+    import psutil  # lazy
+
+    if n_signatures * num_layers < 48:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spare = int(psutil.virtual_memory().available // (5 << 30))
+    return max(1, min(cpus, n_signatures // 2, 1 + spare))
+
+
+def _split(names: list[str], workers: int | None, num_layers: int) -> list[list[str]]:
+    """`names` dealt round-robin into `workers` groups (the first stays in this process)."""
+    n = default_workers(len(names), num_layers) if workers is None else max(1, min(int(workers), len(names)))
+    return [names[i::n] for i in range(n)] if n > 1 else [names]
+
+
+def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: int, kv_layout: str,
+                         split: list[list[str]]) -> bytes:
+    """`split[0]` converted here while a child process per other group (`python -m edgeopt.llm.export --worker`)
+    converts its own from the same weights (a safetensors file and the HF config, never a pickle); the parts merged
+    and checked. Raises InputError when a child fails or the merged file misses the re-authored model's logits."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from edgeopt.llm.merge import merge
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-convert-") as tmp:
+        state, aliases = {}, {}
+        seen: dict[int, str] = {}
+        for k, v in hf_model.state_dict().items():  # tied tensors are saved once (safetensors refuses shared ones)
+            ptr = v.data_ptr()
+            if ptr in seen:
+                aliases[k] = seen[ptr]
+            else:
+                seen[ptr] = k
+                state[k] = v.detach().float().contiguous()
+        save_file(state, f"{tmp}/weights.safetensors")
+        procs = []
+        for i, group in enumerate(split[1:], 1):
+            spec = {"weights": f"{tmp}/weights.safetensors", "aliases": aliases, "config": hf_model.config.to_dict(),
+                    "kv_cache_max_len": kv_cache_max_len, "kv_layout": kv_layout, "signatures": group,
+                    "out": f"{tmp}/part{i}.tflite"}
+            (Path(tmp) / f"part{i}.json").write_text(json.dumps(spec))
+            err = open(Path(tmp) / f"part{i}.err", "wb")
+            procs.append((subprocess.Popen([sys.executable, "-m", "edgeopt.llm.export", "--worker",
+                                            f"{tmp}/part{i}.json"], stdout=subprocess.DEVNULL, stderr=err), err, spec))
+        try:
+            parts = [convert_signatures(model, api, kv_cache_max_len, kv_layout, split[0])]
+            for proc, err, spec in procs:
+                if proc.wait() != 0:
+                    err.close()
+                    lines = [ln for ln in Path(err.name).read_text(errors="replace").splitlines() if ln.strip()]
+                    raise InputError(f"the conversion process for {', '.join(spec['signatures'])} failed: "
+                                     f"{lines[-1][:200] if lines else proc.returncode}")
+                parts.append(Path(spec["out"]).read_bytes())
+        finally:
+            for proc, err, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                err.close()
+    content = merge(parts)
+    _check_merged(content, model, kv_cache_max_len, kv_layout, api)
+    return content
+
+
+def _check_merged(content: bytes, model: Any, kv_cache_max_len: int, kv_layout: str, api: Any,
+                  rtol: float = 1e-4) -> None:
+    """Every decode signature of the merged file against the re-authored model on one token at position 0 (LiteRT's
+    built-in kernels: XNNPACK would pack every weight again per call)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # lazy: optional extra
+
+    from edgeopt.measure.litert import quiet_native_stderr
+
+    token = 13 % int(model.config.vocab_size)
+    ref = reauthored_logits(model, [token], kv_cache_max_len, api, kv_layout)[0].numpy()
+    with quiet_native_stderr():
+        interp = Interpreter(model_content=content, num_threads=2,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        for name in interp.get_signature_list():
+            if not name.startswith("decode"):
+                continue
+            runner = interp.get_signature_runner(name)
+            feed = {n: np.zeros(d["shape"], dtype=d["dtype"]) for n, d in runner.get_input_details().items()}
+            feed["tokens"] = np.array([[token]], dtype=np.int32)
+            got = np.asarray(runner(**feed)["logits"], dtype=np.float32).reshape(-1)
+            err = float(np.abs(got - ref).max()) / max(float(np.abs(ref).max()), 1e-12)
+            if err > rtol:
+                raise InputError(f"the merged export's {name} misses the re-authored model's logits "
+                                 f"(relative error {err:.1e})")
+
+
+def _worker(spec_path: str) -> int:
+    """A conversion child (see `_convert_in_parallel`): re-author the model from the spec's weights and config,
+    convert the spec's signatures, write the flatbuffer atomically."""
+    from types import SimpleNamespace
+
+    import torch  # lazy: heavy
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(1)
+    state = load_file(spec["weights"])
+    for k, src in spec["aliases"].items():
+        state[k] = state[src]
+    cfg = dict(spec["config"])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    hf = SimpleNamespace(config=config, state_dict=lambda: state)
+    api = generative_api()
+    model = reauthor(hf, int(spec["kv_cache_max_len"]), api)
+    content = convert_signatures(model, api, int(spec["kv_cache_max_len"]), spec["kv_layout"], spec["signatures"])
+    write_bytes_atomic(Path(spec["out"]), content)
+    return 0
+
+
 def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128), kv_cache_max_len: int = 1024,
             score_len: int | None = 128, verify_ids: Any = None, kv_layout: str = "default",
-            decode_windows: Sequence[int] = ()) -> dict[str, Any]:
+            decode_windows: Sequence[int] = (), workers: int | None = None) -> dict[str, Any]:
     """Re-author `hf_model`, check it against the HF logits on `verify_ids`, and write the fp32 multi-signature
     .tflite to `out` (atomically). Returns the facts llm.json records (signatures, shape, verification).
 
@@ -157,7 +335,13 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     `decode_windows` (transposed layout only): extra `decode_<W>` signatures that attend over the first W cache
     positions only, so a decode step costs what the tokens in the cache need rather than what the whole cache
     holds; they read and write the same cache as `decode`, and a runtime picks the smallest W above the position
-    (`LiteRtLlm` does)."""
+    (`LiteRtLlm` does).
+
+    `workers`: processes converting signatures side by side (None: up to the CPUs and memory this machine has,
+    see `default_workers`). litert-torch exports one signature at a time in single-threaded Python (~30 s each
+    for SmolLM2), so a second process converting half of them in parallel, with the parts merged after
+    (`edgeopt.llm.merge`: each weight stored once) and the merged file's logits checked, takes about 40 % off a
+    six-signature conversion on 2 cores. Any failure there falls back to converting all in this process."""
     import torch  # lazy: heavy
 
     shape = hf_shape(hf_model.config)
@@ -177,52 +361,26 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         raise InputError(f"decode windows must be between 1 and the KV cache length ({kv_cache_max_len}) "
                          f"exclusive, got {windows}")
     api = generative_api()
-    from litert_torch._convert import interface as converter_utils  # lazy: optional extra
-
-    import litert_torch  # lazy: optional extra
-
-    litert_torch.config.show_progress = False
     model = reauthor(hf_model, kv_cache_max_len, api)
     ids = verify_ids if verify_ids is not None else (torch.arange(min(32, lens[-1])) * 7919 + 13) % shape.vocab_size
     checked = verify(hf_model, model, ids, kv_cache_max_len, api, kv_layout=kv_layout)
-    ExportConfig, Exportable = api.export_config.ExportConfig, api.converter.ExportableModule
-    layout = kv_layout_of(api, kv_layout)
-    plain = ExportConfig(kvcache_layout=layout)
-    scoring = ExportConfig(output_logits_on_prefill=True, kvcache_layout=layout)
-    kv = api.kv_cache.KVCache.from_model_config(kv_cache_max_len, model.config, kv_layout=plain.kvcache_layout)
-    from edgeopt.measure.litert import quiet_native_stderr
-
-    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-    try:  # tracing loads the converter's native libraries, which print absl / oneDNN lines: held back
-        with torch.no_grad(), redirect_stderr(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings(), \
-                _windowed_attention():
-            warnings.simplefilter("ignore")
-            conv = converter_utils.Converter()
-            mod = Exportable(model, export_config=plain).eval()
-            for n in lens:
-                conv.add_signature(f"prefill_{n}", mod, sample_kwargs={
-                    "tokens": torch.zeros((1, n), dtype=torch.int32), "input_pos": torch.arange(n, dtype=torch.int32),
-                    "kv_cache": kv})
-            one_token = {"tokens": torch.zeros((1, 1), dtype=torch.int32),
-                         "input_pos": torch.zeros((1,), dtype=torch.int32), "kv_cache": kv}
-            conv.add_signature("decode", mod, sample_kwargs=one_token)
-            for w in windows:
-                conv.add_signature(f"decode_{w}", _windowed(Exportable(model, export_config=plain).eval(), w),
-                                   sample_kwargs=one_token)
-            if score_len:
-                conv.add_signature(f"score_{score_len}", Exportable(model, export_config=scoring).eval(),
-                                   sample_kwargs={"tokens": torch.zeros((1, score_len), dtype=torch.int32),
-                                                  "input_pos": torch.arange(score_len, dtype=torch.int32),
-                                                  "kv_cache": kv})
-            content = conv.convert().model_content()
-    except Exception as e:
-        raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
+    names = signature_names(lens, windows, score_len)
+    split = _split(names, workers, shape.num_layers)
+    content, how = None, {"processes": 1}
+    if len(split) > 1:
+        try:
+            content = _convert_in_parallel(hf_model, model, api, kv_cache_max_len, kv_layout, split)
+            how = {"processes": len(split), "signatures": split}
+        except InputError as e:
+            how["parallel_failed"] = first_line(e, 200)
+    if content is None:
+        content = convert_signatures(model, api, kv_cache_max_len, kv_layout, names)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, bytes(content))
     return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout,
             "decode_windows": windows,
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",
-            "embedding": "same", "verification": checked,
+            "embedding": "same", "verification": checked, "conversion": how,
             "rope_base": float(model.config.block_config(0).attn_config.rotary_base)}
 
 
@@ -305,3 +463,16 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{side}: not a valid {LLM_JSON} ({first_line(e, 120)})") from None
     return facts
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        try:
+            sys.exit(_worker(sys.argv[2]))
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    print("usage: python -m edgeopt.llm.export --worker SPEC.json (a conversion child of export.convert)", file=sys.stderr)
+    sys.exit(2)

@@ -102,3 +102,47 @@ def test_sidecar_errors(tmp_path):
     (tmp_path / E.LLM_JSON).write_text('{"prefill_lens": [8]')
     with pytest.raises(InputError, match="not a valid llm.json"):
         E.read_sidecar(tmp_path)
+
+
+def _signature_outputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every signature's outputs on seeded inputs (LiteRT's built-in kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    out = {}
+    for name in it.get_signature_list():
+        runner = it.get_signature_runner(name)
+        rng = np.random.default_rng(0)
+        feed = {n: (rng.standard_normal(d["shape"]) * 0.1).astype(d["dtype"]) if d["dtype"] == np.float32
+                else np.zeros(d["shape"], d["dtype"]) for n, d in runner.get_input_details().items()}
+        feed["tokens"] = rng.integers(0, 32000, feed["tokens"].shape).astype(np.int32)
+        feed["input_pos"] = np.arange(len(feed["input_pos"]), dtype=np.int32)
+        out[name] = {k: np.asarray(v) for k, v in runner(**feed).items()}
+    return out
+
+
+@pytest.mark.slow
+def test_signatures_converted_in_two_processes_compute_what_one_process_does(tiny_llm, tmp_path, monkeypatch):
+    hf, d = tiny_llm
+    kw = dict(prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32)
+    assert E.default_workers(4, 2) == 1  # a small job stays in one process unless asked
+    facts = E.convert(hf, tmp_path / "par" / "model.tflite", workers=2, **kw)
+    assert facts["conversion"] == {"processes": 2, "signatures": [["prefill_8", "decode"], ["prefill_16", "score_32"]]}
+    one, two = _signature_outputs(d / "fp32.tflite"), _signature_outputs(tmp_path / "par" / "model.tflite")
+    assert one.keys() == two.keys() == {"prefill_8", "prefill_16", "decode", "score_32"}
+    for name in one:  # the merged file computes exactly what the single conversion does, every output
+        assert one[name].keys() == two[name].keys()
+        for k in one[name]:
+            np.testing.assert_array_equal(one[name][k], two[name][k], err_msg=f"{name}/{k}")
+    # each weight is stored once, as in the single conversion
+    assert (tmp_path / "par" / "model.tflite").stat().st_size <= (d / "fp32.tflite").stat().st_size
+    assert _table_copies(tmp_path / "par" / "model.tflite", 32000, 128) == _table_copies(d / "fp32.tflite", 32000, 128)
+
+    # a failure on the parallel path (a child, the merge, or the merged file's logit check) converts in one process
+    def broken(*a, **k):
+        raise InputError("the conversion process for decode failed: boom")
+
+    monkeypatch.setattr(E, "_convert_in_parallel", broken)
+    facts = E.convert(hf, tmp_path / "again" / "model.tflite", workers=2, **kw)
+    assert facts["conversion"] == {"processes": 1, "parallel_failed": "the conversion process for decode failed: boom"}
+    assert (tmp_path / "again" / "model.tflite").read_bytes() == (d / "fp32.tflite").read_bytes()

@@ -84,6 +84,8 @@ class ConvertLiteRtLlm(Pass):
         decode_windows: list[int] = Field(
             default_factory=list, description="extra decode_<W> signatures attending over the first W cache "
             "positions only (transposed layout; the runner picks the smallest window that holds the position)")
+        workers: int | None = Field(default=None, ge=1, description="processes converting the signatures side by "
+                                    "side (None: one per CPU while memory allows; edgeopt.llm.export.convert)")
         quantize: Variant = "none"
         embedding: Embedding = "same"
         attention: Part = Field(default="same", description="the attention blocks' quantization, if not quantize's")
@@ -137,7 +139,8 @@ class ConvertLiteRtLlm(Pass):
             fp32 = ctx.stage_dir / (MODEL if cfg.quantize == "none" else ".fp32.tflite")
             facts = llm_export.convert(hf, fp32, prefill_lens=cfg.prefill_lens,
                                        kv_cache_max_len=cfg.kv_cache_max_len, score_len=cfg.score_len,
-                                       kv_layout=cfg.kv_layout, decode_windows=cfg.decode_windows)
+                                       kv_layout=cfg.kv_layout, decode_windows=cfg.decode_windows,
+                                       workers=cfg.workers)
             facts["hf_config"] = hf.config.to_dict()
             facts["smooth"] = reweighted.get("smooth")
             facts.update({k: v for k, v in reweighted.items() if k != "smooth"})
