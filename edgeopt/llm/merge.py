@@ -4,7 +4,8 @@ whose signatures share their weight buffers (how `export.convert` converts signa
 Each part holds a complete copy of the weights its signatures use; the merge appends the later parts' subgraphs,
 operator codes and signature definitions to the first part's, and points every tensor at one buffer per distinct
 content (buffers are compared by size and SHA-256), so the merged file stores each weight once, as a single
-conversion of all the signatures does. Written here because neither litert-torch nor ai-edge-litert merges
+conversion of all the signatures does. Tensor and subgraph names that two parts share get a ";merged<k>" suffix:
+ai-edge-quantizer refuses a model whose tensor names repeat. Written here because neither litert-torch nor ai-edge-litert merges
 converted models; the flatbuffer is read and written with ai-edge-litert's own schema object API.
 """
 
@@ -40,6 +41,8 @@ def merge(parts: Sequence[bytes]) -> bytes:
     code_index: dict[tuple[Any, ...], int] = {}
     subgraphs: list[Any] = []
     signatures: list[Any] = []
+    tensor_names: set[bytes] = set()  # ai-edge-quantizer needs tensor names unique across the whole model
+    subgraph_names: set[bytes] = set()
     first_map: list[int] = []
     for m in models:
         _refuse_control_flow(m, S)
@@ -55,8 +58,10 @@ def merge(parts: Sequence[bytes]) -> bytes:
         offset = len(subgraphs)
         composite = getattr(S.BuiltinOptions2, "StableHLOCompositeOptions", None)
         for g in m.subgraphs or []:
+            g.name = _unique(g.name, subgraph_names)
             for t in g.tensors or []:
                 t.buffer = buffer_map[t.buffer] if t.buffer < len(buffer_map) else 0
+                t.name = _unique(t.name, tensor_names)
             for op in g.operators or []:
                 op.opcodeIndex = code_map[op.opcodeIndex]
                 if composite is not None and getattr(op, "builtinOptions2Type", 0) == composite:
@@ -76,6 +81,19 @@ def merge(parts: Sequence[bytes]) -> bytes:
         out.metadataBuffer = [first_map[i] for i in out.metadataBuffer]
     out.buffers, out.operatorCodes, out.subgraphs, out.signatureDefs = buffers, codes, subgraphs, signatures
     return bytes(fu.convert_object_to_bytearray(out))
+
+
+def _unique(name: Any, taken: set[bytes]) -> Any:
+    """`name`, or `name` + ";merged<k>" for the smallest k not yet taken (a suffix keeps substring matches, such as
+    the quantization recipes' regexes on tensor names); `taken` is updated."""
+    if not name:
+        return name
+    raw = name if isinstance(name, bytes) else str(name).encode()
+    out, k = raw, 1
+    while out in taken:
+        out, k = raw + b";merged%d" % k, k + 1
+    taken.add(out)
+    return out
 
 
 def _buffer_index(b: Any, buffers: list[Any], by_content: dict[tuple[int, bytes], int]) -> int:

@@ -136,6 +136,12 @@ def test_signatures_converted_in_two_processes_compute_what_one_process_does(tin
             np.testing.assert_array_equal(one[name][k], two[name][k], err_msg=f"{name}/{k}")
     # each weight is stored once, as in the single conversion
     assert (tmp_path / "par" / "model.tflite").stat().st_size <= (d / "fp32.tflite").stat().st_size
+    # and the quantizer takes it (tensor names unique), computing what the single file's int8 does
+    E.quantize_file(tmp_path / "par" / "model.tflite", tmp_path / "par" / "int8.tflite", "dynamic_int8", hf.config)
+    one8, two8 = _signature_outputs(d / "int8.tflite"), _signature_outputs(tmp_path / "par" / "int8.tflite")
+    for name in one8:
+        for k in one8[name]:
+            np.testing.assert_array_equal(one8[name][k], two8[name][k], err_msg=f"int8 {name}/{k}")
     assert _table_copies(tmp_path / "par" / "model.tflite", 32000, 128) == _table_copies(d / "fp32.tflite", 32000, 128)
 
     # a failure on the parallel path (a child, the merge, or the merged file's logit check) converts in one process
