@@ -218,11 +218,16 @@ def _split(names: list[str], workers: int | None, num_layers: int) -> list[list[
     return [names[i::n] for i in range(n)] if n > 1 else [names]
 
 
+class _ParallelFailed(InputError):
+    """The parallel path failed (a child, the merge or the merged file's check): convert in one process instead."""
+
+
 def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: int, kv_layout: str,
                          split: list[list[str]]) -> bytes:
     """`split[0]` converted here while a child process per other group (`python -m edgeopt.llm.export --worker`)
     converts its own from the same weights (a safetensors file and the HF config, never a pickle); the parts merged
-    and checked. Raises InputError when a child fails or the merged file misses the re-authored model's logits."""
+    and checked. Raises _ParallelFailed when a child, the merge or the check fails; a failure of this process's own
+    conversion propagates as it is (converting again in one process would only repeat it)."""
     import subprocess
     import sys
     import tempfile
@@ -257,8 +262,8 @@ def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: 
                 if proc.wait() != 0:
                     err.close()
                     lines = [ln for ln in Path(err.name).read_text(errors="replace").splitlines() if ln.strip()]
-                    raise InputError(f"the conversion process for {', '.join(spec['signatures'])} failed: "
-                                     f"{lines[-1][:200] if lines else proc.returncode}")
+                    raise _ParallelFailed(f"the conversion process for {', '.join(spec['signatures'])} failed: "
+                                          f"{lines[-1][:200] if lines else proc.returncode}")
                 parts.append(Path(spec["out"]).read_bytes())
         finally:
             for proc, err, _ in procs:
@@ -266,8 +271,11 @@ def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: 
                     proc.kill()
                     proc.wait()
                 err.close()
-    content = merge(parts)
-    _check_merged(content, model, kv_cache_max_len, kv_layout, api)
+    try:
+        content = merge(parts)
+        _check_merged(content, model, kv_cache_max_len, kv_layout, api)
+    except InputError as e:
+        raise _ParallelFailed(str(e)) from None
     return content
 
 
@@ -371,7 +379,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
         try:
             content = _convert_in_parallel(hf_model, model, api, kv_cache_max_len, kv_layout, split)
             how = {"processes": len(split), "signatures": split}
-        except InputError as e:
+        except _ParallelFailed as e:
             how["parallel_failed"] = first_line(e, 200)
     if content is None:
         content = convert_signatures(model, api, kv_cache_max_len, kv_layout, names)

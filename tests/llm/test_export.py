@@ -146,9 +146,26 @@ def test_signatures_converted_in_two_processes_compute_what_one_process_does(tin
 
     # a failure on the parallel path (a child, the merge, or the merged file's logit check) converts in one process
     def broken(*a, **k):
-        raise InputError("the conversion process for decode failed: boom")
+        raise E._ParallelFailed("the conversion process for decode failed: boom")
 
     monkeypatch.setattr(E, "_convert_in_parallel", broken)
     facts = E.convert(hf, tmp_path / "again" / "model.tflite", workers=2, **kw)
     assert facts["conversion"] == {"processes": 1, "parallel_failed": "the conversion process for decode failed: boom"}
     assert (tmp_path / "again" / "model.tflite").read_bytes() == (d / "fp32.tflite").read_bytes()
+
+
+def test_a_failure_of_this_process_own_conversion_is_not_repeated(tiny_llm, tmp_path, monkeypatch):
+    import psutil
+
+    hf, _ = tiny_llm
+    calls = []
+
+    def fails(*a, **k):
+        calls.append(a[-1])
+        raise InputError("litert-torch cannot convert the re-authored LLM: RuntimeError: boom")
+
+    monkeypatch.setattr(E, "convert_signatures", fails)
+    with pytest.raises(InputError, match="boom"):
+        E.convert(hf, tmp_path / "m.tflite", prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32, workers=2)
+    assert calls == [["prefill_8", "decode"]]  # once, this process's half: no second try in one process
+    assert not psutil.Process().children() and not (tmp_path / "m.tflite").exists()  # the child was ended
