@@ -197,24 +197,30 @@ def convert_signatures(model: Any, api: Any, kv_cache_max_len: int, kv_layout: s
         raise InputError(f"litert-torch cannot convert the re-authored LLM: {type(e).__name__}: {first_line(e, 200)}") from None
 
 
-def default_workers(n_signatures: int, num_layers: int) -> int:
-    """Conversion processes for `n_signatures` of a `num_layers`-block model: one per CPU this process may use, at
-    most one per 2 signatures, while 5 GiB of memory per extra process is available (a SmolLM2 conversion peaks at
-    ~4 GiB), and 1 for small jobs (under 48 block-signatures: a child's start, ~5 s, would cost more than it saves)."""
+MERGE_LIMIT = 1_500_000_000  # fp32 weight bytes above which the parts are not merged (a flatbuffer holds < 2 GB)
+
+
+def default_workers(n_signatures: int, num_layers: int, weight_bytes: int = 0) -> int:
+    """Conversion processes for `n_signatures` of a `num_layers`-block model with `weight_bytes` of fp32 weights:
+    one per CPU this process may use, at most one per 2 signatures, while memory for another conversion is
+    available (8 x the weights, at least 5 GiB: a SmolLM2 conversion peaks at ~4 GiB), and 1 for small jobs
+    (under 48 block-signatures: a child's start, ~5 s, would cost more than it saves) and for models whose
+    merged file would pass `MERGE_LIMIT` (the merge writes one in-memory flatbuffer)."""
     import os
 
     import psutil  # lazy
 
-    if n_signatures * num_layers < 48:
+    if n_signatures * num_layers < 48 or weight_bytes > MERGE_LIMIT:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    spare = int(psutil.virtual_memory().available // (5 << 30))
+    spare = int(psutil.virtual_memory().available // max(5 << 30, 8 * weight_bytes))
     return max(1, min(cpus, n_signatures // 2, 1 + spare))
 
 
-def _split(names: list[str], workers: int | None, num_layers: int) -> list[list[str]]:
+def _split(names: list[str], workers: int | None, num_layers: int, weight_bytes: int) -> list[list[str]]:
     """`names` dealt round-robin into `workers` groups (the first stays in this process)."""
-    n = default_workers(len(names), num_layers) if workers is None else max(1, min(int(workers), len(names)))
+    n = (default_workers(len(names), num_layers, weight_bytes) if workers is None
+         else max(1, min(int(workers), len(names))))
     return [names[i::n] for i in range(n)] if n > 1 else [names]
 
 
@@ -246,7 +252,10 @@ def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: 
             else:
                 seen[ptr] = k
                 state[k] = v.detach().float().contiguous()
-        save_file(state, f"{tmp}/weights.safetensors")
+        try:
+            save_file(state, f"{tmp}/weights.safetensors")
+        except OSError as e:  # e.g. a full temporary folder
+            raise _ParallelFailed(f"cannot hand the weights to a conversion process: {first_line(e, 200)}") from None
         procs = []
         for i, group in enumerate(split[1:], 1):
             spec = {"weights": f"{tmp}/weights.safetensors", "aliases": aliases, "config": hf_model.config.to_dict(),
@@ -274,8 +283,8 @@ def _convert_in_parallel(hf_model: Any, model: Any, api: Any, kv_cache_max_len: 
     try:
         content = merge(parts)
         _check_merged(content, model, kv_cache_max_len, kv_layout, api)
-    except InputError as e:
-        raise _ParallelFailed(str(e)) from None
+    except Exception as e:  # noqa: BLE001  any failure of the merge or its check: convert in one process instead
+        raise _ParallelFailed(f"merging the parts failed: {first_line(e, 200)}") from None
     return content
 
 
@@ -373,7 +382,8 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     ids = verify_ids if verify_ids is not None else (torch.arange(min(32, lens[-1])) * 7919 + 13) % shape.vocab_size
     checked = verify(hf_model, model, ids, kv_cache_max_len, api, kv_layout=kv_layout)
     names = signature_names(lens, windows, score_len)
-    split = _split(names, workers, shape.num_layers)
+    weight_bytes = 4 * sum(p.numel() for p in hf_model.parameters())
+    split = _split(names, workers, shape.num_layers, weight_bytes)
     content, how = None, {"processes": 1}
     if len(split) > 1:
         try:

@@ -179,9 +179,9 @@ def gptq(model: Any, sequences: Sequence[Sequence[int]], grids: dict[str, Grid],
         h = hs[names[0]]
         ws = [modules[n].weight.data for n in names]
         qs = quantize_weight(torch.cat(ws), h, grid, damp).split([len(w) for w in ws])
-        hf = h.float()
+        h32 = h.float()
         for name, w, q in zip(names, ws, qs):
-            energy = lambda d: float(((d @ hf) * d).sum(dtype=torch.float64))  # noqa: E731  ‖d·X‖² (calibration)
+            energy = lambda d: float(((d @ h32) * d).sum(dtype=torch.float64))  # noqa: E731  ‖d·X‖² (calibration)
             w = w.float()
             base = abs(energy(w)) or 1.0
             rtn_err.append((energy(w - _round(w, grid)) / base) ** 0.5)

@@ -126,6 +126,7 @@ def test_signatures_converted_in_two_processes_compute_what_one_process_does(tin
     hf, d = tiny_llm
     kw = dict(prefill_lens=(8, 16), kv_cache_max_len=64, score_len=32)
     assert E.default_workers(4, 2) == 1  # a small job stays in one process unless asked
+    assert E.default_workers(6, 30, 2 * E.MERGE_LIMIT) == 1  # and one whose merged file would pass 2 GB
     facts = E.convert(hf, tmp_path / "par" / "model.tflite", workers=2, **kw)
     assert facts["conversion"] == {"processes": 2, "signatures": [["prefill_8", "decode"], ["prefill_16", "score_32"]]}
     one, two = _signature_outputs(d / "fp32.tflite"), _signature_outputs(tmp_path / "par" / "model.tflite")
