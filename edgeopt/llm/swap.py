@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeopt.artifact import write_bytes_atomic
-from edgeopt.errors import InputError, first_line
-from edgeopt.llm.reauthor import generative_api, reauthor, reauthored_logits
+from edgeopt.errors import InputError
+from edgeopt.llm.reauthor import generative_api, reauthor
 
 
 class SwapError(InputError):
@@ -95,35 +95,17 @@ def swap_weights(src: Path, out: Path, before: Any, after: Any, kv_cache_max_len
     return {"weights": len(changed), "buffers": len(targets), "verification": check}
 
 
-def _check(content: bytes, model: Any, kv_cache_max_len: int, kv_layout: str, api: Any) -> dict[str, float]:
-    """The decode signature's logits for three single tokens at position 0 (an empty cache) against the
-    re-authored model's: every weight of every block takes part, and one token needs no prefill."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # lazy: optional extra
-
-    from edgeopt.measure.litert import quiet_native_stderr
+def _check(content: bytes, model: Any, kv_cache_max_len: int, kv_layout: str, api: Any) -> dict[str, Any]:
+    """The decode signature's logits for three single tokens at position 0 against the re-authored model's
+    (`export.decode_check`); SwapError when LiteRT cannot load the rewritten file."""
+    from edgeopt.llm.export import decode_check
 
     vocab = int(model.config.vocab_size)
-    errs, scale = [], 0.0
-    # LiteRT's built-in kernels, not XNNPACK: the signature runner allocates tensors on every call, and XNNPACK
-    # packs every weight again each time (2.5 s a call on SmolLM2 against 0.2 s); the check is of the weights
-    plain = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    with quiet_native_stderr():
-        try:
-            runner = Interpreter(model_content=content, num_threads=2,
-                                 experimental_op_resolver_type=plain).get_signature_runner("decode")
-            details = runner.get_input_details()
-        except Exception as e:
-            raise SwapError(f"LiteRT cannot load the rewritten export ({first_line(e, 200)})") from None
-        outs = []
-        for t in (13 % vocab, 7932 % vocab, (vocab - 5) % vocab):
-            feed = {n: np.zeros(d["shape"], dtype=d["dtype"]) for n, d in details.items()}
-            feed["tokens"] = np.array([[t]], dtype=np.int32)
-            outs.append((t, np.asarray(runner(**feed)["logits"], dtype=np.float32).reshape(-1)))
-    for t, got in outs:
-        ref = reauthored_logits(model, [t], kv_cache_max_len, api, kv_layout)[0].numpy()
-        errs.append(float(np.abs(got - ref).max()))
-        scale = max(scale, float(np.abs(ref).max()))
-    return {"max_abs": max(errs), "rel_error": max(errs) / max(scale, 1e-12), "tokens": 3}
+    try:
+        return decode_check(content, model, kv_cache_max_len, kv_layout, api, tokens=(13, 7932, vocab - 5),
+                            signatures=["decode"])
+    except InputError as e:
+        raise SwapError(f"{e} in the rewritten export") from None
 
 
 def gptq_into(model: Any, tokenizer: Any, src: Path, out: Path, facts: dict[str, Any], gptq: dict[str, str],
