@@ -94,7 +94,8 @@ class FidelityAccumulator:
         """Rows 0..T-2 of both (T, vocab) logits predict ids[1:] (`ref_logits` may be prepared by `reference`,
         once for all candidates). In float64 (an fp32 export's KL is ~1e-11), without materializing the
         candidate's log-probabilities: with log q = x - logsumexp(x) and each row of p summing to 1,
-        KL = sum p log p - (sum p x - sum logsumexp(x)); 0.07 s a 128 x 49152 sequence against 0.23 s."""
+        KL = sum p log p - (sum p x - sum logsumexp(x)); 0.05 s a 128 x 49152 sequence against 0.13 s for two
+        float64 log-softmaxes (measured side by side)."""
         import torch  # lazy: heavy
 
         ref = ref_logits if isinstance(ref_logits, Reference) else reference(ref_logits, ids)

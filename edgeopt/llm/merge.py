@@ -26,13 +26,13 @@ _SUBGRAPH_OPTIONS = ("WhileOptions", "IfOptions", "CallOnceOptions", "CallOption
 def merge(parts: Sequence[bytes]) -> bytes:
     """One flatbuffer with every signature of `parts` (LiteRT models converted from the same weights), the first
     part's metadata and description, and each distinct buffer stored once. Raises InputError for parts it cannot
-    merge safely (control-flow subgraphs, buffers stored at file offsets, a signature name in two parts)."""
+    merge safely (control-flow subgraphs, a signature name in two parts)."""
     from ai_edge_litert import schema_py_generated as S  # lazy: optional extra
     from ai_edge_litert.tools import flatbuffer_utils as fu  # lazy: optional extra
 
     if not parts:
         raise InputError("nothing to merge")
-    models = [fu.read_model_from_bytearray(bytearray(p)) for p in parts]
+    models = [fu.read_model_from_bytearray(p) for p in parts]  # buffers stay views of `parts` (read, never written)
     out = models[0]
     names = [s.signatureKey for s in out.signatureDefs or []]
     buffers: list[Any] = [S.BufferT()]  # buffer 0: the empty sentinel every non-constant tensor may point at
@@ -47,7 +47,8 @@ def merge(parts: Sequence[bytes]) -> bytes:
     for m in models:
         _refuse_control_flow(m, S)
         buffer_map = [_buffer_index(b, buffers, by_content) for b in m.buffers or []]
-        first_map = first_map or buffer_map
+        if m is out:
+            first_map = buffer_map
         code_map = []
         for c in m.operatorCodes or []:
             key = (c.builtinCode, c.deprecatedBuiltinCode, c.customCode, c.version)
@@ -97,9 +98,8 @@ def _unique(name: Any, taken: set[bytes]) -> Any:
 
 
 def _buffer_index(b: Any, buffers: list[Any], by_content: dict[tuple[int, bytes], int]) -> int:
-    """The merged index of buffer `b`: 0 when empty, else the first buffer with the same bytes (appended if new)."""
-    if getattr(b, "offset", 0) or getattr(b, "size", 0):
-        raise InputError("a part stores buffers at file offsets (over 2 GB): cannot merge it")
+    """The merged index of buffer `b`: 0 when empty, else the first buffer with the same bytes (appended if new).
+    Buffers stored at file offsets were already read into `data` by `read_model_from_bytearray`."""
     if b.data is None or len(b.data) == 0:
         return 0
     key = (len(b.data), hashlib.sha256(b.data).digest())
