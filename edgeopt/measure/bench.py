@@ -9,12 +9,14 @@ rounds pair up).
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from edgeopt.versions import __version__
-from edgeopt.artifact import Artifact
+from edgeopt.artifact import Artifact, InputSpec
 from edgeopt.data import check_feeds, resolve
 from edgeopt.errors import InputError
 from edgeopt.load import load_model
@@ -92,11 +94,32 @@ def _fmt_shape(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def _casts(art: Artifact) -> bool:
+    """Whether the runner of `art` casts each input to the dtype the model stores: the LiteRT runner does, since
+    litert-torch stores int64 / float64 inputs as int32 / float32 (edgeopt.measure.litert), as the pipeline feeds it."""
+    return art.kind == "tflite"
+
+
+def _same_family(a: str, b: str) -> bool:
+    """Both integer or both floating point: a cast between them keeps token ids and (narrowed) values."""
+    x, y = np.dtype(a), np.dtype(b)
+    return (np.issubdtype(x, np.integer) and np.issubdtype(y, np.integer)) or \
+        (np.issubdtype(x, np.floating) and np.issubdtype(y, np.floating))
+
+
+def _reference(named: list[tuple[str, Artifact]]) -> tuple[str, Artifact]:
+    """The model whose input dtypes the shared feed takes: the first one whose runner does not cast."""
+    return next(((n, a) for n, a in named if not _casts(a)), named[0])
+
+
 def check_same_inputs(named: list[tuple[str, Artifact]]) -> None:
-    """Refuse models whose inputs differ in name, dtype, rank or fixed dims (one line naming the input)."""
-    base_name, base = named[0]
+    """Refuse models whose inputs differ in name, dtype, rank or fixed dims (one line naming the input). A LiteRT
+    model may store an input in another width of the same kind (int32 token ids for int64): its runner casts."""
+    base_name, base = _reference(named)
     base_specs = {t.name: t for t in base.input_spec.inputs}
-    for name, art in named[1:]:
+    for name, art in named:
+        if art is base:
+            continue
         specs = {t.name: t for t in art.input_spec.inputs}
         for n in base_specs:
             if n not in specs:
@@ -108,7 +131,8 @@ def check_same_inputs(named: list[tuple[str, Artifact]]) -> None:
                                  f"(it takes: {', '.join(base_specs) or 'none'})")
         for n, t in specs.items():
             b = base_specs[n]
-            if t.dtype != b.dtype:
+            cast = (_casts(art) or _casts(base)) and _same_family(t.dtype, b.dtype)
+            if t.dtype != b.dtype and not cast:
                 raise InputError(f"bench: input {n!r}: {base_name} takes {b.dtype}, {name} takes {t.dtype}")
             fixed_differ = any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(b.shape, t.shape))
             if len(t.shape) != len(b.shape) or fixed_differ:
@@ -121,6 +145,7 @@ def shared_feed(named: list[tuple[str, Artifact]], data: str | None, seq_len: in
     check_same_inputs(named)
     spec = data or "random:1"
     arts = [a for _, a in named]
+    ref = _reference(named)[1]
     if spec.startswith("random:"):  # prefer a model that knows its vocabulary size
         base = next((a for a in arts if a.meta.get("vocab_size")), arts[0])
     else:  # sentences need a tokenizer
@@ -129,9 +154,16 @@ def shared_feed(named: list[tuple[str, Artifact]], data: str | None, seq_len: in
             if not base.meta.get("tokenizer"):
                 raise InputError(f"bench: data {spec} is text, but no model given carries a tokenizer "
                                  "(add a zoo: name or Hugging Face folder, or use an .npz or random:N)")
+    if base is not ref:  # its tokenizer / vocabulary, the reference's dtypes
+        base = replace(base, input_spec=ref.input_spec)
     feeds = resolve(spec, base, seq_len=seq_len, batch=batch, role="eval", default_slice=slice(0, batch), count=1)
     for name, art in named:
-        check_feeds(feeds, art.input_spec, f"bench data for {name}")
+        spec = art.input_spec
+        if _casts(art):  # checked as the dtypes it is fed (its runner casts them, see check_same_inputs)
+            have = {n: str(np.asarray(v).dtype) for n, v in feeds[0].items()}
+            spec = InputSpec(tuple(replace(t, dtype=have[t.name]) if t.name in have and
+                                   _same_family(t.dtype, have[t.name]) else t for t in spec.inputs))
+        check_feeds(feeds, spec, f"bench data for {name}")
     return feeds[0]
 
 

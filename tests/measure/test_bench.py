@@ -93,3 +93,40 @@ def test_bench_loads_paths(tiny_mlp_onnx):
     assert res.rows[0].name == str(tiny_mlp_onnx.path) and res.rows[0].n == 3
     with pytest.raises(InputError, match="no such file"):
         bench([str(tiny_mlp_onnx.path) + ".missing"], runs=3)
+
+
+def test_bench_feeds_a_litert_model_its_own_integer_width(tmp_path):
+    """litert-torch stores int64 token ids as int32: bench times the ONNX file (int64) and the LiteRT file (int32)
+    on one feed, in either order, and still refuses a dtype of another kind."""
+    pytest.importorskip("litert_torch")
+    import torch
+
+    from edgeopt.artifact import Artifact, InputSpec, TensorSpec
+    from edgeopt.measure.bench import bench, check_same_inputs
+    from edgeopt.passes.base import PassContext, build_pass
+
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.lin = torch.nn.Linear(8, 4)
+
+        def forward(self, input_ids):
+            return self.lin(self.emb(input_ids)).mean(dim=1)
+
+    from edgeopt.load import load_model
+
+    torch.manual_seed(0)
+    art = load_model(Emb().eval(), {"input_ids": torch.randint(0, 50, (1, 6))})
+    onnx_art = build_pass("convert.onnx", {})(art, PassContext(stage_dir=tmp_path / "onnx"))
+    tfl = build_pass("convert.litert", {"quantize": "none"})(art, PassContext(stage_dir=tmp_path / "litert"))
+    tfl = Artifact.from_file("tflite", tfl.path)  # as a user's file: inputs read from it
+    assert tfl.input_spec.inputs[0].dtype == "int32" and onnx_art.input_spec.inputs[0].dtype == "int64"
+    data = tmp_path / "ids.npz"
+    np.savez(data, input_ids=np.arange(6, dtype=np.int64)[None] * 7)
+    for order in ((onnx_art, tfl), (tfl, onnx_art)):
+        res = bench(list(order), runs=3, warmup=1, data=str(data), seq_len=6)
+        assert res.rows[1].cosine is not None and res.rows[1].cosine > 0.9999
+    floaty = Artifact.from_file("tflite", tfl.path, input_spec=InputSpec((TensorSpec("input_ids", "float32", (1, 6)),)))
+    with pytest.raises(InputError, match="input 'input_ids'.*int64.*float32"):
+        check_same_inputs([("onnx", onnx_art), ("tflite", floaty)])
