@@ -337,8 +337,39 @@ def plan(target: Any, info: ModelInfo, names: tuple[str, ...] = (), space: dict[
             sp["int8"] = tuple(c for c in sp["int8"] if c != "ov") or (None,)  # OpenVINO INT8 needs OpenVINO
         if "int8" in sp and {"litert", "litert-int8"} & set(sp["int8"]) and _no_litert(target, info, train_minutes):
             sp["int8"] = tuple(c for c in sp["int8"] if c not in ("litert", "litert-int8")) or (None,)
+        if fam.name == "structural-heads":
+            sp = _structural_first(sp, target, train_minutes, set((space or {}).get(fam.name, {})))
         spaces[fam.name] = sp
     return Plan(keep, spaces, skipped)
+
+
+DISTILL_MINUTES = 10  # the training budget from which the structural family tries distillation first (a distilled
+# MiniLM trial took ~6 minutes of wall time on 2 cores: prune.ffn's refit, 3000 sentences x 2 epochs, the export)
+
+
+def _structural_first(sp: dict[str, tuple[Any, ...]], target: Any, train_minutes: float,
+                      given: set[str]) -> dict[str, tuple[Any, ...]]:
+    """The structural family's space with the setting measured best for this CPU class moved first (the search
+    tries each family's first settings before any sampled ones); settings the recipe's space gives keep its order.
+
+    With int8 dot products (VNNI, AMX, dotprod, i8mm) and room to distil: 25 % of the FFN neurons pruned, distilled,
+    then LiteRT dynamic INT8 (else OpenVINO INT8, else ONNX Runtime's). On a Zen 4 class EPYC (AVX-512 + VNNI) that
+    trial was 1.25x (1.25-1.26) OpenVINO + NNCF's defaults at mean cosine 0.9952, the only MiniLM candidate found
+    to clear 1.2x at 0.995 there (benchmarks/search.py, README). Without them INT8 buys little, so the first trial
+    stays fp32 and prunes harder: 60 % distilled measured 1.47x ORT fp32 at 0.9904 against 1.34x at 0.9905 for 50 %
+    refitted. Below DISTILL_MINUTES the family's own defaults (50 %, refit, fp32) come first."""
+    if train_minutes < DISTILL_MINUTES or "distill" not in sp.get("recover", ()):
+        return sp
+    if getattr(target, "has_int8_dot", False):
+        tail = next((c for c in ("litert-int8", "ov", "ort") if c in sp.get("int8", ())), None)
+        want = {"ffn": 0.25, "heads": 0.0, "recover": "distill", "int8": tail}
+    else:
+        want = {"ffn": 0.6, "heads": 0.0, "recover": "distill", "int8": None}
+    out = dict(sp)
+    for k, v in want.items():
+        if k in out and k not in given and v in out[k]:
+            out[k] = (v, *(c for c in out[k] if c != v))
+    return out
 
 
 def check_space(names: tuple[str, ...], space: dict[str, dict[str, list[Any]]]) -> None:

@@ -136,3 +136,22 @@ def test_openvino_int8_family_offers_nncf_accuracy_control():
     quant = [dict(fam.chain(p, INFO))["openvino.quantize"] for p in fam.combos()]
     assert {q.get("max_drop") for q in quant} == {None, 0.004}
     assert fam.combos()[0]["max_drop"] is None  # plain NNCF first: it is the cheaper one
+
+
+def test_structural_family_tries_first_what_this_cpu_class_measured_best():
+    """With int8 dot products and room to distil, the first structural trial is light pruning, distilled, then
+    INT8 (LiteRT when installed); without them it stays fp32 and prunes harder; a small budget or the recipe's own
+    choices keep their order; nothing is dropped from the space."""
+    first = lambda p: {k: v[0] for k, v in p.spaces["structural-heads"].items()}  # noqa: E731
+    vnni, avx2 = get_target("cpu-avx512-vnni"), get_target("cpu-avx2")
+    assert vnni.has_int8_dot and not avx2.has_int8_dot
+    got = first(plan(vnni, INFO, ("structural-heads",), train_minutes=30))
+    assert (got["ffn"], got["heads"], got["recover"]) == (0.25, 0.0, "distill") and got["int8"] in ("litert-int8", "ov", "ort")
+    assert first(plan(avx2, INFO, ("structural-heads",), train_minutes=30)) == \
+        {"ffn": 0.6, "heads": 0.0, "recover": "distill", "int8": None}
+    defaults = FAMILIES["structural-heads"].defaults()
+    assert first(plan(vnni, INFO, ("structural-heads",), train_minutes=5)) == defaults  # no time to distil
+    mine = plan(vnni, INFO, ("structural-heads",), {"structural-heads": {"ffn": [0.5, 0.25]}}, train_minutes=30)
+    assert first(mine)["ffn"] == 0.5 and first(mine)["recover"] == "distill"  # the recipe's own order stays
+    full = plan(vnni, INFO, ("structural-heads",), train_minutes=30).spaces["structural-heads"]
+    assert {k: set(v) for k, v in full.items()} == {k: set(v) for k, v in FAMILIES["structural-heads"].space.items()}
