@@ -101,6 +101,9 @@ class OrtRunner:
             raise InputError(f"{self.path}: ONNX Runtime cannot load it: {_first_line(e)}") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
+        lead = {i.shape[0] if i.shape else None for i in self._sess.get_inputs()}
+        # a model whose inputs all have one fixed batch (graph.static_shapes): a smaller last batch is padded
+        self.fixed_batch = lead.pop() if len(lead) == 1 and isinstance(next(iter(lead)), int) else None
 
     def run(self, feed: Feed) -> list[np.ndarray]:
         if self._sess is None:
@@ -109,10 +112,26 @@ class OrtRunner:
             inputs = {n: feed[n] for n in self.input_names}
         except KeyError as e:
             raise InputError(f"{self.path}: feed has no input {e.args[0]!r} (has: {', '.join(feed) or 'none'})") from None
+        short = self._short_batch(inputs)
+        if short:  # repeat the last sample up to the fixed batch, and drop what the padding produced
+            inputs = {n: np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - short, axis=0)])
+                      for n, x in inputs.items()}
         try:
-            return self._sess.run(None, inputs)
+            out = self._sess.run(None, inputs)
         except Exception as e:  # wrong dtype/shape: ORT says which; keep one line
             raise InputError(f"{self.path}: run failed: {_first_line(e)}") from None
+        if short:
+            out = [y[:short] if getattr(y, "ndim", 0) and y.shape[0] == self.fixed_batch else y for y in out]
+        return out
+
+    def _short_batch(self, inputs: Feed) -> int:
+        """The feed's batch when it is a ragged last batch (every input the same size, smaller than the model's
+        fixed batch, at least 1), else 0."""
+        if not self.fixed_batch or not inputs:
+            return 0
+        sizes = {np.shape(x)[0] if np.ndim(x) else None for x in inputs.values()}
+        b = sizes.pop() if len(sizes) == 1 else None
+        return b if isinstance(b, int) and 0 < b < self.fixed_batch else 0
 
     def close(self) -> None:
         self._sess = None

@@ -5,7 +5,9 @@ once and fold shape arithmetic at load. `onnxruntime.tools.onnx_model_utils` doe
 (`make_input_shape_fixed`, then `fix_output_shapes`); this pass picks the shapes: each input's shape in the first
 calibration feed (the data the stage is judged on), else the input spec with `batch` / `seq_len` (default: the
 recipe's measure settings). A model fixed to one shape runs only at it, so every calibration and evaluation feed
-must have it: otherwise the pass fails naming the input, rather than produce a model the measurements cannot run.
+must have it (except a smaller last batch of a data set: edgeopt's ONNX Runtime runner pads it with copies of its
+last sample and drops their outputs): otherwise the pass fails naming the input, rather than produce a model the
+measurements cannot run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def dynamic_inputs(model: Any) -> dict[str, list[int | str]]:
     return out
 
 
+def _ragged_last(have: list[int], want: list[int], i: int, feeds: list[Any]) -> bool:
+    """Feed `i` is the last of its data set (the next feed starts over at the full batch, or none follows) and
+    differs from the fixed shape only by a smaller batch: the runner pads it (OrtRunner.run)."""
+    if len(have) != len(want) or not have or have[1:] != want[1:] or not 0 < have[0] < want[0]:
+        return False
+    nxt = feeds[i + 1] if i + 1 < len(feeds) else None
+    return nxt is None or all(list(getattr(v, "shape", ()))[:1] == want[:1] for v in nxt.values()
+                              if getattr(v, "ndim", 0))
+
+
 @register("graph.static_shapes")
 class StaticShapes(Pass):
     """Fix every dynamic input dim of an ONNX model (see the module docstring); outputs are re-inferred. The
@@ -59,7 +71,8 @@ class StaticShapes(Pass):
         feeds = list(ctx.calibration) + list(ctx.evaluation)
         for i, f in enumerate(feeds):
             for name, shape in shapes.items():
-                if name in f and list(getattr(f[name], "shape", ())) != shape:
+                have = list(getattr(f.get(name), "shape", ()))
+                if name in f and have != shape and not _ragged_last(have, shape, i, feeds):
                     raise PassError(f"{self.name}: input {name!r} is fixed to {shape}, but feed {i} of the data has "
                                     f"{list(f[name].shape)}: a static-shape model runs only at its shape")
         try:

@@ -35,3 +35,27 @@ def test_data_of_another_shape_and_a_static_model_are_refused(tiny_bert_onnx, ti
     fixed = build_pass("graph.static_shapes", {"seq_len": 8})(tiny_bert_onnx, PassContext(stage_dir=tmp_path / "b"))
     with pytest.raises(PassError, match="already has a fixed shape"):
         build_pass("graph.static_shapes", {})(fixed, PassContext(stage_dir=tmp_path / "c"))
+
+
+def test_a_smaller_last_batch_is_padded_by_the_runner(tiny_cnn_onnx, tmp_path):
+    """Data of 11 images in batches of 4 ends with a batch of 3: the pass fixes batch 4 (only a data set's last
+    batch may be smaller), and ONNX Runtime's runner pads that batch and returns 3 rows equal to the dynamic model's."""
+    import onnx
+
+    from edgeopt.measure.runners import OrtRunner
+
+    x = np.random.default_rng(0).standard_normal((11, 3, 16, 16)).astype(np.float32)
+    feeds = [{"x": x[i:i + 4]} for i in range(0, 11, 4)]
+    assert [f["x"].shape[0] for f in feeds] == [4, 4, 3]
+    ctx = PassContext(stage_dir=tmp_path / "a", calibration=feeds, evaluation=feeds)
+    out = build_pass("graph.static_shapes", {})(tiny_cnn_onnx, ctx)
+    assert dynamic_inputs(onnx.load(str(out.path))) == {} and ctx.notes["static_shapes"]["after"] == {"x": [4, 3, 16, 16]}
+    with OrtRunner(out.path, 1) as fixed, OrtRunner(tiny_cnn_onnx.path, 1) as dynamic:
+        assert fixed.fixed_batch == 4 and dynamic.fixed_batch is None
+        for f in feeds:
+            got, want = fixed.run(f)[0], dynamic.run(f)[0]
+            assert got.shape == want.shape == (f["x"].shape[0], 4)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ragged_first = [feeds[2], feeds[0]]  # a small batch that is not the last: still refused
+    with pytest.raises(PassError, match=r"fixed to \[3, 3, 16, 16\], but feed 1 of the data has \[4, 3, 16, 16\]"):
+        build_pass("graph.static_shapes", {})(tiny_cnn_onnx, PassContext(stage_dir=tmp_path / "b", calibration=ragged_first))
