@@ -1,7 +1,7 @@
 """The candidate search: an Optuna study over the target's candidate families, with gates as constraints and a front.
 
 Each trial picks a family and its settings (Optuna's multi-objective TPE sampler, seeded; every family's
-default settings are enqueued first, cheapest family first), builds the candidate through the executor's
+default settings are enqueued first, cheapest family first, and structural ones inside a too small budget), builds the candidate through the executor's
 build tasks (as many trials at once as the executor has build slots: one locally, several on a Ray cluster), times it interleaved against the search root on a node of the target (a measure task), and
 tells the study four objectives: latency (ms, from the paired speedup over the root), fidelity (accuracy
 with labels, else mean cosine; maximized), size (MB) and peak memory (MB). A trial that fails its gates is
@@ -118,6 +118,18 @@ def _sampler(optuna: Any, seed: int, startup: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
 
 
+def enqueue_order(families: list[Any], trials: int) -> list[Any]:
+    """The order the families' default trials are queued in: cheapest first, except that a trial budget too small
+    for every family still reaches the structural ones (a training budget asked for them): they take the last
+    places inside the budget and the cheap families that no longer fit follow them."""
+    structural = [f for f in families if f.structural]
+    cheap = [f for f in families if not f.structural]
+    if not structural or trials >= len(families):
+        return list(families)
+    keep = max(trials - len(structural), 0)
+    return cheap[:keep] + structural + cheap[keep:]
+
+
 class Search:
     """One search run (see the module docstring)."""
 
@@ -174,7 +186,7 @@ class Search:
         sampler = _sampler(optuna, self.inp.spec.seed, len(self.plan.families))
         study = optuna.create_study(study_name=STUDY, storage=storage, directions=list(DIRECTIONS), sampler=sampler)
         study.set_user_attr("identity", identity)
-        for fam in self.plan.families:  # cheapest first: every family's defaults before any sampled setting
+        for fam in enqueue_order(self.plan.families, self.inp.spec.trials):  # every family's defaults first
             first = {k: v[0] for k, v in self.plan.spaces[fam.name].items()}  # the recipe's space may reorder choices
             study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in first.items()}})
         return study

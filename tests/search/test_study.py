@@ -246,3 +246,20 @@ def test_trials_are_built_as_many_at_once_as_the_executor_has_slots(tmp_path, ti
     kinds = [k for k, _ in ex.log]
     assert kinds[:2] == ["build", "build"]  # both builds submitted before any waits or timing
     assert kinds.index("measure") > kinds.index("build-ran")
+
+
+def test_a_small_trial_budget_still_reaches_the_structural_families():
+    """Cheapest first, but with fewer trials than families the structural ones (asked for by a training budget)
+    take the last places inside the budget; a budget for every family keeps the cost order."""
+    from edgeopt.search.candidates import ModelInfo, plan
+    from edgeopt.search.study import enqueue_order
+    from edgeopt.target import get_target
+
+    cnn = ModelInfo(kind="onnx", baseline_kind="torch", conv=True, labelled=True, source="zoo:digits-cnn")
+    fams = plan(get_target("cpu-avx2"), cnn, train_minutes=10).families
+    structural = [f.name for f in fams if f.structural]
+    assert len(structural) == 2 and len(fams) > 6
+    names = [f.name for f in enqueue_order(fams, 6)]
+    assert sorted(names) == sorted(f.name for f in fams)  # nothing dropped, only reordered
+    assert set(names[:6]) >= set(structural) and names[:4] == [f.name for f in fams if not f.structural][:4]
+    assert enqueue_order(fams, len(fams)) == fams and enqueue_order(fams, 1)[0].structural
