@@ -158,12 +158,12 @@ def shared_feed(named: list[tuple[str, Artifact]], data: str | None, seq_len: in
         base = replace(base, input_spec=ref.input_spec)
     feeds = resolve(spec, base, seq_len=seq_len, batch=batch, role="eval", default_slice=slice(0, batch), count=1)
     for name, art in named:
-        spec = art.input_spec
+        takes = art.input_spec
         if _casts(art):  # checked as the dtypes it is fed (its runner casts them, see check_same_inputs)
             have = {n: str(np.asarray(v).dtype) for n, v in feeds[0].items()}
-            spec = InputSpec(tuple(replace(t, dtype=have[t.name]) if t.name in have and
-                                   _same_family(t.dtype, have[t.name]) else t for t in spec.inputs))
-        check_feeds(feeds, spec, f"bench data for {name}")
+            takes = InputSpec(tuple(replace(t, dtype=have[t.name]) if t.name in have and
+                                    _same_family(t.dtype, have[t.name]) else t for t in takes.inputs))
+        check_feeds(feeds, takes, f"bench data for {name}")
     return feeds[0]
 
 

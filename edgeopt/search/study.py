@@ -1,15 +1,16 @@
 """The candidate search: an Optuna study over the target's candidate families, with gates as constraints and a front.
 
 Each trial picks a family and its settings (Optuna's multi-objective TPE sampler, seeded; every family's
-default settings are enqueued first, cheapest family first, and structural ones inside a too small budget), builds the candidate through the executor's
-build tasks (as many trials at once as the executor has build slots: one locally, several on a Ray cluster), times it interleaved against the search root on a node of the target (a measure task), and
-tells the study four objectives: latency (ms, from the paired speedup over the root), fidelity (accuracy
-with labels, else mean cosine; maximized), size (MB) and peak memory (MB). A trial that fails its gates is
-infeasible (Optuna's constraints). A family whose first trial measures no gain on this target (not faster
-beyond the spread, not ≥10 % smaller, not ≥10 % less memory) is dropped: its later proposals are pruned
-without building anything. A trial that crashes is recorded as failed with its error and the search goes
-on. Trials live in an Optuna journal file in OUT/search/, so an interrupted search keeps its finished
-trials and `--resume` continues it; built stages live in the content-addressed stage cache.
+default settings are enqueued first, cheapest family first, the structural ones still inside a budget too small
+for every family), builds the candidate through the executor's build tasks (as many trials at once as the
+executor has build slots: one locally, several on a Ray cluster), times it interleaved against the search root
+on a node of the target (a measure task), and tells the study four objectives: latency (ms, from the paired
+speedup over the root), fidelity (accuracy with labels, else mean cosine; maximized), size (MB) and peak memory
+(MB). A trial that fails its gates is infeasible (Optuna's constraints). A family whose first trial measures no
+gain on this target (not faster beyond the spread, not ≥10 % smaller, not ≥10 % less memory) is dropped: its
+later proposals are pruned without building anything. A trial that crashes is recorded as failed with its
+error and the search goes on. Trials live in an Optuna journal file in OUT/search/, so an interrupted search
+keeps its finished trials and `--resume` continues it; built stages live in the content-addressed stage cache.
 """
 
 from __future__ import annotations
