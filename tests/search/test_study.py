@@ -11,7 +11,7 @@ import pytest
 from edgeopt.recipe import MeasureSpec, SearchSpec
 from edgeopt.measure.fidelity import GateSpec
 from edgeopt.search import study as study_mod
-from edgeopt.search.study import SearchInput, dominates, front_of, run_search
+from edgeopt.search.study import TOLERANCE, SearchInput, dominates, front_of, pair_tolerance, run_search
 from edgeopt.target import get_target
 
 
@@ -166,6 +166,22 @@ def test_front_keeps_only_feasible_undominated_trials():
     # differences inside the measurement's resolution are ties: 0.2 % of size, 1e-5 of cosine, 1 % of latency
     tied = [r(0, 10.0, 1.0, 90.3), r(1, 9.9, 0.99999, 90.5)]
     assert [x["number"] for x in front_of(tied)] == [0]
+
+
+def test_latencies_their_own_intervals_cannot_tell_apart_are_a_tie_on_the_front():
+    """Two INT8 candidates 3.1 % apart in latency: both stay on the front when their speedup intervals are narrow
+    (a real trade-off against fidelity), only the more faithful one when either interval is wider than the gap."""
+    def r(n, lat, fid, ratio, lo, hi):
+        return {"number": n, "status": "done", "gate": {"passed": True}, "latency_ms": lat, "fidelity_value": fid,
+                "size_mb": 23.5, "peak_mb": 106.0, "speedup": {"ratio": ratio, "lo": lo, "hi": hi}}
+
+    narrow = [r(0, 10.0, 0.9977, 2.86, 2.85, 2.87), r(1, 9.69, 0.9974, 2.95, 2.94, 2.96)]
+    assert [x["number"] for x in front_of(narrow)] == [0, 1]
+    wide = [r(0, 10.0, 0.9977, 2.86, 2.67, 3.33), r(1, 9.69, 0.9974, 2.95, 2.92, 3.03)]
+    assert [x["number"] for x in front_of(wide)] == [0]
+    assert pair_tolerance(wide[0], wide[1])[0][0] > 0.1 and pair_tolerance(narrow[0], narrow[1])[0] == TOLERANCE[0]
+    no_interval = [{k: v for k, v in x.items() if k != "speedup"} for x in wide]  # older records: the fixed 3 %
+    assert [x["number"] for x in front_of(no_interval)] == [0, 1]
 
 
 @pytest.mark.slow
