@@ -284,6 +284,11 @@ def ray_front(args: argparse.Namespace, local: dict, claims: list[Claim]) -> Non
                         f"local {local['front']} · ray {got['front']}"))
     log = (led.search or {}).get("executor_log", [])
     bad = [r for r in log if r.get("kind") == "measure" and res_name not in (r.get("resources") or {})]
+    resumed = not log and led.search.get("trials") and all(r.get("status") for r in led.search["trials"])
+    if resumed:  # the executor log covers this session's tasks: a run whose trials were all resumed ran none
+        claims.append(statement(f"Ray: timing placement not re-checked, every trial was resumed from {args.out} "
+                                "(run with a fresh --out to see the timing tasks)"))
+        return
     claims.append(Claim(f"Ray: every timing task ran on the node with {res_name}", bool(log) and not bad,
                         f"{sum(1 for r in log if r.get('kind') == 'measure')} timing tasks, {len(bad)} elsewhere"))
 
