@@ -229,6 +229,7 @@ class Search:
         study = self._study(optuna)
         self._sampler_of(optuna, study)
         self._restore(optuna, study)
+        self.earlier_log = list(study.user_attrs.get("executor_log", []))  # the tasks of the runs it resumes
         names = [f.name for f in self.plan.families]
         t0, asks, cap = time.monotonic(), 0, 4 * spec.trials + 40
         task = self.inp.progress.add_task("search", total=spec.trials) if self.inp.progress else None
@@ -269,6 +270,7 @@ class Search:
                     else:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     self.records.append(rec)
+                    study.set_user_attr("executor_log", self._log())  # kept for a later --resume
                     self._after(rec)
                     self._progress(task)
             except KeyboardInterrupt:
@@ -408,6 +410,12 @@ class Search:
         elif not quiet:
             self._say(f"  trial {rec['number']:>2} {rec['label']:<22} [red]failed[/red]: {rec['error']}")
 
+    def _log(self) -> list[dict[str, Any]]:
+        """Every executor task of this search: those of the runs it resumed, then this run's."""
+        now = [r.to_dict() if hasattr(r, "to_dict") else dict(r)
+               for r in getattr(self.inp.executor, "log", []) if not isinstance(r, tuple)]
+        return [*getattr(self, "earlier_log", []), *now]
+
     def _result(self) -> SearchResult:
         front = front_of(self.records)
         for fam in self.plan.families:
@@ -420,8 +428,7 @@ class Search:
                               "train_minutes": self.inp.spec.train_minutes},
                    "seed": self.inp.spec.seed, "root": self.inp.root_name, "root_figures": self._root(),
                    "executor": getattr(self.inp.executor, "name", "local"),
-                   "executor_log": [r.to_dict() if hasattr(r, "to_dict") else dict(r)
-                                    for r in getattr(self.inp.executor, "log", []) if not isinstance(r, tuple)],
+                   "executor_log": self._log(),
                    "objectives": list(OBJECTIVES), "cache": str(self.cache)}
         return SearchResult(trials=self.records, front=front, families=self.families, summary=summary)
 

@@ -279,3 +279,19 @@ def test_a_small_trial_budget_still_reaches_the_structural_families():
     assert sorted(names) == sorted(f.name for f in fams)  # nothing dropped, only reordered
     assert set(names[:6]) >= set(structural) and names[:4] == [f.name for f in fams if not f.structural][:4]
     assert enqueue_order(fams, len(fams)) == fams and enqueue_order(fams, 1)[0].structural
+
+
+def test_resume_keeps_the_executor_log_of_the_runs_it_continues(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds):
+    """The ledger's executor log covers the whole search: a resumed run lists the earlier run's build and timing
+    tasks and then its own (a fully resumed Ray search otherwise showed 0 timing tasks)."""
+    from edgeopt.executor import LocalExecutor
+
+    spec = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=2, runs=6, drop=False)
+    first = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, LocalExecutor())).summary["executor_log"]
+    assert first and {r["kind"] for r in first} >= {"build", "measure"}
+    again = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, spec, LocalExecutor(), resume=True))
+    assert again.summary["executor_log"] == first  # nothing new ran, nothing was forgotten
+    more = SearchSpec(families=("ort-fp32", "ort-int8-dynamic"), trials=3, runs=6, drop=False)
+    grown = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, more, LocalExecutor(), resume=True))
+    log = grown.summary["executor_log"]
+    assert log[:len(first)] == first and sum(r["kind"] == "measure" for r in log) > sum(r["kind"] == "measure" for r in first)
