@@ -414,7 +414,7 @@ def convert(hf_model: Any, out: Path, *, prefill_lens: Sequence[int] = (32, 128)
     if content is None:
         content = convert_signatures(model, api, kv_cache_max_len, kv_layout, names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out, bytes(content))
+    write_bytes_atomic(out, content)
     return {"format": 1, "prefill_lens": lens, "kv_cache_max_len": int(kv_cache_max_len), "kv_layout": kv_layout,
             "decode_windows": windows,
             "score_len": int(score_len) if score_len else None, "shape": shape.to_dict(), "quantize": "none",

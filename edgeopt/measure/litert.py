@@ -38,6 +38,7 @@ import numpy as np
 from edgeopt.analyze.tflite import tflite_info
 from edgeopt.errors import InputError, first_line
 from edgeopt.extras import require
+from edgeopt.measure.runners import in_fixed_batches
 
 Feed = dict[str, np.ndarray]
 Api = Literal["interpreter", "compiled"]
@@ -346,15 +347,7 @@ class LiteRtRunner:
             want = ", ".join(f"{t['name']}{list(t['shape'])}" for t in self._inputs)
             got = ", ".join(f"{t['name']}{list(x.shape)}" for x, t in zip(arrays, self._inputs))
             raise InputError(f"{self.path}: the model was converted for fixed shapes ({want}), the feed has {got}")
-        b, total = model_b[0], next(iter(n))
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, total, b):
-            chunk = [x[start:start + b] for x in arrays]
-            short = b - chunk[0].shape[0]
-            if short:
-                chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
-            parts.append(self._invoke(chunk))
-        return [np.concatenate([p[i] for p in parts])[:total] for i in range(len(self._outputs))]
+        return in_fixed_batches(self._invoke, arrays, model_b[0])
 
     def run(self, feed: Feed) -> list[np.ndarray]:
         if self._closed:

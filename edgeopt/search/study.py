@@ -166,6 +166,7 @@ class Search:
         self.families = {n: f"skipped: {why}" for n, why in self.plan.skipped.items()}
         self.dropped: dict[str, str] = {}
         self.records: list[dict[str, Any]] = []
+        self.earlier_log: list[dict[str, Any]] = []  # executor tasks of the runs a --resume continues
 
     # -- helpers -----------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -229,7 +230,7 @@ class Search:
         study = self._study(optuna)
         self._sampler_of(optuna, study)
         self._restore(optuna, study)
-        self.earlier_log = list(study.user_attrs.get("executor_log", []))  # the tasks of the runs it resumes
+        self.earlier_log = list(study.user_attrs.get("executor_log", []))
         names = [f.name for f in self.plan.families]
         t0, asks, cap = time.monotonic(), 0, 4 * spec.trials + 40
         task = self.inp.progress.add_task("search", total=spec.trials) if self.inp.progress else None
@@ -414,7 +415,7 @@ class Search:
         """Every executor task of this search: those of the runs it resumed, then this run's."""
         now = [r.to_dict() if hasattr(r, "to_dict") else dict(r)
                for r in getattr(self.inp.executor, "log", []) if not isinstance(r, tuple)]
-        return [*getattr(self, "earlier_log", []), *now]
+        return [*self.earlier_log, *now]
 
     def _result(self) -> SearchResult:
         front = front_of(self.records)
