@@ -87,19 +87,50 @@ def test_the_timing_is_one_measure_task_of_the_executor(tmp_path):
     assert ex.log == [("measure", "time_parts")] and len(table.entries) == 4
 
 
-def test_calibration_refits_scale_and_overhead_on_measured_whole_subnets(built, tmp_path):
+def _true_ms(table, net, subnet, scale=1.3, overhead=0.004):
+    """What a runtime with `scale` and per-call `overhead` would measure for `subnet` (timings made up, so the fit is
+    checked exactly; measuring whole subnets is checked by test_whole_subnets_are_measured)."""
+    total, n = table.parts_sum(net, subnet)
+    return scale * (total - (n - 1) * overhead)
+
+
+def test_calibration_refits_scale_and_overhead_on_measured_whole_subnets(built, tmp_path, monkeypatch):
     import dataclasses
+
+    from edgeopt.measure import latency_table
 
     net, table = built
     off = dataclasses.replace(table, overhead_ms=0.0)  # no overhead taken off: every prediction too high
+    timed = []
+
+    def measure(ex, subs, folder, **kw):
+        timed.append(len(subs))
+        return [_true_ms(table, net, s) for s in subs]
+
+    monkeypatch.setattr(latency_table, "measure_subnets", measure)
     fit = off.calibrate(net, tmp_path, subnets=5, runs=4)
-    assert fit["subnets"] == 5 and off.calibrated == 5 and off.scale > 0
-    assert fit["error_after_pct"] <= fit["error_before_pct"]
+    assert timed == [5] and fit["subnets"] == 5 and off.calibrated == 5
+    assert (off.scale, off.overhead_ms) == (pytest.approx(1.3), pytest.approx(0.004, abs=1e-9))
+    assert fit["error_after_pct"] < 1e-6 < fit["error_before_pct"]
     back = LatencyTable.load(off.save(tmp_path / "t.json"))
     assert (back.scale, back.calibrated, back.overhead_ms) == (off.scale, 5, off.overhead_ms)
     ex = ofa.OFASubNetworkExtractor(net)
     total, n = off.parts_sum(net, ex.sample_largest())
     assert off.predict(net, ex.sample_largest()) == pytest.approx(off.scale * (total - (n - 1) * off.overhead_ms))
+
+
+def test_a_fit_that_comes_out_negative_or_on_too_few_subnets_keeps_the_table(built):
+    import dataclasses
+
+    from edgeopt.measure.latency_table import calibration_subnets
+
+    net, table = built
+    subs = calibration_subnets(net, 4)
+    for subnets, measured in ((subs, [-_true_ms(table, net, s) for s in subs]),  # scale < 0
+                              (subs[:2], [_true_ms(table, net, s) for s in subs[:2]])):  # < 3 subnets
+        kept = dataclasses.replace(table)
+        kept.fit(net, subnets, measured)
+        assert (kept.scale, kept.overhead_ms, kept.calibrated) == (table.scale, table.overhead_ms, 0)
 
 
 def test_part_files_are_reused_only_for_the_same_part(tmp_path):
@@ -119,14 +150,21 @@ def test_part_files_are_reused_only_for_the_same_part(tmp_path):
     assert part.stat().st_mtime_ns != first  # other weights: exported again
 
 
-def test_calibration_and_probe_subnets_are_timed_with_the_parts(tmp_path):
+def test_calibration_and_probe_subnets_are_timed_with_the_parts(tmp_path, monkeypatch):
+    """build(calibrate=N) times N whole subnets beside the parts and fits the table to them (the fit itself is
+    checked on exact timings above: on 4 noisy runs its sign is up to the machine)."""
     torch.manual_seed(0)
     net = ofa.OFANet(CFG).eval()
     ex = ofa.OFASubNetworkExtractor(net)
     probe = [ex.sample_smallest(), ex.sample_largest()]
+    fitted = []
+    monkeypatch.setattr(LatencyTable, "fit", lambda self, n, subs, ms: fitted.append((list(subs), list(ms))))
     table = LatencyTable.build(net, tmp_path, threads=1, runs=4, calibrate=4, probe=probe)
-    assert table.calibrated == 4 and table.scale > 0 and len(table.entries) == 2 * 2 + 2 * 2 * 2 * 2 * 2
-    assert len(table.probe_ms) == 2 and all(ms > 0 for ms in table.probe_ms)
+    assert len(table.entries) == 2 * 2 + 2 * 2 * 2 * 2 * 2
+    ((subs, ms),) = fitted
+    from edgeopt.measure.latency_table import calibration_subnets
+    assert subs == calibration_subnets(net, 4) and len(ms) == 4 and all(m > 0 for m in ms)
+    assert len(table.probe_ms) == 2 and all(m > 0 for m in table.probe_ms)
     assert table.raw_predict(net, probe[1]) == pytest.approx(
         table.parts_sum(net, probe[1])[0] - (table.parts_sum(net, probe[1])[1] - 1) * table.call_ms)
     assert LatencyTable.load(table.save(tmp_path / "t.json")).call_ms == table.call_ms
