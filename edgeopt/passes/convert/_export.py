@@ -34,6 +34,19 @@ def example_args(art: Artifact, ctx: PassContext, batch: int = 1) -> list[Any]:
     return [t[:1].repeat(batch, *([1] * (t.dim() - 1))).contiguous() for t in tensors]
 
 
+def contiguous_weights(module: Any) -> Any:
+    """`module` with every parameter and buffer that is a strided view (e.g. a transposed weight) copied into its own
+    contiguous memory, in place; returns it. litert-torch 0.10 exports some such weights with the wrong layout: a
+    MiniLM whose Linear weights were transposed views converted 0.8 relative off in fp32, with no error of its own."""
+    import torch  # lazy: torch only when a conversion runs
+
+    with torch.no_grad():
+        for t in (*module.parameters(), *module.buffers()):
+            if not t.is_contiguous():
+                t.data = t.data.contiguous()
+    return module
+
+
 def torch_outputs(module: Any, args: list[Any]) -> list[np.ndarray]:
     """The module's outputs on `args` as a flat list of numpy arrays (the order runners return)."""
     import torch  # lazy: torch only when a conversion runs

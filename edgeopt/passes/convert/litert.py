@@ -22,7 +22,7 @@ from edgeopt.extras import require
 from edgeopt.measure.litert import (LiteRtRunner, conversion_error, named_inputs, quiet_native_stderr,
                                     signature_name)
 from edgeopt.passes.base import Pass, PassConfig, PassContext, register, torch_module_copy
-from edgeopt.passes.convert._export import FP32_REL_TOL, min_cosine, relative_error, torch_outputs
+from edgeopt.passes.convert._export import FP32_REL_TOL, contiguous_weights, min_cosine, relative_error, torch_outputs
 
 MODEL = "model.tflite"
 DEFAULT_SIGNATURE = "serving_default"  # litert-torch's name for the signature of a plain convert()
@@ -117,7 +117,7 @@ class ConvertLiteRT(Pass):
         cfg = self.config
         litert_torch.config.show_progress = False
         names = art.input_spec.names
-        module = torch_module_copy(art, self.name).eval()
+        module = contiguous_weights(torch_module_copy(art, self.name).eval())
         specs = cfg.signatures or [SignatureSpec(name=DEFAULT_SIGNATURE)]
         samples = {s.name: self._sample(art, ctx, s) for s in specs}
         calibration = self._calibration(ctx, specs, samples) if cfg.quantize == "static_int8" else None
