@@ -42,6 +42,7 @@ from edgeopt.versions import versions
 BASELINE = "baseline"
 DIGITS_DIFFUSION = "zoo:digits-diffusion"
 INT8_PASSES = ("graph.quantize_dynamic", "graph.quantize_static", "graph.quantize_mixed", "openvino.quantize", "quant.qat")
+LITERT_INT8 = ("dynamic_int8", "static_int8")  # convert.litert variants that compute in int8
 INT8_EXPECTED = 1.5  # an INT8 stage gaining less than this over its parent on a CPU without int8 dot products is diagnosed
 
 
@@ -595,7 +596,7 @@ class Pipeline:
         return best
 
     def _diagnose(self, run: RunState) -> None:
-        """A diagnosis (edgeopt.analyze.diagnose) for every ONNX / OpenVINO stage that is not faster than its
+        """A diagnosis (edgeopt.analyze.diagnose) for every ONNX / OpenVINO / LiteRT stage that is not faster than its
         parent beyond the measurement's spread, and for every INT8 stage that gains less than INT8 should
         (`_weak_int8`): what changed per op, what ran in which precision, and the hardware facts that explain it."""
         m = self.recipe.measure
@@ -607,11 +608,12 @@ class Pipeline:
                 continue
             pstage, part = by[stage.parent]
             a, b = run.samples.get(pstage.name), run.samples.get(stage.name)
-            if (not a or not b or len(a) != len(b) or len(a) % per_turn
-                    or {art.kind, part.kind} - {"onnx", "openvino"}):
+            profiled = {"onnx", "openvino", "tflite"}  # a LiteRT stage's evidence is its file: any parent will do
+            if (not a or not b or len(a) != len(b) or len(a) % per_turn or art.kind not in profiled
+                    or (part.kind not in profiled and art.kind != "tflite")):
                 continue
             sp = latency.paired_speedup(a, b, per_turn=per_turn)
-            if sp.lo > 1 and not self._weak_int8(stage, sp.ratio):
+            if sp.lo > 1 and not self._weak_int8(stage, art, sp.ratio):
                 continue
             task = run.task(f"diagnosis ({stage.name} vs {pstage.name})", 1)
             d = diagnose(part, art, self.target, feed=run.evaluation[0], threads=m.threads,
@@ -620,12 +622,15 @@ class Pipeline:
             stage.notes["diagnosis"] = d.to_dict()
             run.advance(task)
 
-    def _weak_int8(self, stage: Stage, ratio: float) -> bool:
-        """An INT8 stage on a target without int8 dot-product instructions (VNNI, AMX, dotprod, i8mm) that gains
-        less than INT8_EXPECTED over its parent: faster, but not by what INT8 buys where the hardware has them,
-        so it is diagnosed too (the diagnosis names the missing instructions and the measured GEMM peaks)."""
+    def _weak_int8(self, stage: Stage, art: Artifact, ratio: float) -> bool:
+        """An INT8 stage (an INT8_PASSES pass, or a LiteRT model with int8 compute) on a target without int8
+        dot-product instructions (VNNI, AMX, dotprod, i8mm) that gains less than INT8_EXPECTED over its parent:
+        faster, but not by what INT8 buys where the hardware has them, so it is diagnosed too (the diagnosis names
+        the missing instructions and the measured GEMM peaks)."""
         dot = any(f in getattr(self.target, "isa", ()) for f in INT8_DOT_FLAGS)
-        return stage.pass_ in INT8_PASSES and not dot and ratio < INT8_EXPECTED
+        int8 = stage.pass_ in INT8_PASSES or (art.kind == "tflite"
+                                               and (art.meta.get("litert") or {}).get("quantize") in LITERT_INT8)
+        return int8 and not dot and ratio < INT8_EXPECTED
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:
         if best is not None:

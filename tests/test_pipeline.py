@@ -443,6 +443,31 @@ def test_an_int8_stage_that_gains_little_without_vnni_is_diagnosed_too(tmp_path,
         assert d is None
 
 
+@pytest.mark.parametrize("target, diagnosed", [("cpu-avx2", True), ("cpu-avx512-vnni", False)])
+def test_a_litert_int8_stage_that_gains_little_without_vnni_is_diagnosed_from_its_file(tmp_path, tiny_mlp_torch,
+                                                                                       monkeypatch, target, diagnosed):
+    """LiteRT dynamic INT8 is an INT8 stage too (its parent here is the PyTorch baseline, which is not profiled):
+    its diagnosis reads the precision from the file and names the missing VNNI."""
+    pytest.importorskip("litert_torch")
+    import edgeopt.pipeline as pl
+    from edgeopt.measure.latency import Speedup
+
+    recipe = {"target": target, "data": {"calibration": "random:4", "eval": "random:4"},
+              "passes": [{"convert.litert": {"stage": "litert-int8", "quantize": "dynamic_int8", "min_cosine": 0.9}}],
+              "measure": {"threads": 1, "warmup": 1, "runs": 6, "block": 3, "settle": 1, "pause_ms": 0,
+                          "memory": False, "energy": False}}
+    monkeypatch.setattr(pl.latency, "paired_speedup", lambda *a, **k: Speedup(1.10, 1.05, 1.15))
+    res = optimize(tiny_mlp_torch, recipe=recipe, out=tmp_path / "run", progress=False)
+    d = res.ledger.stage("litert-int8").notes.get("diagnosis")
+    if diagnosed:
+        assert "1.10×" in d["summary"] and "no VNNI" in d["summary"]
+        assert any(x.startswith("precision (LiteRT file") and "2 of 2 MatMul-like ops ran in int8" in x
+                   for x in d["lines"])
+        assert any("GOP/s" in x for x in d["lines"])  # the measured int8 / fp32 GEMM peaks
+    else:
+        assert d is None
+
+
 def test_auto_on_a_diffusion_model_runs_the_diffusion_recipe(tmp_path):
     from edgeopt.pipeline import _resolve_recipe
     from edgeopt.recipe import load_recipe

@@ -4,8 +4,10 @@ in, Q/DQ left unfused, float fallbacks and the hardware facts behind them, each 
 Per-op times come from the runtimes' own profilers: ONNX Runtime's trace (`edgeopt.analyze.profile`)
 and OpenVINO's performance counters (PERF_COUNT). Precision comes from what actually ran: the kernels in
 ONNX Runtime's trace (and the graph it optimized to, dumped with `optimized_model_filepath`) and
-OpenVINO's runtime model (`runtimePrecision`, `primitiveType` of each executed node). Hardware facts
-come from the Target and from measured GEMM peaks (`edgeopt.measure.peaks`).
+OpenVINO's runtime model (`runtimePrecision`, `primitiveType` of each executed node). A LiteRT stage has no
+per-op times (LiteRT's Python API has no profiler); its precision is read from the file (the types each op reads:
+`edgeopt.analyze.tflite.op_precisions`). Hardware facts come from the Target and from measured GEMM peaks
+(`edgeopt.measure.peaks`).
 """
 
 from __future__ import annotations
@@ -233,6 +235,8 @@ def _run_profile(art: Artifact, feed: dict[str, np.ndarray], threads: int, runs:
             out = _profile_onnx(art, feed, threads, runs, warmup)
         elif art.kind == "openvino" and art.path is not None:
             out = _profile_openvino(art, _feed_for(art, feed), threads, runs, warmup)
+        elif art.kind == "tflite":
+            out = {"error": "LiteRT has no per-op profiler in Python, so no per-op times"}
         else:
             out = {"error": f"{art.kind} models are not profiled (per-op times come from ONNX Runtime's profiler "
                             f"or OpenVINO's counters)"}
@@ -258,6 +262,30 @@ def _precision(p: dict[str, Any]) -> dict[str, Any]:
                                     for n in other),
             "any_int8": any(n["precision"] == "int8" for n in p["nodes"]),
             "precisions": _count(n["precision"] for n in p["nodes"])}
+
+
+def _tflite_precision(art: Artifact) -> dict[str, Any]:
+    """`_precision`'s summary for a LiteRT file, from the types its ops read (edgeopt.analyze.tflite.op_precisions:
+    int8 weights into a FULLY_CONNECTED / CONV_2D count as int8, which XNNPACK runs with int8 dot products)."""
+    from edgeopt.analyze.tflite import op_precisions
+
+    nodes = op_precisions(art.path, (art.meta.get("litert") or {}).get("signature"))
+    mm = [n for n in nodes if n["matmul_like"]]
+    int8 = [n for n in mm if n["precision"] in ("int8", "int16")]
+    other = [n for n in mm if n["precision"] not in ("int8", "int16")]
+    return {"matmul_like": len(mm), "int8": len(int8), "float": len(other),
+            "int8_kernels": _count(n["kernel"] for n in int8), "float_kernels": _count(n["kernel"] for n in other),
+            "any_int8": bool(int8), "precisions": _count(n["precision"] for n in nodes)}
+
+
+def _precision_line(prec: dict[str, Any], rt: str, where: str) -> str:
+    """The "precision (...)" line: how many MatMul-like ops ran in int8 and in float, by kernel."""
+    if not prec["matmul_like"]:
+        return f"precision ({rt}): no MatMul-like ops ran{where}"
+    return (f"precision ({rt}): {prec['int8']} of {prec['matmul_like']} MatMul-like ops ran in int8"
+            + (f" ({_fmt_counts(prec['int8_kernels'])})" if prec["int8"] else "")
+            + f", {prec['float']} ran in float"
+            + (f" ({_fmt_counts(prec['float_kernels'])})" if prec["float"] else "") + where)
 
 
 def _fmt_counts(d: dict[str, int], limit: int = 4) -> str:
@@ -288,9 +316,10 @@ def _isa_words(isa: tuple[str, ...]) -> str:
     return "no SIMD flags declared"
 
 
-def _int8_fact(target: Target, peaks: GemmPeaks | None, peaks_error: str | None, here: Target
-               ) -> tuple[list[str], str | None]:
-    """(evidence lines, summary reason or None) about int8 GEMM hardware on `target`.
+def _int8_fact(target: Target, peaks: GemmPeaks | None, peaks_error: str | None, here: Target,
+               onnxruntime: bool = True) -> tuple[list[str], str | None]:
+    """(evidence lines, summary reason or None) about int8 GEMM hardware on `target` (the reduce_range line only
+    for a stage `onnxruntime` runs: the LiteRT quantizer has no such setting).
 
     The peaks are measured on this machine (`here`); they speak for the target only when both agree on
     VNNI, else the conclusion rests on the target's flags and the peaks are quoted as this machine's.
@@ -325,7 +354,7 @@ def _int8_fact(target: Target, peaks: GemmPeaks | None, peaks_error: str | None,
             reason = ("no VNNI: int8 GEMM " + (f"≈ fp32 ({peaks.ratio:.2f}×)" if applies else "gains little over fp32")
                       + ", int8 only saves bandwidth")
         lines.append(line)
-        if target.reduce_range:
+        if target.reduce_range and onnxruntime:
             lines.append("hardware: reduce_range on (7-bit weights keep vpmaddubsw's int16 pair sums from saturating)")
     elif target.arch in ("arm64", "arm"):
         dot = [f for f in ("dotprod", "i8mm") if f in target.isa]
@@ -475,19 +504,24 @@ def diagnose(parent: Artifact, stage: Artifact, target: Target | str, *, feed: d
     # precision, Q/DQ, float fallback
     prec = _precision(sp) if "error" not in sp else None
     stage_int8 = bool(prec and prec["any_int8"]) or bool(stage.meta.get("quantized"))
+    if stage.kind == "tflite" and stage.path is not None:  # not profiled: what the file says each op computes in
+        try:
+            lite = _tflite_precision(stage)
+        except Exception as e:  # evidence, never a crash
+            lines.append(f"precision (LiteRT file): not read: {_first_line(e)}")
+        else:
+            facts["precision"] = lite
+            stage_int8 = lite["any_int8"]
+            lines.append(_precision_line(lite, "LiteRT file: the types each op reads",
+                                         f"; ops by precision: {_fmt_counts(lite['precisions'])}"))
+            if lite["matmul_like"] and lite["float"] and lite["int8"]:
+                reasons.append(f"{lite['float']} of {lite['matmul_like']} MatMul-like ops still float")
     if prec is not None:
         facts["precision"] = prec
         rt = "OpenVINO runtime model" if sp["runtime"] == "openvino" else "ONNX Runtime kernels that ran"
         where = (f"; nodes by provider: {_fmt_counts(sp['providers'])}" if sp["runtime"] == "onnxruntime" else
                  f"; node precisions: {_fmt_counts(prec['precisions'])}")
-        if prec["matmul_like"]:
-            text = (f"precision ({rt}): {prec['int8']} of {prec['matmul_like']} MatMul-like ops ran in int8"
-                    + (f" ({_fmt_counts(prec['int8_kernels'])})" if prec["int8"] else "")
-                    + f", {prec['float']} ran in float"
-                    + (f" ({_fmt_counts(prec['float_kernels'])})" if prec["float"] else "") + where)
-        else:
-            text = f"precision ({rt}): no MatMul-like ops ran{where}"
-        lines.append(text)
+        lines.append(_precision_line(prec, rt, where))
         if stage_int8 and prec["matmul_like"] and prec["int8"] == 0:
             reasons.insert(0, f"no MatMul-like op ran in int8 ({prec['float']} in float)")
         elif stage_int8 and prec["float"]:
@@ -545,7 +579,7 @@ def diagnose(parent: Artifact, stage: Artifact, target: Target | str, *, feed: d
     if peaks is not None:
         facts["gemm_peaks"] = peaks.to_dict()
     if stage_int8:
-        hw_lines, reason = _int8_fact(target, peaks, peaks_error, detect_target())
+        hw_lines, reason = _int8_fact(target, peaks, peaks_error, detect_target(), onnxruntime=stage.kind == "onnx")
         lines += hw_lines
         if reason:
             reasons.insert(0, reason)

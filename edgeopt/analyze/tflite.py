@@ -186,6 +186,61 @@ def weight_bytes_read(path: str | Path, signature: str | None = None) -> int:
     return int(sum(n // max(rows, 1) if lookup else n for n, rows, lookup in uses.values()))
 
 
+# ops that carry the multiply-accumulates, and which of their inputs is the weight
+MATMUL_LIKE = {"FULLY_CONNECTED": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "CONV_3D": 1, "TRANSPOSE_CONV": 1,
+               "BATCH_MATMUL": 1}
+_INT_ACTIVATIONS = ("int8", "uint8", "int16")
+_INT_WEIGHTS = ("int8", "int4", "uint8")
+
+
+def op_precisions(path: str | Path, signature: str | None = None) -> list[dict[str, Any]]:
+    """Each op of the signature subgraphs (only `signature`'s when given) with the precision it computes in, as
+    the file declares it (LiteRT has no per-op profiler in Python): {"op_type", "precision", "kernel",
+    "matmul_like"}.
+
+    A MatMul-like op (MATMUL_LIKE) whose activation input is an integer type is static "int8" ("int16" for 16-bit
+    activations); one whose constant weight is int8 / int4 and whose activation is float is "int8" too: the
+    LiteRT quantizer's dynamic-range recipe, which XNNPACK runs with int8 dot products on activations quantized per
+    call (`kernel` says "int8 weights, dynamic int8 activations"). A weight that a DEQUANTIZE op turns into float
+    first (weight-only int8, fp16 weights) leaves the op float. Any other op computes in its output's dtype."""
+    with _Reader(path) as r:
+        m = r.model
+        out: list[dict[str, Any]] = []
+        for gi in r.main_subgraphs(signature):
+            sg = m.Subgraphs(gi)
+            for j in range(sg.OperatorsLength()):
+                op = sg.Operators(j)
+                name = r.op_name(op)
+                ins = [sg.Tensors(op.Inputs(k)) if op.Inputs(k) >= 0 else None for k in range(op.InputsLength())]
+                outs = [sg.Tensors(op.Outputs(k)) for k in range(op.OutputsLength())]
+                out_dtype = r.dtype(outs[0]) if outs else "none"
+                w = MATMUL_LIKE.get(name)
+                if w is None or not ins or ins[0] is None:
+                    out.append({"op_type": name, "precision": out_dtype, "kernel": name, "matmul_like": False})
+                    continue
+                act = r.dtype(ins[0])
+                weight = ins[w] if w < len(ins) else None
+                wdt = r.dtype(weight) if weight is not None else None
+                const = weight is not None and _has_data(m, weight)
+                if act in _INT_ACTIVATIONS:
+                    prec, kernel = ("int16" if act == "int16" else "int8"), f"{name} ({act} activations, {wdt} weights)"
+                elif const and wdt in _INT_WEIGHTS:
+                    prec, kernel = "int8", f"{name} ({wdt} weights, dynamic int8 activations)"
+                else:
+                    prec, kernel = act, f"{name} ({act})"
+                out.append({"op_type": name, "precision": prec, "kernel": kernel, "matmul_like": True})
+    return out
+
+
+def _has_data(m: Any, t: Any) -> bool:
+    """Whether tensor `t` is a constant (its buffer holds data)."""
+    b_idx = t.Buffer()
+    if b_idx <= 0 or b_idx >= m.BuffersLength():
+        return False
+    b = m.Buffers(b_idx)
+    return bool(b.Size() if b.Offset() > 1 else b.DataLength())
+
+
 def tflite_info(path: str | Path) -> dict[str, Any]:
     """What the file declares, as JSON-ready values.
 

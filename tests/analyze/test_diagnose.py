@@ -107,6 +107,37 @@ def test_parent_torch_is_not_profiled_but_stage_is(tiny_mlp_torch, tiny_mlp_onnx
     assert "parent not profiled" in d.summary
 
 
+@pytest.fixture(scope="module")
+def mlp_litert(tmp_path_factory, tiny_mlp_torch):
+    """The tiny MLP converted to LiteRT: dynamic int8 and weight-only int8."""
+    pytest.importorskip("litert_torch")
+    from edgeopt.passes.base import PassContext, build_pass
+
+    return {q: build_pass("convert.litert", {"quantize": q, "min_cosine": 0.9})(
+        tiny_mlp_torch, PassContext(stage_dir=tmp_path_factory.mktemp(q)))
+        for q in ("dynamic_int8", "weight_only_int8")}
+
+
+def test_litert_int8_stage_reads_its_precision_from_the_file_and_names_the_missing_vnni(
+        tiny_mlp_onnx, mlp_litert, tiny_mlp_feeds):
+    """LiteRT has no per-op profiler in Python: the stage's precision comes from its file, and a dynamic-int8 stage
+    gets the hardware facts of an int8 stage (no VNNI on the AVX2 target, the measured GEMM peaks)."""
+    d = diagnose(tiny_mlp_onnx, mlp_litert["dynamic_int8"], "cpu-avx2", feed=tiny_mlp_feeds[0], threads=1,
+                 speedup=(1.06, 1.05, 1.07), peaks=PEAKS, stage_name="litert", parent_name="onnx", runs=3, warmup=1)
+    assert "LiteRT has no per-op profiler" in _line(d, "not profiled: stage litert (tflite)")
+    prec = _line(d, "precision (LiteRT file: the types each op reads)")
+    assert "2 of 2 MatMul-like ops ran in int8 (FULLY_CONNECTED (int8 weights, dynamic int8 activations) ×2)" in prec
+    assert d.facts["precision"]["int8"] == 2 and "op_diff" not in d.facts
+    assert d.summary.startswith("litert vs onnx (1.06×, 95% CI 1.05–1.07): no VNNI")
+    assert any(ln.startswith("hardware: no VNNI (AVX2 only) on target cpu-avx2") for ln in d.lines)
+    assert any("202 GOP/s" in ln and "188 GFLOP/s" in ln for ln in d.lines)
+    assert not any(ln.startswith("hardware: reduce_range") for ln in d.lines), "an ONNX Runtime setting"
+    w = diagnose(tiny_mlp_onnx, mlp_litert["weight_only_int8"], "cpu-avx2", feed=tiny_mlp_feeds[0], threads=1,
+                 peaks=PEAKS, runs=3, warmup=1)
+    assert "0 of 2 MatMul-like ops ran in int8" in _line(w, "precision (LiteRT file")
+    assert not any("no VNNI" in ln for ln in w.lines), "weight-only int8 computes in float: no int8 facts"
+
+
 def test_unreadable_stage_is_recorded_not_raised(tiny_mlp_onnx, tiny_mlp_feeds, tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a model")

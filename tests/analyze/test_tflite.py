@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.analyze.tflite import NO_PROFILER, census_summary, op_census, tflite_info, weight_bytes_read
+from edgeopt.analyze.tflite import NO_PROFILER, census_summary, op_census, op_precisions, tflite_info, weight_bytes_read
 from edgeopt.errors import InputError
 
 litert_torch = pytest.importorskip("litert_torch")
@@ -60,6 +60,29 @@ def test_info_names_inputs_outputs_and_weight_dtypes(files):
     assert fp32["weight_dtypes"]["float32"] >= 3 and fp32["int8_weights"] == 0
     assert dyn["int8_weights"] >= 3 and dyn["weight_bytes"] < fp32["weight_bytes"]
     assert fp32["size_bytes"] == files[0].stat().st_size and fp32["ops"] == sum(op_census(files[0]).values())
+
+
+def test_op_precisions_tell_dynamic_int8_from_float_and_weight_only(files, tmp_path):
+    """Dynamic-range int8 (int8 weights read straight into the conv / FC) counts as int8; the same weights behind a
+    DEQUANTIZE (weight-only int8) leave the op float."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    fp32, dyn = files
+    wo = tmp_path / "net_wo.tflite"
+    q = quantizer.Quantizer(fp32.read_bytes(), recipe.weight_only_wi8_afp32())
+    wo.write_bytes(bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model))
+
+    def mm(path):
+        return sorted((p["op_type"], p["precision"], p["kernel"]) for p in op_precisions(path) if p["matmul_like"])
+
+    assert mm(fp32) == [("CONV_2D", "float32", "CONV_2D (float32)")] * 2 + [
+        ("FULLY_CONNECTED", "float32", "FULLY_CONNECTED (float32)")]
+    assert mm(dyn) == [("CONV_2D", "int8", "CONV_2D (int8 weights, dynamic int8 activations)")] * 2 + [
+        ("FULLY_CONNECTED", "int8", "FULLY_CONNECTED (int8 weights, dynamic int8 activations)")]
+    assert "DEQUANTIZE" in op_census(wo) and {p for _, p, _ in mm(wo)} == {"float32"}
+    every = op_precisions(dyn)
+    assert len(every) == sum(op_census(dyn).values())
+    assert {p["op_type"] for p in every if p["matmul_like"]} == {"CONV_2D", "FULLY_CONNECTED"}
 
 
 class Lookup(nn.Module):
