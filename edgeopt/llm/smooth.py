@@ -7,8 +7,9 @@ then leaves the other channels a handful of levels. SmoothQuant (Xiao et al., 20
 of a Linear by s_j = max|X_j|^α / max|W_:,j|^(1-α) and multiplies the weight column by it; the division is folded
 into what produces X — the RMSNorm weight before q/k/v and gate/up, the rows of up_proj before down_proj, and the
 rows of v_proj before o_proj (the same scale for every query head sharing a KV head) — so nothing is added at run
-time. Written by hand: the maintained implementations (llm-compressor, Intel Neural Compressor) rewrite models for
-their own runtimes and quantizers; here the Hugging Face model is only re-weighted before litert-torch exports it.
+time (the scales are `edgeopt.nn.smooth.channel_scales`). Written by hand: the maintained implementations
+(llm-compressor, Intel Neural Compressor) rewrite models for their own runtimes and quantizers; here the Hugging
+Face model is only re-weighted before litert-torch exports it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 
 from edgeopt.errors import InputError
 from edgeopt.llm.calibrate import feed
+from edgeopt.nn.smooth import channel_scales
 
 
 def _act_max(model: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -33,14 +35,6 @@ def _act_max(model: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
             hooks.append(mod.register_forward_hook(hook))
     feed(model, sequences, hooks)
     return stats
-
-
-def _scale(act: Any, weights: Sequence[Any], alpha: float) -> Any:
-    import torch  # lazy: heavy
-
-    w = torch.stack([wt.detach().abs().amax(0) for wt in weights]).amax(0)
-    s = act.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
-    return s.clamp(min=1e-5)
 
 
 def smooth(model: Any, sequences: Sequence[Sequence[int]], alpha: float = 0.5) -> dict[str, float]:
@@ -63,19 +57,19 @@ def smooth(model: Any, sequences: Sequence[Sequence[int]], alpha: float = 0.5) -
             p = f"model.layers.{i}."
             at, mlp = layer.self_attn, layer.mlp
             # RMSNorm -> q, k, v
-            s = _scale(stats[p + "self_attn.q_proj"], [at.q_proj.weight, at.k_proj.weight, at.v_proj.weight], alpha)
+            s = channel_scales(stats[p + "self_attn.q_proj"], [at.q_proj.weight, at.k_proj.weight, at.v_proj.weight], alpha)
             layer.input_layernorm.weight.div_(s)
             for lin in (at.q_proj, at.k_proj, at.v_proj):
                 lin.weight.mul_(s)
             applied.append(s)
             # RMSNorm -> gate, up
-            s = _scale(stats[p + "mlp.gate_proj"], [mlp.gate_proj.weight, mlp.up_proj.weight], alpha)
+            s = channel_scales(stats[p + "mlp.gate_proj"], [mlp.gate_proj.weight, mlp.up_proj.weight], alpha)
             layer.post_attention_layernorm.weight.div_(s)
             for lin in (mlp.gate_proj, mlp.up_proj):
                 lin.weight.mul_(s)
             applied.append(s)
             # up rows -> down columns (silu(gate) * up is linear in up)
-            s = _scale(stats[p + "mlp.down_proj"], [mlp.down_proj.weight], alpha)
+            s = channel_scales(stats[p + "mlp.down_proj"], [mlp.down_proj.weight], alpha)
             mlp.up_proj.weight.div_(s[:, None])
             if mlp.up_proj.bias is not None:
                 mlp.up_proj.bias.div_(s)

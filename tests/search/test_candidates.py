@@ -92,7 +92,7 @@ def test_structural_int8_tails_and_openvino_int8_only_with_openvino():
     no_ov = type("T", (), {"isa": t.isa, "runtimes": {"onnxruntime": "1"}, "arch": "x86_64", "device": "cpu"})()
     assert "ov" not in plan(no_ov, INFO, ("structural-heads",), train_minutes=5).spaces["structural-heads"]["int8"]
     lite = fam.chain({"ffn": 0.5, "int8": "litert-int8"}, INFO)
-    assert [p for p, _ in lite] == ["prune.ffn", "convert.litert"] and lite[-1][1] == {"quantize": "dynamic_int8"}
+    assert [p for p, _ in lite] == ["prune.ffn", "convert.litert"] and lite[-1][1] == {"quantize": "dynamic_int8", "smooth": 0.5}
     assert fam.chain({"ffn": 0.5, "int8": "litert"}, INFO)[-1] == ("convert.litert", {"quantize": "none"})
 
 
@@ -118,7 +118,7 @@ def test_litert_family_needs_the_pytorch_model():
     onnx_only = ModelInfo(kind="onnx", baseline_kind="onnx", transformer=True)
     assert "needs the PyTorch model" in plan(get_target("cpu-avx2"), onnx_only).skipped["litert"]
     chain = FAMILIES["litert"].chain(FAMILIES["litert"].defaults(), INFO)
-    assert chain == [("convert.litert", {"quantize": "dynamic_int8"})] and FAMILIES["litert"].from_baseline
+    assert chain == [("convert.litert", {"quantize": "dynamic_int8", "smooth": 0.5})] and FAMILIES["litert"].from_baseline
 
 
 def test_session_family_fixes_shapes_after_the_fusions_and_turns_spinning_off_last():

@@ -223,7 +223,7 @@ def test_litert_family_converts_from_the_pytorch_model_and_is_timed_against_the_
     (trial,) = led.search["trials"]
     assert trial["status"] == "done", trial.get("error")
     assert trial["family"] == "litert" and trial["params"] == {"quantize": "dynamic_int8"}
-    assert trial["artifact"]["kind"] == "tflite" and trial["chain"] == [["convert.litert", {"quantize": "dynamic_int8"}]]
+    assert trial["artifact"]["kind"] == "tflite" and trial["chain"] == [["convert.litert", {"quantize": "dynamic_int8", "smooth": 0.5}]]
     assert trial["speedup"]["lo"] <= trial["speedup"]["ratio"] <= trial["speedup"]["hi"]
     assert abs(trial["fidelity_value"] - led.stage("baseline").accuracy["top1"]) < 0.05
 
