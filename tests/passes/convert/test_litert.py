@@ -261,6 +261,48 @@ def test_weights_that_are_transposed_views_convert_exactly(tiny_bert_torch, tmp_
     assert not any(lin.weight.is_contiguous() for lin in linears), "the input module is not modified"
 
 
+def test_smooth_moves_an_outlier_channel_into_the_weights_before_dynamic_int8(tiny_bert_torch, tmp_path):
+    """SmoothQuant (smooth: 0.5): query / key / value get one explicit scale (a MUL in front of each), the export
+    still matches its PyTorch model, and with an outlier channel in their input the int8 model is closer to fp32."""
+    import copy
+
+    from edgeopt.artifact import Artifact
+    from edgeopt.data import random_feeds
+
+    module = copy.deepcopy(tiny_bert_torch.module).eval()
+    ln = next(m for n, m in module.named_modules() if n.endswith("embeddings.LayerNorm"))
+    with torch.no_grad():
+        ln.weight[3] = 40.0
+    art = Artifact.from_module(module, tiny_bert_torch.input_spec, meta=dict(tiny_bert_torch.meta))
+    feeds = random_feeds(art.input_spec, 12, {"batch": 1, "sequence": 16}, seed=1, vocab=120)
+    held = random_feeds(art.input_spec, 8, {"batch": 1, "sequence": 16}, seed=5, vocab=120)
+    out = {}
+    for smooth in (None, 0.5):
+        cfg = {"quantize": "dynamic_int8", "min_cosine": 0.5, **({"smooth": smooth} if smooth else {})}
+        out[smooth], ctx = _convert(art, tmp_path / str(smooth), cfg, calibration=feeds, batch=1, seq_len=16)
+    notes = out[0.5].meta["litert"]["smooth"]
+    assert (notes["groups"], notes["linears"], notes["samples"]) == (2, 6, 12)
+    assert out[None].meta["litert"]["smooth"] is None
+    plain, smoothed = op_census(out[None].path), op_census(out[0.5].path)
+    assert smoothed["FULLY_CONNECTED"] == plain["FULLY_CONNECTED"] and smoothed["MUL"] > plain.get("MUL", 0)
+
+    def worst(path):
+        with LiteRtRunner(path, 1) as runner:
+            got = [runner.run(f)[0] for f in held]
+        want = [_torch(art, f)[0] for f in held]
+        return min(float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(want, got))
+
+    assert worst(out[0.5].path) > worst(out[None].path)
+
+
+def test_smooth_needs_an_int8_variant_and_calibration_data(tiny_bert_torch, tmp_path):
+    with pytest.raises(PassError, match="smooth applies to the int8 variants") as e:
+        _convert(tiny_bert_torch, tmp_path / "a", {"smooth": 0.5}, batch=1, seq_len=16)
+    assert "\n" not in str(e.value) and not (tmp_path / "a" / "model.tflite").exists()
+    with pytest.raises(PassError, match="smooth needs calibration feeds"):
+        _convert(tiny_bert_torch, tmp_path / "b", {"quantize": "dynamic_int8", "smooth": 0.5}, batch=1, seq_len=16)
+
+
 @pytest.mark.slow
 def test_zoo_digits_cnn_fp32(tmp_path):
     art = load_model("zoo:digits-cnn", batch=1)
