@@ -293,7 +293,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("structural-heads", 20, "onnxruntime", "attention heads and FFN neurons pruned from the PyTorch model, "
            "refitted on the calibration data (structured OBS), optionally distilled from the unpruned model, then "
            "exported and fused",
-           {"ffn": (0.5, 0.25, 0.6), "heads": (0.0, 0.25), "int8": (None, "ov", "ort", "litert", "litert-int8"),
+           {"ffn": (0.5, 0.25, 0.6, 0.35), "heads": (0.0, 0.25), "int8": (None, "ov", "ort", "litert", "litert-int8"),
             "recover": ("none", "distill")},
            _heads_chain,
            skip=_structural_skip("transformer"), structural=True, from_baseline=True),
@@ -363,17 +363,19 @@ def _structural_first(sp: dict[str, tuple[Any, ...]], target: Any, train_minutes
     """The structural family's space with the setting measured best for this CPU class moved first (the search
     tries each family's first settings before any sampled ones); settings the recipe's space gives keep its order.
 
-    With int8 dot products (VNNI, AMX, dotprod, i8mm) and room to distil: 25 % of the FFN neurons pruned, distilled,
-    then LiteRT dynamic INT8 (else OpenVINO INT8, else ONNX Runtime's). On a Zen 4 class EPYC (AVX-512 + VNNI) that
-    trial was 1.25x (1.25-1.26) OpenVINO + NNCF's defaults at mean cosine 0.9952, the only MiniLM candidate found
-    to clear 1.2x at 0.995 there (benchmarks/search.py, README). Without them INT8 buys little, so the first trial
+    With int8 dot products (VNNI, AMX, dotprod, i8mm) and room to distil: 35 % of the FFN neurons pruned, distilled,
+    then LiteRT dynamic INT8 after SmoothQuant (25 % when the INT8 tail is OpenVINO's or ONNX Runtime's, which have
+    no SmoothQuant here). On a Zen 4 class EPYC (AVX-512 + VNNI) 25 % without SmoothQuant was 1.25x (1.25-1.26)
+    OpenVINO + NNCF's defaults at mean cosine 0.9952; SmoothQuant took 35 % from 0.9937 to 0.9952 (3.90x ORT fp32,
+    against 3.85x for 25 % at 0.9966 in the same bench; an earlier bench had 35 % 8 % faster than 25 %)
+    (benchmarks/search.py, README). Without them INT8 buys little, so the first trial
     stays fp32 and prunes harder: 60 % distilled measured 1.47x ORT fp32 at 0.9904 against 1.34x at 0.9905 for 50 %
     refitted. Below DISTILL_MINUTES the family's own defaults (50 %, refit, fp32) come first."""
     if train_minutes < DISTILL_MINUTES or "distill" not in sp.get("recover", ()):
         return sp
     if getattr(target, "has_int8_dot", False):
         tail = next((c for c in ("litert-int8", "ov", "ort") if c in sp.get("int8", ())), None)
-        want = {"ffn": 0.25, "heads": 0.0, "recover": "distill", "int8": tail}
+        want = {"ffn": 0.35 if tail == "litert-int8" else 0.25, "heads": 0.0, "recover": "distill", "int8": tail}
     else:
         want = {"ffn": 0.6, "heads": 0.0, "recover": "distill", "int8": None}
     out = dict(sp)

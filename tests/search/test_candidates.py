@@ -146,7 +146,8 @@ def test_structural_family_tries_first_what_this_cpu_class_measured_best():
     vnni, avx2 = get_target("cpu-avx512-vnni"), get_target("cpu-avx2")
     assert vnni.has_int8_dot and not avx2.has_int8_dot
     got = first(plan(vnni, INFO, ("structural-heads",), train_minutes=30))
-    assert (got["ffn"], got["heads"], got["recover"]) == (0.25, 0.0, "distill") and got["int8"] in ("litert-int8", "ov", "ort")
+    assert (got["heads"], got["recover"]) == (0.0, "distill") and got["int8"] in ("litert-int8", "ov", "ort")
+    assert got["ffn"] == (0.35 if got["int8"] == "litert-int8" else 0.25)  # SmoothQuant only on the LiteRT tail
     assert first(plan(avx2, INFO, ("structural-heads",), train_minutes=30)) == \
         {"ffn": 0.6, "heads": 0.0, "recover": "distill", "int8": None}
     defaults = FAMILIES["structural-heads"].defaults()
