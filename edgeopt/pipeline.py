@@ -43,6 +43,9 @@ BASELINE = "baseline"
 DIGITS_DIFFUSION = "zoo:digits-diffusion"
 INT8_PASSES = ("graph.quantize_dynamic", "graph.quantize_static", "graph.quantize_mixed", "openvino.quantize", "quant.qat")
 LITERT_INT8 = ("dynamic_int8", "static_int8")  # convert.litert variants that compute in int8
+# stage kinds the diagnosis explains: ONNX and OpenVINO are profiled; a LiteRT stage's evidence is its file, so its
+# parent may be of any kind (a fixed recipe's convert.litert follows the PyTorch baseline)
+DIAGNOSABLE = ("onnx", "openvino", "tflite")
 INT8_EXPECTED = 1.5  # an INT8 stage gaining less than this over its parent on a CPU without int8 dot products is diagnosed
 
 
@@ -608,9 +611,8 @@ class Pipeline:
                 continue
             pstage, part = by[stage.parent]
             a, b = run.samples.get(pstage.name), run.samples.get(stage.name)
-            profiled = {"onnx", "openvino", "tflite"}  # a LiteRT stage's evidence is its file: any parent will do
-            if (not a or not b or len(a) != len(b) or len(a) % per_turn or art.kind not in profiled
-                    or (part.kind not in profiled and art.kind != "tflite")):
+            if (not a or not b or len(a) != len(b) or len(a) % per_turn or art.kind not in DIAGNOSABLE
+                    or (part.kind not in DIAGNOSABLE and art.kind != "tflite")):
                 continue
             sp = latency.paired_speedup(a, b, per_turn=per_turn)
             if sp.lo > 1 and not self._weak_int8(stage, art, sp.ratio):
