@@ -60,7 +60,8 @@ def scaled_linear(inv: Any, linear: Any) -> Any:
 def shared_input_linears(model: Any, batches: Iterable[tuple[Any, ...]]) -> tuple[list[list[str]], dict[str, Any]]:
     """Run `model` on `batches` (positional argument tuples) and return (groups of the Linears that read the very
     same input tensor, e.g. an attention's query / key / value, in model order; each Linear's per-input-channel max
-    |x| over every batch)."""
+    |x| over every batch). A Linear that reads a shared tensor in more than one group (a module called twice) puts
+    none of its groups in the list: it could take only one scale."""
     import torch
 
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -80,7 +81,7 @@ def shared_input_linears(model: Any, batches: Iterable[tuple[Any, ...]]) -> tupl
             for args in batches:
                 model(*args)
                 for _, names in seen.values():
-                    if len(names) > 1:
+                    if len(set(names)) > 1:
                         key = frozenset(names)
                         together[key] = together.get(key, 0) + 1
                 seen.clear()
@@ -89,14 +90,20 @@ def shared_input_linears(model: Any, batches: Iterable[tuple[Any, ...]]) -> tupl
         for h in handles:
             h.remove()
     order = {n: i for i, n in enumerate(linears)}
-    groups = sorted((sorted(g, key=order.__getitem__) for g in together), key=lambda g: order[g[0]])
+    count: dict[str, int] = {}
+    for g in together:
+        for n in g:
+            count[n] = count.get(n, 0) + 1
+    alone = [g for g in together if all(count[n] == 1 for n in g)]
+    groups = sorted((sorted(g, key=order.__getitem__) for g in alone), key=lambda g: order[g[0]])
     return groups, act
 
 
 def smooth_shared_inputs(model: Any, batches: Iterable[tuple[Any, ...]], alpha: float = 0.5) -> dict[str, Any]:
     """Give every group of Linears that read one tensor (`shared_input_linears`) one SmoothQuant scale, in place:
     each Linear becomes a ScaledLinear (`scaled_linear`) with its weight columns multiplied by s and its input by
-    1/s (the same fp32 function up to rounding). Returns what was done: groups, Linears, alpha, largest and median scale."""
+    1/s (the same fp32 function up to rounding). Returns what was done: groups, Linears, alpha, largest and median
+    scale."""
     import torch
 
     if not 0 < alpha < 1:

@@ -33,6 +33,33 @@ def test_a_chain_of_linears_has_no_shared_input():
     assert groups == [] and set(act) == {"0", "2", "3"}
 
 
+class Twice(nn.Module):
+    """`a` reads x with `b`, then y with `c`: two groups share it, and one scale cannot serve both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d, self.e = (nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x):
+        y = self.a(x) + self.b(x)
+        z = self.a(y) + self.c(y)
+        return self.d(z) * self.e(z)
+
+
+def test_a_linear_in_two_groups_keeps_both_groups_unscaled():
+    torch.manual_seed(0)
+    net = Twice().eval()
+    ref = copy.deepcopy(net)
+    batches = [(torch.randn(3, 4),) for _ in range(2)]
+    groups, _ = shared_input_linears(net, batches)
+    assert groups == [["d", "e"]]
+    assert smooth_shared_inputs(net, batches)["linears"] == 2
+    assert isinstance(net.a, nn.Linear) and type(net.d).__name__ == "ScaledLinear"
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x), rtol=1e-4, atol=1e-6)
+
+
 def test_smoothing_keeps_the_function_and_evens_out_the_outlier_channel(tiny_bert_torch):
     model = copy.deepcopy(tiny_bert_torch.module).eval()
     emb_ln = model.inner.encoder.embeddings.LayerNorm if hasattr(model, "inner") else None
