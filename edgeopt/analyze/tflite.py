@@ -127,6 +127,14 @@ class _Reader:
             return [sigs[signature]]
         return sorted(set(sigs.values())) or ([0] if m.SubgraphsLength() else [])
 
+    def const_bytes(self, tensor: Any) -> int:
+        """Bytes of the tensor's constant data (a weight); 0 for a tensor computed at run time."""
+        b_idx = tensor.Buffer()
+        if b_idx <= 0 or b_idx >= self.model.BuffersLength():
+            return 0
+        b = self.model.Buffers(b_idx)
+        return int(b.Size() if b.Offset() > 1 else b.DataLength())  # Offset > 1: stored after the flatbuffer
+
     def tensor_desc(self, sg: Any, index: int, name: str | None = None) -> dict[str, Any]:
         t = sg.Tensors(index)
         shape = [int(t.ShapeSignature(j)) for j in range(t.ShapeSignatureLength())] or \
@@ -176,8 +184,7 @@ def weight_bytes_read(path: str | Path, signature: str | None = None) -> int:
                     if ti < 0:
                         continue
                     t = sg.Tensors(ti)
-                    b = m.Buffers(t.Buffer())
-                    n = b.Size() if b.Offset() > 1 else b.DataLength()
+                    n = r.const_bytes(t)
                     if not n:
                         continue
                     rows = int(t.Shape(0)) if t.ShapeLength() else 1
@@ -186,9 +193,9 @@ def weight_bytes_read(path: str | Path, signature: str | None = None) -> int:
     return int(sum(n // max(rows, 1) if lookup else n for n, rows, lookup in uses.values()))
 
 
-# ops that carry the multiply-accumulates, and which of their inputs is the weight
-MATMUL_LIKE = {"FULLY_CONNECTED": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "CONV_3D": 1, "TRANSPOSE_CONV": 1,
-               "BATCH_MATMUL": 1}
+# ops that carry the multiply-accumulates: (which input is the activation, which the weight)
+MATMUL_LIKE = {"FULLY_CONNECTED": (0, 1), "CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "CONV_3D": (0, 1),
+               "TRANSPOSE_CONV": (2, 1), "BATCH_MATMUL": (0, 1)}  # TRANSPOSE_CONV: (output_shape, weights, input)
 _INT_ACTIVATIONS = ("int8", "uint8", "int16")
 _INT_WEIGHTS = ("int8", "int4", "uint8")
 
@@ -214,14 +221,14 @@ def op_precisions(path: str | Path, signature: str | None = None) -> list[dict[s
                 ins = [sg.Tensors(op.Inputs(k)) if op.Inputs(k) >= 0 else None for k in range(op.InputsLength())]
                 outs = [sg.Tensors(op.Outputs(k)) for k in range(op.OutputsLength())]
                 out_dtype = r.dtype(outs[0]) if outs else "none"
-                w = MATMUL_LIKE.get(name)
-                if w is None or not ins or ins[0] is None:
+                a, w = MATMUL_LIKE.get(name, (None, None))
+                if a is None or a >= len(ins) or ins[a] is None:
                     out.append({"op_type": name, "precision": out_dtype, "kernel": name, "matmul_like": False})
                     continue
-                act = r.dtype(ins[0])
+                act = r.dtype(ins[a])
                 weight = ins[w] if w < len(ins) else None
                 wdt = r.dtype(weight) if weight is not None else None
-                const = weight is not None and _has_data(m, weight)
+                const = weight is not None and r.const_bytes(weight) > 0
                 if act in _INT_ACTIVATIONS:
                     prec, kernel = ("int16" if act == "int16" else "int8"), f"{name} ({act} activations, {wdt} weights)"
                 elif const and wdt in _INT_WEIGHTS:
@@ -230,15 +237,6 @@ def op_precisions(path: str | Path, signature: str | None = None) -> list[dict[s
                     prec, kernel = act, f"{name} ({act})"
                 out.append({"op_type": name, "precision": prec, "kernel": kernel, "matmul_like": True})
     return out
-
-
-def _has_data(m: Any, t: Any) -> bool:
-    """Whether tensor `t` is a constant (its buffer holds data)."""
-    b_idx = t.Buffer()
-    if b_idx <= 0 or b_idx >= m.BuffersLength():
-        return False
-    b = m.Buffers(b_idx)
-    return bool(b.Size() if b.Offset() > 1 else b.DataLength())
 
 
 def tflite_info(path: str | Path) -> dict[str, Any]:
@@ -291,10 +289,7 @@ def tflite_info(path: str | Path) -> dict[str, Any]:
                 dt = r.dtype(t)
                 dtypes[dt] += 1
                 b_idx = t.Buffer()
-                if b_idx <= 0 or b_idx >= m.BuffersLength():
-                    continue
-                b = m.Buffers(b_idx)
-                size = b.Size() if b.Offset() > 1 else b.DataLength()
+                size = r.const_bytes(t)
                 if size:
                     weights[dt] += 1
                     if b_idx not in seen_buffers:  # buffers shared between signatures count once

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from edgeopt.analyze.tflite import census_summary, op_census, tflite_info
 from edgeopt.artifact import Artifact, InputSpec, TensorSpec, write_bytes_atomic
-from edgeopt.data import random_feeds
+from edgeopt.data import random_feeds, to_torch_args
 from edgeopt.errors import EdgeoptError, PassError, first_line
 from edgeopt.extras import require
 from edgeopt.measure.litert import (LiteRtRunner, conversion_error, named_inputs, quiet_native_stderr,
@@ -201,10 +201,7 @@ class ConvertLiteRT(Pass):
         if not feeds:
             raise PassError(f"convert.litert: smooth needs calibration feeds with the inputs {', '.join(names)}; "
                             "the calibration data has none")
-        import torch  # lazy: torch only when a conversion runs
-
-        batches = ([torch.from_numpy(np.ascontiguousarray(f[n])) for n in names] for f in feeds)
-        done = smooth_shared_inputs(module, batches, cfg.smooth)
+        done = smooth_shared_inputs(module, (to_torch_args(f, names) for f in feeds), cfg.smooth)
         return {**done, "samples": len(feeds)}
 
     def _calibration(self, ctx: PassContext, specs: list[SignatureSpec],
