@@ -33,6 +33,14 @@ def cpu_flags() -> tuple[str, list[str]]:
     return t.cpu_model, list(t.isa)
 
 
+def int8_diagnoses(led) -> list[tuple[str, dict]]:
+    """(name, diagnosis) of the diagnosed stages and search trials that compute in int8, by what the diagnosis
+    found each op to run in (a stage's name need not say int8: the LiteRT family's stage is "litert")."""
+    from edgeopt.report.table import diagnosed
+
+    return [(n, d) for n, d in diagnosed(led) if ((d.get("facts") or {}).get("precision") or {}).get("any_int8")]
+
+
 def references(fp32_art, out: Path) -> dict[str, Path]:
     """The models a user gets from the runtimes' own tools, built from the same fp32 ONNX file."""
     import numpy as np
@@ -158,12 +166,12 @@ def minilm(args: argparse.Namespace, has_vnni: bool, claims: list[Claim], execut
     claims.append(Claim(f"chosen stage at least as fast as the best fp32 tool ({best_ref}) at mean cosine ≥ 0.995",
                         s.hi >= 1.0 and fid[ch] >= 0.995,
                         f"{s.ratio:.2f}× (95% {s.lo:.2f}–{s.hi:.2f}), cos {fid[ch]:.4f}"))
-    int8_diag = [st for st in led.stages if st.notes.get("diagnosis") and "int8" in st.name]
+    int8_diag = int8_diagnoses(led)
     if not has_vnni:
-        text = " ".join(json.dumps(st.notes["diagnosis"]) for st in int8_diag)
+        text = " ".join(json.dumps(d) for _, d in int8_diag)
         claims.append(Claim("AVX2-only: the INT8 stages' diagnosis names the missing VNNI and the measured GEMM peaks",
                             bool(int8_diag) and "VNNI" in text and "GOP/s" in text,
-                            "; ".join(st.notes["diagnosis"]["summary"][:120] for st in int8_diag) or "no INT8 stage diagnosed"))
+                            "; ".join(d["summary"][:120] for _, d in int8_diag) or "no INT8 stage diagnosed"))
     else:
         claims.append(statement("AVX2-only diagnosis check: not applicable, this CPU has VNNI",
                                 f"{len(int8_diag)} INT8 stage(s) diagnosed here"))

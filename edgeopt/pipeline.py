@@ -49,6 +49,12 @@ DIAGNOSABLE = ("onnx", "openvino", "tflite")
 INT8_EXPECTED = 1.5  # an INT8 stage gaining less than this over its parent on a CPU without int8 dot products is diagnosed
 
 
+def computes_int8(pass_: str | None, kind: str, meta: dict[str, Any]) -> bool:
+    """Whether a model made by `pass_` (its last pass) computes in int8: an INT8_PASSES pass, or a LiteRT file
+    whose convert.litert variant computes in int8."""
+    return pass_ in INT8_PASSES or (kind == "tflite" and (meta.get("litert") or {}).get("quantize") in LITERT_INT8)
+
+
 @dataclass
 class RunResult:
     """What `optimize` returns: the ledger, where it was written, the best stage's model, and every stage's model
@@ -258,6 +264,7 @@ class Pipeline:
         self._measure(run)
         best = self._choose_best(run)
         self._diagnose(run)
+        self._diagnose_trials(run)
         run.ledger.save(self.ledger_path)
         self._write_outputs(run.ledger, run.stages, best)
         return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
@@ -615,7 +622,7 @@ class Pipeline:
                     or (part.kind not in DIAGNOSABLE and art.kind != "tflite")):
                 continue
             sp = latency.paired_speedup(a, b, per_turn=per_turn)
-            if sp.lo > 1 and not self._weak_int8(stage, art, sp.ratio):
+            if sp.lo > 1 and not self._weak_int8(computes_int8(stage.pass_, art.kind, art.meta), sp.ratio):
                 continue
             task = run.task(f"diagnosis ({stage.name} vs {pstage.name})", 1)
             d = diagnose(part, art, self.target, feed=run.evaluation[0], threads=m.threads,
@@ -624,14 +631,54 @@ class Pipeline:
             stage.notes["diagnosis"] = d.to_dict()
             run.advance(task)
 
-    def _weak_int8(self, stage: Stage, art: Artifact, ratio: float) -> bool:
-        """An INT8 stage (an INT8_PASSES pass, or a LiteRT model with int8 compute) on a target without int8
-        dot-product instructions (VNNI, AMX, dotprod, i8mm) that gains less than INT8_EXPECTED over its parent:
-        faster, but not by what INT8 buys where the hardware has them, so it is diagnosed too (the diagnosis names
-        the missing instructions and the measured GEMM peaks)."""
+    def _diagnose_trials(self, run: RunState) -> None:
+        """A diagnosis for the search's trials that did not become stages (off the front) but explain what this
+        target does not gain: per family, its fastest finished ONNX / OpenVINO / LiteRT trial when that trial is
+        not faster than the search root beyond its interval, or is an INT8 trial that gains less than INT8 should
+        here (`_weak_int8`; e.g. OpenVINO INT8 on a CPU without VNNI). Stored in the trial's record
+        (`ledger.search["trials"][i]["diagnosis"]`), reported with the stages' diagnoses; a resumed run keeps it."""
+        srch = run.ledger.search or {}
+        by = {s.name: a for s, a in run.stages}
+        root = by.get(srch.get("root"))
+        if root is None or root.kind not in DIAGNOSABLE or not run.evaluation:
+            return
+        m = self.recipe.measure
+        pick: dict[str, dict[str, Any]] = {}
+        for rec in srch.get("trials", []):
+            sp, art = rec.get("speedup") or {}, rec.get("artifact") or {}
+            if rec.get("status") != "done" or rec.get("front") or not sp or art.get("kind") not in DIAGNOSABLE:
+                continue
+            int8 = computes_int8(rec["chain"][-1][0] if rec.get("chain") else None, art["kind"], art.get("meta") or {})
+            if sp.get("lo", sp["ratio"]) > 1 and not self._weak_int8(int8, sp["ratio"]):
+                continue
+            fam = rec.get("family", "")
+            if fam not in pick or sp["ratio"] > pick[fam]["speedup"]["ratio"]:
+                pick[fam] = rec
+        profiles: dict[str, Any] = {}
+        for rec in pick.values():
+            if rec.get("diagnosis"):
+                continue
+            name = f"trial {rec['number']} ({rec.get('label') or rec.get('family')})"
+            try:
+                art = load_portable(rec["artifact"], seq_len=m.seq_len, batch=m.batch)
+            except Exception as e:  # a trial file gone from the cache: no diagnosis, said why
+                rec["diagnosis_error"] = first_line(e, 200)
+                continue
+            sp = rec["speedup"]
+            task = run.task(f"diagnosis ({name} vs {srch['root']})", 1)
+            d = diagnose(root, art, self.target, feed=run.evaluation[0], threads=m.threads,
+                         speedup=(sp["ratio"], sp.get("lo", sp["ratio"]), sp.get("hi", sp["ratio"])),
+                         spinning=m.spinning, stage_name=name,
+                         parent_name=srch["root"], profile_cache=profiles)
+            rec["diagnosis"] = d.to_dict()
+            run.advance(task)
+
+    def _weak_int8(self, int8: bool, ratio: float) -> bool:
+        """An INT8 stage (see `computes_int8`) on a target without int8 dot-product instructions (VNNI, AMX, dotprod,
+        i8mm) that gains less than INT8_EXPECTED over its parent: faster, but not by what INT8 buys where the
+        hardware has them, so it is diagnosed too (the diagnosis names the missing instructions and the measured
+        GEMM peaks)."""
         dot = any(f in getattr(self.target, "isa", ()) for f in INT8_DOT_FLAGS)
-        int8 = stage.pass_ in INT8_PASSES or (art.kind == "tflite"
-                                               and (art.meta.get("litert") or {}).get("quantize") in LITERT_INT8)
         return int8 and not dot and ratio < INT8_EXPECTED
 
     def _write_outputs(self, ledger: Ledger, stages: list[tuple[Stage, Artifact]], best: Stage | None) -> None:

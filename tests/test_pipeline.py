@@ -468,6 +468,42 @@ def test_a_litert_int8_stage_that_gains_little_without_vnni_is_diagnosed_from_it
         assert d is None
 
 
+@pytest.mark.parametrize("target, measured, diagnosed", [("cpu-avx2", (1.10, 1.05, 1.15), True),
+                                                        ("cpu-avx512-vnni", (1.10, 1.05, 1.15), False),
+                                                        ("cpu-avx512-vnni", (0.97, 0.90, 1.05), True)])
+def test_a_search_trial_off_the_front_that_gains_nothing_here_is_diagnosed(tmp_path, tiny_mlp_onnx, monkeypatch, target,
+                                                                           measured, diagnosed):
+    """A trial that does not become a stage (off the front) still gets a diagnosis when it is not faster than the
+    root, or is INT8 gaining little without int8 dot products: the INT8 family that buys nothing on an AVX2-only
+    CPU is what a user asks about. It is kept in the trial's record and reported with the stages'."""
+    import edgeopt.pipeline as pl
+    import edgeopt.search.study as study
+    from edgeopt.measure.latency import Speedup
+
+    monkeypatch.setattr(study, "paired_speedup", lambda *a, **k: Speedup(*measured))
+    monkeypatch.setattr(pl.latency, "paired_speedup", lambda *a, **k: Speedup(1.0, 0.98, 1.02))
+    monkeypatch.setattr(study, "front_of", lambda recs: [r for r in recs if r["family"] == "ort-fp32"])
+    recipe = {**_small_auto(), "target": target}
+    res = optimize(tiny_mlp_onnx, recipe=recipe, out=tmp_path / "run", progress=False)
+    trial = next(t for t in res.ledger.search["trials"] if t["family"] == "ort-int8-dynamic")
+    assert not trial["front"] and "ort-int8-dynamic" not in [s.name for s in res.ledger.stages]
+    d = trial.get("diagnosis")
+    md = (tmp_path / "run" / "report.md").read_text()
+    if not diagnosed:
+        assert d is None and "Why trial" not in md
+        return
+    title = (f"Why trial {trial['number']} (ort-int8-dynamic) "
+             + ("gains only 1.10× over baseline" if measured[1] > 1 else "is not faster than baseline"))
+    assert d["stage"] == f"trial {trial['number']} (ort-int8-dynamic)" and d["parent"] == "baseline"
+    assert f"{measured[0]:.2f}×" in d["summary"]
+    assert any("ran in int8" in x for x in d["lines"])  # the kernels that ran, from the profile
+    if target == "cpu-avx2":
+        assert "no VNNI" in d["summary"] and any("GOP/s" in x for x in d["lines"])
+    assert f"### {title}" in md and title in (tmp_path / "run" / "report.html").read_text()
+    again = Ledger.load(tmp_path / "run")  # kept in the ledger
+    assert next(t for t in again.search["trials"] if t["number"] == trial["number"])["diagnosis"] == d
+
+
 def test_auto_on_a_diffusion_model_runs_the_diffusion_recipe(tmp_path):
     from edgeopt.pipeline import _resolve_recipe
     from edgeopt.recipe import load_recipe

@@ -19,7 +19,7 @@ from edgeopt.analyze.profile import profile
 from edgeopt.errors import InputError
 from edgeopt.ledger import READABLE_VERSIONS, SCHEMA_VERSION, Ledger, write_text_atomic
 from edgeopt.report import figures
-from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, diagnosis_title, diffusion_final,
+from edgeopt.report.table import (LLM_COLUMNS, SEARCH_COLUMNS, diagnosed, diagnosis_title, diffusion_final,
                                   diffusion_notes, llm_headers, llm_notes, llm_prompt_tokens, llm_rows, md_columns,
                                   search_notes, search_rows, stage_rows)
 
@@ -332,13 +332,11 @@ def search_html(ledger: Ledger, sid: str) -> str:
 
 
 def diagnosis_html(ledger: Ledger) -> str:
-    """Each diagnosed stage: the one-line summary and its evidence; the preflight warnings."""
+    """Each diagnosed stage and search trial: the one-line summary and its evidence; the preflight warnings."""
     out = []
-    for s in ledger.stages:
-        d = s.notes.get("diagnosis")
-        if d:
-            out.append(f"<h3>{_e(diagnosis_title(s.name, d))}</h3><p>{_e(d.get('summary', ''))}</p>"
-                       "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in d.get("lines", [])) + "</ul>")
+    for name, d in diagnosed(ledger):
+        out.append(f"<h3>{_e(diagnosis_title(name, d))}</h3><p>{_e(d.get('summary', ''))}</p>"
+                   "<ul class='note'>" + "".join(f"<li>{_e(x)}</li>" for x in d.get("lines", [])) + "</ul>")
     pre = [w for s in ledger.stages for w in s.notes.get("preflight", [])]
     if pre:
         out.append("<h3>Preflight: benchmark conditions</h3><ul class='note'>"

@@ -87,14 +87,21 @@ def diagnosis_title(stage: str, d: dict[str, Any]) -> str:
     return f"Why {stage} is not faster than {parent}"
 
 
+def diagnosed(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
+    """(name, diagnosis) of every diagnosed stage, then of every diagnosed search trial that is not a stage
+    ("trial N (family)": see Pipeline._diagnose_trials)."""
+    out = [(s.name, s.notes["diagnosis"]) for s in ledger.stages if s.notes.get("diagnosis")]
+    out += [(d.get("stage") or f"trial {t.get('number')}", d) for t in (ledger.search or {}).get("trials", [])
+            if (d := t.get("diagnosis"))]
+    return out
+
+
 def choice_notes(ledger: Ledger) -> list[str]:
     """Why a faster stage was not chosen (it did not beat its parent beyond the measurement's spread) and why a
-    stage is not faster than its parent (its diagnosis), one line each."""
+    stage or a search trial is not faster than its parent (its diagnosis), one line each."""
     notes = [f"{s.name}: {w}" for s in ledger.stages for w in s.warnings if w.startswith("not chosen:")]
-    for s in ledger.stages:
-        d = s.notes.get("diagnosis")
-        if d:
-            notes.append(f"{diagnosis_title(s.name, d)}: {d.get('summary', '')}")
+    for name, d in diagnosed(ledger):
+        notes.append(f"{diagnosis_title(name, d)}: {d.get('summary', '')}")
     for s in ledger.stages:
         notes += [f"preflight: {w}" for w in s.notes.get("preflight", [])]
     return notes
@@ -392,11 +399,9 @@ def to_markdown(ledger: Ledger) -> str:
         lines += ["", *llm_markdown(ledger, "##")]
     if has_diffusion(ledger):
         lines += ["", *diffusion_markdown(ledger, "##", image_links=True)]
-    for s in ledger.stages:
-        d = s.notes.get("diagnosis")
-        if d:
-            lines += ["", f"### {diagnosis_title(s.name, d)}", "", d.get("summary", "")]
-            lines += [f"- {x}" for x in d.get("lines", [])]
+    for name, d in diagnosed(ledger):
+        lines += ["", f"### {diagnosis_title(name, d)}", "", d.get("summary", "")]
+        lines += [f"- {x}" for x in d.get("lines", [])]
     if ledger.search:
         srch = ledger.search
         lines += ["", f"## Search ({len(srch.get('trials', []))} trials from {srch.get('root')}; "
