@@ -208,9 +208,13 @@ class Search:
         sampler = _sampler(optuna, self.inp.spec.seed, len(self.plan.families))
         study = optuna.create_study(study_name=STUDY, storage=storage, directions=list(DIRECTIONS), sampler=sampler)
         study.set_user_attr("identity", identity)
-        for fam in enqueue_order(self.plan.families, self.inp.spec.trials):  # every family's defaults first
+        order = enqueue_order(self.plan.families, self.inp.spec.trials)
+        for fam in order:  # every family's defaults first
             first = {k: v[0] for k, v in self.plan.spaces[fam.name].items()}  # the recipe's space may reorder choices
             study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in first.items()}})
+        for fam in order:  # then the follow-ups the target asks for (candidates.Plan.followups), budget permitting
+            for params in self.plan.followups.get(fam.name, []):
+                study.enqueue_trial({"family": fam.name, **{f"{fam.name}.{k}": v for k, v in params.items()}})
         return study
 
     def _sampler_of(self, optuna: Any, study: Any) -> None:

@@ -156,3 +156,19 @@ def test_structural_family_tries_first_what_this_cpu_class_measured_best():
     assert first(mine)["ffn"] == 0.5 and first(mine)["recover"] == "distill"  # the recipe's own order stays
     full = plan(vnni, INFO, ("structural-heads",), train_minutes=30).spaces["structural-heads"]
     assert {k: set(v) for k, v in full.items()} == {k: set(v) for k, v in FAMILIES["structural-heads"].space.items()}
+
+
+def test_cnn_structural_families_try_fp32_first_without_int8_dot_products_and_int8_after():
+    """Without VNNI the small models a CNN student / channel pruning makes ran faster in fp32, and their INT8 is half
+    the size: fp32 comes first, the INT8 setting follows when the budget allows; with VNNI INT8 stays first."""
+    cnn = ModelInfo(kind="onnx", baseline_kind="torch", conv=True, labelled=True, source="zoo:digits-cnn")
+    avx2 = plan(get_target("cpu-avx2"), cnn, train_minutes=10)
+    for fam in ("structural-student", "structural-channels"):
+        sp = avx2.spaces[fam]
+        assert sp["int8"][0] is False and set(sp["int8"]) == {True, False}
+        assert avx2.followups[fam] == [{**{k: v[0] for k, v in sp.items()}, "int8": True}]
+    vnni = plan(get_target("cpu-avx512-vnni"), cnn, train_minutes=10)
+    assert vnni.spaces["structural-student"]["int8"][0] is True and not vnni.followups
+    given = plan(get_target("cpu-avx2"), cnn, space={"structural-student": {"int8": [True, False]}}, train_minutes=10)
+    assert given.spaces["structural-student"]["int8"] == (True, False) and "structural-student" not in given.followups
+    assert "structural-heads" not in plan(get_target("cpu-avx2"), INFO, train_minutes=10).followups

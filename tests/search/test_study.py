@@ -295,3 +295,27 @@ def test_resume_keeps_the_executor_log_of_the_runs_it_continues(tmp_path, tiny_m
     grown = run_search(_input(tmp_path, tiny_mlp_onnx, tiny_mlp_feeds, more, LocalExecutor(), resume=True))
     log = grown.summary["executor_log"]
     assert log[:len(first)] == first and sum(r["kind"] == "measure" for r in log) > sum(r["kind"] == "measure" for r in first)
+
+
+def test_a_family_follow_up_runs_after_every_familys_first_trial_when_the_budget_reaches_it(tmp_path, tiny_mlp_onnx,
+                                                                                         tiny_mlp_feeds, monkeypatch):
+    """candidates.Plan.followups (a CNN student's INT8 after its fp32 on a CPU without int8 dot products) are queued
+    after every family's first settings: a budget of one trial per family runs none, one more runs the follow-up."""
+    from edgeopt.executor import LocalExecutor
+    from edgeopt.search import candidates
+
+    real = candidates.plan
+
+    def with_followup(*a, **k):
+        p = real(*a, **k)
+        p.followups["ort-fp32"] = [{**{key: v[0] for key, v in p.spaces["ort-fp32"].items()}, "ort_transformer": False}]
+        return p
+
+    monkeypatch.setattr(candidates, "plan", with_followup)
+    fams = ("ort-fp32", "ort-int8-dynamic")
+    spec = SearchSpec(families=fams, trials=2, runs=6, drop=False)
+    two = run_search(_input(tmp_path / "a", tiny_mlp_onnx, tiny_mlp_feeds, spec, LocalExecutor())).summary["trials"]
+    assert [t["family"] for t in two] == list(fams) and two[0]["params"]["ort_transformer"] != False  # noqa: E712
+    spec = SearchSpec(families=fams, trials=3, runs=6, drop=False)
+    three = run_search(_input(tmp_path / "b", tiny_mlp_onnx, tiny_mlp_feeds, spec, LocalExecutor())).summary["trials"]
+    assert [t["family"] for t in three] == [*fams, "ort-fp32"] and three[2]["params"]["ort_transformer"] is False
