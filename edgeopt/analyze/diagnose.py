@@ -46,6 +46,10 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 OV_MATMUL_LIKE = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution",
                             "ScaledDotProductAttention", "ScaledAttn", "LLMMLP", "QKVProjection", "Gemm"})
 _OV_INT8 = ("i8", "u8")
+# OpenVINO primitive types of its generic int8 GEMM: where the CPU lacks what its brgemm int8 kernels need (a Zen 4
+# EPYC with AVX-512/VNNI ran MiniLM's int8 FullyConnected layers as brgemm_avx512_I8, the same file with that ISA
+# masked (benchmarks/isa/as_avx2.sh) as jit_gemm_I8, 0.75x the fp32 ONNX Runtime root)
+OV_GENERIC_GEMM = ("jit_gemm", "gemm_", "ref_")
 _ORT_LEVELS = {"disable": "none", "basic": "basic", "extended": "extended", "layout": "all", "all": "all"}
 
 
@@ -526,6 +530,10 @@ def diagnose(parent: Artifact, stage: Artifact, target: Target | str, *, feed: d
             reasons.insert(0, f"no MatMul-like op ran in int8 ({prec['float']} in float)")
         elif stage_int8 and prec["float"]:
             reasons.append(f"{prec['float']} of {prec['matmul_like']} MatMul-like ops still float")
+        generic = sum(n for k, n in prec["int8_kernels"].items() if k.lower().startswith(OV_GENERIC_GEMM))
+        if sp["runtime"] == "openvino" and generic:
+            reasons.append(f"{generic} of {prec['int8']} int8 MatMul-like ops on OpenVINO's generic jit_gemm kernels, "
+                           "not brgemm")
         qdq = sp.get("qdq")
         if qdq is not None and (qdq["left"] or stage_int8):
             facts["qdq"] = qdq

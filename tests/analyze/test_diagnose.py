@@ -193,3 +193,31 @@ def test_bad_arguments(tiny_mlp_onnx, mlp_int8, tiny_mlp_feeds, bad):
         diagnose(tiny_mlp_onnx, mlp_int8, target, **kw)
     with pytest.raises(InputError):
         diagnose("parent.onnx", mlp_int8, "cpu-avx2", feed=tiny_mlp_feeds[0], threads=1)
+
+
+@pytest.mark.parametrize("kernel, named", [("jit_gemm_I8", True), ("brgemm_avx512_I8", False)])
+def test_openvino_int8_on_its_generic_gemm_is_named_in_the_summary(tiny_mlp_onnx, mlp_qdq, tiny_mlp_feeds, tmp_path,
+                                                                 monkeypatch, kernel, named):
+    """Without VNNI OpenVINO runs int8 FullyConnected layers on jit_gemm (MiniLM: 0.75x its fp32 root), with it on
+    brgemm: the kernel each int8 layer ran with, read from the runtime model, goes into the summary when generic."""
+    import edgeopt.analyze.diagnose as dg
+    from edgeopt.passes.base import PassContext, build_pass
+
+    conv = build_pass("convert.openvino", {"precision": "f32"})
+    ov = conv(tiny_mlp_onnx, PassContext(stage_dir=tmp_path / "f32"))
+    ov_int8 = conv(mlp_qdq, PassContext(stage_dir=tmp_path / "int8"))
+    real = dg._profile_openvino
+
+    def as_kernel(*a, **k):
+        p = real(*a, **k)
+        for n in p["nodes"]:
+            if n["precision"] == "int8" and n["op_type"] in dg.OV_MATMUL_LIKE:
+                n["exec_type"] = kernel
+        return p
+
+    monkeypatch.setattr(dg, "_profile_openvino", as_kernel)
+    d = diagnose(ov, ov_int8, "cpu-avx2", feed=tiny_mlp_feeds[0], threads=1, peaks=PEAKS, runs=3, warmup=1,
+                 speedup=(0.75, 0.74, 0.76))
+    n = d.facts["precision"]["int8"]
+    assert n >= 1 and kernel in _line(d, "precision (OpenVINO runtime model)")
+    assert (f"{n} of {n} int8 MatMul-like ops on OpenVINO's generic jit_gemm kernels, not brgemm" in d.summary) is named
