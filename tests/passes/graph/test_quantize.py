@@ -51,6 +51,22 @@ def test_dynamic_exclude_keeps_node_float(tmp_path, tiny_mlp_onnx):
     assert any(op.startswith("DynamicQuantize") or "Integer" in op for op in kept.values())  # the other one is int8
 
 
+def test_dynamic_warns_when_convolutions_become_conv_integer(tmp_path, tiny_cnn_onnx, tiny_mlp_onnx):
+    """ConvInteger runs slowly on ONNX Runtime's CPU kernels (a CNN at 0.05x its fp32): the stage says so and how to
+    avoid it; a model without convolutions gets no such warning, nor does one whose Convs stay float."""
+    ctx = PassContext(stage_dir=tmp_path / "cnn")
+    out = build_pass("graph.quantize_dynamic", {})(tiny_cnn_onnx, ctx)
+    n = ops(out.path)["ConvInteger"]
+    assert n > 0 and any(w.startswith(f"graph.quantize_dynamic: {n} Conv layer") and "graph.quantize_static" in w
+                         for w in ctx.warnings)
+    kept = PassContext(stage_dir=tmp_path / "kept")
+    out = build_pass("graph.quantize_dynamic", {"op_types": ["MatMul", "Gemm"]})(tiny_cnn_onnx, kept)
+    assert ops(out.path)["ConvInteger"] == 0 and not kept.warnings
+    mlp = PassContext(stage_dir=tmp_path / "mlp")
+    build_pass("graph.quantize_dynamic", {})(tiny_mlp_onnx, mlp)
+    assert not mlp.warnings
+
+
 def test_dynamic_quantizes_fused_bert_attention(tmp_path, tiny_bert_onnx, tiny_bert_feeds):
     out = build_pass("graph.quantize_dynamic", {})(tiny_bert_onnx, PassContext(stage_dir=tmp_path))
     c = ops(out.path)
