@@ -66,7 +66,7 @@ def target(name: str = typer.Argument("auto", help="auto, or a declared target s
 
 
 @app.command()
-def analyze(model: str = typer.Argument(..., help="an .onnx file, a Hugging Face folder or zoo:NAME"),
+def analyze(model: str = typer.Argument(..., help="an .onnx or .tflite file, a Hugging Face folder or zoo:NAME"),
             target_name: str = typer.Option("auto", "--target", "-t"),
             seq_len: int = typer.Option(128, help="length bound to dynamic sequence dims"),
             batch: int = typer.Option(1),

@@ -16,6 +16,7 @@ from typing import Any
 from edgeopt.analyze.census import model_info, op_census, param_stats
 from edgeopt.analyze.flops import activation_memory, count_flops, prepare
 from edgeopt.analyze.opportunities import fusion_opportunities, int8_summary, jsonable, suggest_passes
+from edgeopt.analyze.tflite import analyze_tflite
 from edgeopt.artifact import onnx_size_bytes
 from edgeopt.errors import EdgeoptError, InputError
 from edgeopt.export import export_onnx
@@ -80,10 +81,17 @@ def analyze(source: Any, target: Any = "auto", seq_len: int = 128, batch: int = 
     peak/total bytes, ...), `opportunities` (fusable patterns: rule, count, nodes, pass, description, flops),
     `quantizable_flops_share`, `no_int8_ops`, `quantization` (all int8 shares), `suggested_passes`
     (pass, why; in order) and `warnings`. Named dynamic dims are bound to `batch` / `seq_len` (or `dims`).
+    A `.tflite` file gets `analyze.tflite.analyze_tflite`'s report instead (schema edgeopt.analysis.tflite/1).
     """
     if int(batch) < 1 or int(seq_len) < 1:
         raise InputError(f"batch and seq_len must be at least 1 (got batch={batch}, seq_len={seq_len})")
     tinfo, no_int8, warnings = target_info(target)
+    if isinstance(source, (str, Path)) and str(source).lower().endswith(".tflite"):
+        if not Path(source).is_file():
+            raise InputError(f"no such file: {source}")
+        report = analyze_tflite(source, tinfo)  # what a LiteRT file declares (edgeopt.analyze.tflite)
+        report["warnings"] = warnings + report["warnings"]
+        return report
     with tempfile.TemporaryDirectory(prefix="edgeopt-analyze-") as tmp:
         path, model, _, origin = resolve_onnx(source, Path(tmp), example_inputs)
         info = model_info(model, path if origin["exported_from"] is None else None)

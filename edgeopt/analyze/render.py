@@ -42,11 +42,14 @@ def _shape(shapes: list | None) -> str:
 
 
 def render_analysis(report: dict[str, Any], top: int = 10):
-    """Summary panel, op census, top nodes by FLOPs, opportunities and suggested passes, as one Group."""
+    """Summary panel, op census, top nodes by FLOPs, opportunities and suggested passes, as one Group (a .tflite
+    report: `render_tflite_analysis`)."""
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
 
+    if report.get("schema") == "edgeopt.analysis.tflite/1":
+        return render_tflite_analysis(report)
     m = report.get("model", {})
     fl = report.get("flops", {})
     mem = report.get("memory", {})
@@ -121,6 +124,55 @@ def render_analysis(report: dict[str, Any], top: int = 10):
     parts.append(sugg)
     for w in report.get("warnings", []):
         parts.append(f"[yellow]warning:[/yellow] {w}")
+    return Group(*parts)
+
+
+def render_tflite_analysis(report: dict[str, Any]):
+    """A LiteRT file's report (`analyze.tflite.analyze_tflite`): summary, the MatMul-like ops by precision and the
+    bytes one call reads per signature, the op census, suggestions."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    m, w = report.get("model", {}), report.get("weights", {})
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    for k, v in (("model", m.get("path", "?")), ("format", f"{m.get('format')}, schema version {m.get('version')}, "
+                                                           f"{m.get('subgraphs')} subgraphs"),
+                 ("size", human_bytes(m.get("size_bytes"))),
+                 ("weights", f"{human_bytes(w.get('bytes'))}: "
+                             + (", ".join(f"{dt} ×{n}" for dt, n in (w.get("dtypes") or {}).items()) or "none")),
+                 ("signatures", ", ".join(report.get("signatures", {})) or "none"),
+                 ("target", str((report.get("target") or {}).get("name") or "none"))):
+        summary.add_row(k, str(v))
+    parts: list[Any] = [Panel(summary, title="LiteRT model analysis", expand=False)]
+    sig = Table(title="Signatures: MatMul-like ops by the precision they compute in (as the file declares it)",
+                title_justify="left")
+    for col, just in (("signature", "left"), ("ops", "right"), ("int8", "right"), ("float", "right"),
+                      ("kernels", "left"), ("weights read / call", "right")):
+        sig.add_column(col, justify=just, overflow="fold")
+    for name, s in report.get("signatures", {}).items():
+        kernels = ", ".join(f"{k} ×{n}" for k, n in [*s["int8_kernels"].items(), *s["float_kernels"].items()])
+        sig.add_row(name, str(s["ops"]), str(s["int8"]), str(s["float"]), kernels, human_bytes(s["weight_bytes_read"]))
+    parts.append(sig)
+    census = Table(title="Op census (all signatures)", title_justify="left")
+    census.add_column("op")
+    census.add_column("count", justify="right")
+    for op, n in report.get("census", {}).items():
+        census.add_row(op, str(n))
+    parts.append(census)
+    if report.get("suggestions"):
+        sugg = Table(title="Suggestions", title_justify="left")
+        sugg.add_column("what")
+        sugg.add_column("why")
+        for x in report["suggestions"]:
+            sugg.add_row(x["what"], x["why"])
+        parts.append(sugg)
+    parts.append("[dim]No FLOPs or per-op times: LiteRT's Python API has neither a shape-inferring counter nor a "
+                 "per-op profiler; `edgeopt bench` times the whole file.[/dim]")
+    for warning in report.get("warnings", []):
+        parts.append(f"[yellow]warning:[/yellow] {warning}")
     return Group(*parts)
 
 

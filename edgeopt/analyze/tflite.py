@@ -316,3 +316,58 @@ def census_summary(census: dict[str, int], top: int = 8) -> str:
     head = ", ".join(f"{k}×{v}" for k, v in items[:top])
     rest = sum(v for _, v in items[top:])
     return head + (f", +{rest} other" if rest else "") if items else "no ops"
+
+
+TFLITE_SCHEMA = "edgeopt.analysis.tflite/1"
+
+
+def analyze_tflite(path: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`edgeopt analyze` for a .tflite: what the file declares, per signature, without running it (LiteRT has no
+    per-op profiler or shape-inferring FLOP counter in Python, so there are no FLOPs or per-op times).
+
+    Keys: `schema` (TFLITE_SCHEMA), `model` (path, size_bytes, subgraphs, version, signatures with their inputs and
+    outputs), `target` (as given), `weights` (bytes, dtypes, int8 count), `signatures` ({name: {"ops", "census",
+    "matmul_like", "int8", "float", "int8_kernels", "float_kernels", "weight_bytes_read"}}: which MatMul-like ops
+    compute in int8 as `op_precisions` reads them, and the constant bytes one call reads), `suggestions` ([{what,
+    why}]) and `warnings`."""
+    info = tflite_info(path)
+    names = list(info["signatures"]) or [None]
+    sigs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        precs = op_precisions(path, name)
+        mm = [p for p in precs if p["matmul_like"]]
+        int8 = [p for p in mm if p["precision"] in ("int8", "int16")]
+        other = [p for p in mm if p["precision"] not in ("int8", "int16")]
+        sigs[name or "(subgraph 0)"] = {
+            "ops": len(precs), "census": op_census(path, name), "matmul_like": len(mm), "int8": len(int8),
+            "float": len(other), "int8_kernels": dict(Counter(p["kernel"] for p in int8).most_common()),
+            "float_kernels": dict(Counter(p["kernel"] for p in other).most_common()),
+            "weight_bytes_read": weight_bytes_read(path, name)}
+    census: Counter[str] = Counter()
+    for s in sigs.values():
+        census.update(s["census"])
+    suggestions: list[dict[str, str]] = []
+    n_mm, n_int8 = sum(s["matmul_like"] for s in sigs.values()), sum(s["int8"] for s in sigs.values())
+    dot = bool(target and target.get("has_int8_dot"))
+    if n_mm and not n_int8:
+        suggestions.append({"what": "convert.litert quantize: dynamic_int8",
+                            "why": f"all {n_mm} MatMul-like ops compute in float; int8 weights quarter their bytes and "
+                                   "XNNPACK runs them with int8 dot products on activations quantized per call"
+                                   + ("" if dot or target is None else " (this target has no int8 dot products: "
+                                      "expect less speed than size)")})
+    wd = info["weight_dtypes"]
+    if wd.get("float16") and "DEQUANTIZE" in census:
+        suggestions.append({"what": "fp16 weights are unpacked to fp32 at load",
+                            "why": "XNNPACK computes them in fp32: they halve the file, not the memory or the time"})
+    if "DEQUANTIZE" in census and wd.get("int8") and not n_int8:
+        suggestions.append({"what": "weight-only int8 is computed in fp32",
+                            "why": "a DEQUANTIZE in front of each weight: it saves disk; dynamic_int8 also saves time"})
+    custom = sorted(op for op in census if op.startswith("CUSTOM:"))
+    warnings = [f"custom ops {', '.join(custom)}: a runtime without them registered cannot run this file"] if custom else []
+    return {"schema": TFLITE_SCHEMA,
+            "model": {"path": str(path), "format": "LiteRT (.tflite)", "size_bytes": info["size_bytes"],
+                      "subgraphs": info["subgraphs"], "version": info["version"], "signatures": info["signatures"]},
+            "target": target, "census": dict(census.most_common()),
+            "weights": {"bytes": info["weight_bytes"], "dtypes": info["weight_dtypes"],
+                        "int8": info["int8_weights"]},
+            "signatures": sigs, "suggestions": suggestions, "warnings": warnings}

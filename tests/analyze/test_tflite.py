@@ -125,3 +125,34 @@ def test_bad_files_are_one_line(files, tmp_path):
 
 def test_the_profile_sentence():
     assert NO_PROFILER == "LiteRT has no per-op profiler in Python; showing the op census instead"
+
+
+def test_analyze_a_tflite_reports_precision_and_bytes_per_signature_and_suggests_int8_for_a_float_file(files, tmp_path):
+    """`edgeopt analyze model.tflite` (it used to refuse): the float file's three MatMul-like ops are float and
+    dynamic INT8 is suggested; the quantized file's are int8 and read fewer weight bytes; the CLI renders it, and a
+    missing or truncated file is a one-line error."""
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from edgeopt.analyze import analyze
+    from edgeopt.analyze.render import render_analysis
+    from edgeopt.cli import app
+
+    fp32, dyn = (analyze(f, target="cpu-avx2") for f in files)
+    assert fp32["schema"] == "edgeopt.analysis.tflite/1" and fp32["census"] == op_census(files[0])
+    s, q = fp32["signatures"]["serving_default"], dyn["signatures"]["serving_default"]
+    assert (s["matmul_like"], s["int8"], s["float"]) == (3, 0, 3) and (q["int8"], q["float"]) == (3, 0)
+    assert q["weight_bytes_read"] < s["weight_bytes_read"] == weight_bytes_read(files[0], "serving_default")
+    assert [x["what"] for x in fp32["suggestions"]] == ["convert.litert quantize: dynamic_int8"]
+    assert "no int8 dot products" in fp32["suggestions"][0]["why"] and not dyn["suggestions"]
+    console = Console(record=True, width=160)
+    console.print(render_analysis(fp32))
+    text = console.export_text()
+    assert "LiteRT model analysis" in text and "CONV_2D (float32) ×2" in text
+    res = CliRunner().invoke(app, ["analyze", str(files[1]), "--json"])
+    assert res.exit_code == 0 and '"edgeopt.analysis.tflite/1"' in res.output
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(files[0].read_bytes()[:100])
+    for path in (bad, tmp_path / "missing.tflite"):
+        res = CliRunner().invoke(app, ["analyze", str(path)])
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "error" in res.output
