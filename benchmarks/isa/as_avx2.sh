@@ -21,11 +21,11 @@ if [ ! -f "$lib" ] || [ "$here/cpuid_mask.c" -nt "$lib" ]; then
   "${CC:-cc}" -O2 -Wall -shared -fPIC -o "$lib.tmp" "$here/cpuid_mask.c" -ldl
   mv "$lib.tmp" "$lib"
 fi
-masked="$here/build/cpuinfo.avx2"
+masked="$here/build/cpuinfo.avx2.$$"  # one per invocation
 sed -E -e '/^flags/ s/ (avx512[a-z0-9_]*|avx_vnni[a-z0-9_]*|amx_[a-z0-9_]*|avx_ifma|avx_ne_convert)\b//g' \
-       -e '/^model name/ s/$/ (ISA masked to AVX2)/' /proc/cpuinfo > "$masked.tmp"
-mv "$masked.tmp" "$masked"
+       -e '/^model name/ s/$/ (ISA masked to AVX2)/' /proc/cpuinfo > "$masked"
 if [ "$(id -u)" = 0 ]; then ns=(unshare -m); else ns=(unshare -r -m); fi
 exec "${ns[@]}" bash -c 'mount --bind "$0" /proc/cpuinfo || exit 2
-export LD_PRELOAD="$1${LD_PRELOAD:+:$LD_PRELOAD}" EDGEOPT_ISA_MASK=avx2
+rm -f "$0"  # the mount holds the file
+export LD_PRELOAD="$1${LD_PRELOAD:+:$LD_PRELOAD}"
 shift; exec "$@"' "$masked" "$lib" "$@"
