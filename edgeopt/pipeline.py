@@ -263,8 +263,9 @@ class Pipeline:
             self._search(current, run)
         self._measure(run)
         best = self._choose_best(run)
-        self._diagnose(run)
-        self._diagnose_trials(run)
+        profiles: dict[Any, Any] = {}  # one profile per model, shared by the stages' and the trials' diagnoses
+        self._diagnose(run, profiles)
+        self._diagnose_trials(run, profiles)
         run.ledger.save(self.ledger_path)
         self._write_outputs(run.ledger, run.stages, best)
         return RunResult(ledger=run.ledger, out_dir=self.out_dir, best=(self.out_dir / "best") if best else None,
@@ -605,14 +606,13 @@ class Pipeline:
         run.ledger.best = best.name if best else None
         return best
 
-    def _diagnose(self, run: RunState) -> None:
+    def _diagnose(self, run: RunState, profiles: dict[Any, Any]) -> None:
         """A diagnosis (edgeopt.analyze.diagnose) for every ONNX / OpenVINO / LiteRT stage that is not faster than its
         parent beyond the measurement's spread, and for every INT8 stage that gains less than INT8 should
         (`_weak_int8`): what changed per op, what ran in which precision, and the hardware facts that explain it."""
         m = self.recipe.measure
         by = {s.name: (s, a) for s, a in run.stages}
         per_turn = m.block - m.settle
-        profiles: dict[str, Any] = {}
         for stage, art in run.stages[1:]:
             if stage.status != "done" or stage.parent not in by:
                 continue
@@ -631,7 +631,7 @@ class Pipeline:
             stage.notes["diagnosis"] = d.to_dict()
             run.advance(task)
 
-    def _diagnose_trials(self, run: RunState) -> None:
+    def _diagnose_trials(self, run: RunState, profiles: dict[Any, Any]) -> None:
         """A diagnosis for the search's trials that did not become stages (off the front) but explain what this
         target does not gain: per family, its fastest finished ONNX / OpenVINO / LiteRT trial when that trial is
         not faster than the search root beyond its interval, or is an INT8 trial that gains less than INT8 should
@@ -654,7 +654,6 @@ class Pipeline:
             fam = rec.get("family", "")
             if fam not in pick or sp["ratio"] > pick[fam]["speedup"]["ratio"]:
                 pick[fam] = rec
-        profiles: dict[str, Any] = {}
         for rec in pick.values():
             if rec.get("diagnosis"):
                 continue

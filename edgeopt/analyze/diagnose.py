@@ -269,17 +269,12 @@ def _precision(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tflite_precision(art: Artifact) -> dict[str, Any]:
-    """`_precision`'s summary for a LiteRT file, from the types its ops read (edgeopt.analyze.tflite.op_precisions:
-    int8 weights into a FULLY_CONNECTED / CONV_2D count as int8, which XNNPACK runs with int8 dot products)."""
-    from edgeopt.analyze.tflite import op_precisions
+    """`_precision`'s summary for a LiteRT file, from the types its ops read (edgeopt.analyze.tflite: int8 weights
+    into a FULLY_CONNECTED / CONV_2D count as int8, which XNNPACK runs with int8 dot products)."""
+    from edgeopt.analyze.tflite import precision_summary
 
-    nodes = op_precisions(art.path, (art.meta.get("litert") or {}).get("signature"))
-    mm = [n for n in nodes if n["matmul_like"]]
-    int8 = [n for n in mm if n["precision"] in ("int8", "int16")]
-    other = [n for n in mm if n["precision"] not in ("int8", "int16")]
-    return {"matmul_like": len(mm), "int8": len(int8), "float": len(other),
-            "int8_kernels": _count(n["kernel"] for n in int8), "float_kernels": _count(n["kernel"] for n in other),
-            "any_int8": bool(int8), "precisions": _count(n["precision"] for n in nodes)}
+    prec = precision_summary(art.path, (art.meta.get("litert") or {}).get("signature"))
+    return {k: v for k, v in prec.items() if k != "ops"}
 
 
 def _precision_line(prec: dict[str, Any], rt: str, where: str) -> str:

@@ -48,7 +48,9 @@ def render_analysis(report: dict[str, Any], top: int = 10):
     from rich.panel import Panel
     from rich.table import Table
 
-    if report.get("schema") == "edgeopt.analysis.tflite/1":
+    from edgeopt.analyze.tflite import TFLITE_SCHEMA
+
+    if report.get("schema") == TFLITE_SCHEMA:
         return render_tflite_analysis(report)
     m = report.get("model", {})
     fl = report.get("flops", {})

@@ -239,6 +239,22 @@ def op_precisions(path: str | Path, signature: str | None = None) -> list[dict[s
     return out
 
 
+def precision_summary(path: str | Path, signature: str | None = None) -> dict[str, Any]:
+    """`op_precisions` summed up: {"ops", "matmul_like", "int8" (int8 or int16 compute), "float", "int8_kernels",
+    "float_kernels" (kernel -> count, most frequent first), "any_int8", "precisions" (precision -> op count)}."""
+    precs = op_precisions(path, signature)
+    mm = [p for p in precs if p["matmul_like"]]
+    int8 = [p for p in mm if p["precision"] in ("int8", "int16")]
+    other = [p for p in mm if p["precision"] not in ("int8", "int16")]
+
+    def count(items: Any) -> dict[str, int]:
+        return dict(Counter(items).most_common())
+
+    return {"ops": len(precs), "matmul_like": len(mm), "int8": len(int8), "float": len(other),
+            "int8_kernels": count(p["kernel"] for p in int8), "float_kernels": count(p["kernel"] for p in other),
+            "any_int8": bool(int8), "precisions": count(p["precision"] for p in precs)}
+
+
 def tflite_info(path: str | Path) -> dict[str, Any]:
     """What the file declares, as JSON-ready values.
 
@@ -334,18 +350,12 @@ def analyze_tflite(path: str | Path, target: dict[str, Any] | None = None) -> di
     names = list(info["signatures"]) or [None]
     sigs: dict[str, dict[str, Any]] = {}
     for name in names:
-        precs = op_precisions(path, name)
-        mm = [p for p in precs if p["matmul_like"]]
-        int8 = [p for p in mm if p["precision"] in ("int8", "int16")]
-        other = [p for p in mm if p["precision"] not in ("int8", "int16")]
+        prec = precision_summary(path, name)
         sigs[name or "(subgraph 0)"] = {
-            "ops": len(precs), "census": op_census(path, name), "matmul_like": len(mm), "int8": len(int8),
-            "float": len(other), "int8_kernels": dict(Counter(p["kernel"] for p in int8).most_common()),
-            "float_kernels": dict(Counter(p["kernel"] for p in other).most_common()),
+            "census": op_census(path, name), **{k: prec[k] for k in ("ops", "matmul_like", "int8", "float",
+                                                                     "int8_kernels", "float_kernels")},
             "weight_bytes_read": weight_bytes_read(path, name)}
-    census: Counter[str] = Counter()
-    for s in sigs.values():
-        census.update(s["census"])
+    census = op_census(path)  # each subgraph once, however many signatures share it
     suggestions: list[dict[str, str]] = []
     n_mm, n_int8 = sum(s["matmul_like"] for s in sigs.values()), sum(s["int8"] for s in sigs.values())
     dot = bool(target and target.get("has_int8_dot"))
@@ -367,7 +377,7 @@ def analyze_tflite(path: str | Path, target: dict[str, Any] | None = None) -> di
     return {"schema": TFLITE_SCHEMA,
             "model": {"path": str(path), "format": "LiteRT (.tflite)", "size_bytes": info["size_bytes"],
                       "subgraphs": info["subgraphs"], "version": info["version"], "signatures": info["signatures"]},
-            "target": target, "census": dict(census.most_common()),
+            "target": target, "census": census,
             "weights": {"bytes": info["weight_bytes"], "dtypes": info["weight_dtypes"],
                         "int8": info["int8_weights"]},
             "signatures": sigs, "suggestions": suggestions, "warnings": warnings}
